@@ -1,0 +1,86 @@
+"""lambdasource — union a data lake and a live stream into one event-time-correct stream.
+
+The public API (DESIGN §4). Everything flows as Arrow record batches through an asyncio
+operator graph; see ``Pipeline`` for building and running, ``Operator`` for custom logic.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    HandoffError,
+    HandoffGapError,
+    IncompatibleStateError,
+    LakeReadError,
+    LambdaSourceError,
+    OperatorError,
+    SchemaError,
+    SinkError,
+    SourceError,
+    StateError,
+    StreamError,
+)
+from .messages import Barrier, End, Watermark
+from .operator import Context, Operator, Timer
+from .pipeline import Pipeline, Stream, WindowedStream
+from .sinks.base import Sink
+from .sinks.collect import CollectSink
+from .sources.base import Source, SourceOutput
+from .sources.memory import MemorySource
+from .windows.aggregates import (
+    Aggregate,
+    count,
+    count_distinct,
+    first,
+    last,
+    max,
+    mean,
+    min,
+    sum,
+)
+from .windows.assigners import Session, Sliding, Tumbling
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Aggregate",
+    "Barrier",
+    "CheckpointError",
+    "CollectSink",
+    "ConfigError",
+    "Context",
+    "End",
+    "HandoffError",
+    "HandoffGapError",
+    "IncompatibleStateError",
+    "LakeReadError",
+    "LambdaSourceError",
+    "MemorySource",
+    "Operator",
+    "OperatorError",
+    "Pipeline",
+    "SchemaError",
+    "Session",
+    "Sink",
+    "SinkError",
+    "Sliding",
+    "Source",
+    "SourceError",
+    "SourceOutput",
+    "StateError",
+    "Stream",
+    "StreamError",
+    "Timer",
+    "Tumbling",
+    "Watermark",
+    "WindowedStream",
+    "count",
+    "count_distinct",
+    "first",
+    "last",
+    "max",
+    "mean",
+    "min",
+    "sum",
+]

@@ -1,0 +1,100 @@
+"""The one error hierarchy of lambdasource.
+
+Every error the library raises on purpose derives from :class:`LambdaSourceError`; errors of the
+libraries underneath (aiokafka, botocore, pyiceberg, duckdb) are translated at the boundary with
+``raise ... from``, so the original stays attached as ``__cause__``. Messages name the identifiers a
+user needs to find the problem (``operator=window column=amount``, ``partition=3 offset=1200``).
+
+::
+
+    LambdaSourceError
+    ├── ConfigError            a pipeline or component is misconfigured; raised at build time
+    │   └── SchemaError        unknown column, wrong type, irreconcilable schemas
+    ├── SourceError            reading input failed
+    │   ├── LakeReadError      a lake file/partition is unreadable or corrupt
+    │   ├── StreamError        the stream (Kafka) failed
+    │   └── HandoffError       lake → stream handoff cannot be done correctly
+    │       └── HandoffGapError  retention deleted offsets the handoff needs
+    ├── OperatorError          a user function or operator failed while processing
+    ├── StateError             keyed state / timers misused or inconsistent
+    │   └── IncompatibleStateError  a checkpoint does not fit the graph
+    ├── CheckpointError        writing or reading a checkpoint failed
+    └── SinkError              writing to a sink failed
+
+``retriable`` (a class attribute, as in aiokafka) says whether retrying the same call may succeed.
+"""
+
+from __future__ import annotations
+
+
+class LambdaSourceError(Exception):
+    """Root of every error lambdasource raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(LambdaSourceError):
+    """A pipeline or component is misconfigured (raised when the graph is built)."""
+
+
+class SchemaError(ConfigError):
+    """An unknown column, a column of the wrong type, or schemas that cannot be unified."""
+
+
+class SourceError(LambdaSourceError):
+    """Reading from a source failed."""
+
+
+class LakeReadError(SourceError):
+    """A lake file or partition could not be read; the message names it."""
+
+
+class StreamError(SourceError):
+    """The stream (Kafka) failed."""
+
+    retriable = True
+
+
+class HandoffError(SourceError):
+    """The handoff from lake to stream cannot be done correctly."""
+
+
+class HandoffGapError(HandoffError):
+    """Retention already deleted stream offsets the lake needs (partition and range named)."""
+
+
+class OperatorError(LambdaSourceError):
+    """A user function or operator failed while processing; ``__cause__`` holds the original."""
+
+
+class StateError(LambdaSourceError):
+    """Keyed state or timers were misused, or state is inconsistent."""
+
+
+class IncompatibleStateError(StateError):
+    """A checkpoint's state does not fit the graph being restored (operator named)."""
+
+
+class CheckpointError(LambdaSourceError):
+    """Writing or reading a checkpoint failed."""
+
+
+class SinkError(LambdaSourceError):
+    """Writing to a sink failed."""
+
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "HandoffError",
+    "HandoffGapError",
+    "IncompatibleStateError",
+    "LakeReadError",
+    "LambdaSourceError",
+    "OperatorError",
+    "SchemaError",
+    "SinkError",
+    "SourceError",
+    "StateError",
+    "StreamError",
+]

@@ -1,0 +1,141 @@
+"""Dense, stable integer ids for key values, assigned batch-at-a-time.
+
+Invariant: the id of a key value never changes during a run; ids are ``0..len(index)-1`` in order of
+first appearance. A null is a key value like any other (as SQL ``GROUP BY`` treats it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import SchemaError
+
+
+def _int_like(dtype: pa.DataType) -> bool:
+    return pa.types.is_integer(dtype) or pa.types.is_temporal(dtype) or pa.types.is_boolean(dtype)
+
+
+class _SortedInts:
+    """Integer keys: a sorted array of values and their ids; lookups by binary search (numpy)."""
+
+    def __init__(self) -> None:
+        self.values = np.zeros(0, dtype=np.int64)
+        self.ids = np.zeros(0, dtype=np.int64)
+
+    def lookup(self, keys: np.ndarray, next_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids of ``keys``, positions in ``keys`` of first occurrences of new keys)."""
+        uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        pos = np.searchsorted(self.values, uniq)
+        found = np.zeros(len(uniq), dtype=bool)
+        inside = pos < len(self.values)
+        found[inside] = self.values[pos[inside]] == uniq[inside]
+        uniq_ids = np.empty(len(uniq), dtype=np.int64)
+        uniq_ids[found] = self.ids[pos[found]]
+        new = np.flatnonzero(~found)  # ascending, so uniq[new] is sorted
+        if len(new):
+            by_appearance = new[np.argsort(first[new], kind="stable")]
+            uniq_ids[by_appearance] = np.arange(next_id, next_id + len(new), dtype=np.int64)
+            self.values = np.insert(self.values, pos[new], uniq[new])
+            self.ids = np.insert(self.ids, pos[new], uniq_ids[new])
+            new = by_appearance
+        return uniq_ids[inverse.reshape(-1)], first[new]
+
+
+class KeyIndex:
+    """Maps the key columns of batches to dense ids and ids back to key columns."""
+
+    def __init__(self, columns: tuple[str, ...]) -> None:
+        if not columns:
+            raise SchemaError("KeyIndex needs at least one key column")
+        self.columns = columns
+        self._ints: _SortedInts | None = None
+        self._dict: dict[Any, int] = {}
+        self._chunks: list[pa.Table] = []
+        self._table: pa.Table | None = None
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def ids(self, batch: pa.RecordBatch) -> np.ndarray:
+        """Ids (int64) of every row's key; new keys get the next ids."""
+        if batch.num_rows == 0:
+            return np.zeros(0, dtype=np.int64)
+        cols = [batch.column(c) for c in self.columns]
+        if len(cols) == 1 and _int_like(cols[0].type) and cols[0].null_count == 0 and not self._dict:
+            if self._ints is None:
+                self._ints = _SortedInts()
+            raw = cols[0].cast(pa.int64()) if not pa.types.is_int64(cols[0].type) else cols[0]
+            ids, new_rows = self._ints.lookup(np.asarray(raw.to_numpy(zero_copy_only=False)), self._size)
+        else:
+            if self._ints is not None:  # a null or odd value showed up: move to the general index
+                self._migrate_ints()
+            ids, new_rows = self._lookup_general(cols)
+        if len(new_rows):
+            self._chunks.append(
+                pa.Table.from_batches([batch.select(list(self.columns))]).take(new_rows)
+            )
+            self._size += len(new_rows)
+            self._table = None
+        return ids
+
+    def _migrate_ints(self) -> None:
+        assert self._ints is not None
+        table = self.key_table()
+        values = table.column(0).to_pylist()
+        self._dict = {(v,): i for i, v in enumerate(values)}
+        self._ints = None
+
+    def _lookup_general(self, cols: list[pa.Array]) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorised per column (dictionary encoding); one dict probe per distinct key in the batch."""
+        codes = []
+        uniques = []
+        for col in cols:
+            encoded = pc.dictionary_encode(col, null_encoding="encode")
+            codes.append(np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64))
+            uniques.append(encoded.dictionary.to_pylist())
+        stacked = np.stack(codes, axis=1)
+        uniq_rows, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+        uniq_ids = np.empty(len(uniq_rows), dtype=np.int64)
+        new: list[int] = []
+        for j, row in enumerate(uniq_rows.tolist()):
+            key = tuple(uniques[c][code] for c, code in enumerate(row))
+            found = self._dict.get(key)
+            if found is None:
+                new.append(j)
+            else:
+                uniq_ids[j] = found
+        new_first = first[np.asarray(new, dtype=np.int64)]
+        order = np.argsort(new_first, kind="stable")
+        for offset, j in enumerate(np.asarray(new, dtype=np.int64)[order].tolist()):
+            row = uniq_rows[j].tolist()
+            self._dict[tuple(uniques[c][code] for c, code in enumerate(row))] = self._size + offset
+            uniq_ids[j] = self._size + offset
+        return uniq_ids[inverse.reshape(-1)], new_first[order]
+
+    def key_table(self) -> pa.Table:
+        """All key values, row ``i`` = key id ``i``."""
+        if self._table is None:
+            if not self._chunks:
+                raise SchemaError("no keys seen yet")
+            self._table = pa.concat_tables(self._chunks).combine_chunks()
+            self._chunks = [self._table]
+        return self._table
+
+    def columns_for(self, ids: np.ndarray) -> list[pa.Array]:
+        """Key columns (one array per key column) for the given ids."""
+        table = self.key_table().take(pa.array(ids, type=pa.int64()))
+        return [table.column(i).combine_chunks() for i in range(table.num_columns)]
+
+    def snapshot(self) -> pa.Table | None:
+        return self.key_table() if self._size else None
+
+    def restore(self, table: pa.Table | None) -> None:
+        self.__init__(self.columns)  # type: ignore[misc]
+        if table is not None and table.num_rows:
+            for batch in table.to_batches():
+                self.ids(batch)

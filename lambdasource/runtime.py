@@ -1,0 +1,585 @@
+"""Executes a built graph on asyncio.
+
+Layout of a run: every source runs in its own task and puts messages into bounded queues; each
+*segment* (a head operator plus the single-input operators chained synchronously behind it) runs
+in one task reading the head's mailbox; every sink runs in its own task behind a bounded queue.
+Queues exist only at these async boundaries, which is where backpressure lives: a full queue
+suspends its producer. One ``asyncio.TaskGroup`` supervises all tasks; the first error cancels the
+rest and is raised from ``run()`` with its cause; no task outlives the run.
+
+Watermarks (DESIGN §3): each node forwards the minimum of its inputs' watermarks, never
+regressing; inputs that are idle or ended do not hold it back; when every input is idle the node is
+idle and forwards the maximum. Barriers are aligned: a multi-input node buffers the inputs that
+delivered barrier n until all have, then snapshots and forwards it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import LambdaSourceError, OperatorError, SchemaError, SinkError, SourceError
+from .messages import Barrier, End, Message, Watermark
+from .operator import Context, Operator
+from .sinks.base import Sink
+from .sources.base import Source
+from .timeutil import TIME_TYPE, normalize_time_array
+
+log = logging.getLogger("lambdasource")
+
+DEAD_LETTER_FIELDS = [pa.field("_error", pa.string()), pa.field("_position", pa.string())]
+
+
+def _rows(msg: Message) -> int:
+    return msg.num_rows if isinstance(msg, pa.RecordBatch) else 0
+
+
+def as_batches(data: pa.RecordBatch | pa.Table) -> list[pa.RecordBatch]:
+    if isinstance(data, pa.Table):
+        return [b for b in data.combine_chunks().to_batches() if b.num_rows]
+    return [data]
+
+
+@dataclass(slots=True)
+class Edge:
+    """A connection to input ``index`` of ``target``; ``queue`` is set on async boundaries."""
+
+    target: Any
+    index: int
+    queue: asyncio.Queue[tuple[int, Message]] | None = None
+
+
+@dataclass(slots=True)
+class Counters:
+    records_in: int = 0
+    records_out: int = 0
+    batches_out: int = 0
+    late: int = 0
+    dead_letters: int = 0
+
+
+class _Gate:
+    """Per-input watermark, idleness, end and barrier state of a node with ``n`` inputs."""
+
+    def __init__(self, n: int) -> None:
+        self.watermarks: list[int | None] = [None] * n
+        self.idle = [False] * n
+        self.ended = [False] * n
+        self.combined: int | None = None
+        self.all_idle = False
+        self.barrier: int | None = None
+        self.barrier_seen = [False] * n
+        self.blocked: list[tuple[int, Message]] = []
+
+    def recompute(self) -> tuple[bool, bool]:
+        """Update ``combined``/``all_idle``; return (watermark advanced, idleness changed)."""
+        live = [i for i in range(len(self.ended)) if not self.ended[i]]
+        active = [i for i in live if not self.idle[i]]
+        candidate: int | None
+        if active:
+            values = [self.watermarks[i] for i in active]
+            candidate = None if any(v is None for v in values) else min(v for v in values if v is not None)
+            all_idle = False
+        elif live:  # every live input idle: forward the maximum of them
+            known = [w for i in live if (w := self.watermarks[i]) is not None]
+            candidate = max(known) if known else None
+            all_idle = True
+        else:
+            candidate, all_idle = None, False
+        advanced = candidate is not None and (self.combined is None or candidate > self.combined)
+        if advanced:
+            self.combined = candidate
+        changed = all_idle != self.all_idle
+        self.all_idle = all_idle
+        return advanced, changed
+
+
+class Node:
+    """Common output side of operator and source nodes: ports, watermark forwarding, counters."""
+
+    def __init__(self, name: str, runtime: Runtime) -> None:
+        self.name = name
+        self.runtime = runtime
+        self.outputs: dict[str, list[Edge]] = {"main": [], "late": [], "dead_letters": []}
+        self.out_watermark: int | None = None
+        self.out_idle = False
+        self.counters = Counters()
+        self.pending: list[tuple[asyncio.Queue[tuple[int, Message]], tuple[int, Message]]] = []
+        self._warned_ports: set[str] = set()
+
+    def port(self, name: str) -> list[Edge]:
+        return self.outputs.setdefault(name, [])
+
+    def send(self, port: str, msg: Message) -> None:
+        """Deliver to every edge of ``port``: direct edges now, queued ones after the step."""
+        for edge in self.outputs.get(port, ()):
+            if edge.queue is None:
+                edge.target.receive(msg, edge.index)
+            else:
+                self.pending.append((edge.queue, (edge.index, msg)))
+
+    def broadcast(self, msg: Message) -> None:
+        for port in self.outputs:
+            self.send(port, msg)
+
+    def emit_data(self, data: pa.RecordBatch | pa.Table, port: str) -> None:
+        for batch in as_batches(data):
+            rows = batch.num_rows
+            if port == "main":
+                self.counters.records_out += rows
+                self.counters.batches_out += 1
+            elif port == "late":
+                self.counters.late += rows
+            elif port == "dead_letters":
+                self.counters.dead_letters += rows
+            if not self.outputs.get(port) and port != "main" and port not in self._warned_ports:
+                self._warned_ports.add(port)
+                log.warning("%s: %d record(s) sent to the %r output, which has no sink (counted in "
+                            "metrics)", self.name, rows, port)
+            if rows or port == "main":
+                self.send(port, batch)
+
+    def emit_watermark(self, watermark: int, idle: bool = False) -> None:
+        if self.out_watermark is not None and watermark <= self.out_watermark:
+            if idle != self.out_idle:
+                self.out_idle = idle
+                self.broadcast(Watermark(self.out_watermark, idle))
+            return
+        self.out_watermark = watermark
+        self.out_idle = idle
+        self.broadcast(Watermark(watermark, idle))
+
+    def dead_letter(self, batch: pa.RecordBatch, reason: str, position: str | None) -> None:
+        n = batch.num_rows
+        errors = pa.array([reason] * n, pa.string())
+        positions = pa.array([position] * n, pa.string())
+        out = pa.RecordBatch.from_arrays(
+            [*batch.columns, errors, positions],
+            schema=pa.schema([*batch.schema, *DEAD_LETTER_FIELDS]),
+        )
+        self.emit_data(out, "dead_letters")
+
+    async def flush_pending(self) -> None:
+        pending, self.pending = self.pending, []
+        for queue, item in pending:
+            await queue.put(item)
+
+
+class OperatorNode(Node):
+    """Runs one :class:`Operator`: input gate, timers, error translation."""
+
+    def __init__(
+        self, name: str, op: Operator, n_inputs: int, key_columns: tuple[str, ...], runtime: Runtime
+    ) -> None:
+        super().__init__(name, runtime)
+        self.op = op
+        self.gate = _Gate(n_inputs)
+        self.ctx = Context(self, key_columns)
+        self.segment: Segment | None = None
+        self.finished = False
+
+    @property
+    def input_watermark(self) -> int | None:
+        return self.gate.combined
+
+    def wake(self) -> None:
+        """A processing-time timer was registered; the segment loop re-reads deadlines each step."""
+
+    def send(self, port: str, msg: Message) -> None:
+        # chained (direct) successors share this node's segment, so queued items go to its list
+        assert self.segment is not None
+        for edge in self.outputs.get(port, ()):
+            if edge.queue is None:
+                edge.target.receive(msg, edge.index)
+            else:
+                self.segment.pending.append((edge.queue, (edge.index, msg)))
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except LambdaSourceError:
+            raise
+        except Exception as exc:
+            raise OperatorError(f"operator={self.name} failed in {what}: {exc!r}") from exc
+
+    def receive(self, msg: Message, index: int) -> None:
+        gate = self.gate
+        if gate.barrier is not None and gate.barrier_seen[index] and not isinstance(msg, End):
+            gate.blocked.append((index, msg))  # aligning: hold back inputs past the barrier
+            return
+        if isinstance(msg, pa.RecordBatch):
+            self.counters.records_in += msg.num_rows
+            if gate.idle[index]:
+                gate.idle[index] = False
+                self._on_progress()
+            self._call("on_batch", self.op.on_batch, msg, self.ctx)
+        elif isinstance(msg, Watermark):
+            previous = gate.watermarks[index]
+            if previous is None or msg.time > previous:
+                gate.watermarks[index] = msg.time
+            gate.idle[index] = msg.idle
+            self._on_progress()
+        elif isinstance(msg, Barrier):
+            self._on_barrier(msg, index)
+        elif isinstance(msg, End):
+            gate.ended[index] = True
+            if gate.barrier is not None:
+                self._maybe_release_barrier()
+            self._on_progress()
+            if all(gate.ended):
+                self._call("on_end", self.op.on_end, self.ctx)
+                self.finished = True
+                self.broadcast(End())
+
+    def _on_progress(self) -> None:
+        advanced, idle_changed = self.gate.recompute()
+        if advanced:
+            watermark = self.gate.combined
+            assert watermark is not None
+            for timer in list(self.ctx.timers.pop_due("event", watermark)):
+                self.ctx.current_key = timer.key
+                self._call("on_timer", self.op.on_timer, timer, self.ctx)
+            self.ctx.current_key = None
+            self._call("on_watermark", self.op.on_watermark, watermark, self.ctx)
+        if idle_changed and self.out_watermark is not None:
+            self.out_idle = self.gate.all_idle
+            self.broadcast(Watermark(self.out_watermark, self.gate.all_idle))
+
+    def fire_processing_timers(self, now: int) -> None:
+        for timer in list(self.ctx.timers.pop_due("processing", now)):
+            self.ctx.current_key = timer.key
+            self._call("on_timer", self.op.on_timer, timer, self.ctx)
+        self.ctx.current_key = None
+
+    def _on_barrier(self, barrier: Barrier, index: int) -> None:
+        gate = self.gate
+        if gate.barrier is None:
+            gate.barrier = barrier.checkpoint_id
+            gate.barrier_seen = [False] * len(gate.ended)
+        gate.barrier_seen[index] = True
+        self._maybe_release_barrier()
+
+    def _maybe_release_barrier(self) -> None:
+        gate = self.gate
+        if gate.barrier is None:
+            return
+        if not all(seen or ended for seen, ended in zip(gate.barrier_seen, gate.ended, strict=True)):
+            return
+        checkpoint_id = gate.barrier
+        self.runtime.record_snapshot(checkpoint_id, self.name, self._call("snapshot", self.op.snapshot))
+        gate.barrier = None
+        blocked, gate.blocked = gate.blocked, []
+        self.broadcast(Barrier(checkpoint_id))
+        for index, msg in blocked:
+            self.receive(msg, index)
+
+
+@dataclass(slots=True)
+class Segment:
+    """A head node and the nodes chained behind it; driven by one task reading ``mailbox``."""
+
+    head: OperatorNode
+    mailbox: asyncio.Queue[tuple[int, Message]]
+    nodes: list[OperatorNode] = field(default_factory=list)
+    pending: list[tuple[asyncio.Queue[tuple[int, Message]], tuple[int, Message]]] = field(
+        default_factory=list
+    )
+
+    def next_deadline(self) -> int | None:
+        times = [t for n in self.nodes if (t := n.ctx.timers.next_time("processing")) is not None]
+        return min(times) if times else None
+
+    async def run(self) -> None:
+        for node in self.nodes:
+            node._call("open", node.op.open, node.ctx)
+        try:
+            while not self.head.finished:
+                deadline = self.next_deadline()
+                if deadline is None:
+                    index, msg = await self.mailbox.get()
+                else:
+                    delay = max(0.0, (deadline - Context.processing_time()) / 1e6)
+                    try:
+                        async with asyncio.timeout(delay):
+                            index, msg = await self.mailbox.get()
+                    except TimeoutError:
+                        now = Context.processing_time()
+                        for node in self.nodes:
+                            node.fire_processing_timers(now)
+                        await self._flush()
+                        continue
+                self.head.receive(msg, index)
+                await self._flush()
+        finally:
+            for node in self.nodes:
+                node._call("close", node.op.close, node.ctx)
+
+    async def _flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for queue, item in pending:
+            await queue.put(item)
+
+
+class SourceNode(Node):
+    """Runs a :class:`Source`; normalises event time and routes null times to dead letters."""
+
+    def __init__(self, name: str, source: Source, runtime: Runtime) -> None:
+        super().__init__(name, runtime)
+        self.source = source
+        self.ended = False
+
+    async def emit(self, batch: pa.RecordBatch, position: str | None = None) -> None:
+        await self._barrier_if_requested()
+        column = self.source.time_column
+        if column not in batch.schema.names:
+            raise SchemaError(
+                f"source={self.name}: batch at {position or '?'} has no time column {column!r}"
+            )
+        times = batch.column(column)
+        if times.type != TIME_TYPE:
+            normalized = normalize_time_array(times)
+            batch = batch.set_column(batch.schema.get_field_index(column),
+                                     pa.field(column, TIME_TYPE), normalized)
+            times = normalized
+        if times.null_count:
+            null = np.asarray(times.is_null().to_numpy(zero_copy_only=False))
+            self.dead_letter(batch.filter(pa.array(null)), f"null event time in {column!r}", position)
+            batch = batch.filter(pa.array(~null))
+        self.emit_data(batch, "main")
+        await self.flush_pending()
+
+    async def emit_watermark(self, time: int, idle: bool = False) -> None:  # type: ignore[override]
+        await self._barrier_if_requested()
+        Node.emit_watermark(self, time, idle)
+        await self.flush_pending()
+
+    async def dead_letter(  # type: ignore[override]
+        self, batch: pa.RecordBatch, reason: str, position: str | None
+    ) -> None:
+        Node.dead_letter(self, batch, reason, position)
+        await self.flush_pending()
+
+    async def _barrier_if_requested(self) -> None:
+        checkpoint_id = self.runtime.barrier_for(self)
+        if checkpoint_id is not None:
+            self.runtime.record_snapshot(checkpoint_id, self.name, self.source.snapshot())
+            self.broadcast(Barrier(checkpoint_id))
+            await self.flush_pending()
+
+    async def run(self) -> None:
+        try:
+            await self.source.run(self)
+        except (LambdaSourceError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise SourceError(f"source={self.name} failed: {exc!r}") from exc
+        await self._barrier_if_requested()
+        self.ended = True
+        self.broadcast(End())
+        await self.flush_pending()
+
+
+class SinkNode:
+    """Runs a :class:`Sink` behind a bounded mailbox."""
+
+    def __init__(self, name: str, sink: Sink, mailbox: asyncio.Queue[tuple[int, Message]],
+                 runtime: Runtime) -> None:
+        self.name = name
+        self.sink = sink
+        self.mailbox = mailbox
+        self.runtime = runtime
+        self.counters = Counters()
+        self.watermark: int | None = None
+
+    async def _do(self, what: str, coro: Any) -> None:
+        try:
+            await coro
+        except (LambdaSourceError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise SinkError(f"sink={self.name} failed in {what}: {exc!r}") from exc
+
+    async def run(self) -> None:
+        await self._do("open", self.sink.open())
+        try:
+            while True:
+                _, msg = await self.mailbox.get()
+                if isinstance(msg, pa.RecordBatch):
+                    self.counters.records_in += msg.num_rows
+                    await self._do("write", self.sink.write(msg))
+                elif isinstance(msg, Watermark):
+                    if self.watermark is None or msg.time > self.watermark:
+                        self.watermark = msg.time
+                        await self._do("on_watermark", self.sink.on_watermark(msg.time))
+                elif isinstance(msg, Barrier):
+                    await self._do("flush", self.sink.flush())
+                    self.runtime.sink_barrier(msg.checkpoint_id, self.name)
+                elif isinstance(msg, End):
+                    await self._do("flush", self.sink.flush())
+                    return
+        finally:
+            await self._do("close", self.sink.close())
+
+
+class Runtime:
+    """One run of a pipeline: nodes, tasks, checkpoint bookkeeping and metrics."""
+
+    def __init__(self, flush: str) -> None:
+        self.flush = flush
+        self.sources: list[SourceNode] = []
+        self.operators: list[OperatorNode] = []
+        self.segments: list[Segment] = []
+        self.sinks: list[SinkNode] = []
+        self.queues: dict[str, asyncio.Queue[tuple[int, Message]]] = {}
+        self.status = "created"
+        self.started: float | None = None
+        self.finished: float | None = None
+        self._barrier_requests: dict[int, set[str]] = {}
+        self._next_checkpoint = 1
+        self.snapshots: dict[int, dict[str, Any]] = {}
+        self._sinks_done: dict[int, set[str]] = {}
+        self.completed_checkpoints: list[int] = []
+        self._checkpoint_started: dict[int, float] = {}
+        self.checkpoint_durations: dict[int, float] = {}
+
+    # checkpoints (plumbing: barriers flow and snapshots are collected; persistence comes later) ---
+
+    def request_checkpoint(self) -> int:
+        checkpoint_id = self._next_checkpoint
+        self._next_checkpoint += 1
+        self._barrier_requests[checkpoint_id] = {s.name for s in self.sources if not s.ended}
+        self._checkpoint_started[checkpoint_id] = time.perf_counter()
+        return checkpoint_id
+
+    def barrier_for(self, source: SourceNode) -> int | None:
+        for checkpoint_id, waiting in sorted(self._barrier_requests.items()):
+            if source.name in waiting:
+                waiting.discard(source.name)
+                return checkpoint_id
+        return None
+
+    def record_snapshot(self, checkpoint_id: int, name: str, state: Any) -> None:
+        self.snapshots.setdefault(checkpoint_id, {})[name] = state
+
+    def sink_barrier(self, checkpoint_id: int, sink: str) -> None:
+        done = self._sinks_done.setdefault(checkpoint_id, set())
+        done.add(sink)
+        if len(done) == len(self.sinks):
+            self.completed_checkpoints.append(checkpoint_id)
+            started = self._checkpoint_started.get(checkpoint_id)
+            if started is not None:
+                self.checkpoint_durations[checkpoint_id] = time.perf_counter() - started
+
+    # running ------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.status = "running"
+        self.started = time.perf_counter()
+        first_error: list[BaseException] = []
+
+        async def supervised(coro: Any) -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                if not first_error:
+                    first_error.append(exc)
+                raise
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for sink in self.sinks:
+                    tg.create_task(supervised(sink.run()), name=f"sink:{sink.name}")
+                for segment in self.segments:
+                    tg.create_task(supervised(segment.run()), name=f"segment:{segment.head.name}")
+                for source in self.sources:
+                    tg.create_task(supervised(source.run()), name=f"source:{source.name}")
+        except BaseExceptionGroup as group:
+            self.status = "failed"
+            error = first_error[0] if first_error else group.exceptions[0]
+            raise error from error.__cause__
+        except asyncio.CancelledError:
+            self.status = "cancelled"
+            raise
+        finally:
+            self.finished = time.perf_counter()
+        self.status = "finished"
+
+    # metrics ------------------------------------------------------------------------------------
+
+    def metrics(self) -> dict[str, Any]:
+        sources = {
+            s.name: {
+                "watermark": s.out_watermark,
+                "idle": s.out_idle,
+                "ended": s.ended,
+                "records_out": s.counters.records_out,
+                "batches_out": s.counters.batches_out,
+                "dead_letters": s.counters.dead_letters,
+            }
+            for s in self.sources
+        }
+        live = [s.out_watermark for s in self.sources if not s.ended and not s.out_idle]
+        known = [w for w in live if w is not None]
+        every = [s.out_watermark for s in self.sources if s.out_watermark is not None]
+        global_wm = (min(known) if known and len(known) == len(live) else None) if live else (
+            max(every) if every else None)
+        operators: dict[str, Any] = {}
+        state_rows = state_bytes = 0
+        for node in self.operators:
+            rows, nbytes = node.op.state_size()
+            state_rows += rows
+            state_bytes += nbytes
+            operators[node.name] = {
+                "records_in": node.counters.records_in,
+                "records_out": node.counters.records_out,
+                "late": node.counters.late,
+                "dead_letters": node.counters.dead_letters,
+                "watermark": node.gate.combined,
+                "idle": node.gate.all_idle,
+                "timers": len(node.ctx.timers),
+                "state_rows": rows,
+                "state_bytes": nbytes,
+            }
+        queue_messages = queue_rows = queue_bytes = 0
+        for queue in self.queues.values():
+            for _, msg in list(queue._queue):  # type: ignore[attr-defined]
+                queue_messages += 1
+                queue_rows += _rows(msg)
+                if isinstance(msg, pa.RecordBatch):
+                    queue_bytes += msg.nbytes
+        elapsed = ((self.finished or time.perf_counter()) - self.started) if self.started else 0.0
+        return {
+            "status": self.status,
+            "elapsed_s": elapsed,
+            "global_watermark": global_wm,
+            "skew": (max(every) - min(every)) if len(every) > 1 else 0,
+            "sources": sources,
+            "operators": operators,
+            "sinks": {
+                s.name: {"records_in": s.counters.records_in, "watermark": s.watermark}
+                for s in self.sinks
+            },
+            "late": sum(n.counters.late for n in self.operators),
+            "dead_letters": sum(n.counters.dead_letters for n in [*self.sources, *self.operators]),
+            "buffered": {
+                "queue_messages": queue_messages,
+                "queue_rows": queue_rows,
+                "queue_bytes": queue_bytes,
+                "state_rows": state_rows,
+                "state_bytes": state_bytes,
+            },
+            "checkpoints": {
+                "completed": list(self.completed_checkpoints),
+                "durations_s": dict(self.checkpoint_durations),
+            },
+        }

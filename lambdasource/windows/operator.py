@@ -1,0 +1,137 @@
+"""The window operator: keys → dense ids, a window engine, lateness and emission → Arrow batches.
+
+Output columns: the key columns, ``window_start``, ``window_end`` (timestamp[us, UTC]), one column
+per aggregate, and in ``changes``/``latest`` mode a boolean ``_deleted`` (aggregates null there).
+Late records go, with the input's columns, to the ``late`` side output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..keys import KeyIndex
+from ..operator import Context, Operator
+from ..timeutil import TIME_TYPE, micros_array
+from .aggregates import Kernel, Rows
+from .assigners import Session, Sliding, WindowSpec
+from .engine import Emission, EmitMode, WindowEngine
+
+
+def output_schema(
+    key_fields: list[pa.Field], aggregates: dict[str, Kernel], emit: EmitMode
+) -> pa.Schema:
+    fields = [
+        *key_fields,
+        pa.field("window_start", TIME_TYPE),
+        pa.field("window_end", TIME_TYPE),
+        *(pa.field(name, k.output_type) for name, k in aggregates.items()),
+    ]
+    if emit != "every":
+        fields.append(pa.field("_deleted", pa.bool_()))
+    return pa.schema(fields)
+
+
+def make_engine(
+    spec: WindowSpec, kernels: list[Kernel], emit: EmitMode, allowed_lateness: int
+) -> WindowEngine:
+    if isinstance(spec, Session):
+        from .session import SessionEngine
+
+        return SessionEngine(kernels, emit, allowed_lateness, gap=spec.gap)
+    assert isinstance(spec, Sliding)
+    from .sliding import SlidingEngine
+
+    return SlidingEngine(kernels, emit, allowed_lateness, size=spec.size, slide=spec.slide)
+
+
+class WindowOperator(Operator):
+    """Keyed event-time windows over Arrow batches (see module docstring for the output)."""
+
+    def __init__(
+        self,
+        spec: WindowSpec,
+        aggregates: dict[str, Kernel],
+        *,
+        emit: EmitMode,
+        allowed_lateness: int,
+        keys: tuple[str, ...],
+        time_column: str,
+        flush: str | None,
+        schema: pa.Schema | None,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.aggregates = aggregates
+        self.emit = emit
+        self.allowed_lateness = allowed_lateness
+        self.keys = keys
+        self.time_column = time_column
+        self.flush = flush
+        self.output_schema = schema
+        self.index = KeyIndex(keys)
+        self.engine = make_engine(spec, list(aggregates.values()), emit, allowed_lateness)
+        self._columns = sorted({c for k in aggregates.values() for c in k.input_columns})
+        self._seq = 0
+        self._bound = schema is not None
+
+    def on_batch(self, batch: pa.RecordBatch, ctx: Context) -> None:
+        if batch.num_rows == 0:
+            return
+        if not self._bound:
+            for name, kernel in self.aggregates.items():
+                kernel.bind(batch.schema, f"window aggregate {name!r}")
+            self._bound = True
+        ids = self.index.ids(batch)
+        n = batch.num_rows
+        rows = Rows(
+            {c: batch.column(c) for c in self._columns},
+            micros_array(batch.column(self.time_column)),
+            np.arange(self._seq, self._seq + n, dtype=np.int64),
+        )
+        self._seq += n
+        result = self.engine.add(ids, rows, ctx.watermark)
+        if result.late.any():
+            ctx.side_output("late", batch.filter(pa.array(result.late)))
+        self._emit(result.emission, ctx)
+
+    def on_watermark(self, watermark: int, ctx: Context) -> None:
+        self._emit(self.engine.advance(watermark), ctx)
+        ctx.emit_watermark(watermark)
+
+    def on_end(self, ctx: Context) -> None:
+        flush = self.flush or getattr(ctx._node.runtime, "flush", "watermark")
+        if flush == "all":
+            self._emit(self.engine.flush_all(), ctx)
+
+    def _emit(self, emission: Emission | None, ctx: Context) -> None:
+        if emission is None or len(emission) == 0:
+            return
+        columns: list[pa.Array] = [*self.index.columns_for(emission.key_ids)]
+        columns.append(pa.array(emission.starts, type=pa.int64()).cast(TIME_TYPE))
+        columns.append(pa.array(emission.ends, type=pa.int64()).cast(TIME_TYPE))
+        columns.extend(emission.results)
+        if self.emit != "every":
+            columns.append(pa.array(emission.deleted, type=pa.bool_()))
+        names = [*self.keys, "window_start", "window_end", *self.aggregates]
+        if self.emit != "every":
+            names.append("_deleted")
+        batch = pa.RecordBatch.from_arrays(columns, names=names)
+        if self.output_schema is not None and batch.schema != self.output_schema:
+            batch = batch.cast(self.output_schema)
+        ctx.emit(batch)
+
+    def snapshot(self) -> Any:
+        return {"keys": self.index.snapshot(), "engine": self.engine.snapshot(), "seq": self._seq}
+
+    def restore(self, state: Any) -> None:
+        self.index.restore(state["keys"])
+        self.engine.restore(state["engine"])
+        self._seq = state["seq"]
+
+    def state_size(self) -> tuple[int, int]:
+        rows = self.engine.state_rows()
+        per_row = 8 * (3 + sum(2 for _ in self.aggregates))  # key id, slice, count + partials
+        return rows, rows * per_row
