@@ -66,11 +66,18 @@ class KeyIndex:
         if batch.num_rows == 0:
             return np.zeros(0, dtype=np.int64)
         cols = [batch.column(c) for c in self.columns]
-        if len(cols) == 1 and _int_like(cols[0].type) and cols[0].null_count == 0 and not self._dict:
+        if (
+            len(cols) == 1
+            and _int_like(cols[0].type)
+            and cols[0].null_count == 0
+            and not self._dict
+        ):
             if self._ints is None:
                 self._ints = _SortedInts()
             raw = cols[0].cast(pa.int64()) if not pa.types.is_int64(cols[0].type) else cols[0]
-            ids, new_rows = self._ints.lookup(np.asarray(raw.to_numpy(zero_copy_only=False)), self._size)
+            ids, new_rows = self._ints.lookup(
+                np.asarray(raw.to_numpy(zero_copy_only=False)), self._size
+            )
         else:
             if self._ints is not None:  # a null or odd value showed up: move to the general index
                 self._migrate_ints()
@@ -99,7 +106,9 @@ class KeyIndex:
             codes.append(np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64))
             uniques.append(encoded.dictionary.to_pylist())
         stacked = np.stack(codes, axis=1)
-        uniq_rows, first, inverse = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+        uniq_rows, first, inverse = np.unique(
+            stacked, axis=0, return_index=True, return_inverse=True
+        )
         uniq_ids = np.empty(len(uniq_rows), dtype=np.int64)
         new: list[int] = []
         for j, row in enumerate(uniq_rows.tolist()):

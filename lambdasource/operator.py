@@ -41,7 +41,10 @@ class TimerService:
     """Event- and processing-time timers of one operator; one timer per (domain, time, key)."""
 
     def __init__(self) -> None:
-        self._heaps: dict[TimeDomain, list[tuple[int, int, Timer]]] = {"event": [], "processing": []}
+        self._heaps: dict[TimeDomain, list[tuple[int, int, Timer]]] = {
+            "event": [],
+            "processing": [],
+        }
         self._live: set[tuple[TimeDomain, int, Hashable]] = set()
         self._counter = 0
 
@@ -104,7 +107,7 @@ class Context:
     @property
     def watermark(self) -> int | None:
         """The operator's current input watermark (µs), None before the first."""
-        return self._node.input_watermark  # type: ignore[no-any-return]
+        return self._node.input_watermark
 
     def emit(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Send a batch (or table) to the main output."""

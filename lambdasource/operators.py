@@ -9,7 +9,7 @@ O(log batch) extra calls and never the batch. ``on_error="raise"`` fails the run
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,7 +18,7 @@ from .errors import ConfigError, SchemaError
 from .operator import Context, Operator
 
 OnError = Literal["dead_letter", "raise"]
-Predicate = pc.Expression | Callable[[pa.RecordBatch], Any]
+Predicate: TypeAlias = "pc.Expression | Callable[[pa.RecordBatch], Any]"
 
 
 def check_on_error(value: str, where: str) -> OnError:
@@ -62,7 +62,9 @@ class _Guarded(Operator):
         except Exception as exc:
             if batch.num_rows <= 1:
                 self.failures += batch.num_rows
-                ctx.dead_letter(batch, f"{type(exc).__name__}: {exc}", f"operator={ctx.name} row={offset}")
+                ctx.dead_letter(
+                    batch, f"{type(exc).__name__}: {exc}", f"operator={ctx.name} row={offset}"
+                )
                 return
             half = batch.num_rows // 2
             self._isolate(batch.slice(0, half), offset, ctx)
@@ -91,8 +93,12 @@ class FilterOperator(_Guarded):
 class MapOperator(_Guarded):
     """Applies ``fn(batch) -> batch | table`` (row count may change)."""
 
-    def __init__(self, fn: Callable[[pa.RecordBatch], pa.RecordBatch | pa.Table],
-                 schema: pa.Schema | None, on_error: OnError) -> None:
+    def __init__(
+        self,
+        fn: Callable[[pa.RecordBatch], pa.RecordBatch | pa.Table],
+        schema: pa.Schema | None,
+        on_error: OnError,
+    ) -> None:
         super().__init__(on_error)
         self.fn = fn
         self.schema = schema
@@ -104,7 +110,9 @@ class MapOperator(_Guarded):
         elif isinstance(out, pa.RecordBatch):
             batches = [out]
         else:
-            raise TypeError(f"map function must return a RecordBatch or Table, got {type(out).__name__}")
+            raise TypeError(
+                f"map function must return a RecordBatch or Table, got {type(out).__name__}"
+            )
         if self.schema is not None:
             batches = [b.cast(self.schema) if b.schema != self.schema else b for b in batches]
         return batches

@@ -99,7 +99,9 @@ class Pipeline:
     def source(self, source: Source, *, name: str | None = None) -> Stream:
         """Add a source; returns its stream."""
         if not isinstance(source, Source):
-            raise ConfigError(f"Pipeline.source: expected a source (e.g. ls.MemorySource), got {source!r}")
+            raise ConfigError(
+                f"Pipeline.source: expected a source (e.g. ls.MemorySource), got {source!r}"
+            )
         if any(s.source is source for s in self._specs):
             raise ConfigError(f"Pipeline.source: source {source.name!r} was already added")
         schema = source.schema
@@ -108,10 +110,14 @@ class Pipeline:
                 raise SchemaError(
                     f"source={source.name}: time column {source.time_column!r} not in {schema.names}"
                 )
-            check_time_type(schema.field(source.time_column).type, column=source.time_column,
-                            where=f"source={source.name}")
-            schema = schema.set(schema.get_field_index(source.time_column),
-                                pa.field(source.time_column, TIME_TYPE))
+            check_time_type(
+                schema.field(source.time_column).type,
+                column=source.time_column,
+                where=f"source={source.name}",
+            )
+            schema = schema.set(
+                schema.get_field_index(source.time_column), pa.field(source.time_column, TIME_TYPE)
+            )
         spec = self._add(_Spec("source", self._unique(name or source.name), source=source))
         return Stream(self, spec, "main", schema, source.time_column, ())
 
@@ -157,8 +163,10 @@ class Pipeline:
         heads: list[OperatorNode] = []
         for spec in self._specs:
             node = live[id(spec)]
-            queued = spec.kind == "sink" or len(spec.inputs) > 1 or any(
-                up.kind == "source" for up, _ in spec.inputs
+            queued = (
+                spec.kind == "sink"
+                or len(spec.inputs) > 1
+                or any(up.kind == "source" for up, _ in spec.inputs)
             )
             if spec.kind == "operator" and queued:
                 box = asyncio.Queue(self.queue_size)
@@ -170,7 +178,9 @@ class Pipeline:
                 live[id(up)].port(port).append(edge)
 
         for head in heads:
-            segment = Segment(head, mailboxes[id(next(s for s in self._specs if live[id(s)] is head))])
+            segment = Segment(
+                head, mailboxes[id(next(s for s in self._specs if live[id(s)] is head))]
+            )
             stack = [head]
             while stack:
                 node = stack.pop()
@@ -247,8 +257,13 @@ class Stream:
     ) -> Stream:
         new_keys = self.keys if keys is None else keys
         spec = self.pipeline._add(
-            _Spec("operator", self.pipeline._unique(name or base), make=make, keys=new_keys,
-                  inputs=[(self._spec, self._port), *((s._spec, s._port) for s in extra)])
+            _Spec(
+                "operator",
+                self.pipeline._unique(name or base),
+                make=make,
+                keys=new_keys,
+                inputs=[(self._spec, self._port), *((s._spec, s._port) for s in extra)],
+            )
         )
         return Stream(self.pipeline, spec, "main", schema, self.time_column, new_keys)
 
@@ -257,21 +272,31 @@ class Stream:
             return
         for column in columns:
             if column not in self.schema.names:
-                raise SchemaError(f"{where}: unknown column {column!r}; the stream has {self.schema.names}")
+                raise SchemaError(
+                    f"{where}: unknown column {column!r}; the stream has {self.schema.names}"
+                )
 
-    def filter(self, predicate: Predicate, *, on_error: str = "dead_letter",
-               name: str | None = None) -> Stream:
+    def filter(
+        self, predicate: Predicate, *, on_error: str = "dead_letter", name: str | None = None
+    ) -> Stream:
         """Keep rows where ``predicate`` (``pc.field("kind") == "click"``, or batch → mask) holds."""
         mode = check_on_error(on_error, "filter")
         if isinstance(predicate, pc.Expression):
             validate_expression(predicate, self.schema, "filter")
         elif not callable(predicate):
-            raise ConfigError(f"filter: expected a pyarrow expression or a callable, got {predicate!r}")
+            raise ConfigError(
+                f"filter: expected a pyarrow expression or a callable, got {predicate!r}"
+            )
         return self._then("filter", lambda: FilterOperator(predicate, mode), self.schema, name=name)
 
-    def map(self, fn: Callable[[pa.RecordBatch], pa.RecordBatch | pa.Table], *,
-            schema: pa.Schema | None = None, on_error: str = "dead_letter",
-            name: str | None = None) -> Stream:
+    def map(
+        self,
+        fn: Callable[[pa.RecordBatch], pa.RecordBatch | pa.Table],
+        *,
+        schema: pa.Schema | None = None,
+        on_error: str = "dead_letter",
+        name: str | None = None,
+    ) -> Stream:
         """Apply ``fn(batch) -> batch`` (declare the output ``schema`` to get build-time checks)."""
         mode = check_on_error(on_error, "map")
         if not callable(fn):
@@ -288,13 +313,24 @@ class Stream:
         if not flat:
             raise ConfigError("key_by: name at least one column")
         self._check_columns(flat, "key_by")
-        return Stream(self.pipeline, self._spec, self._port, self.schema, self.time_column, tuple(flat))
+        return Stream(
+            self.pipeline, self._spec, self._port, self.schema, self.time_column, tuple(flat)
+        )
 
-    def window(self, window: Sliding | Session, *, allowed_lateness: Duration = "0s",
-               emit: str = "every", flush: str | None = None, name: str | None = None) -> WindowedStream:
+    def window(
+        self,
+        window: Sliding | Session,
+        *,
+        allowed_lateness: Duration = "0s",
+        emit: str = "every",
+        flush: str | None = None,
+        name: str | None = None,
+    ) -> WindowedStream:
         """Event-time windows per key; finish with ``.aggregate(...)``; late records at ``.late()``."""
         if not isinstance(window, Sliding | Session):
-            raise ConfigError(f"window: expected ls.Tumbling, ls.Sliding or ls.Session, got {window!r}")
+            raise ConfigError(
+                f"window: expected ls.Tumbling, ls.Sliding or ls.Session, got {window!r}"
+            )
         if not self.keys:
             raise ConfigError(
                 f"window: {window!r} needs a keyed stream; call .key_by(column) before .window(...)"
@@ -305,12 +341,17 @@ class Stream:
             raise ConfigError(f"window: flush must be one of {FLUSH_MODES}, got {flush!r}")
         lateness = parse_duration(allowed_lateness, name="allowed_lateness")
         if self.schema is not None:
-            check_time_type(self.schema.field(self.time_column).type, column=self.time_column,
-                            where="window") if self.time_column in self.schema.names else None
+            check_time_type(
+                self.schema.field(self.time_column).type, column=self.time_column, where="window"
+            ) if self.time_column in self.schema.names else None
             self._check_columns([self.time_column], "window (time column)")
         spec = self.pipeline._add(
-            _Spec("operator", self.pipeline._unique(name or "window"), keys=self.keys,
-                  inputs=[(self._spec, self._port)])
+            _Spec(
+                "operator",
+                self.pipeline._unique(name or "window"),
+                keys=self.keys,
+                inputs=[(self._spec, self._port)],
+            )
         )
         return WindowedStream(self, spec, window, emit, lateness, flush)  # type: ignore[arg-type]
 
@@ -332,8 +373,10 @@ class Stream:
                 raise SchemaError(
                     f"union: time columns differ ({self.time_column!r} vs {other.time_column!r})"
                 )
-            if self.schema is not None and other.schema is not None and not other.schema.equals(
-                self.schema
+            if (
+                self.schema is not None
+                and other.schema is not None
+                and not other.schema.equals(self.schema)
             ):
                 raise SchemaError(f"union: schemas differ:\n{self.schema}\nvs\n{other.schema}")
         keys = self.keys if all(o.keys == self.keys for o in others) else ()
@@ -347,8 +390,12 @@ class Stream:
             raise ConfigError(f"sink: this {type(sink).__name__} is already used; create another")
         sink.bind(self.schema)
         self.pipeline._add(
-            _Spec("sink", self.pipeline._unique(name or sink.name), sink=sink,
-                  inputs=[(self._spec, self._port)])
+            _Spec(
+                "sink",
+                self.pipeline._unique(name or sink.name),
+                sink=sink,
+                inputs=[(self._spec, self._port)],
+            )
         )
         return sink
 
@@ -356,16 +403,24 @@ class Stream:
         """Records this node failed on, with its columns plus ``_error`` and ``_position``."""
         schema = None
         if self.schema is not None:
-            schema = pa.schema([*self.schema, pa.field("_error", pa.string()),
-                                pa.field("_position", pa.string())])
+            schema = pa.schema(
+                [*self.schema, pa.field("_error", pa.string()), pa.field("_position", pa.string())]
+            )
         return Stream(self.pipeline, self._spec, "dead_letters", schema, self.time_column, ())
 
 
 class WindowedStream:
     """The result of ``.window(...)``: call ``.aggregate(...)``; ``.late()`` gives late records."""
 
-    def __init__(self, stream: Stream, spec: _Spec, window: Sliding | Session, emit: EmitMode,
-                 allowed_lateness: int, flush: str | None) -> None:
+    def __init__(
+        self,
+        stream: Stream,
+        spec: _Spec,
+        window: Sliding | Session,
+        emit: EmitMode,
+        allowed_lateness: int,
+        flush: str | None,
+    ) -> None:
         self._stream = stream
         self._spec = spec
         self.window = window
@@ -384,16 +439,24 @@ class WindowedStream:
         kernels: dict[str, Kernel] = {}
         for out_name, agg in aggregates.items():
             if out_name in reserved:
-                raise SchemaError(f"aggregate: output name {out_name!r} clashes with a key or window column")
+                raise SchemaError(
+                    f"aggregate: output name {out_name!r} clashes with a key or window column"
+                )
             kernel = as_kernel(agg, f"aggregate {out_name!r}")
             kernel.bind(stream.schema, f"window aggregate {out_name!r}")
             kernels[out_name] = kernel
         schema = None
         if stream.schema is not None:
-            schema = output_schema([stream.schema.field(k) for k in stream.keys], kernels, self.emit)
+            schema = output_schema(
+                [stream.schema.field(k) for k in stream.keys], kernels, self.emit
+            )
         args = dict(
-            emit=self.emit, allowed_lateness=self.allowed_lateness, keys=stream.keys,
-            time_column=stream.time_column, flush=self.flush, schema=schema,
+            emit=self.emit,
+            allowed_lateness=self.allowed_lateness,
+            keys=stream.keys,
+            time_column=stream.time_column,
+            flush=self.flush,
+            schema=schema,
         )
         window = self.window
         self._spec.make = lambda: WindowOperator(window, kernels, **args)  # type: ignore[arg-type]

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .errors import LambdaSourceError, OperatorError, SchemaError, SinkError, SourceError
 from .messages import Barrier, End, Message, Watermark
@@ -80,20 +79,27 @@ class _Gate:
         self.blocked: list[tuple[int, Message]] = []
 
     def recompute(self) -> tuple[bool, bool]:
-        """Update ``combined``/``all_idle``; return (watermark advanced, idleness changed)."""
+        """Update ``combined``/``all_idle``; return (watermark advanced, idleness changed).
+
+        An ended input is excluded from the minimum (it can send nothing more); once every input
+        ended, the watermark advances to the largest final watermark (the bounded run's end time).
+        """
         live = [i for i in range(len(self.ended)) if not self.ended[i]]
         active = [i for i in live if not self.idle[i]]
         candidate: int | None
         if active:
             values = [self.watermarks[i] for i in active]
-            candidate = None if any(v is None for v in values) else min(v for v in values if v is not None)
+            candidate = (
+                None if any(v is None for v in values) else min(v for v in values if v is not None)
+            )
             all_idle = False
         elif live:  # every live input idle: forward the maximum of them
             known = [w for i in live if (w := self.watermarks[i]) is not None]
             candidate = max(known) if known else None
             all_idle = True
-        else:
-            candidate, all_idle = None, False
+        else:  # every input ended: the run's end time is the furthest any input promised
+            known = [w for w in self.watermarks if w is not None]
+            candidate, all_idle = (max(known) if known else None), False
         advanced = candidate is not None and (self.combined is None or candidate > self.combined)
         if advanced:
             self.combined = candidate
@@ -142,8 +148,13 @@ class Node:
                 self.counters.dead_letters += rows
             if not self.outputs.get(port) and port != "main" and port not in self._warned_ports:
                 self._warned_ports.add(port)
-                log.warning("%s: %d record(s) sent to the %r output, which has no sink (counted in "
-                            "metrics)", self.name, rows, port)
+                log.warning(
+                    "%s: %d record(s) sent to the %r output, which has no sink (counted in "
+                    "metrics)",
+                    self.name,
+                    rows,
+                    port,
+                )
             if rows or port == "main":
                 self.send(port, batch)
 
@@ -271,10 +282,20 @@ class OperatorNode(Node):
         gate = self.gate
         if gate.barrier is None:
             return
-        if not all(seen or ended for seen, ended in zip(gate.barrier_seen, gate.ended, strict=True)):
+        if not all(
+            seen or ended for seen, ended in zip(gate.barrier_seen, gate.ended, strict=True)
+        ):
             return
         checkpoint_id = gate.barrier
-        self.runtime.record_snapshot(checkpoint_id, self.name, self._call("snapshot", self.op.snapshot))
+        self.runtime.record_snapshot(
+            checkpoint_id,
+            self.name,
+            {
+                "operator": self._call("snapshot", self.op.snapshot),
+                "keyed_state": dict(self.ctx.state),
+                "timers": self.ctx.timers.snapshot(),
+            },
+        )
         gate.barrier = None
         blocked, gate.blocked = gate.blocked, []
         self.broadcast(Barrier(checkpoint_id))
@@ -346,12 +367,15 @@ class SourceNode(Node):
         times = batch.column(column)
         if times.type != TIME_TYPE:
             normalized = normalize_time_array(times)
-            batch = batch.set_column(batch.schema.get_field_index(column),
-                                     pa.field(column, TIME_TYPE), normalized)
+            batch = batch.set_column(
+                batch.schema.get_field_index(column), pa.field(column, TIME_TYPE), normalized
+            )
             times = normalized
         if times.null_count:
             null = np.asarray(times.is_null().to_numpy(zero_copy_only=False))
-            self.dead_letter(batch.filter(pa.array(null)), f"null event time in {column!r}", position)
+            Node.dead_letter(
+                self, batch.filter(pa.array(null)), f"null event time in {column!r}", position
+            )
             batch = batch.filter(pa.array(~null))
         self.emit_data(batch, "main")
         await self.flush_pending()
@@ -390,8 +414,9 @@ class SourceNode(Node):
 class SinkNode:
     """Runs a :class:`Sink` behind a bounded mailbox."""
 
-    def __init__(self, name: str, sink: Sink, mailbox: asyncio.Queue[tuple[int, Message]],
-                 runtime: Runtime) -> None:
+    def __init__(
+        self, name: str, sink: Sink, mailbox: asyncio.Queue[tuple[int, Message]], runtime: Runtime
+    ) -> None:
         self.name = name
         self.sink = sink
         self.mailbox = mailbox
@@ -531,8 +556,11 @@ class Runtime:
         live = [s.out_watermark for s in self.sources if not s.ended and not s.out_idle]
         known = [w for w in live if w is not None]
         every = [s.out_watermark for s in self.sources if s.out_watermark is not None]
-        global_wm = (min(known) if known and len(known) == len(live) else None) if live else (
-            max(every) if every else None)
+        global_wm = (
+            (min(known) if known and len(known) == len(live) else None)
+            if live
+            else (max(every) if every else None)
+        )
         operators: dict[str, Any] = {}
         state_rows = state_bytes = 0
         for node in self.operators:

@@ -38,14 +38,18 @@ class MemorySource(Source):
             data = [data]
         if isinstance(data, list):
             if not data:
-                raise ConfigError("MemorySource: data is an empty list; pass a Table to give a schema")
+                raise ConfigError(
+                    "MemorySource: data is an empty list; pass a Table to give a schema"
+                )
             table = pa.Table.from_batches(data)
             given = data
         elif isinstance(data, pa.Table):
             table = data
             given = data.to_batches()
         else:
-            raise ConfigError(f"MemorySource: expected a pyarrow Table or RecordBatches, got {data!r}")
+            raise ConfigError(
+                f"MemorySource: expected a pyarrow Table or RecordBatches, got {data!r}"
+            )
         if time_column not in table.schema.names:
             raise SchemaError(
                 f"MemorySource: time column {time_column!r} not in columns {table.schema.names}"
@@ -59,7 +63,9 @@ class MemorySource(Source):
         self._given = given
         self.batch_size = batch_size
         self.out_of_orderness = (
-            None if out_of_orderness is None else parse_duration(out_of_orderness, name="out_of_orderness")
+            None
+            if out_of_orderness is None
+            else parse_duration(out_of_orderness, name="out_of_orderness")
         )
         self.until = None if until is None else to_micros(until)
         self._position = 0  # batches emitted
@@ -103,5 +109,3 @@ class MemorySource(Source):
 
     def restore(self, state: int) -> None:
         self._position = int(state)
-
-

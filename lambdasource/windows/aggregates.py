@@ -100,8 +100,9 @@ class _Codec:
         if self.kind == "object":
             values = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object)
         else:
-            values = np.asarray(arr.fill_null(0 if self.kind != "bool" else False).to_numpy(
-                zero_copy_only=False))
+            values = np.asarray(
+                arr.fill_null(0 if self.kind != "bool" else False).to_numpy(zero_copy_only=False)
+            )
         return values, valid
 
     def empty(self, n: int) -> np.ndarray:
@@ -122,9 +123,7 @@ class _Codec:
         if self.kind == "temporal":
             width = pa.int32() if self.arrow_type.bit_width == 32 else pa.int64()
             np_width = np.int32 if width == pa.int32() else np.int64
-            return pa.array(values.astype(np_width), type=width, mask=mask).cast(
-                self.arrow_type
-            )
+            return pa.array(values.astype(np_width), type=width, mask=mask).cast(self.arrow_type)
         return pa.array(values, mask=mask).cast(self.arrow_type)
 
 
@@ -159,7 +158,7 @@ class Kernel(abc.ABC):
             )
         self._bind_type(schema.field(self.column).type, where)
 
-    def _bind_type(self, dtype: pa.DataType, where: str) -> None:  # noqa: B027 – optional hook
+    def _bind_type(self, dtype: pa.DataType, where: str) -> None:
         """Validate/record the input type (default: any type)."""
 
     @property
@@ -230,7 +229,9 @@ class _Sum(Kernel):
         elif pa.types.is_floating(dtype) or pa.types.is_decimal(dtype):
             self._float = True
         else:
-            raise SchemaError(f"{where}: {self.name}({self.column!r}) needs a numeric column, got {dtype}")
+            raise SchemaError(
+                f"{where}: {self.name}({self.column!r}) needs a numeric column, got {dtype}"
+            )
 
     @property
     def output_type(self) -> pa.DataType:
@@ -299,7 +300,9 @@ class _Extreme(Kernel):
 
     def _bind_type(self, dtype: pa.DataType, where: str) -> None:
         if pa.types.is_nested(dtype):
-            raise SchemaError(f"{where}: {self.name}({self.column!r}) needs an orderable column, got {dtype}")
+            raise SchemaError(
+                f"{where}: {self.name}({self.column!r}) needs an orderable column, got {dtype}"
+            )
         self._codec = _Codec.of(dtype)
 
     def _codec_for(self, arr: pa.Array) -> _Codec:
@@ -429,7 +432,7 @@ class _Positional(Kernel):
         )
 
     def reduce(self, state: State, groups: np.ndarray, n: int) -> State:
-        times, seq, values, has, valid = state
+        times, seq, values, has, _ = state
         out = (
             np.zeros(n, np.int64),
             np.zeros(n, np.int64),
@@ -619,7 +622,7 @@ def count(column: str | None = None) -> Kernel:
     return _Count(column)
 
 
-def sum(column: str) -> Kernel:  # noqa: A001 – the contract's name
+def sum(column: str) -> Kernel:
     """Sum of non-null values; null for a window with none. Integers sum exactly (int64)."""
     return _Sum(column)
 
@@ -629,12 +632,12 @@ def mean(column: str) -> Kernel:
     return _Mean(column)
 
 
-def min(column: str) -> Kernel:  # noqa: A001
+def min(column: str) -> Kernel:
     """Smallest non-null value."""
     return _Min(column)
 
 
-def max(column: str) -> Kernel:  # noqa: A001
+def max(column: str) -> Kernel:
     """Largest non-null value."""
     return _Max(column)
 
@@ -660,4 +663,6 @@ def as_kernel(value: Kernel | Aggregate, where: str) -> Kernel:
         return value
     if isinstance(value, Aggregate):
         return value.kernel()
-    raise SchemaError(f"{where}: expected an aggregate like ls.count() or an ls.Aggregate, got {value!r}")
+    raise SchemaError(
+        f"{where}: expected an aggregate like ls.count() or an ls.Aggregate, got {value!r}"
+    )

@@ -63,10 +63,7 @@ class Emission:
             np.concatenate([p.starts for p in parts]),
             np.concatenate([p.ends for p in parts]),
             np.concatenate([p.deleted for p in parts]),
-            [
-                pa.concat_arrays([p.results[i] for p in parts])
-                for i in range(len(parts[0].results))
-            ],
+            [pa.concat_arrays([p.results[i] for p in parts]) for i in range(len(parts[0].results))],
         )
 
 
