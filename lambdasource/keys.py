@@ -98,33 +98,38 @@ class KeyIndex:
         self._ints = None
 
     def _lookup_general(self, cols: list[pa.Array]) -> tuple[np.ndarray, np.ndarray]:
-        """Vectorised per column (dictionary encoding); one dict probe per distinct key in the batch."""
-        codes = []
-        uniques = []
+        """Dictionary-encode each column, combine the codes into one int64 (mixed radix), and
+        probe the dict once per distinct key of the batch, never per row."""
+        code = np.zeros(len(cols[0]), dtype=np.int64)
+        dictionaries = []
         for col in cols:
             encoded = pc.dictionary_encode(col, null_encoding="encode")
-            codes.append(np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64))
-            uniques.append(encoded.dictionary.to_pylist())
-        stacked = np.stack(codes, axis=1)
-        uniq_rows, first, inverse = np.unique(
-            stacked, axis=0, return_index=True, return_inverse=True
-        )
-        uniq_ids = np.empty(len(uniq_rows), dtype=np.int64)
-        new: list[int] = []
-        for j, row in enumerate(uniq_rows.tolist()):
-            key = tuple(uniques[c][code] for c, code in enumerate(row))
+            dictionary = encoded.dictionary.to_pylist()
+            dictionaries.append(dictionary)
+            code = code * len(dictionary) + np.asarray(
+                encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64
+            )
+        uniq, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+        uniq_ids = np.empty(len(uniq), dtype=np.int64)
+        missing: list[int] = []
+        keys: list[tuple[Any, ...]] = []
+        for j, combined in enumerate(uniq.tolist()):
+            parts = []
+            for dictionary in reversed(dictionaries):
+                combined, index = divmod(combined, len(dictionary))
+                parts.append(dictionary[index])
+            key = tuple(reversed(parts))
+            keys.append(key)
             found = self._dict.get(key)
             if found is None:
-                new.append(j)
+                missing.append(j)
             else:
                 uniq_ids[j] = found
-        new_first = first[np.asarray(new, dtype=np.int64)]
-        order = np.argsort(new_first, kind="stable")
-        for offset, j in enumerate(np.asarray(new, dtype=np.int64)[order].tolist()):
-            row = uniq_rows[j].tolist()
-            self._dict[tuple(uniques[c][code] for c, code in enumerate(row))] = self._size + offset
-            uniq_ids[j] = self._size + offset
-        return uniq_ids[inverse.reshape(-1)], new_first[order]
+        new = np.asarray(missing, dtype=np.int64)
+        new = new[np.argsort(first[new], kind="stable")]  # ids in order of first appearance
+        for offset, j in enumerate(new.tolist()):
+            self._dict[keys[j]] = uniq_ids[j] = self._size + offset
+        return uniq_ids[inverse.reshape(-1)], first[new]
 
     def key_table(self) -> pa.Table:
         """All key values, row ``i`` = key id ``i``."""
