@@ -70,6 +70,12 @@ class Pipeline:
     ) -> None:
         if flush not in FLUSH_MODES:
             raise ConfigError(f"Pipeline: flush must be one of {FLUSH_MODES}, got {flush!r}")
+        if checkpoints is not None:
+            raise ConfigError(
+                "Pipeline(checkpoints=...): checkpointing is not implemented yet (issue 6); "
+                "barriers flow and snapshots are collected (trigger_checkpoint), but nothing is "
+                "persisted or restored"
+            )
         if queue_size < 1:
             raise ConfigError(f"Pipeline: queue_size must be >= 1, got {queue_size}")
         self.checkpoints = checkpoints
