@@ -139,6 +139,8 @@ class Kernel(abc.ABC):
     """A vectorised aggregate (see the module docstring for the contract)."""
 
     name: ClassVar[str] = "aggregate"
+    additive: ClassVar[bool] = False
+    """True when ``combine`` adds every state array element-wise (lets scans use cumsum)."""
 
     def __init__(self, column: str | None = None) -> None:
         self.column = column
@@ -190,6 +192,7 @@ def _bincount(groups: np.ndarray, n: int, weights: np.ndarray | None = None) -> 
 
 class _Count(Kernel):
     name = "count"
+    additive = True
 
     @property
     def output_type(self) -> pa.DataType:
@@ -221,6 +224,7 @@ class _Sum(Kernel):
     """Sum of non-null values; null when a group has none. Integers sum exactly in int64."""
 
     name = "sum"
+    additive = True
     _float = False
 
     def _bind_type(self, dtype: pa.DataType, where: str) -> None:
