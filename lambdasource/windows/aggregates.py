@@ -141,6 +141,9 @@ class Kernel(abc.ABC):
     name: ClassVar[str] = "aggregate"
     additive: ClassVar[bool] = False
     """True when ``combine`` adds every state array element-wise (lets scans use cumsum)."""
+    counts_distinct: ClassVar[bool] = False
+    """True for ``count_distinct``: sliding engines count it by (key, value) pair presence
+    (``windows/distinct.py``) instead of merging its partial states."""
 
     def __init__(self, column: str | None = None) -> None:
         self.column = column
@@ -480,6 +483,7 @@ class _CountDistinct(Kernel):
     """Exact count of distinct non-null values. State: an object array of frozensets."""
 
     name = "count_distinct"
+    counts_distinct = True
 
     @property
     def output_type(self) -> pa.DataType:

@@ -29,6 +29,13 @@ Lateness: ``a_min``, the first window end still accepting records (``e - 1 + L >
 the watermark. A record joins windows ``[max(e_in, a_min), e_last]`` (late when empty); when
 ``a_min > e_in`` its slice row keeps ``tag = a_min`` so that closed windows ``< tag`` are still
 evaluated without it. Slices below ``a_min - D - S`` are dropped (no window can need them).
+
+``count_distinct`` kernels do not go through partial states (merging sets is slow and
+superlinear): each has a :class:`~.distinct.PairPresence` tracker that counts (key, value) pairs
+per slice, and a :class:`~.distinct.PresenceSlot` placeholder (zeros) in the parts. The hooks are
+few: ``add`` feeds the trackers, ``_complete`` and ``_evaluate`` (corrections) overwrite the
+placeholder slots of the values they evaluate with the trackers' counts, ``_prune``, ``snapshot``,
+``restore`` and ``state_rows`` include the trackers.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import pyarrow.compute as pc
 from ..errors import ConfigError, IncompatibleStateError
 from . import aggregates as agg
 from .aggregates import Kernel, Rows, State
+from .distinct import PairPresence, PresenceSlot
 from .engine import EMIT_MODES, AddResult, Emission, EmitMode, WindowEngine
 
 __all__ = ["SlidingEngine"]
@@ -54,7 +62,7 @@ Parts = tuple[State, ...]
 _I64_MIN = int(np.iinfo(np.int64).min)
 _CODE_LIMIT = 1 << 62
 _CHUNK_ROWS = 1 << 17  # entered tables smaller than this are merged with their neighbour
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
@@ -372,7 +380,14 @@ class SlidingEngine(WindowEngine):
         self._S, self._D = self.size, self.slide
         self._g = math.gcd(self._S, self._D)
         self._L = int(allowed_lateness)
-        self._ops = _Ops(list(kernels))
+        # count_distinct: a pair-presence tracker per kernel, a placeholder slot in the parts
+        self._presence: list[tuple[int, PairPresence]] = [
+            (i, PairPresence(k.column, size=self._S, slide=self._D, lateness=self._L))
+            for i, k in enumerate(kernels)
+            if k.counts_distinct and k.column is not None
+        ]
+        slots = {i for i, _ in self._presence}
+        self._ops = _Ops([PresenceSlot() if i in slots else k for i, k in enumerate(kernels)])
         self._wm: int | None = None
         self._E: int | None = None
         self._cb: int | None = None
@@ -422,6 +437,9 @@ class SlidingEngine(WindowEngine):
         table = self._group(rows, keys, s, tagged, np.flatnonzero(~late) if late.any() else None)
         self._grow(int(keys.max()) + 1)
         E = self._E
+        accepted = ~late if late.any() else None
+        for _, tracker in self._presence:  # rows s >= E: pending; s < E: staged until commit
+            tracker.add(keys, s, rows.columns[tracker.column], accepted, E, a_min)
         if E is None or int(table.s.min()) >= E:
             self._pending_add(table)
         else:
@@ -429,6 +447,8 @@ class SlidingEngine(WindowEngine):
             if fwd.any():
                 self._pending_add(table.take(np.flatnonzero(fwd)))
             correction = self._late(table.take(np.flatnonzero(~fwd)))
+            for _, tracker in self._presence:
+                tracker.commit(E)
             if correction is not None:
                 emitted.append(correction)
         return AddResult(late, Emission.concat(emitted))
@@ -465,6 +485,7 @@ class SlidingEngine(WindowEngine):
         """Slice rows (pending + entered), cached suffix rows, and 2 dense rows per key."""
         rows = sum(len(t) for t in self._pending) + sum(len(c.table) for c in self._chunks)
         rows += sum(len(t) for t, _, _ in self._suf)
+        rows += sum(tracker.rows() for _, tracker in self._presence)
         return rows + 2 * self._nkeys + len(self._xk)
 
     def snapshot(self) -> Any:
@@ -483,6 +504,7 @@ class SlidingEngine(WindowEngine):
             "suf": tuple(self._suf),
             "extra": (self._xk, self._xe),
             "tagged": self._tk,
+            "distinct": tuple(tracker.snapshot() for _, tracker in self._presence),
         }
 
     def restore(self, state: Any) -> None:
@@ -504,6 +526,14 @@ class SlidingEngine(WindowEngine):
         self._reindex_suffix()
         self._xk, self._xe = state["extra"]
         self._tk = state["tagged"]
+        distinct = state["distinct"]
+        if [d["column"] for d in distinct] != [t.column for _, t in self._presence]:
+            raise IncompatibleStateError(
+                "SlidingEngine: snapshot's count_distinct columns "
+                f"{[d['column'] for d in distinct]} differ from the engine's"
+            )
+        for (_, tracker), tracker_state in zip(self._presence, distinct, strict=True):
+            tracker.restore(tracker_state)
 
     # ------------------------------------------------------------------------------ helpers ---
 
@@ -803,6 +833,22 @@ class SlidingEngine(WindowEngine):
 
     # ---------------------------------------------------------------------------- evaluation ---
 
+    def _fill_distinct(self, v: Parts, counts: list[np.ndarray]) -> Parts:
+        """``v`` with the count_distinct placeholder slots replaced by ``counts`` (in order)."""
+        out = list(v)
+        for (i, _), c in zip(self._presence, counts, strict=True):
+            out[i] = (c,)
+        return tuple(out)
+
+    def _evaluate(self, t: _Table, qk: np.ndarray, qe: np.ndarray, *, late: bool) -> Parts:
+        """:meth:`_windows` of completed windows for corrections, count_distinct slots included:
+        counted by the trackers from their own rows, with (``late``) or without the staged late
+        rows, to match ``t`` (the touched keys' rows after resp. before the late rows)."""
+        v = self._windows(t, qk, qe)
+        if not self._presence:
+            return v
+        return self._fill_distinct(v, [tr.counts(qk, qe, staged=late) for _, tr in self._presence])
+
     def _windows(
         self, t: _Table, qk: np.ndarray, qe: np.ndarray, *, prefix_only: bool = False
     ) -> Parts:
@@ -936,6 +982,8 @@ class SlidingEngine(WindowEngine):
                     sel = need[pos]
                     v = _pscatter(v, sel, ops.combine(values, _ptake(v, sel)))
 
+        if self._presence:  # count_distinct slots: pair-presence counts at the change points
+            v = self._fill_distinct(v, [t.advance(E0, E_new, ck, ce) for _, t in self._presence])
         emission = self._emit_forward(E0, E_new, ck, ce, v)
 
         # state at E_new
@@ -970,6 +1018,8 @@ class SlidingEngine(WindowEngine):
             if len(c.table) and int(c.table.s.min()) < horizon:
                 chunks[i] = replace(c, table=c.table.take(np.flatnonzero(c.table.s >= horizon)))
         self._reindex_chunks()
+        for _, tracker in self._presence:
+            tracker.prune(horizon)
         self._drop_suffix_below((self._E + D - 1) // S - 1)  # future windows need no older
         if len(self._xe) and int(self._xe.min()) < a_min:
             keep = np.flatnonzero(self._xe >= a_min)
@@ -1120,7 +1170,7 @@ class SlidingEngine(WindowEngine):
             elif self.emit == "every":
                 emission, vn = self._correct_every(new, b.keys[hit], f[hit], el[hit], E, at_e)
             else:
-                vn = self._windows(new, at_e, np.full(len(at_e), E, dtype=np.int64))
+                vn = self._evaluate(new, at_e, np.full(len(at_e), E, dtype=np.int64), late=True)
             if len(at_e):
                 if self.emit == "latest":
                     cv = _ptake(self._cur, at_e)
@@ -1171,7 +1221,7 @@ class SlidingEngine(WindowEngine):
         qk, qe = qk[first], qe[first]
         nq = len(qk)
         ends = np.full(len(at_e), E, dtype=np.int64)
-        vn = self._windows(new, np.concatenate([qk, at_e]), np.concatenate([qe, ends]))
+        vn = self._evaluate(new, np.concatenate([qk, at_e]), np.concatenate([qe, ends]), late=True)
         rows = _pslice(vn, nq)
         emission = self._rows(qk, qe, ~self._ops.nonempty(rows), self._ops.results(rows))
         return emission, _ptake(vn, np.arange(nq, nq + len(at_e)))
@@ -1212,10 +1262,10 @@ class SlidingEngine(WindowEngine):
         nc = len(ck)
         ends = np.full(len(at_e), E, dtype=np.int64)
         if not nc:
-            return None, self._windows(new, at_e, ends)
+            return None, self._evaluate(new, at_e, ends, late=True)
         qk, qe = np.concatenate([ck, ck]), np.concatenate([ce, ce - D])
-        vo = self._windows(old, qk, qe)
-        vn = self._windows(new, np.concatenate([qk, at_e]), np.concatenate([qe, ends]))
+        vo = self._evaluate(old, qk, qe, late=False)
+        vn = self._evaluate(new, np.concatenate([qk, at_e]), np.concatenate([qe, ends]), late=True)
         v_at_e = _ptake(vn, np.arange(2 * nc, 2 * nc + len(at_e)))
         vn = _pslice(vn, 2 * nc)
         ne_o, ne_n = ops.nonempty(vo), ops.nonempty(vn)
