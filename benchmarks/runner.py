@@ -1,0 +1,87 @@
+"""The runner behind ``python -m benchmarks`` and ``lambdasource bench``: one benchmark or all."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import engine
+from .common import RESULTS_DIR, Report
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], Report]
+    summary: Callable[[Report], str]
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in [
+        Benchmark(
+            "engine",
+            "Sliding(30d, 5m) count+sum per user, emit=changes: lambdasource vs DuckDB SQL "
+            "(+ naive one-copy-per-window on a small input)",
+            engine.add_arguments,
+            engine.run,
+            engine.summary,
+        ),
+    ]
+}
+
+
+def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run lambdasource benchmarks (all of them when no name is given).",
+    )
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_DIR, help=f"results directory (default {RESULTS_DIR})"
+    )
+    # --out is accepted before or after the benchmark's name.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="results directory")
+    sub = parser.add_subparsers(dest="benchmark", metavar="NAME")
+    for bench in BENCHMARKS.values():
+        sub_parser = sub.add_parser(
+            bench.name, parents=[common], help=bench.description, description=bench.description
+        )
+        bench.add_arguments(sub_parser)
+    return parser
+
+
+def run_one(bench: Benchmark, args: argparse.Namespace, out: Path) -> Report:
+    report = bench.run(args)
+    path = report.save(out)
+    print()
+    print(f"## {bench.name}")
+    print()
+    print(bench.summary(report))
+    print()
+    print(f"results: {path}")
+    return report
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.list:
+        for bench in BENCHMARKS.values():
+            print(f"{bench.name:10} {bench.description}")
+        return 0
+    if args.benchmark is not None:
+        reports = [run_one(BENCHMARKS[args.benchmark], args, args.out)]
+    else:
+        reports = []
+        for bench in BENCHMARKS.values():
+            sub_parser = argparse.ArgumentParser(prog=f"{prog} {bench.name}")
+            bench.add_arguments(sub_parser)
+            reports.append(run_one(bench, sub_parser.parse_args([]), args.out))
+    failed = [note for r in reports for note in r.notes if note.startswith("RESULTS DIFFER")]
+    return 1 if failed else 0

@@ -1,0 +1,214 @@
+"""The ``lambdasource`` command line: commands, exit codes, one-line errors, demo and bench."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from lambdasource import cli
+
+PLANNED = {"bootstrap": 7, "backfill": 5, "archive": 4, "inspect": 3, "run": 7}
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for command in ["demo", "bench", *PLANNED]:
+        assert command in out
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == cli.EXIT_USAGE
+    assert "COMMAND" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("command", "issue"), sorted(PLANNED.items()))
+def test_planned_commands_say_not_implemented(
+    command: str, issue: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([command]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert lines == [f"lambdasource: error: {command}: not implemented yet (issue {issue})"]
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("command", sorted(PLANNED))
+def test_planned_commands_have_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    assert "not implemented yet" in capsys.readouterr().out.replace("\n", " ").lower()
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["frobnicate"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_bad_option_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["demo", "--events", "0"])
+    assert exc.value.code == 2
+    assert "--events" in capsys.readouterr().err
+
+
+def test_unexpected_error_is_one_line_and_verbose_shows_trace(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import lake.generator
+
+    def boom(*args: object, **kwargs: object) -> pa.Table:
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(lake.generator, "generate_clickstream", boom)
+    assert cli.main(["demo", "--events", "10"]) == cli.EXIT_FAILURE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lambdasource: error: RuntimeError: disk on fire second line")
+    assert "Traceback" not in "\n".join(err)
+
+    assert cli.main(["demo", "--events", "10", "--verbose"]) == cli.EXIT_FAILURE
+    err_verbose = capsys.readouterr().err
+    assert "Traceback" in err_verbose
+    assert err_verbose.strip().splitlines()[-1].startswith("lambdasource: error: RuntimeError")
+
+
+def test_python_dash_m_and_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "lambdasource", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("lambdasource ")
+
+
+def test_upsert_state_applies_changelog_in_order() -> None:
+    log = pa.table(
+        {
+            "user_id": [1, 2, 1, 3, 2],
+            "clicks": [1, 5, 2, 7, None],
+            "revenue": [0.0, 1.0, 2.5, 3.0, None],
+            "_deleted": [False, False, False, False, True],
+        }
+    )
+    state = cli.upsert_state(log, "user_id")
+    assert state.to_pylist() == [
+        {"user_id": 1, "clicks": 2, "revenue": 2.5},
+        {"user_id": 3, "clicks": 7, "revenue": 3.0},
+    ]
+
+
+def test_demo_runs_and_verifies(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["demo", "--events", "20000", "--keys", "200", "--days", "3", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "not wired yet" in out.lower()
+    assert "verified: " in out
+    assert "keys match" in out
+
+
+def test_bench_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "--list"]) == 0
+    assert "engine" in capsys.readouterr().out
+
+
+def test_bench_engine_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["bench", "engine", "--events", "20000", "--keys", "300", "--days", "3"]
+    args += ["--naive-events", "1500", "--naive-keys", "5", "--naive-days", "1"]
+    args += ["--out", str(tmp_path)]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| implementation |" in out
+    (result,) = tmp_path.glob("engine-*.json")
+    report = json.loads(result.read_text())
+    assert report["benchmark"] == "engine"
+    assert [row["equal"] for row in report["rows"]] == [True] * len(report["rows"])
+    assert {row["contender"].split(" (")[0] for row in report["rows"]} == {
+        "lambdasource",
+        "duckdb",
+        "naive one-copy-per-window",
+    }
+    assert report["rows"][0]["state_rows"] is not None
+
+
+@pytest.mark.parametrize(
+    ("size", "slide"), [("30d", "5m"), ("1h", "5m"), ("10m", "10m"), ("30m", "12m")]
+)
+def test_bench_sql_and_naive_changelogs_agree(size: str, slide: str) -> None:
+    """The benchmark's DuckDB SQL and its naive implementation compute the same changelog."""
+    from benchmarks.engine import (
+        NaiveStats,
+        WindowParams,
+        compare,
+        duckdb_changelog,
+        naive_changelog,
+        parse_duration,
+    )
+    from lake.generator import generate_clickstream
+
+    window = WindowParams(parse_duration(size), parse_duration(slide))
+    events = generate_clickstream(3_000, days=2, users=7, seed=3).combine_chunks()
+    stats = NaiveStats()
+    naive = naive_changelog(events, window, stats)
+    sql = duckdb_changelog(events, window)
+    check = compare(naive, sql)
+    assert check.equal, check.describe("naive", "duckdb")
+    assert stats.windows > 0
+    assert naive.num_rows > 0
+
+
+def test_verify_latest_catches_a_wrong_result() -> None:
+    import lambdasource as ls
+    from lake.generator import generate_clickstream
+
+    events = generate_clickstream(5_000, days=2, users=40, seed=2).combine_chunks()
+    window = ls.Sliding("1d", "1h")
+    pipeline = ls.Pipeline()
+    sink = ls.CollectSink()
+    (
+        pipeline.source(ls.MemorySource(events, time_column="event_time", batch_size=700))
+        .key_by("user_id")
+        .window(window, emit="latest")
+        .aggregate(clicks=ls.count(), revenue=ls.sum("amount"))
+        .sink(sink)
+    )
+    pipeline.run_sync()
+    result = sink.table()
+    good = cli.verify_latest(events, result, window)
+    assert good is not None
+    assert good.ok, good.message
+    assert good.keys > 0
+
+    clicks = result.column("clicks").to_pylist()
+    last = max(i for i, c in enumerate(clicks) if c is not None)
+    clicks[last] += 1
+    wrong = result.set_column(
+        result.schema.get_field_index("clicks"), "clicks", pa.array(clicks, pa.int64())
+    )
+    bad = cli.verify_latest(events, wrong, window)
+    assert bad is not None
+    assert not bad.ok
+    assert "1 keys differ" in bad.message
+
+
+def test_demo_fails_when_verification_fails(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        cli, "verify_latest", lambda *a: cli.Verification(False, 3, "MISMATCH: 3 keys differ")
+    )
+    assert cli.main(["demo", "--events", "2000", "--keys", "20", "--days", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lambdasource: error: demo: MISMATCH: 3 keys differ (DuckDB SQL reference)"]
