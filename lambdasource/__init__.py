@@ -24,6 +24,7 @@ from .errors import (
 from .messages import Barrier, End, Watermark
 from .operator import Context, Operator, Timer
 from .pipeline import Pipeline, Stream, WindowedStream
+from .s3 import S3Config
 from .sinks.base import Sink
 from .sinks.collect import CollectSink
 from .sources.base import Source, SourceOutput
@@ -60,6 +61,7 @@ __all__ = [
     "Operator",
     "OperatorError",
     "Pipeline",
+    "S3Config",
     "SchemaError",
     "Session",
     "Sink",

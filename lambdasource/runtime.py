@@ -550,6 +550,7 @@ class Runtime:
                 "records_out": s.counters.records_out,
                 "batches_out": s.counters.batches_out,
                 "dead_letters": s.counters.dead_letters,
+                **s.source.metrics(),
             }
             for s in self.sources
         }
@@ -594,7 +595,11 @@ class Runtime:
             "sources": sources,
             "operators": operators,
             "sinks": {
-                s.name: {"records_in": s.counters.records_in, "watermark": s.watermark}
+                s.name: {
+                    "records_in": s.counters.records_in,
+                    "watermark": s.watermark,
+                    **s.sink.metrics(),
+                }
                 for s in self.sinks
             },
             "late": sum(n.counters.late for n in self.operators),

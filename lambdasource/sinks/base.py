@@ -9,6 +9,7 @@ Blocking client calls must go through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 import pyarrow as pa
 
@@ -30,6 +31,10 @@ class Sink(abc.ABC):
 
     async def flush(self) -> None:
         """Make every write so far durable."""
+
+    def metrics(self) -> dict[str, Any]:
+        """Sink-specific figures (plain data) merged into ``pipeline.metrics()["sinks"][name]``."""
+        return {}
 
     async def close(self) -> None:
         """Release resources; called once, also after errors."""

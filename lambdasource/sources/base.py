@@ -43,6 +43,10 @@ class Source(abc.ABC):
     async def run(self, out: SourceOutput) -> None:
         """Emit everything; return at the end of a bounded source."""
 
+    def metrics(self) -> dict[str, Any]:
+        """Source-specific figures (plain data) merged into ``pipeline.metrics()["sources"][name]``."""
+        return {}
+
     def snapshot(self) -> Any:
         """The position to resume from, taken at a barrier (immutable)."""
         return None

@@ -1,0 +1,13 @@
+"""Test-suite wiring: real services come from ``tests/services`` (one plugin module per service).
+
+Markers (strict): ``kafka``, ``s3``, ``postgres``, ``iceberg`` for tests needing that service,
+``slow`` for long suites (deselected by the README's command: ``-m "not slow"``).
+"""
+
+pytest_plugins = [
+    "tests.services.ports",
+    "tests.services.s3",
+    "tests.services.iceberg",
+    "tests.services.kafka",
+    "tests.services.postgres",
+]

