@@ -1,0 +1,127 @@
+"""The lake's commit records: which files a writer committed and which Kafka offsets they cover.
+
+The exact-offset handoff (DESIGN §3) depends on this format; the ``lake`` archiver writes it and
+the lake readers, ``inspect`` and the lambda source read it.
+
+Parquet lakes: one JSON file per commit at ``<root>/_lambdasource/commits/<sequence:020d>.json``,
+written atomically (temporary name + rename locally; a single PUT on S3) *after* the data files
+it lists. When a lake has commit records, only files listed in some commit belong to the lake —
+files a crashed writer left behind without a commit are orphans, ignored and reported.
+
+Iceberg tables: the same content in snapshot summary properties (``PROP_*`` below) of the
+snapshot that appended the data; the newest snapshot carrying them is the newest commit.
+
+Offsets: ``offsets[p] = n`` means every record of Kafka partition ``p`` with offset ``< n`` is in
+the lake (committed in this or an earlier commit) and none with offset ``>= n`` is: the stream
+resumes at ``n``. Partitions absent from ``offsets`` were never archived (resume at the earliest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from ...errors import LakeReadError
+
+COMMITS_DIR = "_lambdasource/commits"
+FORMAT_VERSION = 1
+
+PROP_TOPIC = "lambdasource.kafka.topic"
+PROP_OFFSETS = "lambdasource.kafka.offsets"  # JSON object {"<partition>": next_offset}
+PROP_HIGH_WATERMARK = "lambdasource.high-watermark-us"  # int µs, as a string
+PROP_SEQUENCE = "lambdasource.commit-sequence"
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """One commit of a lake writer (immutable)."""
+
+    sequence: int
+    offsets: dict[int, int] = field(default_factory=dict)
+    topic: str | None = None
+    files: tuple[str, ...] = ()  # paths relative to the lake root (Parquet lakes)
+    rows: int = 0
+    high_watermark: int | None = None  # µs: every record with time < this is complete
+    committed_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def file_name(self) -> str:
+        return f"{COMMITS_DIR}/{self.sequence:020d}.json"
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "sequence": self.sequence,
+                "topic": self.topic,
+                "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
+                "files": list(self.files),
+                "rows": self.rows,
+                "high_watermark_us": self.high_watermark,
+                "committed_at": self.committed_at,
+            },
+            option=orjson.OPT_INDENT_2,
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes, *, where: str) -> CommitRecord:
+        try:
+            raw: dict[str, Any] = orjson.loads(data)
+            if raw.get("format") != FORMAT_VERSION:
+                raise ValueError(f"unknown format {raw.get('format')!r}")
+            return cls(
+                sequence=int(raw["sequence"]),
+                topic=raw.get("topic"),
+                offsets={int(p): int(o) for p, o in raw.get("offsets", {}).items()},
+                files=tuple(raw.get("files", ())),
+                rows=int(raw.get("rows", 0)),
+                high_watermark=raw.get("high_watermark_us"),
+                committed_at=str(raw.get("committed_at", "")),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LakeReadError(f"unreadable commit record file={where}: {exc}") from exc
+
+    def snapshot_properties(self) -> dict[str, str]:
+        """The Iceberg snapshot summary properties carrying this commit."""
+        props = {
+            PROP_SEQUENCE: str(self.sequence),
+            PROP_OFFSETS: orjson.dumps(
+                {str(p): o for p, o in sorted(self.offsets.items())}
+            ).decode(),
+        }
+        if self.topic is not None:
+            props[PROP_TOPIC] = self.topic
+        if self.high_watermark is not None:
+            props[PROP_HIGH_WATERMARK] = str(self.high_watermark)
+        return props
+
+    @classmethod
+    def from_snapshot_properties(
+        cls, props: dict[str, str], *, where: str, rows: int = 0
+    ) -> CommitRecord | None:
+        """The commit carried by a snapshot summary, or None when it carries none."""
+        if PROP_OFFSETS not in props:
+            return None
+        try:
+            offsets = {int(p): int(o) for p, o in orjson.loads(props[PROP_OFFSETS]).items()}
+            hwm = props.get(PROP_HIGH_WATERMARK)
+            return cls(
+                sequence=int(props.get(PROP_SEQUENCE, "0")),
+                topic=props.get(PROP_TOPIC),
+                offsets=offsets,
+                rows=rows,
+                high_watermark=int(hwm) if hwm else None,
+            )
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise LakeReadError(f"unreadable commit properties in {where}: {exc}") from exc
+
+
+def merge_offsets(commits: list[CommitRecord]) -> dict[int, int]:
+    """Per partition, the highest next-offset over all commits (commits only ever advance it)."""
+    merged: dict[int, int] = {}
+    for commit in commits:
+        for partition, offset in commit.offsets.items():
+            merged[partition] = max(offset, merged.get(partition, offset))
+    return merged
