@@ -1,0 +1,247 @@
+"""``ls.DuckDBUpsert``: keyed upserts into a DuckDB file (semantics in :mod:`.upsert`).
+
+One flush is one transaction: the coalesced rows are registered as an Arrow view, rows older than
+the stored row or tombstone are counted and left out, the rest go through
+``INSERT … ON CONFLICT (key) DO UPDATE … WHERE excluded.version >= target.version``; deletions
+remove the row and leave a tombstone in ``<table>__deleted``. All DuckDB calls run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import SchemaError
+from ..timeutil import Duration
+from .upsert import DELETED, TOMBSTONE_SUFFIX, ApplyResult, RetriableSinkError, UpsertSink
+
+OPTIMISTIC_PAUSE = 16  # flushes without the plain-INSERT attempt after a key conflict
+
+
+def quote(name: str) -> str:
+    """A SQL identifier, quoted (``a.b`` is schema ``a``, table ``b``)."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+
+
+def quote_column(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class DuckDBUpsert(UpsertSink):
+    """Upsert into ``table`` of the DuckDB database at ``path`` (created when absent).
+
+    ``key`` names the primary key column(s), ``version`` the column that orders versions (default
+    ``window_end`` for window output). The table is created from the stream's schema with
+    ``PRIMARY KEY (key)``; an existing table must have every stream column with the same type.
+    """
+
+    kind = "duckdb"
+
+    def __init__(
+        self,
+        path: str | Path,
+        table: str,
+        key: str | Sequence[str],
+        version: str | None = None,
+        *,
+        batch_rows: int = 100_000,
+        flush_interval: Duration = "1s",
+        retries: int = 5,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            table=table,
+            key=key,
+            version=version,
+            batch_rows=batch_rows,
+            flush_interval=flush_interval,
+            retries=retries,
+            name=name,
+        )
+        self.path = str(path)
+        self._con: Any = None
+        self._ready = False
+        self._flushes = 0
+        self._optimistic_after = 0  # flush number from which a plain INSERT is tried first
+
+    async def open(self) -> None:
+        self._con = await asyncio.to_thread(self._connect)
+
+    def _connect(self) -> Any:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(self.path)
+        con.execute("SET TimeZone = 'UTC'")
+        return con
+
+    async def close(self) -> None:
+        if self._con is not None:
+            con, self._con = self._con, None
+            await asyncio.to_thread(con.close)
+
+    async def _apply(self, table: pa.Table) -> ApplyResult:
+        if self._con is None:
+            await self.open()
+        return await asyncio.to_thread(self._apply_sync, table)
+
+    def _is_transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, duckdb.TransactionException | RetriableSinkError)
+
+    # blocking part --------------------------------------------------------------------------------
+
+    def _ensure_table(self, con: Any) -> None:
+        """Create the table and its tombstone table, or validate the existing table's columns."""
+        target, tomb = quote(self.table), quote(self.table + TOMBSTONE_SUFFIX)
+        assert self.version is not None
+        incoming = {
+            row[0]: row[1]
+            for row in con.execute(
+                f'DESCRIBE SELECT * EXCLUDE ("{DELETED}") FROM __ls_in'
+            ).fetchall()
+        }
+        existing = self._describe_table(con, self.table)
+        keys = ", ".join(quote_column(k) for k in self.keys)
+        if existing is None:
+            cols = ", ".join(f"{quote_column(c)} {t}" for c, t in incoming.items())
+            con.execute(f"CREATE TABLE IF NOT EXISTS {target} ({cols}, PRIMARY KEY ({keys}))")
+        else:
+            for column, dtype in incoming.items():
+                if column not in existing:
+                    raise SchemaError(
+                        f"DuckDBUpsert: table={self.table} has no column {column!r} "
+                        f"(the stream has it, type {dtype}); table columns: {list(existing)}"
+                    )
+                if existing[column] != dtype:
+                    raise SchemaError(
+                        f"DuckDBUpsert: table={self.table} column={column!r} has type "
+                        f"{existing[column]}, the stream has {dtype}"
+                    )
+            pk = con.execute(
+                "SELECT constraint_column_names FROM duckdb_constraints() "
+                "WHERE table_name = ? AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')",
+                [self.table.split(".")[-1]],
+            ).fetchall()
+            if not any(sorted(row[0]) == sorted(self.keys) for row in pk):
+                raise SchemaError(
+                    f"DuckDBUpsert: table={self.table} has no primary key or unique constraint "
+                    f"on the key {self.keys} (found {[row[0] for row in pk]})"
+                )
+        tomb_cols = ", ".join(
+            f"{quote_column(c)} {incoming[c]}" for c in [*self.keys, self.version] if c in incoming
+        )
+        if self.version in self.keys:
+            tomb_cols = ", ".join(f"{quote_column(c)} {incoming[c]}" for c in self.keys)
+        con.execute(f"CREATE TABLE IF NOT EXISTS {tomb} ({tomb_cols}, PRIMARY KEY ({keys}))")
+
+    @staticmethod
+    def _describe_table(con: Any, table: str) -> dict[str, str] | None:
+        try:
+            rows = con.execute(f"DESCRIBE {quote(table)}").fetchall()
+        except duckdb.CatalogException:
+            return None
+        return {row[0]: row[1] for row in rows}
+
+    def _apply_sync(self, table: pa.Table) -> ApplyResult:
+        con = self._con
+        assert self.version is not None
+        con.register("__ls_in", table)
+        try:
+            if not self._ready:
+                self._ensure_table(con)
+                self._ready = True
+            con.execute("BEGIN TRANSACTION")
+            try:
+                has_deletes = bool(pc.any(table.column(DELETED)).as_py())
+                result = self._statements(con, table.num_rows, has_deletes)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            return result
+        finally:
+            con.unregister("__ls_in")
+
+    def _statements(self, con: Any, n_rows: int, has_deletes: bool) -> ApplyResult:
+        assert self.version is not None
+        target, tomb = quote(self.table), quote(self.table + TOMBSTONE_SUFFIX)
+        v = quote_column(self.version)
+        deleted = quote_column(DELETED)
+        cols = self.stored_columns
+        col_list = ", ".join(quote_column(c) for c in cols)
+        on_t = " AND ".join(f"t.{quote_column(k)} = i.{quote_column(k)}" for k in self.keys)
+        on_d = " AND ".join(f"d.{quote_column(k)} = i.{quote_column(k)}" for k in self.keys)
+        keys = ", ".join(quote_column(k) for k in self.keys)
+        non_keys = [c for c in cols if c not in self.keys]
+        if non_keys:
+            sets = ", ".join(f"{quote_column(c)} = excluded.{quote_column(c)}" for c in non_keys)
+            action = (
+                f"DO UPDATE SET {sets} WHERE excluded.{v} >= {target.split('.')[-1]}.{v}"
+                if self.version not in self.keys
+                else f"DO UPDATE SET {sets}"
+            )
+        else:
+            action = "DO NOTHING"
+        if (
+            not has_deletes
+            and not con.execute(f"SELECT EXISTS (SELECT 1 FROM {tomb})").fetchone()[0]
+        ):
+            # fast paths: no deletions anywhere. First an optimistic plain INSERT (every key
+            # new); a key conflict undoes it and pauses the attempt for a few flushes
+            # (update-heavy input). Otherwise the guard in ON CONFLICT decides; the count it
+            # returns excludes the rows it rejected.
+            self._flushes += 1
+            if self._flushes >= self._optimistic_after:
+                try:
+                    con.execute(f"INSERT INTO {target} ({col_list}) SELECT {col_list} FROM __ls_in")
+                    return ApplyResult(written=n_rows)
+                except duckdb.ConstraintException:
+                    con.execute("ROLLBACK")
+                    con.execute("BEGIN TRANSACTION")
+                    self._optimistic_after = self._flushes + OPTIMISTIC_PAUSE
+            (written,) = con.execute(
+                f"INSERT INTO {target} ({col_list}) SELECT {col_list} FROM __ls_in "
+                f"ON CONFLICT ({keys}) {action}"
+            ).fetchone()
+            return ApplyResult(written=int(written), skipped=n_rows - int(written))
+        # Decide once: a row/deletion is stale when the stored row or tombstone is newer.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE __ls_decided AS SELECT i.*, "
+            f"coalesce(t.{v} > i.{v}, false) OR coalesce(d.{v} > i.{v}, false) AS __ls_stale "
+            f"FROM __ls_in i LEFT JOIN {target} t ON {on_t} LEFT JOIN {tomb} d ON {on_d}"
+        )
+        counts = con.execute(
+            "SELECT count(*) FILTER (WHERE __ls_stale), "
+            f"count(*) FILTER (WHERE NOT __ls_stale AND NOT {deleted}), "
+            f"count(*) FILTER (WHERE NOT __ls_stale AND {deleted}) FROM __ls_decided"
+        ).fetchone()
+        stale, upserts, deletes = (int(x) for x in counts)
+        if upserts:
+            con.execute(
+                f"INSERT INTO {target} ({col_list}) SELECT {col_list} FROM __ls_decided "
+                f"WHERE NOT __ls_stale AND NOT {deleted} ON CONFLICT ({keys}) {action}"
+            )
+            con.execute(
+                f"DELETE FROM {tomb} AS d USING __ls_decided i WHERE {on_d} "
+                f"AND NOT i.__ls_stale AND NOT i.{deleted}"
+            )
+        if deletes:
+            con.execute(
+                f"DELETE FROM {target} AS t USING __ls_decided i WHERE {on_t} "
+                f"AND NOT i.__ls_stale AND i.{deleted}"
+            )
+            tomb_cols = keys if self.version in self.keys else f"{keys}, {v}"
+            tomb_action = (
+                "DO NOTHING" if self.version in self.keys else f"DO UPDATE SET {v} = excluded.{v}"
+            )
+            con.execute(
+                f"INSERT INTO {tomb} ({tomb_cols}) SELECT {tomb_cols} FROM __ls_decided "
+                f"WHERE NOT __ls_stale AND {deleted} ON CONFLICT ({keys}) {tomb_action}"
+            )
+        con.execute("DROP TABLE __ls_decided")
+        return ApplyResult(written=upserts, skipped=stale, deletes=deletes)
