@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
 import time
 import traceback
@@ -64,13 +65,6 @@ PLANNED: tuple[Planned, ...] = (
         "127.0.0.1:9092 --topic clicks --into duckdb:///features.duckdb --table user_30d",
     ),
     Planned(
-        "backfill",
-        5,
-        "lake → upsert store (DuckDB, PostgreSQL, Iceberg, compacted Kafka)",
-        "example (planned):\n  lambdasource backfill --lake data/clicks --time-column event_time "
-        "--into duckdb:///clicks.duckdb --table clicks --key event_id",
-    ),
-    Planned(
         "archive",
         4,
         "Kafka topic → hour-partitioned lake, recording the offsets each commit covers",
@@ -90,6 +84,32 @@ PLANNED: tuple[Planned, ...] = (
         "run a declarative job file (lake, stream, handoff, windows, sink, checkpoints)",
         "example (planned):\n  lambdasource run job.toml",
         (("job", "the job file (TOML)"),),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command implemented in its own module, which provides ``add_arguments(parser)`` and
+    ``command(args) -> int`` (imported when the parser is built; heavy imports stay inside)."""
+
+    name: str
+    module: str
+    help: str
+    epilog: str
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "backfill",
+        "lambdasource.backfill",
+        "lake → upsert store (DuckDB, PostgreSQL, Iceberg, compacted Kafka, Parquet)",
+        "examples:\n"
+        "  lambdasource backfill --lake data/clicks --time-column event_time \\\n"
+        "      --into duckdb:///clicks.duckdb --table clicks --key event_id\n"
+        "  lambdasource backfill --lake s3://bucket/clicks --time-column event_time \\\n"
+        "      --into postgresql://postgres@127.0.0.1:5432/app --table purchases --key event_id \\\n"
+        "      --where \"kind = 'purchase'\" --start 2026-11-01 --until 2026-11-08",
     ),
 )
 
@@ -389,6 +409,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     bench.set_defaults(func=_bench)
 
+    for spec in COMMANDS:
+        module = importlib.import_module(spec.module)
+        cmd = sub.add_parser(
+            spec.name,
+            parents=[common],
+            help=spec.help,
+            description=f"{spec.help}.",
+            epilog=spec.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(cmd)
+        cmd.set_defaults(func=module.command)
+
     for planned in PLANNED:
         cmd = sub.add_parser(
             planned.name,
@@ -426,9 +459,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        _report(exc, verbose)
+        _report(_first_error(exc), verbose)
         return EXIT_FAILURE
     return code
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """The first leaf of an ExceptionGroup (a TaskGroup's failure), else ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _report(exc: BaseException, verbose: bool) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from lambdasource import cli
 
-PLANNED = {"bootstrap": 7, "backfill": 5, "archive": 4, "inspect": 3, "run": 7}
+PLANNED = {p.name: p.issue for p in cli.PLANNED}
+IMPLEMENTED = [c.name for c in cli.COMMANDS]
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -20,7 +21,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in ["demo", "bench", *PLANNED]:
+    for command in ["demo", "bench", *IMPLEMENTED, *PLANNED]:
         assert command in out
 
 
@@ -46,6 +47,40 @@ def test_planned_commands_have_help(command: str, capsys: pytest.CaptureFixture[
         cli.main([command, "--help"])
     assert exc.value.code == 0
     assert "not implemented yet" in capsys.readouterr().out.replace("\n", " ").lower()
+
+
+@pytest.mark.parametrize("command", IMPLEMENTED)
+def test_commands_have_help_with_examples(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "example" in out and f"lambdasource {command}" in out
+
+
+def test_backfill_of_a_missing_lake_is_one_line_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        [
+            "backfill",
+            "--lake",
+            str(tmp_path / "nope"),
+            "--time-column",
+            "t",
+            "--into",
+            f"duckdb:///{tmp_path}/x.db",
+            "--table",
+            "t",
+            "--key",
+            "k",
+            "--quiet",
+        ]
+    )
+    assert code == cli.EXIT_FAILURE
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lambdasource: error:"), lines
+    assert "nope" in lines[0]
 
 
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
