@@ -6,6 +6,7 @@ operator graph; see ``Pipeline`` for building and running, ``Operator`` for cust
 
 from __future__ import annotations
 
+from .backfill import BackfillProgress, BackfillSummary, backfill
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -27,6 +28,12 @@ from .pipeline import Pipeline, Stream, WindowedStream
 from .s3 import S3Config
 from .sinks.base import Sink
 from .sinks.collect import CollectSink
+from .sinks.duckdb import DuckDBUpsert
+from .sinks.iceberg import IcebergUpsert
+from .sinks.kafka import KafkaUpsert
+from .sinks.parquet import ParquetSink
+from .sinks.postgres import PostgresUpsert
+from .sinks.urls import sink_from_url
 from .sources.base import Source, SourceOutput
 from .sources.memory import MemorySource
 from .windows.aggregates import (
@@ -46,21 +53,28 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Aggregate",
+    "BackfillProgress",
+    "BackfillSummary",
     "Barrier",
     "CheckpointError",
     "CollectSink",
     "ConfigError",
     "Context",
+    "DuckDBUpsert",
     "End",
     "HandoffError",
     "HandoffGapError",
+    "IcebergUpsert",
     "IncompatibleStateError",
+    "KafkaUpsert",
     "LakeReadError",
     "LambdaSourceError",
     "MemorySource",
     "Operator",
     "OperatorError",
+    "ParquetSink",
     "Pipeline",
+    "PostgresUpsert",
     "S3Config",
     "SchemaError",
     "Session",
@@ -77,6 +91,7 @@ __all__ = [
     "Tumbling",
     "Watermark",
     "WindowedStream",
+    "backfill",
     "count",
     "count_distinct",
     "first",
@@ -84,5 +99,6 @@ __all__ = [
     "max",
     "mean",
     "min",
+    "sink_from_url",
     "sum",
 ]
