@@ -1,0 +1,644 @@
+"""The archiver: a Kafka topic → an hour-partitioned lake, recording the offsets each commit covers.
+
+Invariants (what the exact-offset handoff relies on, DESIGN §3):
+
+- **Exactly once in the lake.** On start the archiver reads the lake's commits and resumes every
+  Kafka partition at its recorded next offset (partitions never archived: the earliest retained
+  offset). Each commit holds exactly the records consumed since the previous commit, and records,
+  per partition, the next offset to read. The commit record is written last and atomically, so a
+  crash at any point loses only uncommitted work, which the restarted archiver consumes again; the
+  files of a failed attempt are orphans no commit lists.
+- **Event-time partitions.** Rows are written by their event time, sorted; late records land in
+  their own (old) hour partition.
+- **Nothing lost silently.** A message that does not decode (or has no event time) becomes a
+  dead letter (topic/partition/offset/timestamp/key/value/reason) stored under the same commit;
+  counted in :meth:`Archiver.metrics`. An offset gap (retention deleted records never archived) is
+  logged and counted.
+- ``stop_at="latest"`` stops at the fetch highwater first seen per partition (the end when the
+  archiver started); records at or beyond it are left for the next run. ``consumer.end_offsets``
+  is never used (it lags on some brokers, DESIGN §6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lambdasource.errors import ConfigError, StreamError
+from lambdasource.sources.kafka.decode import (
+    RECORD_TIMESTAMP,
+    Decoder,
+    decode_records,
+    output_schema,
+)
+from lambdasource.sources.lake.commits import CommitRecord, merge_offsets
+from lambdasource.timeutil import Duration, parse_duration
+
+from .writer import DEAD_LETTER_SCHEMA, IcebergLakeWriter, LakeWriter, ParquetLakeWriter
+
+__all__ = ["ArchiveSummary", "Archiver", "add_arguments", "command"]
+
+log = logging.getLogger("lake.archiver")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ArchiveSummary:
+    """What one :meth:`Archiver.run` did."""
+
+    records: int  # messages consumed
+    rows: int  # rows written to the lake
+    dead_letters: int
+    commits: int
+    offsets: dict[int, int]  # next offset per partition after the last commit
+    elapsed_s: float
+
+
+@dataclass
+class _Buffer:
+    """Decoded rows and dead letters consumed since the last commit."""
+
+    batches: list[pa.RecordBatch] = field(default_factory=list)
+    rows: int = 0
+    dead: list[dict[str, Any]] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.batches.clear()
+        self.dead.clear()
+        self.rows = 0
+
+
+async def _to_thread_uncancellable(func: Callable[[], T]) -> T:
+    """Run blocking ``func`` in a thread; if cancelled meanwhile, wait for it, then re-raise.
+
+    A lake commit must not keep running unsupervised after its task was cancelled (a restarted
+    archiver could otherwise race it for the same commit sequence).
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(func))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await future
+        raise
+
+
+class Archiver:
+    """Consume ``topic`` (all partitions, manual assignment) into ``lake``, committing periodically.
+
+    A commit happens when ``commit_rows`` rows are buffered, when ``commit_interval`` has passed
+    with something new consumed, at the end of a bounded run (``stop_at="latest"``) and after
+    :meth:`stop`. ``format``/``schema``/``time_column`` are those of
+    :func:`lambdasource.sources.kafka.decode.decode_records` (``time_column=None`` archives the
+    Kafka record timestamp as a ``timestamp`` column). ``group_id`` (optional) also commits the
+    archived offsets to that consumer group after each lake commit, for standard lag monitoring;
+    the lake's commit records stay the source of truth for resuming.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        lake: ParquetLakeWriter | IcebergLakeWriter | LakeWriter,
+        time_column: str | None,
+        *,
+        format: Literal["json", "raw"] | Decoder = "json",
+        schema: pa.Schema | None = None,
+        commit_interval: Duration = "10s",
+        commit_rows: int = 500_000,
+        stop_at: Literal["latest"] | None = None,
+        group_id: str | None = None,
+        progress_interval: Duration = "10s",
+        max_records: int = 50_000,
+        consumer_options: Mapping[str, Any] | None = None,
+        topic_timeout: Duration = "10s",
+    ) -> None:
+        if stop_at not in (None, "latest"):
+            raise ConfigError(f"archive: stop_at must be None or 'latest', got {stop_at!r}")
+        if commit_rows < 1:
+            raise ConfigError(f"archive: commit_rows must be >= 1, got {commit_rows}")
+        expected_time = time_column if time_column is not None else RECORD_TIMESTAMP
+        if expected_time != lake.time_column:
+            raise ConfigError(
+                f"archive: time column {expected_time!r} differs from the lake writer's "
+                f"{lake.time_column!r}"
+                + (
+                    " (time_column=None archives the record timestamp)"
+                    if time_column is None
+                    else ""
+                )
+            )
+        self.output_schema = output_schema(schema, format=format, time_column=time_column)
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.lake = lake
+        self.time_column = time_column
+        self.format = format
+        self.schema = schema
+        self.commit_interval_s = parse_duration(commit_interval, name="commit_interval") / 1e6
+        self.commit_rows = commit_rows
+        self.stop_at = stop_at
+        self.group_id = group_id
+        self.progress_interval_s = parse_duration(progress_interval, name="progress_interval") / 1e6
+        self.max_records = max_records
+        self.consumer_options = dict(consumer_options or {})
+        self.topic_timeout_s = parse_duration(topic_timeout, name="topic_timeout") / 1e6
+        self._after_files_written: Callable[[CommitRecord], None] | None = None
+        self._stopping = asyncio.Event()
+        self._buffer = _Buffer()
+        self._next: dict[int, int] = {}  # next offset per partition, as consumed
+        self._committed: dict[int, int] = {}  # offsets of the last durable commit
+        self._submitted: dict[int, int] = {}  # offsets of the last commit handed to the writer
+        self._inflight: asyncio.Future[None] | None = None
+        self._consumer: Any = None
+        self._tps: dict[int, Any] = {}
+        self._targets: dict[int, int] = {}
+        self._highwater: dict[int, int] = {}
+        self._metrics: dict[str, Any] = {
+            "records": 0,
+            "rows": 0,
+            "dead_letters": 0,
+            "commits": 0,
+            "offset_gaps": 0,
+            "missing_offsets": 0,
+            "last_sequence": None,
+        }
+        self._started = 0.0
+
+    # -- public ------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to commit what it has and return (safe from signal handlers)."""
+        self._stopping.set()
+
+    def metrics(self) -> dict[str, Any]:
+        """Plain-data progress: counts, offsets, highwaters and lag per partition."""
+        elapsed = max(time.monotonic() - self._started, 1e-9) if self._started else 0.0
+        lag = {p: max(0, hw - self._next.get(p, hw)) for p, hw in sorted(self._highwater.items())}
+        return {
+            **self._metrics,
+            "topic": self.topic,
+            "lake": self.lake.describe(),
+            "offsets": dict(sorted(self._committed.items())),
+            "highwater": dict(sorted(self._highwater.items())),
+            "lag": lag,
+            "total_lag": sum(lag.values()),
+            "buffered_rows": self._buffer.rows,
+            "records_per_s": self._metrics["records"] / elapsed if elapsed else 0.0,
+        }
+
+    async def run(self) -> ArchiveSummary:
+        """Archive until cancelled, :meth:`stop` is called, or (``stop_at="latest"``) caught up."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka.errors import KafkaError
+
+        self._reset()
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "group_id": self.group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "fetch_max_wait_ms": 200 if self.stop_at else 500,
+            "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        }
+        options.update(self.consumer_options)
+        consumer = AIOKafkaConsumer(**options)
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            raise StreamError(
+                f"archive: cannot connect to bootstrap_servers={self.bootstrap_servers}: {exc}"
+            ) from exc
+        try:
+            partitions = await self._partitions(consumer)
+            tps = {p: TopicPartition(self.topic, p) for p in partitions}
+            resume = await asyncio.to_thread(self._resume_offsets)
+            consumer.assign(list(tps.values()))
+            for p, tp in tps.items():
+                if p in resume:
+                    consumer.seek(tp, resume[p])
+                else:
+                    await consumer.seek_to_beginning(tp)
+            self._committed = dict(resume)
+            self._submitted = dict(resume)
+            for p, tp in tps.items():
+                self._next[p] = await consumer.position(tp)
+                if p in resume and self._next[p] != resume[p]:  # pragma: no cover - defensive
+                    raise StreamError(
+                        f"archive: topic={self.topic} partition={p} cannot resume at "
+                        f"offset={resume[p]} (position {self._next[p]})"
+                    )
+            log.info(
+                "archive topic=%s %s: resuming %s",
+                self.topic,
+                self.lake.describe(),
+                ", ".join(
+                    f"partition={p} offset={o}" + ("" if p in resume else " (earliest)")
+                    for p, o in sorted(self._next.items())
+                ),
+            )
+            self._consumer, self._tps = consumer, tps
+            await self._loop(consumer, tps)
+        except KafkaError as exc:
+            raise StreamError(f"archive: topic={self.topic}: {exc}") from exc
+        finally:
+            await consumer.stop()
+        summary = ArchiveSummary(
+            records=self._metrics["records"],
+            rows=self._metrics["rows"],
+            dead_letters=self._metrics["dead_letters"],
+            commits=self._metrics["commits"],
+            offsets=dict(sorted(self._committed.items())),
+            elapsed_s=time.monotonic() - self._started,
+        )
+        log.info(
+            "archive topic=%s done: %d records, %d rows, %d dead letters, %d commits in %.1fs",
+            self.topic,
+            summary.records,
+            summary.rows,
+            summary.dead_letters,
+            summary.commits,
+            summary.elapsed_s,
+        )
+        return summary
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _partitions(self, consumer: Any) -> list[int]:
+        deadline = time.monotonic() + self.topic_timeout_s
+        while True:
+            topics = await consumer.topics()
+            if self.topic in topics:
+                partitions = consumer.partitions_for_topic(self.topic)
+                if partitions:
+                    return sorted(partitions)
+            if time.monotonic() > deadline:
+                raise StreamError(
+                    f"archive: topic={self.topic} not found at "
+                    f"bootstrap_servers={self.bootstrap_servers}"
+                )
+            await asyncio.sleep(0.2)
+
+    def _reset(self) -> None:
+        """Fresh per-run state (an Archiver may be run again, e.g. under another event loop)."""
+        self._started = time.monotonic()
+        if not self._stopping.is_set():
+            self._stopping = asyncio.Event()
+        self._buffer = _Buffer()
+        self._next, self._committed, self._submitted = {}, {}, {}
+        self._targets, self._highwater = {}, {}
+        self._inflight = None
+        for key in ("records", "rows", "dead_letters", "commits", "offset_gaps", "missing_offsets"):
+            self._metrics[key] = 0
+
+    def _resume_offsets(self) -> dict[int, int]:
+        commits = self.lake.commits()
+        topics = {c.topic for c in commits if c.offsets and c.topic is not None}
+        if topics - {self.topic}:
+            raise ConfigError(
+                f"archive: {self.lake.describe()} already archives topic(s) "
+                f"{sorted(topics)}, not topic={self.topic}"
+            )
+        return merge_offsets(commits)
+
+    def _done(self) -> bool:
+        if self.stop_at != "latest" or len(self._targets) < len(self._next):
+            return False
+        return all(self._next[p] >= target for p, target in self._targets.items())
+
+    def _has_new(self) -> bool:
+        return bool(self._buffer.rows or self._buffer.dead or self._next != self._submitted)
+
+    async def _loop(self, consumer: Any, tps: dict[int, Any]) -> None:
+        last_commit = time.monotonic()
+        last_progress = time.monotonic()
+        last_records = 0
+        stop_wait = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while True:
+                if self._stopping.is_set() or self._done():
+                    break
+                remaining = self.commit_interval_s - (time.monotonic() - last_commit)
+                timeout_ms = int(max(10.0, min(remaining * 1000, 1000.0)))
+                fetch = asyncio.ensure_future(
+                    consumer.getmany(
+                        timeout_ms=timeout_ms, max_records=min(self.max_records, self.commit_rows)
+                    )
+                )
+                done, _ = await asyncio.wait(
+                    {fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if fetch not in done:
+                    fetch.cancel()
+                    try:
+                        await fetch
+                    except asyncio.CancelledError:
+                        if not self._stopping.is_set():  # we were cancelled, not stopped
+                            raise
+                    break
+                await self._absorb(fetch.result(), consumer, tps)
+                if self._inflight is not None and self._inflight.done():
+                    await self._wait_inflight()  # surfaces a failed commit promptly
+                now = time.monotonic()
+                if self._buffer.rows >= self.commit_rows or (
+                    self._has_new() and now - last_commit >= self.commit_interval_s
+                ):
+                    await self._commit()
+                    last_commit = time.monotonic()
+                if now - last_progress >= self.progress_interval_s:
+                    rate = (self._metrics["records"] - last_records) / (now - last_progress)
+                    m = self.metrics()
+                    log.info(
+                        "archive topic=%s records=%d (%.0f/s) rows=%d dead_letters=%d "
+                        "commits=%d lag=%d",
+                        self.topic,
+                        m["records"],
+                        rate,
+                        m["rows"],
+                        m["dead_letters"],
+                        m["commits"],
+                        m["total_lag"],
+                    )
+                    last_progress, last_records = now, self._metrics["records"]
+        except BaseException:
+            stop_wait.cancel()
+            if self._inflight is not None:  # let a commit in flight finish (all or nothing)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._inflight)
+            raise
+        stop_wait.cancel()
+        if self._has_new():
+            await self._commit()
+        await self._wait_inflight()
+
+    async def _absorb(
+        self, fetched: dict[Any, list[Any]], consumer: Any, tps: dict[int, Any]
+    ) -> None:
+        """Decode one fetch into the buffer and advance the next offsets (consumer positions,
+        capped at the ``stop_at`` targets; positions also step over control records)."""
+        for p, tp in tps.items():
+            hw = consumer.highwater(tp)
+            if hw is not None:
+                self._highwater[p] = hw
+                if self.stop_at == "latest" and p not in self._targets:
+                    self._targets[p] = hw
+        for tp, messages in fetched.items():
+            p = tp.partition
+            target = self._targets.get(p)
+            if target is not None and messages and messages[-1].offset >= target:
+                messages = [m for m in messages if m.offset < target]
+            if not messages:
+                continue
+            first = messages[0].offset
+            if first > self._next[p]:
+                self._metrics["offset_gaps"] += 1
+                self._metrics["missing_offsets"] += first - self._next[p]
+                log.warning(
+                    "archive topic=%s partition=%d: offsets %d..%d are missing from the topic "
+                    "(retention or compaction); they cannot be archived",
+                    self.topic,
+                    p,
+                    self._next[p],
+                    first - 1,
+                )
+            await asyncio.to_thread(self._decode, p, messages)
+            self._metrics["records"] += len(messages)
+        for p, tp in tps.items():
+            position = await consumer.position(tp)
+            target = self._targets.get(p)
+            if target is not None:
+                position = min(position, target)
+            self._next[p] = max(self._next[p], position)
+            if target is not None and self._next[p] >= target and tp not in consumer.paused():
+                consumer.pause(tp)
+
+    def _decode(self, partition: int, messages: list[Any]) -> None:
+        values = [m.value for m in messages]
+        timestamps = np.fromiter(
+            (m.timestamp for m in messages), dtype=np.int64, count=len(messages)
+        )
+        decoded = decode_records(
+            values,
+            self.schema,
+            format=self.format,
+            time_column=self.time_column,
+            timestamps_ms=timestamps,
+        )
+        for index, reason in decoded.errors:
+            self._dead_letter(partition, messages[index], reason)
+        batch = decoded.batch
+        time_name = self.time_column or RECORD_TIMESTAMP
+        times = batch.column(time_name)
+        if times.null_count:
+            rows = decoded.row_indices(len(messages))
+            nulls = np.flatnonzero(np.asarray(times.is_null()))
+            for i in nulls.tolist():
+                self._dead_letter(
+                    partition, messages[int(rows[i])], f"null event time in column {time_name!r}"
+                )
+            batch = batch.filter(pc.is_valid(times))
+        if batch.num_rows:
+            self._buffer.batches.append(batch)
+            self._buffer.rows += batch.num_rows
+
+    def _dead_letter(self, partition: int, message: Any, reason: str) -> None:
+        self._buffer.dead.append(
+            {
+                "topic": self.topic,
+                "partition": partition,
+                "offset": message.offset,
+                "timestamp": message.timestamp,
+                "key": message.key,
+                "value": message.value,
+                "reason": reason,
+            }
+        )
+
+    async def _wait_inflight(self) -> None:
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await inflight
+
+    async def _commit(self) -> None:
+        """Hand the buffer to a background write (one commit in flight at most, in order) and
+        keep consuming meanwhile; the previous commit must have succeeded first."""
+        await self._wait_inflight()
+        buffer, self._buffer = self._buffer, _Buffer()
+        offsets = dict(self._next)
+        if self.output_schema is not None:
+            table = pa.Table.from_batches(buffer.batches, schema=self.output_schema)
+        elif buffer.batches:
+            table = pa.Table.from_batches(buffer.batches)
+        else:  # a callable decoder with unknown schema and nothing decoded: offsets only
+            table = pa.table({self.lake.time_column: pa.array([], pa.timestamp("us", tz="UTC"))})
+        dead = pa.Table.from_pylist(buffer.dead, schema=DEAD_LETTER_SCHEMA) if buffer.dead else None
+        self._submitted = offsets
+        self._inflight = asyncio.ensure_future(self._write(table, dead, offsets))
+
+    async def _write(self, table: pa.Table, dead: pa.Table | None, offsets: dict[int, int]) -> None:
+        lake = self.lake
+
+        def write() -> CommitRecord:
+            if self._after_files_written is not None:
+                lake._after_files_written = self._after_files_written
+            return lake.write(table, offsets=offsets, topic=self.topic, dead_letters=dead)
+
+        record = await _to_thread_uncancellable(write)
+        self._metrics["rows"] += table.num_rows
+        self._metrics["dead_letters"] += 0 if dead is None else dead.num_rows
+        self._metrics["commits"] += 1
+        self._metrics["last_sequence"] = record.sequence
+        self._committed = offsets
+        if self.group_id is not None:
+            await self._commit_group(offsets)
+        log.debug(
+            "archive topic=%s commit sequence=%d rows=%d files=%d offsets=%s",
+            self.topic,
+            record.sequence,
+            record.rows,
+            len(record.files),
+            offsets,
+        )
+
+    async def _commit_group(self, offsets: dict[int, int]) -> None:
+        """Mirror the lake's offsets into the consumer group (monitoring only; best effort)."""
+        from aiokafka.errors import KafkaError
+        from aiokafka.structs import OffsetAndMetadata
+
+        try:
+            await self._consumer.commit(
+                {self._tps[p]: OffsetAndMetadata(o, "") for p, o in offsets.items()}
+            )
+        except KafkaError as exc:
+            self._metrics["group_commit_failures"] = (
+                self._metrics.get("group_commit_failures", 0) + 1
+            )
+            log.warning(
+                "archive topic=%s: could not commit offsets to group_id=%s: %s",
+                self.topic,
+                self.group_id,
+                exc,
+            )
+
+
+# -- CLI -------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``lambdasource archive``."""
+    parser.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap host:port")
+    parser.add_argument("--topic", required=True)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--lake", help="Parquet lake root: local path, file:// or s3:// URL")
+    target.add_argument("--iceberg", metavar="IDENT", help="Iceberg table identifier (ns.table)")
+    parser.add_argument(
+        "--catalog-uri",
+        help="Iceberg catalog URI (sqlite:///…, postgresql://…, http(s)://… for REST)",
+    )
+    parser.add_argument("--catalog-type", help="Iceberg catalog type (default: from the URI)")
+    parser.add_argument("--warehouse", help="Iceberg warehouse location")
+    parser.add_argument("--time-column", required=True, help="event-time column of the records")
+    parser.add_argument("--format", default="json", choices=["json", "raw"])
+    schema = parser.add_mutually_exclusive_group()
+    schema.add_argument(
+        "--schema", help="'col:type,…' e.g. 'event_time:timestamp[us, UTC],user_id:int64'"
+    )
+    schema.add_argument(
+        "--schema-from", metavar="PARQUET_FILE", help="take the schema of this Parquet file"
+    )
+    parser.add_argument("--layout", default="hour", choices=["hour", "iso_hour", "ymdh", "day"])
+    parser.add_argument("--stop-at", choices=["latest"], default=None)
+    parser.add_argument("--commit-interval", default="10s")
+    parser.add_argument("--commit-rows", type=int, default=500_000)
+    parser.add_argument("--group-id", default=None)
+    parser.add_argument(
+        "--s3-endpoint-url", default=None, help="S3 endpoint (default: AWS environment)"
+    )
+
+
+def _schema_from_args(args: argparse.Namespace) -> pa.Schema | None:
+    if args.schema:
+        from lambdasource.job import parse_schema
+
+        return parse_schema(args.schema)
+    if args.schema_from:
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_schema(args.schema_from)
+        except (OSError, pa.ArrowException) as exc:
+            raise ConfigError(f"--schema-from: cannot read file={args.schema_from}: {exc}") from exc
+    if args.format == "json":
+        raise ConfigError("archive --format json needs --schema or --schema-from")
+    return None
+
+
+def _writer_from_args(args: argparse.Namespace) -> ParquetLakeWriter | IcebergLakeWriter:
+    from lambdasource.s3 import S3Config
+
+    s3 = S3Config(endpoint_url=args.s3_endpoint_url) if args.s3_endpoint_url else None
+    if args.lake:
+        return ParquetLakeWriter(args.lake, args.time_column, s3=s3, layout=args.layout)
+    if not args.catalog_uri:
+        raise ConfigError("archive --iceberg needs --catalog-uri")
+    kind = args.catalog_type or (
+        "rest" if args.catalog_uri.startswith(("http://", "https://")) else "sql"
+    )
+    props = {"name": "default", "type": kind, "uri": args.catalog_uri}
+    if args.warehouse:
+        props["warehouse"] = args.warehouse
+    return IcebergLakeWriter(
+        args.iceberg,
+        props,
+        args.time_column,
+        s3=s3,
+        partition="day" if args.layout == "day" else "hour",
+    )
+
+
+def command(args: argparse.Namespace) -> int:
+    """``lambdasource archive``: run the archiver; SIGINT/SIGTERM commit what was read and stop."""
+    schema = _schema_from_args(args)
+    archiver = Archiver(
+        args.bootstrap_servers,
+        args.topic,
+        _writer_from_args(args),
+        args.time_column,
+        format=args.format,
+        schema=schema,
+        commit_interval=args.commit_interval,
+        commit_rows=args.commit_rows,
+        stop_at=args.stop_at,
+        group_id=args.group_id,
+    )
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log.setLevel(logging.INFO)
+
+    async def main() -> ArchiveSummary:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # non-Unix
+                loop.add_signal_handler(sig, archiver.stop)
+        return await archiver.run()
+
+    summary = asyncio.run(main())
+    offsets = ", ".join(f"{p}:{o}" for p, o in summary.offsets.items()) or "-"
+    print(
+        f"archived topic={args.topic} records={summary.records} rows={summary.rows} "
+        f"dead_letters={summary.dead_letters} commits={summary.commits} "
+        f"offsets={{{offsets}}} in {summary.elapsed_s:.1f}s"
+    )
+    return 0

@@ -1,0 +1,179 @@
+"""Lake maintenance: compaction of the small files frequent commits leave in an hour partition.
+
+:func:`compact` rewrites every partition holding at least ``min_files`` live files into one file
+per ``target_rows`` rows, sorted by event time (row groups as the writer makes them), then:
+
+1. writes the new files;
+2. writes a commit record (next sequence, atomically, exactly like a writer) listing the new files
+   with ``rows = 0`` (compaction adds no rows) and the lake's merged offsets, newest topic and
+   high-water mark (unchanged, so readers of only the newest commit see the same state), plus two
+   extra keys the current readers ignore: ``"operation": "compact"`` and ``"removed": [the
+   replaced files]``;
+3. deletes the replaced files.
+
+Invariants: every commit record stays valid (:meth:`CommitRecord.from_json` reads it), the merged
+offsets are unchanged, and the lake's rows are unchanged as a multiset. A crash before step 2
+leaves orphans (ignored); a crash between 2 and 3 is repaired by the next :func:`compact` (it
+deletes files some commit marked removed). **Window:** readers that only know the ``files`` lists
+see the replaced files and the new ones at once between steps 2 and 3 (milliseconds locally); run
+compaction while no reader is planning the lake, or teach the reader to subtract ``removed``
+(then step 2 is atomic for readers and step 3 is only garbage collection).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lambdasource.errors import LakeReadError, SinkError
+from lambdasource.sources.lake.commits import COMMITS_DIR, CommitRecord, merge_offsets
+
+from .writer import ParquetLakeWriter, _prepare, row_group_bounds
+
+__all__ = ["CompactionResult", "compact", "live_files"]
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    """What :func:`compact` did (``sequence`` is None when nothing needed compacting)."""
+
+    partitions: int
+    files_before: int
+    files_after: int
+    rows: int
+    sequence: int | None
+    removed: tuple[str, ...]
+
+
+def _raw_commits(writer: ParquetLakeWriter) -> list[tuple[CommitRecord, list[str]]]:
+    """Each commit with the files it marks removed (validated like any reader would)."""
+    out = []
+    for record in writer.commits():
+        raw = orjson.loads(writer.root.read(record.file_name()))
+        removed = [str(f) for f in raw.get("removed", [])]
+        out.append((record, removed))
+    return out
+
+
+def live_files(writer: ParquetLakeWriter) -> list[str]:
+    """Committed, not removed, present data files (relative paths), in commit order."""
+    commits = _raw_commits(writer)
+    removed = {f for _, gone in commits for f in gone}
+    seen: set[str] = set()
+    files = []
+    for record, _ in commits:
+        for f in record.files:
+            if f not in removed and f not in seen and writer.root.exists(f):
+                seen.add(f)
+                files.append(f)
+    return files
+
+
+def compact(
+    writer: ParquetLakeWriter,
+    *,
+    min_files: int = 2,
+    target_rows: int = 1_000_000,
+    partitions: Iterable[str] | None = None,
+) -> CompactionResult:
+    """Compact the partitions of ``writer``'s lake that hold ``>= min_files`` live files.
+
+    ``partitions`` restricts it to those partition directories (e.g. ``"dt=2026-01-01/hour=05"``).
+    Blocking; not to be run concurrently with a writer committing to the same lake (a taken
+    sequence raises :class:`SinkError`, leaving the lake valid).
+    """
+    commits = _raw_commits(writer)
+    removed_before = {f for _, gone in commits for f in gone}
+    for f in sorted(removed_before):  # repair: a crash between commit and delete
+        writer.root.delete(f)
+    by_partition: dict[str, list[str]] = {}
+    for f in live_files(writer):
+        by_partition.setdefault(f.rsplit("/", 1)[0], []).append(f)
+    wanted = None if partitions is None else {p.strip("/") for p in partitions}
+    chosen = {
+        p: files
+        for p, files in sorted(by_partition.items())
+        if len(files) >= min_files and (wanted is None or p in wanted)
+    }
+    if not chosen:
+        return CompactionResult(0, 0, 0, 0, None, ())
+    sequence = writer._sequence()
+    new_files: list[str] = []
+    replaced: list[str] = []
+    rows = 0
+    for directory, files in chosen.items():
+        tables = []
+        for f in files:
+            try:
+                tables.append(pq.read_table(writer.root.full(f), filesystem=writer.root.fs))
+            except (OSError, pa.ArrowException) as exc:
+                raise LakeReadError(f"compaction: cannot read file={f}: {exc}") from exc
+        merged = pa.concat_tables(tables, promote_options="permissive")
+        prepared = _prepare(
+            merged, writer.time_column, normalize=writer.normalize_time, where=f"file={directory}"
+        )
+        sorting = [pq.SortingColumn(prepared.table.column_names.index(writer.time_column))]
+        n = prepared.table.num_rows
+        parts = max(1, -(-n // target_rows))
+        for i in range(parts):
+            start, stop = i * n // parts, (i + 1) * n // parts
+            relative = f"{directory}/part-{sequence:020d}-{uuid.uuid4().hex}.parquet"
+            bounds = row_group_bounds(
+                prepared.micros[start:stop],
+                writer.row_group_rows,
+                writer.row_group_span,
+                writer.row_group_min_rows,
+            )
+            table = prepared.table.slice(start, stop - start)
+            writer.root.write_parquet(
+                relative,
+                table,
+                bounds,
+                compression=writer.compression,
+                sorting_columns=sorting,
+            )
+            new_files.append(relative)
+        replaced.extend(files)
+        rows += n
+    records = [r for r, _ in commits]
+    record = CommitRecord(  # carries the lake's state so "newest commit" readers see no change
+        sequence=sequence,
+        offsets=merge_offsets(records),
+        topic=next((r.topic for r in reversed(records) if r.topic is not None), None),
+        files=tuple(new_files),
+        rows=0,
+        high_watermark=next(
+            (r.high_watermark for r in reversed(records) if r.high_watermark is not None), None
+        ),
+    )
+    body = orjson.loads(record.to_json())
+    body["operation"] = "compact"
+    body["removed"] = replaced
+    try:
+        writer.root.put_atomic(
+            f"{COMMITS_DIR}/{sequence:020d}.json",
+            orjson.dumps(body, option=orjson.OPT_INDENT_2),
+            exclusive=True,
+        )
+    except BaseException:
+        writer._next_sequence = None
+        raise
+    writer._next_sequence = sequence + 1
+    for f in replaced:
+        try:
+            writer.root.delete(f)
+        except OSError as exc:  # the next compaction retries; readers may see duplicates
+            raise SinkError(f"compaction committed but cannot delete file={f}: {exc}") from exc
+    return CompactionResult(
+        partitions=len(chosen),
+        files_before=len(replaced),
+        files_after=len(new_files),
+        rows=rows,
+        sequence=sequence,
+        removed=tuple(replaced),
+    )
