@@ -1,6 +1,21 @@
-"""Tools that make the lake: the synthetic dataset generator (and, in later issues, the archiver,
-the Arrow table writer and maintenance). ``lake`` may import ``lambdasource``; never the reverse."""
+"""Tools that make and keep the lake: the synthetic dataset generator, the Arrow table writer,
+the Kafka archiver and maintenance (compaction). ``lake`` may import ``lambdasource``; never the
+reverse."""
 
+from .archiver import Archiver, ArchiveSummary
 from .generator import CLICKSTREAM_SCHEMA, generate_clickstream, iter_clickstream
+from .maintenance import CompactionResult, compact
+from .writer import DEAD_LETTER_SCHEMA, IcebergLakeWriter, ParquetLakeWriter
 
-__all__ = ["CLICKSTREAM_SCHEMA", "generate_clickstream", "iter_clickstream"]
+__all__ = [
+    "CLICKSTREAM_SCHEMA",
+    "DEAD_LETTER_SCHEMA",
+    "ArchiveSummary",
+    "Archiver",
+    "CompactionResult",
+    "IcebergLakeWriter",
+    "ParquetLakeWriter",
+    "compact",
+    "generate_clickstream",
+    "iter_clickstream",
+]

@@ -65,13 +65,6 @@ PLANNED: tuple[Planned, ...] = (
         "127.0.0.1:9092 --topic clicks --into duckdb:///features.duckdb --table user_30d",
     ),
     Planned(
-        "archive",
-        4,
-        "Kafka topic → hour-partitioned lake, recording the offsets each commit covers",
-        "example (planned):\n  lambdasource archive --bootstrap-servers 127.0.0.1:9092 --topic clicks "
-        "--lake data/clicks --time-column event_time --format json",
-    ),
-    Planned(
         "inspect",
         3,
         "a lake's partitions, row counts, time ranges, gaps and recorded offsets",
@@ -100,6 +93,16 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
+    Command(
+        "archive",
+        "lake.archiver",
+        "Kafka topic → hour-partitioned lake (Parquet or Iceberg), recording the offsets each "
+        "commit covers",
+        "examples:\n"
+        "  lambdasource archive --bootstrap-servers 127.0.0.1:9092 --topic clicks \\\n"
+        "      --lake data/clicks --time-column event_time --format json \\\n"
+        "      --schema 'event_time:timestamp[ms, UTC],user_id:int64,kind:string' --stop-at latest",
+    ),
     Command(
         "backfill",
         "lambdasource.backfill",
