@@ -5,8 +5,9 @@ the lake readers, ``inspect`` and the lambda source read it.
 
 Parquet lakes: one JSON file per commit at ``<root>/_lambdasource/commits/<sequence:020d>.json``,
 written atomically (temporary name + rename locally; a single PUT on S3) *after* the data files
-it lists. When a lake has commit records, only files listed in some commit belong to the lake —
-files a crashed writer left behind without a commit are orphans, ignored and reported.
+it lists. When a lake has commit records, only files listed in some commit (and not listed as
+``removed`` by a later one — compaction retires the files it rewrote) belong to the lake; files a
+crashed writer left behind without a commit are orphans, ignored and reported.
 
 Iceberg tables: the same content in snapshot summary properties (``PROP_*`` below) of the
 snapshot that appended the data; the newest snapshot carrying them is the newest commit.
@@ -43,6 +44,8 @@ class CommitRecord:
     offsets: dict[int, int] = field(default_factory=dict)
     topic: str | None = None
     files: tuple[str, ...] = ()  # paths relative to the lake root (Parquet lakes)
+    removed: tuple[str, ...] = ()  # files this commit retires (compaction rewrote them)
+    operation: str = "append"  # "append" | "compact"
     rows: int = 0
     high_watermark: int | None = None  # µs: every record with time < this is complete
     committed_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
@@ -58,6 +61,8 @@ class CommitRecord:
                 "topic": self.topic,
                 "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
                 "files": list(self.files),
+                "removed": list(self.removed),
+                "operation": self.operation,
                 "rows": self.rows,
                 "high_watermark_us": self.high_watermark,
                 "committed_at": self.committed_at,
@@ -76,6 +81,8 @@ class CommitRecord:
                 topic=raw.get("topic"),
                 offsets={int(p): int(o) for p, o in raw.get("offsets", {}).items()},
                 files=tuple(raw.get("files", ())),
+                removed=tuple(raw.get("removed", ())),
+                operation=str(raw.get("operation", "append")),
                 rows=int(raw.get("rows", 0)),
                 high_watermark=raw.get("high_watermark_us"),
                 committed_at=str(raw.get("committed_at", "")),
@@ -116,6 +123,16 @@ class CommitRecord:
             )
         except (ValueError, TypeError, AttributeError) as exc:
             raise LakeReadError(f"unreadable commit properties in {where}: {exc}") from exc
+
+
+def live_files(commits: list[CommitRecord]) -> set[str]:
+    """Files that belong to the lake: every committed file not retired by a later commit."""
+    added: set[str] = set()
+    removed: set[str] = set()
+    for commit in commits:
+        added.update(commit.files)
+        removed.update(commit.removed)
+    return added - removed
 
 
 def merge_offsets(commits: list[CommitRecord]) -> dict[int, int]:
