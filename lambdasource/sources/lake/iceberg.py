@@ -1,0 +1,405 @@
+"""``ls.IcebergLake``: an Iceberg table read in event-time order through pyiceberg's planning.
+
+Planning (pyiceberg, in a thread): ``table.scan(row_filter=start/until on the time column,
+snapshot_id=...).plan_files()``. Files are grouped by the value of an ``hours(ts)`` / ``days(ts)``
+partition field on the time column (partition-end watermarks, as for an event-time partitioned
+Parquet lake). Tables without such a partition are read file by file in the order of the time
+column's lower bound (data file ``lower_bounds``); then a file's data is complete up to the next
+file's lower bound − 1µs, which is the watermark (or max seen − ``out_of_orderness`` when given,
+capped the same way). Data files are read with pyarrow from the same storage layer as
+``ParquetLake`` (local or S3 ranged GETs), so row-group watermarks work too.
+
+Delete files (row-level deletes, merge-on-read) are **not applied**: a scan that plans any raises
+:class:`LakeReadError` naming the table and file — compact the table first, or read it with
+pyiceberg. Columns are matched by name (files written before a column rename read it as null).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from contextlib import AsyncExitStack
+from datetime import date
+from typing import Any, Literal
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ...errors import ConfigError, LakeReadError, SchemaError
+from ...s3 import S3Config
+from ...timeutil import DAY, HOUR, Duration, parse_duration
+from ..base import Source, SourceOutput
+from .commits import PROP_HIGH_WATERMARK, CommitRecord, merge_offsets
+from .parquet import declared_schema
+from .reader import (
+    BATCH_ROWS,
+    Chunk,
+    Decoder,
+    LakeFile,
+    LakeMetrics,
+    LakePartition,
+    LakeReader,
+    Position,
+    load_file,
+    note_missing_partitions,
+    plan_row_groups,
+    quarantine_or_raise,
+    reference_schema,
+    time_bound,
+)
+from .storage import LocalStorage, S3Storage, Storage
+
+
+def load_catalog_from(catalog: Any) -> Any:
+    """A pyiceberg Catalog, or a property dict with an optional ``name`` (default "default")."""
+    if isinstance(catalog, dict):
+        from pyiceberg.catalog import load_catalog
+
+        props = {k: str(v) for k, v in catalog.items()}
+        name = props.pop("name", "default")
+        return load_catalog(name, **props)
+    return catalog
+
+
+def _s3_from_props(props: dict[str, str]) -> S3Config:
+    return S3Config(
+        endpoint_url=props.get("s3.endpoint"),
+        region=props.get("s3.region") or props.get("client.region"),
+        access_key_id=props.get("s3.access-key-id") or props.get("client.access-key-id"),
+        secret_access_key=props.get("s3.secret-access-key")
+        or props.get("client.secret-access-key"),
+        session_token=props.get("s3.session-token"),
+    )
+
+
+def _split_location(location: str) -> tuple[str, str]:
+    """A data file location → (storage root, path under it)."""
+    parsed = urlparse(location)
+    if parsed.scheme in ("s3", "s3a"):
+        return f"s3://{parsed.netloc}", parsed.path.lstrip("/")
+    if parsed.scheme in ("file", ""):
+        path = unquote(parsed.path) if parsed.scheme else location
+        return "/", path.lstrip("/")
+    raise ConfigError(f"unsupported data file location {location!r} (file:// or s3:// only)")
+
+
+class _Planned:
+    def __init__(self) -> None:
+        self.partitions: list[LakePartition] = []
+        self.event_time_partitioned = False
+        self.roots: dict[str, str] = {}  # file path → storage root
+        self.io_props: dict[str, str] = {}
+        self.max_upper: int | None = None
+        self.file_schema: pa.Schema | None = None
+
+
+class IcebergLake(Source):
+    """An Iceberg table as a bounded source in event-time order (see the module docstring)."""
+
+    bounded = True
+
+    def __init__(
+        self,
+        identifier: str,
+        catalog: Any,
+        time_column: str,
+        start: Any = None,
+        until: Any = None,
+        snapshot_id: int | None = None,
+        columns: list[str] | None = None,
+        filter: pc.Expression | None = None,
+        s3: S3Config | None = None,
+        prefetch: int = 4,
+        max_bytes_in_flight: int = 256 * 1024 * 1024,
+        out_of_orderness: Duration | None = None,
+        schema: pa.Schema | None = None,
+        on_corrupt: Literal["raise", "quarantine"] = "raise",
+        name: str = "lake",
+        batch_size: int = BATCH_ROWS,
+    ) -> None:
+        if on_corrupt not in ("raise", "quarantine"):
+            raise ConfigError(f"on_corrupt must be 'raise' or 'quarantine', got {on_corrupt!r}")
+        if prefetch < 1:
+            raise ConfigError(f"prefetch must be >= 1, got {prefetch}")
+        self.identifier = identifier
+        self.catalog = catalog
+        self.name = name
+        self.time_column = time_column
+        self.start = time_bound(start)
+        self.until = time_bound(until)
+        self.snapshot_id = snapshot_id
+        self.columns = None if columns is None else list(columns)
+        self.filter = filter
+        self.s3 = s3
+        self.prefetch = prefetch
+        self.max_bytes_in_flight = max_bytes_in_flight
+        self.out_of_orderness = (
+            None
+            if out_of_orderness is None
+            else parse_duration(out_of_orderness, name="out_of_orderness")
+        )
+        self.declared = declared_schema(schema, self.columns, time_column)
+        self.on_corrupt = on_corrupt
+        self.batch_size = batch_size
+        self._metrics = LakeMetrics()
+        self._reader: LakeReader | None = None
+        self._restored: Position | None = None
+        self._catalog_obj: Any = None
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        return self.declared
+
+    def metrics(self) -> dict[str, Any]:
+        return self._metrics.as_dict()
+
+    def _table(self) -> Any:
+        if self._catalog_obj is None:
+            self._catalog_obj = load_catalog_from(self.catalog)
+        try:
+            return self._catalog_obj.load_table(self.identifier)
+        except Exception as exc:
+            raise LakeReadError(f"cannot load Iceberg table={self.identifier}: {exc}") from exc
+
+    # planning -----------------------------------------------------------------------------------
+
+    def _plan_sync(self, *, bounded: bool = True) -> _Planned:
+        from pyiceberg.conversions import from_bytes
+        from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, LessThan
+        from pyiceberg.transforms import DayTransform, HourTransform
+
+        table = self._table()
+        planned = _Planned()
+        planned.io_props = dict(table.io.properties)
+        try:
+            field = table.schema().find_field(self.time_column)
+        except ValueError as exc:
+            raise SchemaError(
+                f"table={self.identifier} has no time column {self.time_column!r}"
+            ) from exc
+        row_filter: Any = AlwaysTrue()
+        if bounded and self.start is not None:
+            row_filter = And(row_filter, GreaterThanOrEqual(self.time_column, self.start))  # type: ignore[call-arg,arg-type]
+        if bounded and self.until is not None:
+            row_filter = And(row_filter, LessThan(self.time_column, self.until))  # type: ignore[call-arg,arg-type]
+        try:
+            scan = table.scan(row_filter=row_filter, snapshot_id=self.snapshot_id)
+            tasks = list(scan.plan_files())
+        except Exception as exc:
+            raise LakeReadError(f"cannot plan a scan of table={self.identifier}: {exc}") from exc
+        specs = table.specs()
+        time_fields: dict[int, tuple[int, int]] = {}  # spec id → (position, width)
+        for spec_id, spec in specs.items():
+            for pos, pf in enumerate(spec.fields):
+                if pf.source_id == field.field_id and isinstance(pf.transform, HourTransform):
+                    time_fields[spec_id] = (pos, HOUR)
+                elif pf.source_id == field.field_id and isinstance(pf.transform, DayTransform):
+                    time_fields.setdefault(spec_id, (pos, DAY))
+        files: list[tuple[LakeFile, int | None, int | None]] = []
+        for task in tasks:
+            df = task.file
+            if task.delete_files:
+                raise LakeReadError(
+                    f"table={self.identifier} has delete files for file={df.file_path}: "
+                    "row-level deletes are not applied by IcebergLake; compact the table "
+                    "or read it with pyiceberg"
+                )
+            root, rel = _split_location(df.file_path)
+            low = df.lower_bounds.get(field.field_id) if df.lower_bounds else None
+            high = df.upper_bounds.get(field.field_id) if df.upper_bounds else None
+            lf = LakeFile(
+                rel,
+                int(df.file_size_in_bytes),
+                rows=int(df.record_count),
+                min_time=_bound(from_bytes, field.field_type, low),
+                max_time=_bound(from_bytes, field.field_type, high),
+                est_bytes=int(df.file_size_in_bytes) * 3,
+            )
+            planned.roots[rel] = root
+            if lf.max_time is not None:
+                planned.max_upper = max(planned.max_upper or lf.max_time, lf.max_time)
+            part_value: int | None = None
+            width: int | None = None
+            if df.spec_id in time_fields:
+                pos, width = time_fields[df.spec_id]
+                raw = df.partition[pos]
+                if isinstance(raw, date):
+                    raw = (raw - date(1970, 1, 1)).days
+                part_value = None if raw is None else int(raw)
+            files.append((lf, part_value, width))
+        widths = {w for _, v, w in files if v is not None}
+        if files and all(v is not None for _, v, _ in files) and len(widths) == 1:
+            planned.event_time_partitioned = True
+            groups: dict[int, LakePartition] = {}
+            for lf, value, width in files:
+                assert value is not None and width is not None
+                begin = value * width
+                label = f"{'hour' if width == HOUR else 'day'}={value}"
+                groups.setdefault(value, LakePartition(label, begin, begin + width)).files.append(
+                    lf
+                )
+            planned.partitions = [groups[k] for k in sorted(groups)]
+            for p in planned.partitions:
+                p.files.sort(key=lambda f: (f.min_time if f.min_time is not None else 0, f.path))
+        else:
+            ordered = sorted(
+                (lf for lf, _, _ in files),
+                key=lambda f: (f.min_time if f.min_time is not None else -(2**62), f.path),
+            )
+            planned.partitions = [LakePartition(f.path, None, None, [f]) for f in ordered]
+        planned.file_schema = table.schema().as_arrow()
+        return planned
+
+    # reading ------------------------------------------------------------------------------------
+
+    async def run(self, out: SourceOutput) -> None:
+        metrics = self._metrics = LakeMetrics()
+        planned = await asyncio.to_thread(self._plan_sync)
+        trust = planned.event_time_partitioned
+        metrics.partitions_total = len(planned.partitions)
+        metrics.files_total = sum(len(p.files) for p in planned.partitions)
+        if trust:
+            note_missing_partitions(planned.partitions, metrics, name=self.name)
+        decoder = Decoder(
+            time_column=self.time_column,
+            start=self.start,
+            until=self.until,
+            columns=self.columns,
+            filter=self.filter,
+            schema=self.declared,
+            trust_layout=trust,
+        )
+        if decoder.schema is None and planned.file_schema is not None:
+            decoder.schema = reference_schema(planned.file_schema, self.columns, self.time_column)
+        s3 = self.s3 or _s3_from_props(planned.io_props)
+        async with AsyncExitStack() as stack:
+            storages: dict[str, Storage] = {}
+            for root in sorted(set(planned.roots.values())):
+                storage: Storage = LocalStorage("/") if root == "/" else S3Storage(root, s3)
+                storages[root] = await stack.enter_async_context(storage)
+
+            def plan_file(f: LakeFile, metadata: pq.FileMetaData) -> None:
+                metrics.row_groups_pruned += plan_row_groups(
+                    f,
+                    metadata,
+                    time_column=self.time_column,
+                    start=self.start,
+                    until=self.until,
+                    filter=self.filter,
+                    where=f.path,
+                )
+
+            async def load(partition: LakePartition) -> list[Chunk]:
+                async def one(f: LakeFile) -> list[Chunk]:
+                    storage = storages[planned.roots[f.path]]
+                    try:
+                        return await load_file(
+                            storage, f, partition, decoder, metrics, plan=plan_file
+                        )
+                    except LakeReadError as exc:
+                        quarantine_or_raise(
+                            exc, storage.url(f.path), self.on_corrupt, metrics, name=self.name
+                        )
+                        return []
+
+                results = await asyncio.gather(*(one(f) for f in partition.files))
+                return [c for chunks in results for c in chunks]
+
+            reader = LakeReader(
+                name=self.name,
+                time_column=self.time_column,
+                event_time_partitioned=trust,
+                out_of_orderness=self.out_of_orderness,
+                start=self.start,
+                prefetch=self.prefetch,
+                max_bytes_in_flight=self.max_bytes_in_flight,
+                metrics=metrics,
+                batch_rows=self.batch_size,
+            )
+            reader.restored = self._restored
+            self._reader = reader
+            if self.until is not None:
+                end: int | None = self.until - 1
+            else:
+                hwm = await self.high_water_mark(planned)
+                end = None if hwm is None else hwm - 1
+            await reader.run(out, planned.partitions, load, end)
+
+    # positions and table facts ------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any] | None:
+        if self._reader is not None and self._reader.position is not None:
+            return self._reader.position.to_dict()
+        return None if self._restored is None else self._restored.to_dict()
+
+    def restore(self, state: Any) -> None:
+        self._restored = None if state is None else Position.from_dict(state)
+
+    def _snapshots_sync(self) -> list[tuple[int, dict[str, str], int]]:
+        table = self._table()
+        out: list[tuple[int, dict[str, str], int]] = []
+        for snap in table.snapshots():
+            if self.snapshot_id is not None and snap.snapshot_id == self.snapshot_id:
+                out.append(_summary(snap))
+                break
+            out.append(_summary(snap))
+        return out
+
+    async def high_water_mark(self, planned: Any = None) -> int | None:
+        """µs: the newest snapshot's recorded high-water mark, else max upper bound + 1µs."""
+        snaps = await asyncio.to_thread(self._snapshots_sync)
+        for _sid, props, _rows in reversed(snaps):
+            if PROP_HIGH_WATERMARK in props:
+                return int(props[PROP_HIGH_WATERMARK])
+            break  # only the newest snapshot's property counts
+        if planned is None or self.start is not None or self.until is not None:
+            planned = await asyncio.to_thread(self._plan_sync, bounded=False)
+        upper = planned.max_upper
+        return None if upper is None else upper + 1
+
+    async def recorded_offsets(self) -> CommitRecord | None:
+        """Commits carried by snapshot properties, merged (newest sequence and topic)."""
+        snaps = await asyncio.to_thread(self._snapshots_sync)
+        commits = []
+        for sid, props, rows in snaps:
+            commit = CommitRecord.from_snapshot_properties(
+                props, where=f"table={self.identifier} snapshot={sid}", rows=rows
+            )
+            if commit is not None:
+                commits.append(commit)
+        if not commits:
+            return None
+        newest = max(commits, key=lambda c: c.sequence)
+        return CommitRecord(
+            sequence=newest.sequence,
+            offsets=merge_offsets(commits),
+            topic=newest.topic,
+            rows=sum(c.rows for c in commits),
+            high_watermark=newest.high_watermark,
+        )
+
+
+def _summary(snap: Any) -> tuple[int, dict[str, str], int]:
+    props: dict[str, str] = {}
+    if snap.summary is not None:
+        props = dict(snap.summary.additional_properties)
+    rows = int(props.get("added-records", "0") or 0)
+    return int(snap.snapshot_id), props, rows
+
+
+def _bound(from_bytes: Any, field_type: Any, raw: bytes | None) -> int | None:
+    """An Iceberg lower/upper bound of a timestamp column in µs (None: absent or not a time)."""
+    if raw is None:
+        return None
+    type_name = str(field_type)
+    if type_name in ("timestamp", "timestamptz"):
+        return (
+            int(struct.unpack("<q", raw)[0]) if len(raw) == 8 else int(from_bytes(field_type, raw))
+        )
+    if type_name in ("timestamp_ns", "timestamptz_ns"):
+        return int(struct.unpack("<q", raw)[0]) // 1000
+    if type_name == "long":
+        return int(struct.unpack("<q", raw)[0]) * 1000
+    return None
