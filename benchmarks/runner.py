@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import engine
+from . import engine, lake, sinks
 from .common import RESULTS_DIR, Report
 
 
@@ -30,6 +30,22 @@ BENCHMARKS: dict[str, Benchmark] = {
             engine.add_arguments,
             engine.run,
             engine.summary,
+        ),
+        Benchmark(
+            "lake",
+            "lake scan rows/s: ParquetLake/IcebergLake (ordered, watermarked) vs pyarrow.dataset "
+            "and pyiceberg to_arrow, local and moto S3",
+            lake.add_arguments,
+            lake.run,
+            lake.summary,
+        ),
+        Benchmark(
+            "sinks",
+            "upsert sinks vs native bulk paths (DuckDB insert from Arrow, PostgreSQL COPY, "
+            "pyiceberg append), insert and update-heavy",
+            sinks.add_arguments,
+            sinks.run,
+            sinks.summary,
         ),
     ]
 }

@@ -6,18 +6,16 @@ per ``target_rows`` rows, sorted by event time (row groups as the writer makes t
 1. writes the new files;
 2. writes a commit record (next sequence, atomically, exactly like a writer) listing the new files
    with ``rows = 0`` (compaction adds no rows) and the lake's merged offsets, newest topic and
-   high-water mark (unchanged, so readers of only the newest commit see the same state), plus two
-   extra keys the current readers ignore: ``"operation": "compact"`` and ``"removed": [the
-   replaced files]``;
-3. deletes the replaced files.
+   high-water mark (unchanged, so readers of only the newest commit see the same state),
+   ``operation="compact"`` and ``removed`` = the replaced files — from this moment readers see
+   only the new files (atomic for readers);
+3. deletes the replaced files (garbage collection).
 
 Invariants: every commit record stays valid (:meth:`CommitRecord.from_json` reads it), the merged
 offsets are unchanged, and the lake's rows are unchanged as a multiset. A crash before step 2
 leaves orphans (ignored); a crash between 2 and 3 is repaired by the next :func:`compact` (it
-deletes files some commit marked removed). **Window:** readers that only know the ``files`` lists
-see the replaced files and the new ones at once between steps 2 and 3 (milliseconds locally); run
-compaction while no reader is planning the lake, or teach the reader to subtract ``removed``
-(then step 2 is atomic for readers and step 3 is only garbage collection).
+deletes files some commit marked removed). A reader that planned the lake before step 2 and is
+still reading may find a replaced file deleted under it (it fails naming the file; re-run).
 """
 
 from __future__ import annotations
@@ -26,12 +24,12 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lambdasource.errors import LakeReadError, SinkError
-from lambdasource.sources.lake.commits import COMMITS_DIR, CommitRecord, merge_offsets
+from lambdasource.sources.lake.commits import CommitRecord, merge_offsets
+from lambdasource.sources.lake.commits import live_files as committed_files
 
 from .writer import ParquetLakeWriter, _prepare, row_group_bounds
 
@@ -50,25 +48,15 @@ class CompactionResult:
     removed: tuple[str, ...]
 
 
-def _raw_commits(writer: ParquetLakeWriter) -> list[tuple[CommitRecord, list[str]]]:
-    """Each commit with the files it marks removed (validated like any reader would)."""
-    out = []
-    for record in writer.commits():
-        raw = orjson.loads(writer.root.read(record.file_name()))
-        removed = [str(f) for f in raw.get("removed", [])]
-        out.append((record, removed))
-    return out
-
-
 def live_files(writer: ParquetLakeWriter) -> list[str]:
-    """Committed, not removed, present data files (relative paths), in commit order."""
-    commits = _raw_commits(writer)
-    removed = {f for _, gone in commits for f in gone}
+    """Committed, not retired, present data files (relative paths), in commit order."""
+    commits = writer.commits()
+    live = committed_files(commits)
     seen: set[str] = set()
     files = []
-    for record, _ in commits:
+    for record in commits:
         for f in record.files:
-            if f not in removed and f not in seen and writer.root.exists(f):
+            if f in live and f not in seen and writer.root.exists(f):
                 seen.add(f)
                 files.append(f)
     return files
@@ -87,8 +75,8 @@ def compact(
     Blocking; not to be run concurrently with a writer committing to the same lake (a taken
     sequence raises :class:`SinkError`, leaving the lake valid).
     """
-    commits = _raw_commits(writer)
-    removed_before = {f for _, gone in commits for f in gone}
+    commits = writer.commits()
+    removed_before = {f for c in commits for f in c.removed}
     for f in sorted(removed_before):  # repair: a crash between commit and delete
         writer.root.delete(f)
     by_partition: dict[str, list[str]] = {}
@@ -140,7 +128,7 @@ def compact(
             new_files.append(relative)
         replaced.extend(files)
         rows += n
-    records = [r for r, _ in commits]
+    records = commits
     record = CommitRecord(  # carries the lake's state so "newest commit" readers see no change
         sequence=sequence,
         offsets=merge_offsets(records),
@@ -150,16 +138,11 @@ def compact(
         high_watermark=next(
             (r.high_watermark for r in reversed(records) if r.high_watermark is not None), None
         ),
+        removed=tuple(replaced),
+        operation="compact",
     )
-    body = orjson.loads(record.to_json())
-    body["operation"] = "compact"
-    body["removed"] = replaced
     try:
-        writer.root.put_atomic(
-            f"{COMMITS_DIR}/{sequence:020d}.json",
-            orjson.dumps(body, option=orjson.OPT_INDENT_2),
-            exclusive=True,
-        )
+        writer.root.put_atomic(record.file_name(), record.to_json(), exclusive=True)
     except BaseException:
         writer._next_sequence = None
         raise

@@ -35,6 +35,9 @@ from .sinks.parquet import ParquetSink
 from .sinks.postgres import PostgresUpsert
 from .sinks.urls import sink_from_url
 from .sources.base import Source, SourceOutput
+from .sources.lake.iceberg import IcebergLake
+from .sources.lake.inspect import LakeReport, inspect_iceberg, inspect_parquet
+from .sources.lake.parquet import ParquetLake
 from .sources.memory import MemorySource
 from .windows.aggregates import (
     Aggregate,
@@ -64,14 +67,17 @@ __all__ = [
     "End",
     "HandoffError",
     "HandoffGapError",
+    "IcebergLake",
     "IcebergUpsert",
     "IncompatibleStateError",
     "KafkaUpsert",
     "LakeReadError",
+    "LakeReport",
     "LambdaSourceError",
     "MemorySource",
     "Operator",
     "OperatorError",
+    "ParquetLake",
     "ParquetSink",
     "Pipeline",
     "PostgresUpsert",
@@ -95,6 +101,8 @@ __all__ = [
     "count",
     "count_distinct",
     "first",
+    "inspect_iceberg",
+    "inspect_parquet",
     "last",
     "max",
     "mean",

@@ -65,13 +65,6 @@ PLANNED: tuple[Planned, ...] = (
         "127.0.0.1:9092 --topic clicks --into duckdb:///features.duckdb --table user_30d",
     ),
     Planned(
-        "inspect",
-        3,
-        "a lake's partitions, row counts, time ranges, gaps and recorded offsets",
-        "example (planned):\n  lambdasource inspect data/clicks",
-        (("path", "lake path or URL (file://, s3://)"),),
-    ),
-    Planned(
         "run",
         7,
         "run a declarative job file (lake, stream, handoff, windows, sink, checkpoints)",
@@ -93,6 +86,16 @@ class Command:
 
 
 COMMANDS: tuple[Command, ...] = (
+    Command(
+        "inspect",
+        "lambdasource.sources.lake.inspect",
+        "a lake's partitions, row counts, time ranges, gaps, files and recorded offsets",
+        "examples:\n"
+        "  lambdasource inspect data/clicks\n"
+        "  lambdasource inspect s3://bucket/clicks --s3-endpoint http://127.0.0.1:9000\n"
+        "  lambdasource inspect --iceberg db.clicks --catalog-uri sqlite:///cat.db \\\n"
+        "      --warehouse file:///data/wh",
+    ),
     Command(
         "archive",
         "lake.archiver",

@@ -589,6 +589,8 @@ def test_compaction_repairs_a_crash_before_delete(tmp_path: Path) -> None:
     pq.write_table(table.slice(0, 5), restored)
     assert restored.exists()
     assert result.removed[0] not in live_files(writer)
+    # readers already see only the new files (atomic for readers), the stale one is reported
+    assert ids(read_with_parquet_lake(str(tmp_path))) == ids(table)
     compact(writer)
     assert not restored.exists()
     assert ids(read_with_parquet_lake(str(tmp_path))) == ids(table)

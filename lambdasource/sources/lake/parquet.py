@@ -21,7 +21,7 @@ from ...errors import ConfigError, LakeReadError
 from ...s3 import S3Config
 from ...timeutil import TIME_TYPE, Duration, parse_duration
 from ..base import Source, SourceOutput
-from .commits import COMMITS_DIR, CommitRecord, merge_offsets
+from .commits import COMMITS_DIR, CommitRecord, live_files, merge_offsets
 from .layout import Layout, classify, detect
 from .reader import (
     BATCH_ROWS,
@@ -181,14 +181,19 @@ class ParquetLake(Source):
         listed = await storage.list()
         result.commits = await read_commits(storage, listed)
         committed: set[str] | None = None
+        retired: set[str] = set()
         if result.commits:
-            committed = {f.strip("/") for c in result.commits for f in c.files}
+            committed = {f.strip("/") for f in live_files(result.commits)}
+            retired = {f.strip("/") for c in result.commits for f in c.removed}
         data: list[StoredFile] = []
         for f in listed:
             reason = classify(f.path)
             if reason is not None:
                 if not f.path.startswith(COMMITS_DIR + "/"):
                     metrics.skipped_files.append({"file": f.path, "reason": reason})
+                continue
+            if f.path in retired:
+                metrics.skipped_files.append({"file": f.path, "reason": "retired by compaction"})
                 continue
             if committed is not None and f.path not in committed:
                 metrics.orphan_files.append(f.path)
