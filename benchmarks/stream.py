@@ -1,0 +1,385 @@
+"""Stream benchmark: KafkaStream decode + watermarks vs raw aiokafka consume of the same topic.
+
+A Tansu broker is started by the benchmark; ``--events`` clickstream events are produced as JSON
+(one object per message, ISO event times) over ``--partitions`` partitions. Then, alternating,
+``--repeat`` times each, in the same process:
+
+- **raw aiokafka** — assign all partitions, ``getmany`` until every record was fetched, touching
+  each value (the baseline: what any Python consumer pays for the wire and the record objects);
+- **KafkaStream (source)** — ``KafkaStream(stop_at="latest")`` driven directly: decode every
+  fetch into an Arrow batch of the declared schema, per-partition watermarks, idleness;
+- **KafkaStream (pipeline)** — the same through ``Pipeline`` into a counting sink (runtime
+  queues, time normalisation, watermark forwarding included).
+
+Reported: records/s, and the ratio of each stream variant's best throughput to raw's best (target
+≥ 0.8). The lambda bootstrap rows time a 20-hour Parquet lake followed by a 4-hour stream through
+``LambdaSource`` against the lake alone and the stream alone (phases: lake, handoff stall, stream
+after the lake). ``decode only`` rows isolate ``decode_records`` on in-memory values against ``orjson.loads``
+of the same values (the per-message floor of any JSON decoder in Python).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from rich.console import Console
+
+from lake.generator import generate_clickstream
+from lambdasource.embedded import EmbeddedBroker
+from lambdasource.pipeline import Pipeline
+from lambdasource.sinks.base import Sink
+from lambdasource.sources.kafka.decode import decode_records
+from lambdasource.sources.kafka.stream import KafkaStream
+from lambdasource.sources.lake.parquet import ParquetLake
+from lambdasource.sources.lambda_source import LambdaSource
+from lambdasource.timeutil import HOUR
+
+from .common import Report, fmt, markdown_table
+
+console = Console(highlight=False)
+
+SCHEMA = pa.schema(
+    [
+        pa.field("event_time", pa.timestamp("us", tz="UTC")),
+        pa.field("event_id", pa.int64()),
+        pa.field("user_id", pa.int64()),
+        pa.field("session_id", pa.int64()),
+        pa.field("kind", pa.string()),
+        pa.field("page", pa.string()),
+        pa.field("device", pa.string()),
+        pa.field("amount", pa.float64()),
+    ]
+)
+
+COLUMNS = [
+    ("variant", "variant"),
+    ("records", "records"),
+    ("best_s", "best s"),
+    ("records_per_s", "records/s"),
+    ("ratio_vs_raw", "× raw"),
+]
+
+
+class _CountingOutput:
+    """A SourceOutput that only counts (drives the source without the runtime)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.watermarks = 0
+        self.dead = 0
+
+    async def emit(self, batch: pa.RecordBatch, position: str | None = None) -> None:
+        self.rows += batch.num_rows
+
+    async def emit_watermark(self, time: int, idle: bool = False) -> None:
+        self.watermarks += 1
+
+    async def dead_letter(self, batch: pa.RecordBatch, reason: str, position: str | None) -> None:
+        self.dead += batch.num_rows
+
+    async def barrier_point(self) -> None:
+        return None
+
+
+class _CountingSink(Sink):
+    name = "count"
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    async def write(self, batch: pa.RecordBatch) -> None:
+        self.rows += batch.num_rows
+
+
+def _messages(events: int, seed: int) -> list[bytes]:
+    table = generate_clickstream(events, 1, 10_000, seed=seed, jitter="2m")
+    return [orjson.dumps(row) for row in table.to_pylist()]
+
+
+async def _produce(bootstrap: str, topic: str, partitions: int, values: list[bytes]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value, partition=i % partitions)
+            for i, value in enumerate(values)
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def _raw(bootstrap: str, topic: str, partitions: int, total: int, max_records: int) -> int:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen = nbytes = 0
+        while seen < total:
+            got = await consumer.getmany(timeout_ms=100, max_records=max_records)
+            for records in got.values():
+                seen += len(records)
+                nbytes += sum(len(r.value) for r in records)
+        return seen
+    finally:
+        await consumer.stop()
+
+
+def _stream(bootstrap: str, topic: str, max_records: int) -> KafkaStream:
+    return KafkaStream(
+        topic,
+        bootstrap,
+        time_column="event_time",
+        schema=SCHEMA,
+        stop_at="latest",
+        out_of_orderness="5m",
+        max_batch_records=max_records,
+    )
+
+
+async def _stream_source(bootstrap: str, topic: str, max_records: int) -> int:
+    out = _CountingOutput()
+    await _stream(bootstrap, topic, max_records).run(out)
+    return out.rows + out.dead
+
+
+async def _stream_pipeline(bootstrap: str, topic: str, max_records: int) -> int:
+    p = Pipeline()
+    sink = _CountingSink()
+    p.source(_stream(bootstrap, topic, max_records)).sink(sink)
+    await p.run()
+    return sink.rows
+
+
+def _write_lake(root: Path, table: pa.Table) -> None:
+    """Hour partitions ``dt=…/hour=…/part-000.parquet``, each sorted by event time."""
+    times = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
+    hours = (times // HOUR) * HOUR
+    for hour in np.unique(hours):
+        part = table.filter(pa.array(hours == hour)).sort_by("event_time")
+        stamp = pa.scalar(int(hour), SCHEMA.field("event_time").type).as_py()
+        path = root / f"dt={stamp:%Y-%m-%d}" / f"hour={stamp:%H}" / "part-000.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, path, row_group_size=50_000)
+
+
+async def _count(source: Any) -> int:
+    p = Pipeline()
+    sink = _CountingSink()
+    p.source(source).sink(sink)
+    await p.run()
+    return sink.rows
+
+
+def _bootstrap(args: argparse.Namespace, bootstrap: str, report: Report) -> None:
+    """Lambda bootstrap end to end: a 20-hour lake then a 4-hour stream; phases and the ratio
+    of its time to reading the lake alone plus the stream alone (no handoff cost = 1.0)."""
+    table = generate_clickstream(args.lambda_events, 1, 10_000, seed=1, jitter="2m")
+    table = table.select(SCHEMA.names).cast(SCHEMA)
+    times = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
+    cut = int(times.min()) // HOUR * HOUR + 20 * HOUR
+    lake_rows = table.filter(pa.array(times < cut))
+    stream_rows = table.filter(pa.array(times >= cut))
+    topic = "bench-lambda"
+    values = [orjson.dumps(row) for row in stream_rows.to_pylist()]
+    asyncio.run(_produce(bootstrap, topic, args.partitions, values))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _write_lake(root, lake_rows)
+
+        def lake() -> ParquetLake:
+            return ParquetLake(root, "event_time", schema=SCHEMA)
+
+        def lambda_source() -> LambdaSource:
+            return LambdaSource(
+                lake(),
+                _stream(bootstrap, topic, args.max_records),
+                out_of_orderness="5m",
+                idle_timeout="1s",
+            )
+
+        best: dict[str, float] = {}
+        phases: dict[str, Any] = {}
+        for _ in range(args.repeat):
+            for name, make in (
+                ("lake alone", lake),
+                ("stream alone", lambda: _stream(bootstrap, topic, args.max_records)),
+                ("lambda (lake → stream)", lambda_source),
+            ):
+                source = make()
+                start = time.perf_counter()
+                rows = asyncio.run(_count(source))
+                took = time.perf_counter() - start
+                if name == "lambda (lake → stream)":
+                    if rows != table.num_rows:
+                        raise RuntimeError(f"lambda read {rows} rows, expected {table.num_rows}")
+                    if took < best.get(name, float("inf")):
+                        phases = source.metrics()["phases"]
+                best[name] = min(took, best.get(name, float("inf")))
+    parts = best["lake alone"] + best["stream alone"]
+    for name, took in best.items():
+        rows = {
+            "lake alone": lake_rows.num_rows,
+            "stream alone": stream_rows.num_rows,
+        }.get(name, table.num_rows)
+        report.rows.append(
+            {
+                "variant": name,
+                "records": rows,
+                "best_s": took,
+                "records_per_s": rows / took,
+                "ratio_vs_raw": parts / took if name.startswith("lambda") else None,
+            }
+        )
+    report.extra["lambda_phases_s"] = phases
+    report.notes.append(
+        "lambda ratio = (lake alone + stream alone) / lambda: 1.0 = handoff costs nothing; "
+        f"phases of the best lambda run (s): {phases}"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=int, default=300_000, help="messages (default 300k)")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--max-records", type=int, default=10_000, help="records per getmany")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs each; best reported")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--lambda-events",
+        type=int,
+        default=200_000,
+        help="events of the lambda bootstrap part (0 = skip it)",
+    )
+
+
+def run(args: argparse.Namespace) -> Report:
+    report = Report(
+        "stream",
+        {
+            "events": args.events,
+            "partitions": args.partitions,
+            "max_records": args.max_records,
+            "repeat": args.repeat,
+            "format": "json (orjson), ISO event times",
+        },
+    )
+    values = _messages(args.events, args.seed)
+    mean_bytes = sum(map(len, values)) / max(1, len(values))
+    report.parameters["mean_message_bytes"] = round(mean_bytes, 1)
+
+    # decode alone, in memory: decode_records vs the orjson.loads floor
+    chunk = args.max_records
+    stamps = [0] * chunk
+    start = time.perf_counter()
+    for i in range(0, len(values), chunk):
+        [orjson.loads(v) for v in values[i : i + chunk]]
+    loads_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(0, len(values), chunk):
+        part = values[i : i + chunk]
+        decode_records(part, SCHEMA, time_column="event_time", timestamps_ms=stamps[: len(part)])
+    decode_s = time.perf_counter() - start
+
+    with EmbeddedBroker() as broker:
+        topic = "bench-stream"
+        with console.status("producing"):
+            asyncio.run(_produce(broker.bootstrap_servers, topic, args.partitions, values))
+        variants: dict[str, Any] = {
+            "raw aiokafka": lambda: _raw(
+                broker.bootstrap_servers, topic, args.partitions, len(values), args.max_records
+            ),
+            "KafkaStream (source)": lambda: _stream_source(
+                broker.bootstrap_servers, topic, args.max_records
+            ),
+            "KafkaStream (pipeline)": lambda: _stream_pipeline(
+                broker.bootstrap_servers, topic, args.max_records
+            ),
+        }
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.repeat):
+            for name, make in variants.items():  # alternate, so drift hits all alike
+                start = time.perf_counter()
+                count = asyncio.run(make())
+                times[name].append(time.perf_counter() - start)
+                if count != len(values):
+                    raise RuntimeError(f"{name}: read {count} records, expected {len(values)}")
+        if args.lambda_events:
+            with console.status("lambda bootstrap"):
+                _bootstrap(args, broker.bootstrap_servers, report)
+    raw_best = min(times["raw aiokafka"])
+    for name, runs in times.items():
+        best = min(runs)
+        report.rows.append(
+            {
+                "variant": name,
+                "records": len(values),
+                "best_s": best,
+                "records_per_s": len(values) / best,
+                "ratio_vs_raw": raw_best / best,
+                "runs_s": runs,
+            }
+        )
+    report.rows.append(
+        {
+            "variant": "decode only: orjson.loads",
+            "records": len(values),
+            "best_s": loads_s,
+            "records_per_s": len(values) / loads_s,
+        }
+    )
+    report.rows.append(
+        {
+            "variant": "decode only: decode_records",
+            "records": len(values),
+            "best_s": decode_s,
+            "records_per_s": len(values) / decode_s,
+            "ratio_vs_raw": loads_s / decode_s,
+        }
+    )
+    report.notes.append(
+        "ratio = raw aiokafka best time / variant best time (1.0 = as fast as consuming raw); the "
+        "decode-only ratio is against orjson.loads alone"
+    )
+    return report
+
+
+def summary(report: Report) -> str:
+    return markdown_table(report.rows, COLUMNS) + "\n" + "\n".join(report.notes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.stream", description=__doc__)
+    add_arguments(parser)
+    report = run(parser.parse_args())
+    path = report.save()
+    console.print(summary(report))
+    console.print(f"saved {path}  ({fmt(report.parameters['events'])} events)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""One Kafka partition as a split: its read position, end, watermark generator and idleness.
+
+Watermark (bounded out-of-orderness): ``max(event time seen) − out_of_orderness``, raised to
+``floor`` when one is set (the lambda source's ``cutoff − 1µs``: the stream emits nothing before
+the cutoff), ``None`` before the first record. It never regresses.
+
+Idleness (DESIGN §3): a split is idle only when it is caught up — its position is at or beyond the
+highwater of its last fetch — *and* no record arrived for ``idle_timeout``. A paused split (held
+by alignment or finished) is never idle: pausing resets the quiet timer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class PartitionSplit:
+    """Mutable state of one partition; owned by the reader task (no concurrent mutation)."""
+
+    topic: str
+    partition: int
+    out_of_orderness: int
+    idle_timeout: float  # seconds
+    floor: int | None = None
+    start: int | None = None  # first offset read
+    position: int | None = None  # next offset to emit
+    highwater: int | None = None  # from the last fetch response
+    stop_offset: int | None = None  # bounded: stop before this offset
+    max_seen: int | None = None  # µs
+    paused: bool = False
+    idle: bool = False
+    finished: bool = False
+    records: int = 0
+    dead_letters: int = 0
+    dropped: int = 0
+    last_activity: float = field(default_factory=time.monotonic)
+    _emitted_watermark: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"partition={self.partition}"
+
+    @property
+    def watermark(self) -> int | None:
+        """The split's current watermark (never regresses)."""
+        value = None if self.max_seen is None else self.max_seen - self.out_of_orderness
+        if self.floor is not None:
+            value = self.floor if value is None else max(value, self.floor)
+        if value is not None and self._emitted_watermark is not None:
+            value = max(value, self._emitted_watermark)
+        self._emitted_watermark = value
+        return value
+
+    @property
+    def caught_up(self) -> bool:
+        return (
+            self.position is not None
+            and self.highwater is not None
+            and self.position >= self.highwater
+        )
+
+    @property
+    def lag(self) -> int | None:
+        if self.position is None or self.highwater is None:
+            return None
+        return max(0, self.highwater - self.position)
+
+    def saw(self, max_time: int | None, now: float) -> None:
+        """Records arrived (``max_time``: their max event time, None if all null)."""
+        if max_time is not None and (self.max_seen is None or max_time > self.max_seen):
+            self.max_seen = max_time
+        self.idle = False
+        self.last_activity = now
+
+    def update_idle(self, now: float) -> bool:
+        """Re-evaluate idleness; returns whether it changed."""
+        idle = (
+            not self.paused
+            and not self.finished
+            and self.caught_up
+            and now - self.last_activity >= self.idle_timeout
+        )
+        changed = idle != self.idle
+        self.idle = idle
+        return changed
+
+    def set_paused(self, paused: bool, now: float) -> None:
+        self.paused = paused
+        self.idle = False if paused else self.idle
+        self.last_activity = now
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "position": self.position,
+            "highwater": self.highwater,
+            "lag": self.lag,
+            "watermark": self.watermark,
+            "max_event_time": self.max_seen,
+            "idle": self.idle,
+            "paused": self.paused,
+            "finished": self.finished,
+            "records": self.records,
+            "dead_letters": self.dead_letters,
+            "dropped_before_cutoff": self.dropped,
+        }

@@ -1,0 +1,586 @@
+"""``ls.KafkaStream``: a Kafka topic as a source of Arrow batches with per-partition watermarks.
+
+Reading: one aiokafka consumer, partitions assigned manually (a ``group_id`` only adds offset
+commits, for observability — positions are checkpointed by the pipeline, not the group). Each
+``getmany`` yields, per partition, one :func:`decode_records` call and one emitted batch; malformed
+messages go to the dead letters with their raw value and ``topic=… partition=… offset=…``.
+
+Watermarks: each partition is a :class:`PartitionSplit` with a bounded-out-of-orderness generator;
+the stream's watermark is the minimum over partitions that are neither idle nor finished (DESIGN
+§3: idle = caught up to the fetch highwater *and* quiet for ``idle_timeout``; a paused partition is
+never idle). When every live partition is idle the stream forwards their maximum, marked idle.
+
+Bounded reads (``stop_at="latest"``): each partition stops before the end offset seen when the
+stream opened (the highwater of a fetch — ``end_offsets()`` lags on some brokers); the final
+watermark is the maximum event time read.
+
+The lambda source drives the same machinery: :meth:`KafkaStream.open` takes per-partition start
+overrides and a watermark floor, :meth:`KafkaStream.drive` takes a batch transform, an alignment
+group (partitions ahead are paused with ``consumer.pause``) and a progress callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from ...errors import ConfigError, StreamError
+from ...timeutil import MS, TIME_TYPE, Duration, parse_duration, to_micros
+from ..alignment import AlignmentGroup
+from ..base import Source, SourceOutput
+from .decode import RECORD_TIMESTAMP, Decoder, decode_records, output_schema
+from .positions import OffsetProber, end_offset, offset_for_time
+from .split import PartitionSplit
+
+log = logging.getLogger("lambdasource.kafka")
+
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        pa.field("value", pa.binary()),
+        pa.field("key", pa.binary()),
+        pa.field("topic", pa.string()),
+        pa.field("partition", pa.int32()),
+        pa.field("offset", pa.int64()),
+        pa.field("timestamp", TIME_TYPE),
+    ]
+)
+"""Columns of a dead-lettered message (the runtime appends ``_error`` and ``_position``)."""
+
+PartitionStart = tuple[str, int]
+"""``("earliest", 0)``, ``("latest", 0)``, ``("offset", n)`` or ``("time", µs)``."""
+
+Transform = Callable[[PartitionSplit, pa.RecordBatch], pa.RecordBatch]
+
+
+def _parse_start(start: Any) -> Callable[[int], PartitionStart]:
+    if start in ("earliest", "latest"):
+        return lambda p: (start, 0)
+    if isinstance(start, dict):
+        offsets = {int(p): int(o) for p, o in start.items()}
+        return lambda p: ("offset", offsets[p]) if p in offsets else ("earliest", 0)
+    if isinstance(start, datetime | int) and not isinstance(start, bool):
+        micros = to_micros(start)
+        return lambda p: ("time", micros)
+    raise ConfigError(
+        "KafkaStream: start must be 'earliest', 'latest', {partition: offset}, a datetime or "
+        f"µs since the epoch, got {start!r}"
+    )
+
+
+@dataclass
+class DriveHooks:
+    """How a caller (the lambda source) customises :meth:`KafkaStream.drive`."""
+
+    transform: Transform | None = None  # applied to each decoded batch before it is emitted
+    aligner: AlignmentGroup | None = None  # partitions ahead are paused
+    split_prefix: str = "stream"  # alignment split name: f"{prefix}:partition=N"
+    on_progress: Callable[[], Awaitable[None]] | None = None  # replaces the own watermark
+
+
+class KafkaStream(Source):
+    """A Kafka topic as a source (see module docstring).
+
+    ``time_column=None`` uses the record timestamp, as a ``timestamp`` column. ``format``:
+    ``"json"`` (needs ``schema``), ``"raw"`` (a ``value`` column) or a callable decoder.
+    ``start``: ``"earliest"``, ``"latest"``, ``{partition: offset}`` (others: earliest) or a time
+    (datetime or µs): the first record whose *record timestamp* is at or after it, found by a
+    verified lookup. ``stop_at="latest"`` makes the stream bounded.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        bootstrap_servers: str,
+        time_column: str | None = None,
+        format: str | Decoder = "json",
+        schema: pa.Schema | None = None,
+        stop_at: str | None = None,
+        group_id: str | None = None,
+        start: Any = "earliest",
+        partitions: Sequence[int] | None = None,
+        out_of_orderness: Duration = "0s",
+        idle_timeout: Duration = "30s",
+        max_batch_records: int = 10_000,
+        *,
+        fetch_max_wait_ms: int = 100,
+        max_partition_fetch_bytes: int = 4 * 1024 * 1024,
+        fetch_max_bytes: int = 50 * 1024 * 1024,
+        commit_interval: Duration = "5s",
+        consumer_options: dict[str, Any] | None = None,
+        name: str = "stream",
+    ) -> None:
+        if stop_at not in (None, "latest"):
+            raise ConfigError(f"KafkaStream: stop_at must be None or 'latest', got {stop_at!r}")
+        if max_batch_records < 1:
+            raise ConfigError(
+                f"KafkaStream: max_batch_records must be >= 1, got {max_batch_records}"
+            )
+        self.topic = topic
+        self.bootstrap_servers = bootstrap_servers
+        self.event_time_column = time_column
+        self.time_column = time_column or RECORD_TIMESTAMP
+        self.format = format
+        self._schema = output_schema(schema, format=format, time_column=time_column)
+        self._declared_schema = schema
+        self.stop_at = stop_at
+        self.bounded = stop_at is not None
+        self.group_id = group_id
+        self._start = _parse_start(start)
+        self.partitions = None if partitions is None else [int(p) for p in partitions]
+        self.out_of_orderness = parse_duration(out_of_orderness, name="out_of_orderness")
+        self.idle_timeout = parse_duration(idle_timeout, name="idle_timeout") / 1e6
+        self.max_batch_records = max_batch_records
+        self.commit_interval = parse_duration(commit_interval, name="commit_interval") / 1e6
+        self._consumer_options = {
+            "fetch_max_wait_ms": fetch_max_wait_ms,
+            # how soon the background fetcher notices resumed partitions (aiokafka: 200 ms)
+            "consumer_timeout_ms": 20,
+            "max_partition_fetch_bytes": max_partition_fetch_bytes,
+            "fetch_max_bytes": fetch_max_bytes,
+            **(consumer_options or {}),
+        }
+        self.name = name
+        self.splits: dict[int, PartitionSplit] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._restored: dict[int, int] | None = None
+        self._last_commit = 0.0
+        self.commit_failures = 0
+        self.lookups: dict[int, dict[str, Any]] = {}  # per partition: start-time lookups
+        self.lookup_probes = 0  # single-record reads spent verifying/searching them
+        self.beginning_offsets: Callable[[list[int]], Awaitable[dict[int, int]]] = (
+            self._beginning_offsets
+        )
+        """Earliest retained offset per partition (replaceable, e.g. to simulate retention)."""
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        return self._schema
+
+    def _where(self, partition: int | None = None, offset: int | None = None) -> str:
+        where = f"topic={self.topic}"
+        if partition is not None:
+            where += f" partition={partition}"
+        if offset is not None:
+            where += f" offset={offset}"
+        return where
+
+    def _tp(self, partition: int) -> TopicPartition:
+        return TopicPartition(self.topic, partition)
+
+    def _new_consumer(self, **extra: Any) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **{**self._consumer_options, **extra},
+        )
+
+    # opening ------------------------------------------------------------------------------------
+
+    async def _beginning_offsets(self, partitions: list[int]) -> dict[int, int]:
+        assert self._consumer is not None
+        try:
+            got = await self._consumer.beginning_offsets([self._tp(p) for p in partitions])
+        except KafkaError as exc:
+            raise StreamError(f"{self._where()}: beginning offsets failed: {exc!r}") from exc
+        return {tp.partition: off for tp, off in got.items()}
+
+    async def open(
+        self,
+        *,
+        starts: dict[int, PartitionStart] | None = None,
+        default_start: PartitionStart | None = None,
+        floor: int | None = None,
+        out_of_orderness: int | None = None,
+        idle_timeout: float | None = None,
+    ) -> None:
+        """Connect, assign partitions and seek each to its start.
+
+        Per partition the start is, in order of precedence: a restored snapshot, ``starts``,
+        ``default_start``, the constructor's ``start``. ``floor`` raises every partition's
+        watermark (the lambda source's ``cutoff − 1µs``).
+        """
+        consumer = self._new_consumer(group_id=self.group_id)
+        self._consumer = consumer
+        try:
+            await consumer.start()
+            await consumer.topics()
+            available = consumer.partitions_for_topic(self.topic)
+        except KafkaError as exc:
+            await self.close()
+            raise StreamError(
+                f"{self._where()}: cannot connect to {self.bootstrap_servers}: {exc!r}"
+            ) from exc
+        if not available:
+            await self.close()
+            raise StreamError(f"{self._where()}: topic does not exist on {self.bootstrap_servers}")
+        partitions = sorted(available) if self.partitions is None else self.partitions
+        missing = [p for p in partitions if p not in available]
+        if missing:
+            await self.close()
+            raise StreamError(
+                f"{self._where()}: no partition(s) {missing} (has {sorted(available)})"
+            )
+        ooo = self.out_of_orderness if out_of_orderness is None else out_of_orderness
+        idle = self.idle_timeout if idle_timeout is None else idle_timeout
+        self.splits = {p: PartitionSplit(self.topic, p, ooo, idle, floor=floor) for p in partitions}
+        try:
+            await self._seek_starts(partitions, starts or {}, default_start)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _seek_starts(
+        self,
+        partitions: list[int],
+        starts: dict[int, PartitionStart],
+        default_start: PartitionStart | None,
+    ) -> None:
+        assert self._consumer is not None
+        plan: dict[int, PartitionStart] = {}
+        for p in partitions:
+            if self._restored is not None and p in self._restored:
+                plan[p] = ("offset", self._restored[p])
+            elif p in starts:
+                plan[p] = starts[p]
+            elif default_start is not None:
+                plan[p] = default_start
+            else:
+                plan[p] = self._start(p)
+        begins = await self.beginning_offsets(partitions)
+        # the end offsets (for "latest" and stop_at) come from the highwater of a probe fetch
+        need_probe = self.stop_at == "latest" or any(
+            k in ("latest", "time") for k, _ in plan.values()
+        )
+        ends: dict[int, int] = {}
+        resolved: dict[int, int] = {}
+        if need_probe:
+            probe_consumer = self._new_consumer(
+                fetch_max_wait_ms=5, max_partition_fetch_bytes=64 * 1024, retry_backoff_ms=5
+            )
+            try:
+                await probe_consumer.start()
+                probe_consumer.assign([self._tp(p) for p in partitions])
+                prober = OffsetProber(probe_consumer, self.topic)
+                for p in partitions:
+                    ends[p] = await end_offset(prober, p, begins[p])
+                times = {p: v for p, (k, v) in plan.items() if k == "time"}
+                answers: dict[int, int | None] = {}
+                if times:
+                    try:
+                        got = await probe_consumer.offsets_for_times(
+                            {self._tp(p): v // MS for p, v in times.items()}
+                        )
+                        answers = {tp.partition: (a.offset if a else None) for tp, a in got.items()}
+                    except KafkaError as exc:
+                        log.warning(
+                            "%s: offsets_for_times failed (%r); searching", self._where(), exc
+                        )
+                for p, micros in times.items():
+                    offset, verified = await offset_for_time(
+                        prober,
+                        p,
+                        micros // MS,
+                        begin=begins[p],
+                        end=ends[p],
+                        broker_answer=answers.get(p),
+                    )
+                    resolved[p] = offset
+                    self.lookups[p] = {
+                        "time_us": micros,
+                        "broker_answer": answers.get(p),
+                        "offset": offset,
+                        "verified": verified,
+                    }
+                self.lookup_probes += prober.probes
+            except KafkaError as exc:
+                raise StreamError(
+                    f"{self._where()}: resolving start positions failed: {exc!r}"
+                ) from exc
+            finally:
+                await probe_consumer.stop()
+        self._consumer.assign([self._tp(p) for p in partitions])
+        for p in partitions:
+            kind, value = plan[p]
+            if kind == "earliest":
+                offset = begins[p]
+            elif kind == "latest":
+                offset = ends[p]
+            elif kind == "time":
+                offset = resolved[p]
+            else:
+                offset = value
+            split = self.splits[p]
+            split.start = split.position = offset
+            if p in ends:
+                split.highwater = ends[p]
+            if self.stop_at == "latest" and p in ends:
+                split.stop_offset = ends[p]
+                split.finished = offset >= ends[p]
+            self._consumer.seek(self._tp(p), offset)
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Move an opened partition to ``offset`` before :meth:`drive` (e.g. past a gap)."""
+        if self._consumer is None:
+            raise StreamError(f"{self._where(partition)}: seek() before open()")
+        split = self.splits[partition]
+        split.start = split.position = offset
+        if split.stop_offset is not None:
+            split.finished = offset >= split.stop_offset
+        self._consumer.seek(self._tp(partition), offset)
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                await consumer.stop()
+            except KafkaError as exc:  # closing must not mask the original error
+                log.warning("%s: closing the consumer failed: %r", self._where(), exc)
+
+    # reading ------------------------------------------------------------------------------------
+
+    async def run(self, out: SourceOutput) -> None:
+        await self.open()
+        try:
+            await self.drive(out)
+        finally:
+            await self.close()
+
+    def combined_watermark(self) -> tuple[int | None, bool]:
+        """(minimum over live non-idle partitions, all idle?) — see module docstring."""
+        live = [s for s in self.splits.values() if not s.finished]
+        active = [s for s in live if not s.idle]
+        if active:
+            marks = [s.watermark for s in active]
+            if any(m is None for m in marks):
+                return None, False
+            return min(m for m in marks if m is not None), False
+        known = [m for s in live if (m := s.watermark) is not None]
+        return (max(known) if known else None), bool(live)
+
+    def final_watermark(self) -> int | None:
+        """End of a bounded read: the maximum event time read (or the floor)."""
+        known = [m for s in self.splits.values() if (m := s.max_seen) is not None]
+        floors = [s.floor for s in self.splits.values() if s.floor is not None]
+        values = known + floors
+        return max(values) if values else None
+
+    async def drive(self, out: SourceOutput, hooks: DriveHooks | None = None) -> None:
+        """Read until every partition finished (bounded) or forever; requires :meth:`open`."""
+        hooks = hooks or DriveHooks()
+        consumer = self._consumer
+        if consumer is None:
+            raise StreamError(f"{self._where()}: drive() before open()")
+        aligner = hooks.aligner
+        if aligner is not None:
+            for split in self.splits.values():
+                aligner.register(f"{hooks.split_prefix}:{split.key}")
+                self._report(split, hooks)
+        while True:
+            live = [s for s in self.splits.values() if not s.finished]
+            if not live:
+                break
+            now = time.monotonic()
+            if aligner is not None:
+                for split in live:
+                    name = f"{hooks.split_prefix}:{split.key}"
+                    allowed = aligner.allowed(name)
+                    if not allowed and not split.paused:
+                        consumer.pause(self._tp(split.partition))
+                        split.set_paused(True, now)
+                        aligner.set_held(name, True)
+                    elif allowed and split.paused:
+                        consumer.resume(self._tp(split.partition))
+                        split.set_paused(False, now)
+                        aligner.set_held(name, False)
+            readable = [s for s in live if not s.paused]
+            if not readable:
+                assert aligner is not None
+                await aligner.wait_change(0.2)
+                await out.barrier_point()
+                continue
+            try:
+                fetched = await consumer.getmany(
+                    *[self._tp(s.partition) for s in readable],
+                    timeout_ms=max(1, int(self._consumer_options["fetch_max_wait_ms"])),
+                    max_records=self.max_batch_records,
+                )
+            except KafkaError as exc:
+                where = ", ".join(f"partition={s.partition} offset={s.position}" for s in readable)
+                raise StreamError(f"topic={self.topic} fetch failed at {where}: {exc!r}") from exc
+            now = time.monotonic()
+            for tp, records in fetched.items():
+                if records:
+                    await self._process(self.splits[tp.partition], records, out, hooks, now)
+            if not any(fetched.values()):
+                await out.barrier_point()  # quiet: let a requested checkpoint through
+            for split in readable:
+                tp = self._tp(split.partition)
+                hw = consumer.highwater(tp)
+                if hw is not None:
+                    split.highwater = hw
+                    if self.stop_at == "latest" and split.stop_offset is None:
+                        split.stop_offset = hw  # the end seen by the first fetch response
+                if tp not in fetched and split.highwater is not None:
+                    try:
+                        position = await consumer.position(tp)
+                    except KafkaError as exc:
+                        raise StreamError(f"{self._where(split.partition)}: {exc!r}") from exc
+                    if split.stop_offset is not None:
+                        position = min(position, split.stop_offset)
+                    split.position = max(split.position or 0, position)
+                if split.stop_offset is not None and (split.position or 0) >= split.stop_offset:
+                    split.finished = True
+                    consumer.pause(tp)
+                split.update_idle(now)
+                self._report(split, hooks)
+            await self._maybe_commit()
+            if hooks.on_progress is not None:
+                await hooks.on_progress()
+            else:
+                mark, idle = self.combined_watermark()
+                if mark is not None:
+                    await out.emit_watermark(mark, idle)
+        await self._maybe_commit(force=True)
+        if hooks.on_progress is not None:
+            await hooks.on_progress()
+        else:
+            final = self.final_watermark()
+            if final is not None:
+                await out.emit_watermark(final)
+
+    def _report(self, split: PartitionSplit, hooks: DriveHooks) -> None:
+        if hooks.aligner is not None:
+            hooks.aligner.report(
+                f"{hooks.split_prefix}:{split.key}",
+                split.watermark,
+                idle=split.idle,
+                finished=split.finished,
+            )
+
+    async def _process(
+        self,
+        split: PartitionSplit,
+        records: list[ConsumerRecord[Any, Any]],
+        out: SourceOutput,
+        hooks: DriveHooks,
+        now: float,
+    ) -> None:
+        if split.stop_offset is not None and records[-1].offset >= split.stop_offset:
+            records = [r for r in records if r.offset < split.stop_offset]
+            if not records:
+                return
+        n = len(records)
+        values = [r.value for r in records]
+        stamps = np.fromiter((r.timestamp for r in records), dtype=np.int64, count=n)
+        decoded = decode_records(
+            values,
+            self._declared_schema,
+            format=self.format,
+            time_column=self.event_time_column,
+            timestamps_ms=stamps,
+        )
+        for index, reason in decoded.errors:
+            record = records[index]
+            await out.dead_letter(
+                self._raw_batch(record), reason, self._where(split.partition, record.offset)
+            )
+        split.dead_letters += len(decoded.errors)
+        batch = decoded.batch
+        times = batch.column(self.time_column)
+        if times.null_count:  # dead-letter them here, with the raw message (not the runtime)
+            null = np.asarray(times.is_null().to_numpy(zero_copy_only=False))
+            rows = decoded.row_indices(n)[null]
+            reason = f"null event time in {self.time_column!r}"
+            for index in rows.tolist():
+                record = records[index]
+                await out.dead_letter(
+                    self._raw_batch(record), reason, self._where(split.partition, record.offset)
+                )
+            split.dead_letters += len(rows)
+            batch = batch.filter(pa.array(~null))
+        max_time: int | None = None
+        if batch.num_rows:
+            top = pc.max(batch.column(self.time_column))
+            max_time = None if not top.is_valid else int(top.cast(pa.int64()).as_py())
+        split.saw(max_time, now)
+        if hooks.transform is not None and batch.num_rows:
+            batch = hooks.transform(split, batch)
+        if batch.num_rows:
+            await out.emit(
+                batch,
+                position=f"{self._where(split.partition)} offsets={records[0].offset}-"
+                f"{records[-1].offset}",
+            )
+        split.records += n
+        split.position = records[-1].offset + 1
+
+    def _raw_batch(self, record: ConsumerRecord[Any, Any]) -> pa.RecordBatch:
+        return pa.RecordBatch.from_arrays(
+            [
+                pa.array([record.value], pa.binary()),
+                pa.array([record.key], pa.binary()),
+                pa.array([self.topic], pa.string()),
+                pa.array([record.partition], pa.int32()),
+                pa.array([record.offset], pa.int64()),
+                pa.array([record.timestamp * MS], pa.int64()).cast(TIME_TYPE),
+            ],
+            schema=DEAD_LETTER_SCHEMA,
+        )
+
+    async def _maybe_commit(self, *, force: bool = False) -> None:
+        if self.group_id is None or self._consumer is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_commit < self.commit_interval:
+            return
+        self._last_commit = now
+        offsets = {
+            self._tp(p): OffsetAndMetadata(s.position, "")
+            for p, s in self.splits.items()
+            if s.position is not None
+        }
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:  # observability only: positions live in checkpoints
+            self.commit_failures += 1
+            log.warning(
+                "%s: committing offsets for group %s failed: %r", self._where(), self.group_id, exc
+            )
+
+    # checkpoints and metrics --------------------------------------------------------------------
+
+    def snapshot(self) -> dict[int, int]:
+        """Next offset to read per partition (immutable copy)."""
+        if not self.splits and self._restored is not None:
+            return dict(self._restored)
+        return {p: s.position for p, s in self.splits.items() if s.position is not None}
+
+    def restore(self, state: dict[int, int] | dict[str, int]) -> None:
+        """Resume at the given next offsets (seeked when the stream opens)."""
+        self._restored = {int(p): int(o) for p, o in state.items()}
+
+    def metrics(self) -> dict[str, Any]:
+        mark, idle = self.combined_watermark()
+        return {
+            "topic": self.topic,
+            "stream_watermark": mark,
+            "stream_idle": idle,
+            "records": sum(s.records for s in self.splits.values()),
+            "dead_letters_decoded": sum(s.dead_letters for s in self.splits.values()),
+            "commit_failures": self.commit_failures,
+            "start_lookups": dict(self.lookups),
+            "start_lookup_probes": self.lookup_probes,
+            "partitions": {p: s.metrics() for p, s in self.splits.items()},
+        }

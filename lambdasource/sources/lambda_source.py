@@ -1,0 +1,471 @@
+"""``ls.LambdaSource``: the lake's history, then the live stream, as one event-time-correct source.
+
+Handoff (DESIGN §3, firm):
+
+- ``handoff="timestamp"``: ``cutoff`` defaults to the lake's high-water mark. The lake contributes
+  records with time < cutoff, the stream records with time >= cutoff; each stream partition starts
+  at the first offset whose record timestamp is >= ``cutoff − out_of_orderness`` (a verified
+  lookup, see :mod:`.kafka.positions`). Stream records with time < cutoff are dropped and counted
+  (``metrics()["dropped_before_cutoff"]``). **Limit of timestamp mode:** a record with time <
+  cutoff that reached the stream after the lake was written is in neither side: it is dropped
+  (counted), not delivered. Record timestamps are not event times: a record whose record
+  timestamp is earlier than ``cutoff − out_of_orderness`` but whose event time is >= cutoff is
+  missed too. Use ``handoff="offsets"`` with an archiver-written lake for exactness.
+- ``handoff="offsets"``: the lake contributes everything it holds; the stream every record from
+  the per-partition offsets the lake's commits recorded (partitions absent: earliest). No
+  duplicate, no gap, whatever the event times. If a partition's earliest retained offset is
+  beyond the recorded one, :class:`HandoffGapError` names partition and missing range, unless
+  ``allow_gaps=True`` (then the missing offsets are counted in ``metrics()["missing_offsets"]``).
+
+Running: the stream opens before the lake is read (pre-warmed) and both run concurrently; each
+partition hands over on its own (no barrier between readers). The output watermark is the minimum
+over the lake (until it finishes) and the stream partitions that are neither idle nor finished, so
+it never passes the lake's progress, and it never regresses. With ``alignment`` every split (the
+lake, each partition) belongs to one :class:`AlignmentGroup`: a partition ahead of
+``global + max_drift`` is paused (``consumer.pause``), the lake's emits block (which stops its
+prefetch). ``alignment=None`` runs the same job unaligned: the stream is read as fast as it comes,
+so downstream buffers grow; ``max_lead_us`` / ``rows_beyond_drift`` make that visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import ConfigError, HandoffError, HandoffGapError, SchemaError
+from ..timeutil import (
+    TIME_TYPE,
+    Duration,
+    format_duration,
+    format_time,
+    normalize_time_array,
+    parse_duration,
+    to_micros,
+)
+from .alignment import Alignment, AlignmentGroup
+from .base import Source, SourceOutput
+from .kafka.split import PartitionSplit
+from .kafka.stream import DriveHooks, KafkaStream, PartitionStart
+from .lake.commits import CommitRecord
+
+HANDOFFS = ("timestamp", "offsets")
+LAKE = "lake"
+_PENDING_CAP = 1 << 20
+
+
+@runtime_checkable
+class Lake(Protocol):
+    """What the lambda source needs of a lake besides being a bounded :class:`Source`."""
+
+    async def high_water_mark(self) -> int | None: ...
+
+    async def recorded_offsets(self) -> CommitRecord | None: ...
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema, where: str) -> pa.RecordBatch:
+    """``batch`` with exactly ``schema``'s columns: missing → null, others cast safely."""
+    arrays = []
+    for f in schema:
+        if f.name not in batch.schema.names:
+            arrays.append(pa.nulls(batch.num_rows, f.type))
+            continue
+        col = batch.column(f.name)
+        if col.type != f.type:
+            try:
+                col = normalize_time_array(col) if f.type == TIME_TYPE else col.cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise SchemaError(
+                    f"{where}: column {f.name!r} of type {col.type} cannot be cast to the lake's "
+                    f"{f.type}: {exc}"
+                ) from exc
+        arrays.append(col)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+class _LockedOutput:
+    """Serialises two writers (lake task, stream task) onto one :class:`SourceOutput`."""
+
+    def __init__(self, owner: LambdaSource, out: SourceOutput, kind: str) -> None:
+        self.owner = owner
+        self.out = out
+        self.kind = kind
+
+    async def emit(self, batch: pa.RecordBatch, position: str | None = None) -> None:
+        await self.owner._emit(self.kind, batch, position)
+
+    async def emit_watermark(self, time: int, idle: bool = False) -> None:
+        if self.kind == LAKE:
+            await self.owner._lake_watermark(time)
+        # stream watermarks are combined by the owner (on_progress)
+
+    async def dead_letter(self, batch: pa.RecordBatch, reason: str, position: str | None) -> None:
+        async with self.owner._lock:
+            await self.out.dead_letter(batch, reason, position)
+
+    async def barrier_point(self) -> None:
+        async with self.owner._lock:
+            await self.out.barrier_point()
+
+
+class LambdaSource(Source):
+    """Lake history + live stream (see module docstring for the firm semantics)."""
+
+    def __init__(
+        self,
+        lake: Source,
+        stream: KafkaStream,
+        cutoff: Any = None,
+        handoff: str = "timestamp",
+        out_of_orderness: Duration = "5m",
+        idle_timeout: Duration = "30s",
+        alignment: Alignment | None = Alignment(max_drift="30m"),  # noqa: B008 - frozen config
+        allow_gaps: bool = False,
+        name: str = "lambda",
+    ) -> None:
+        if handoff not in HANDOFFS:
+            raise ConfigError(f"LambdaSource: handoff must be one of {HANDOFFS}, got {handoff!r}")
+        if not isinstance(lake, Source) or not isinstance(lake, Lake):
+            raise ConfigError(
+                "LambdaSource: lake must be a lake source (ls.ParquetLake / ls.IcebergLake) with "
+                f"high_water_mark() and recorded_offsets(), got {lake!r}"
+            )
+        if not isinstance(stream, KafkaStream):
+            raise ConfigError(f"LambdaSource: stream must be a KafkaStream, got {stream!r}")
+        if stream.time_column != lake.time_column:
+            raise SchemaError(
+                f"LambdaSource: lake time column {lake.time_column!r} differs from the stream's "
+                f"{stream.time_column!r}"
+            )
+        if handoff == "offsets" and cutoff is not None:
+            raise ConfigError("LambdaSource: cutoff= applies to handoff='timestamp' only")
+        self.lake = lake
+        self.stream = stream
+        self.handoff = handoff
+        self.cutoff: int | None = None if cutoff is None else to_micros(cutoff)
+        self.out_of_orderness = parse_duration(out_of_orderness, name="out_of_orderness")
+        self.idle_timeout = parse_duration(idle_timeout, name="idle_timeout")
+        self.alignment = alignment
+        self.allow_gaps = allow_gaps
+        self.name = name
+        self.time_column = lake.time_column
+        self.bounded = stream.bounded
+        self._lock = asyncio.Lock()
+        self._group: AlignmentGroup | None = None
+        self._lake_mark: int | None = None
+        self._lake_done = False
+        self._out: SourceOutput | None = None
+        self._emitted: int | None = None
+        self.dropped_before_cutoff = 0
+        self.lake_rows_at_or_after_cutoff = 0
+        self.missing_offsets: dict[int, tuple[int, int]] = {}
+        self.recorded: dict[int, int] = {}
+        self.rows = {LAKE: 0, "stream": 0}
+        self.max_lead = {LAKE: 0, "stream": 0}
+        self.rows_beyond_drift = {LAKE: 0, "stream": 0}
+        self.handoff_at: dict[int, float] = {}  # per partition: first stream row emitted
+        self._started: float | None = None
+        self._lake_finished: float | None = None
+        self._finished: float | None = None
+        self._pending: list[tuple[str, np.ndarray]] = []
+        self._pending_rows = 0
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        """The one schema both sides are unified to: the lake's declared schema, else the
+        stream's (missing columns null, safe casts; an impossible cast names the column)."""
+        return self.lake.schema or self.stream.schema
+
+    # running ------------------------------------------------------------------------------------
+
+    async def run(self, out: SourceOutput) -> None:
+        self._out = out
+        self._started = time.perf_counter()
+        if self.alignment is not None:
+            self._group = self.alignment.build()
+        else:  # unaligned runs still track split watermarks (never pausing) to report the skew
+            self._group = AlignmentGroup(self.alignment_drift, enforce=False)
+        self._group.register(LAKE, gate=True)
+        starts, default, floor = await self._plan_handoff()
+        await self.stream.open(
+            starts=starts,
+            default_start=default,
+            floor=floor,
+            out_of_orderness=self.out_of_orderness,
+            idle_timeout=self.idle_timeout / 1e6,
+        )
+        try:
+            if self.handoff == "offsets":
+                await self._check_gaps()
+            hooks = DriveHooks(
+                transform=self._transform,
+                aligner=self._group,
+                split_prefix="stream",
+                on_progress=self._progress,
+            )
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._run_lake(), name=f"{self.name}:lake")
+                tg.create_task(
+                    self.stream.drive(_LockedOutput(self, out, "stream"), hooks),
+                    name=f"{self.name}:stream",
+                )
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from group_error.exceptions[0].__cause__
+        finally:
+            await self.stream.close()
+        self._finished = time.perf_counter()
+        final = [m for m in (self._lake_mark, self.stream.final_watermark()) if m is not None]
+        if final:
+            async with self._lock:
+                await self._emit_mark(max(final), False)
+
+    async def _plan_handoff(
+        self,
+    ) -> tuple[dict[int, PartitionStart], PartitionStart | None, int | None]:
+        lake: Lake = self.lake
+        if self.handoff == "timestamp":
+            if self.cutoff is None:
+                self.cutoff = await lake.high_water_mark()
+                if self.cutoff is None:
+                    raise HandoffError(
+                        f"source={self.name}: the lake {self.lake.name!r} is empty, so it has no "
+                        "high-water mark; pass cutoff= explicitly"
+                    )
+            return {}, ("time", self.cutoff - self.out_of_orderness), self.cutoff - 1
+        record = await lake.recorded_offsets()
+        if record is None:
+            raise HandoffError(
+                f"source={self.name}: handoff='offsets' needs a lake written by the lambdasource "
+                f"archiver; lake {self.lake.name!r} has no commit records with Kafka offsets"
+            )
+        if record.topic is not None and record.topic != self.stream.topic:
+            raise HandoffError(
+                f"source={self.name}: the lake recorded offsets of topic={record.topic}, but the "
+                f"stream reads topic={self.stream.topic}"
+            )
+        self.recorded = dict(record.offsets)
+        starts: dict[int, PartitionStart] = {p: ("offset", o) for p, o in record.offsets.items()}
+        return starts, ("earliest", 0), None
+
+    async def _check_gaps(self) -> None:
+        partitions = sorted(self.stream.splits)
+        begins = await self.stream.beginning_offsets(partitions)
+        for p in partitions:
+            start = self.stream.splits[p].start
+            need = self.recorded.get(p, 0) if start is None else start
+            begin = begins.get(p, 0)
+            if begin > need:
+                if not self.allow_gaps:
+                    raise HandoffGapError(
+                        f"source={self.name}: topic={self.stream.topic} partition={p}: offsets "
+                        f"{need}..{begin - 1} ({begin - need} records) are neither in the lake "
+                        f"(complete up to offset {need}) nor in the stream (earliest retained "
+                        f"offset {begin}); pass allow_gaps=True to continue without them"
+                    )
+                self.missing_offsets[p] = (need, begin)
+                self.stream.seek(p, begin)
+
+    async def _run_lake(self) -> None:
+        await self.lake.run(_LockedOutput(self, self._out_or_fail(), LAKE))
+        self._lake_finished = time.perf_counter()
+        async with self._lock:
+            self._lake_done = True
+            assert self._group is not None
+            self._group.report(LAKE, self._lake_mark, finished=True)
+            if self._pending:
+                self._measure_lead(LAKE, None)
+        await self._progress()
+
+    def _out_or_fail(self) -> SourceOutput:
+        assert self._out is not None
+        return self._out
+
+    # the two inputs -----------------------------------------------------------------------------
+
+    def _transform(self, split: PartitionSplit, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Stream side: drop (and count) records before the cutoff; conform to the lake schema."""
+        if self.handoff == "timestamp":
+            assert self.cutoff is not None
+            keep = pc.greater_equal(
+                batch.column(self.time_column), pa.scalar(self.cutoff, TIME_TYPE)
+            )
+            kept = pc.sum(keep.cast(pa.int64())).as_py() or 0
+            dropped = batch.num_rows - kept
+            if dropped:
+                split.dropped += dropped
+                self.dropped_before_cutoff += dropped
+                batch = batch.filter(pc.fill_null(keep, False))
+        if batch.num_rows and split.partition not in self.handoff_at:
+            self.handoff_at[split.partition] = time.perf_counter()
+        schema = self.schema
+        if schema is not None and batch.schema != schema:
+            batch = conform(batch, schema, f"source={self.name} topic={self.stream.topic}")
+        return batch
+
+    async def _emit(self, kind: str, batch: pa.RecordBatch, position: str | None) -> None:
+        group = self._group
+        assert group is not None and self._out is not None
+        if kind == LAKE:
+            if self.alignment is not None:
+                await group.wait_allowed(LAKE)
+            if self.handoff == "timestamp" and batch.num_rows:
+                assert self.cutoff is not None
+                times = normalize_time_array(batch.column(self.time_column))
+                keep = pc.fill_null(pc.less(times, pa.scalar(self.cutoff, TIME_TYPE)), True)
+                kept = pc.sum(keep.cast(pa.int64())).as_py() or 0
+                if kept < batch.num_rows:
+                    self.lake_rows_at_or_after_cutoff += batch.num_rows - kept
+                    batch = batch.filter(keep)
+        if not batch.num_rows:
+            return
+        schema = self.schema
+        if kind == LAKE and schema is not None and batch.schema != schema:
+            batch = conform(batch, schema, f"source={self.name} lake={self.lake.name} {position}")
+        times = normalize_time_array(batch.column(self.time_column))
+        top = pc.max(times)
+        async with self._lock:
+            if top.is_valid:
+                micros = np.asarray(times.drop_null().cast(pa.int64()))
+                self._measure_lead(kind, micros)
+            self.rows[kind] += batch.num_rows
+            await self._out.emit(batch, position)
+
+    def _measure_lead(self, kind: str, micros: np.ndarray | None) -> None:
+        """Lead of emitted rows over the global watermark (what downstream must buffer).
+
+        Rows emitted before the lake's first watermark are measured against that watermark
+        when it comes (a lower bound of their lead); at most ``_PENDING_CAP`` rows are kept.
+        """
+        assert self._group is not None
+        reference = self._group.reference
+        if reference is None:
+            if micros is not None and self._pending_rows < _PENDING_CAP:
+                self._pending.append((kind, micros))
+                self._pending_rows += len(micros)
+            return
+        pending, self._pending, self._pending_rows = self._pending, [], 0
+        if micros is not None:
+            pending.append((kind, micros))
+        drift = self.alignment_drift
+        for which, values in pending:
+            if len(values):
+                self.max_lead[which] = max(self.max_lead[which], int(values.max()) - reference)
+                beyond = int(np.count_nonzero(values > reference + drift))
+                self.rows_beyond_drift[which] += beyond
+
+    @property
+    def alignment_drift(self) -> int:
+        """The configured max drift (30m when unaligned: the yardstick of the contrast)."""
+        drift = self.alignment.max_drift if self.alignment is not None else "30m"
+        return parse_duration(drift, name="max_drift")
+
+    async def _lake_watermark(self, time: int) -> None:
+        if self.handoff == "timestamp":
+            assert self.cutoff is not None
+            time = min(time, self.cutoff - 1)
+        async with self._lock:
+            if self._lake_mark is None or time > self._lake_mark:
+                self._lake_mark = time
+            assert self._group is not None
+            self._group.report(LAKE, self._lake_mark)
+            if self._pending:
+                self._measure_lead(LAKE, None)
+        await self._progress()
+
+    async def _progress(self) -> None:
+        """Emit the combined watermark (min over the lake until it ends and the live stream
+        partitions that are not idle) when it advances."""
+        async with self._lock:
+            splits = [s for s in self.stream.splits.values() if not s.finished]
+            values = [s.watermark for s in splits if not s.idle]
+            if not self._lake_done:
+                values.append(self._lake_mark)
+            if values:
+                if any(v is None for v in values):
+                    return
+                await self._emit_mark(min(v for v in values if v is not None), False)
+                return
+            known = [m for s in splits if (m := s.watermark) is not None]
+            if self._lake_mark is not None:
+                known.append(self._lake_mark)
+            if known:
+                await self._emit_mark(max(known), bool(splits))
+
+    async def _emit_mark(self, mark: int, idle: bool) -> None:
+        assert self._out is not None
+        if self._emitted is None or mark > self._emitted:
+            self._emitted = mark
+        await self._out.emit_watermark(mark, idle)
+
+    # checkpoints and metrics --------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Lake position, stream next offsets and the cutoff in force (a restored run must not
+        recompute it: the lake may have grown since)."""
+        return {
+            "lake": self.lake.snapshot(),
+            "stream": self.stream.snapshot(),
+            "cutoff": self.cutoff,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.lake.restore(state.get("lake"))
+        if state.get("stream"):
+            self.stream.restore(state["stream"])
+        if state.get("cutoff") is not None and self.handoff == "timestamp":
+            self.cutoff = int(state["cutoff"])
+
+    def phases(self) -> dict[str, float | None]:
+        """Wall-clock phases (s): lake read (from ``run``), handoff stall (lake end → first
+        stream row; negative = a pre-warmed partition handed over before the lake ended),
+        last partition's handover after the lake end, stream after the lake, total."""
+        start, lake_end, end = self._started, self._lake_finished, self._finished
+        if start is None:
+            return {}
+        firsts = list(self.handoff_at.values())
+
+        def since_lake(t: float | None) -> float | None:
+            return None if lake_end is None or t is None else t - lake_end
+
+        return {
+            "lake_s": None if lake_end is None else lake_end - start,
+            "handoff_stall_s": since_lake(min(firsts) if firsts else None),
+            "last_partition_handover_s": since_lake(max(firsts) if firsts else None),
+            "stream_after_lake_s": since_lake(end),
+            "total_s": None if end is None else end - start,
+        }
+
+    def metrics(self) -> dict[str, Any]:
+        group = self._group
+        alignment = group.metrics() if group is not None else {}
+        if self.alignment is None:
+            alignment["max_drift"] = None
+        return {
+            "handoff": self.handoff,
+            "cutoff": self.cutoff,
+            "cutoff_time": format_time(self.cutoff),
+            "out_of_orderness": format_duration(self.out_of_orderness),
+            "watermark": self._emitted,
+            "lake_watermark": self._lake_mark,
+            "lake_finished": self._lake_done,
+            "rows": dict(self.rows),
+            "phases": self.phases(),
+            "dropped_before_cutoff": self.dropped_before_cutoff,
+            "lake_rows_at_or_after_cutoff": self.lake_rows_at_or_after_cutoff,
+            "recorded_offsets": dict(self.recorded),
+            "missing_offsets": {
+                p: {"from": lo, "to": hi, "count": hi - lo}
+                for p, (lo, hi) in self.missing_offsets.items()
+            },
+            "missing_offsets_total": sum(hi - lo for lo, hi in self.missing_offsets.values()),
+            "aligned": self.alignment is not None,
+            "alignment": alignment,
+            "max_lead_us": dict(self.max_lead),
+            "rows_beyond_drift": dict(self.rows_beyond_drift),
+            "lake": self.lake.metrics(),
+            "stream": self.stream.metrics(),
+        }
