@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import engine, lake, sinks
+from . import engine, lake, sinks, stream
 from .common import RESULTS_DIR, Report
 
 
@@ -46,6 +46,13 @@ BENCHMARKS: dict[str, Benchmark] = {
             sinks.add_arguments,
             sinks.run,
             sinks.summary,
+        ),
+        Benchmark(
+            "stream",
+            "KafkaStream decode + watermarks vs raw aiokafka; lambda bootstrap phases",
+            stream.add_arguments,
+            stream.run,
+            stream.summary,
         ),
     ]
 }

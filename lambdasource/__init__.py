@@ -34,10 +34,13 @@ from .sinks.kafka import KafkaUpsert
 from .sinks.parquet import ParquetSink
 from .sinks.postgres import PostgresUpsert
 from .sinks.urls import sink_from_url
+from .sources.alignment import Alignment
 from .sources.base import Source, SourceOutput
+from .sources.kafka.stream import KafkaStream
 from .sources.lake.iceberg import IcebergLake
 from .sources.lake.inspect import LakeReport, inspect_iceberg, inspect_parquet
 from .sources.lake.parquet import ParquetLake
+from .sources.lambda_source import LambdaSource
 from .sources.memory import MemorySource
 from .windows.aggregates import (
     Aggregate,
@@ -56,6 +59,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Aggregate",
+    "Alignment",
     "BackfillProgress",
     "BackfillSummary",
     "Barrier",
@@ -70,9 +74,11 @@ __all__ = [
     "IcebergLake",
     "IcebergUpsert",
     "IncompatibleStateError",
+    "KafkaStream",
     "KafkaUpsert",
     "LakeReadError",
     "LakeReport",
+    "LambdaSource",
     "LambdaSourceError",
     "MemorySource",
     "Operator",

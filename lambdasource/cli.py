@@ -15,18 +15,11 @@ so ``import lambdasource`` never imports ``lake``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import sys
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.compute as pc
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -87,6 +80,17 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command(
+        "demo",
+        "lambdasource.demo",
+        "the whole product on embedded defaults: generate 30 days of clickstream, write a "
+        "Parquet lake and an Iceberg table, start a Kafka broker, archive, bootstrap 30-day "
+        "sliding windows into DuckDB through the lambda source, verify against SQL, stay live",
+        "examples:\n"
+        "  lambdasource demo\n"
+        "  lambdasource demo --events 200_000 --live 5 --keep --workdir demo-data\n"
+        "  lambdasource demo --no-alignment --lake iceberg",
+    ),
+    Command(
         "inspect",
         "lambdasource.sources.lake.inspect",
         "a lake's partitions, row counts, time ranges, gaps, files and recorded offsets",
@@ -129,226 +133,6 @@ def _not_implemented(planned: Planned) -> Callable[[argparse.Namespace], int]:
     return command
 
 
-# --- demo -----------------------------------------------------------------------------------------
-
-DEMO_SIZE = "30d"
-DEMO_SLIDE = "5m"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
-    return value
-
-
-def _format_time(micros: int | None, pattern: str = "%Y-%m-%d %H:%M:%S") -> str:
-    if micros is None:
-        return "–"
-    return datetime.fromtimestamp(micros / 1_000_000, tz=UTC).strftime(pattern)
-
-
-def upsert_state(changelog: pa.Table, key: str) -> pa.Table:
-    """What an upsert store keyed by ``key`` holds after applying ``changelog`` in order:
-    each key's last row, without keys whose last row is a deletion. Sorted by key."""
-    if changelog.num_rows == 0:
-        return changelog.select([key, "clicks", "revenue"])
-    indexed = changelog.append_column("__row", pa.array(range(changelog.num_rows), pa.int64()))
-    last = indexed.group_by(key).aggregate([("__row", "max")]).column("__row_max")
-    rows = indexed.take(last)
-    rows = rows.filter(pc.invert(rows.column("_deleted")))
-    return rows.select([key, "clicks", "revenue"]).sort_by(key)
-
-
-@dataclass
-class Verification:
-    ok: bool
-    keys: int
-    message: str
-
-
-def verify_latest(events: pa.Table, result: pa.Table, window: Any) -> Verification | None:
-    """Check the ``latest`` output against the DuckDB SQL reference (``lambdasource.reference``).
-
-    The reference's ``changes`` changelog gives each key's value at every window end; the newest
-    value per key is what an upsert store fed by ``emit="latest"`` must hold after the run.
-    Returns None when the reference module is not available.
-    """
-    try:
-        from lambdasource import reference
-    except ImportError:  # hook: the reference is optional for the CLI
-        return None
-    expected_log = reference.sliding_changelog(
-        events,
-        time_column="event_time",
-        keys="user_id",
-        window=window,
-        aggregates={"clicks": ("count", None), "revenue": ("sum", "amount")},
-    )
-    expected = upsert_state(expected_log.sort_by("window_end"), "user_id")
-    actual = upsert_state(result, "user_id")
-    if expected.num_rows != actual.num_rows:
-        return Verification(
-            False,
-            actual.num_rows,
-            f"MISMATCH: {actual.num_rows:,} keys in the output, {expected.num_rows:,} expected",
-        )
-    differs = pc.sum(
-        pc.or_(
-            pc.or_(
-                pc.not_equal(actual.column("user_id"), expected.column("user_id")),
-                pc.not_equal(actual.column("clicks"), expected.column("clicks")),
-            ),
-            pc.not_equal(actual.column("revenue"), expected.column("revenue")),
-        ).cast(pa.int64())
-    ).as_py()
-    if differs:
-        return Verification(False, actual.num_rows, f"MISMATCH: {differs:,} keys differ")
-    return Verification(True, actual.num_rows, f"verified: {actual.num_rows:,} keys match")
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-    from rich.table import Table
-
-    import lambdasource as ls
-    from lake.generator import generate_clickstream  # the CLI composes lake + engine
-
-    console = Console(highlight=False)
-    console.print(
-        "[bold]lambdasource demo[/] — the engine on generated, in-memory data.\n"
-        "[yellow]Not wired yet:[/] the Parquet/Iceberg lake (issue 3), the Kafka stream and "
-        "handoff (issue 4), the upsert store (issue 5) and checkpoints (issue 6); the end-to-end "
-        "demo arrives with issue 7. Results go to an in-memory CollectSink."
-    )
-
-    with console.status(f"generating {args.events:,} clickstream events …"):
-        start = time.perf_counter()
-        events = generate_clickstream(args.events, args.days, args.keys, seed=args.seed)
-        events = events.combine_chunks()
-        generated = time.perf_counter() - start
-    times = events.column("event_time").cast(pa.int64())
-    first_us = pc.min(times).as_py() if events.num_rows else None
-    last_us = pc.max(times).as_py() if events.num_rows else None
-    console.print(
-        f"generated {events.num_rows:,} events for {args.keys:,} users over {args.days} days "
-        f"({_format_time(first_us)} → {_format_time(last_us)} UTC) in {generated:.1f}s"
-    )
-
-    window = ls.Sliding(DEMO_SIZE, DEMO_SLIDE)
-    pipeline = ls.Pipeline()
-    sink = ls.CollectSink()
-    (
-        pipeline.source(
-            ls.MemorySource(
-                events, time_column="event_time", batch_size=args.batch_size, out_of_orderness="0s"
-            )
-        )
-        .key_by("user_id")
-        .window(window, emit="latest")
-        .aggregate(clicks=ls.count(), revenue=ls.sum("amount"))
-        .sink(sink)
-    )
-    console.print(
-        f"running: key_by(user_id) → Sliding({DEMO_SIZE}, {DEMO_SLIDE}) count + sum(amount), "
-        'emit="latest" → CollectSink'
-    )
-
-    progress = Progress(
-        BarColumn(bar_width=20),
-        TextColumn("{task.completed:,.0f}/{task.total:,.0f} events"),
-        TextColumn("{task.fields[rate]} ev/s · watermark {task.fields[watermark]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-    task_id = progress.add_task("run", total=events.num_rows, rate="–", watermark="–")
-    started = time.perf_counter()
-
-    def show(metrics: dict[str, Any]) -> None:
-        sources = metrics.get("sources") or {}
-        done = sum(int(s.get("records_out", 0)) for s in sources.values())
-        elapsed = max(time.perf_counter() - started, 1e-9)
-        progress.update(
-            task_id,
-            completed=done,
-            rate=f"{done / elapsed:,.0f}",
-            watermark=_format_time(metrics.get("global_watermark"), "%m-%d %H:%M"),
-        )
-
-    async def run_with_progress() -> None:
-        task = asyncio.create_task(pipeline.run())
-        while not task.done():
-            await asyncio.wait({task}, timeout=0.1)
-            show(pipeline.metrics())
-        await task
-
-    with progress:
-        asyncio.run(run_with_progress())
-        show(pipeline.metrics())
-    elapsed = time.perf_counter() - started
-
-    result = sink.table()
-    metrics = pipeline.metrics()
-    buffered = metrics.get("buffered") or {}
-    deleted = int(pc.sum(result.column("_deleted").cast(pa.int64())).as_py() or 0)
-    store = upsert_state(result, "user_id")
-
-    summary = Table(title="summary", show_header=False, box=None)
-    summary.add_column(style="bold")
-    summary.add_column()
-    summary.add_row("events", f"{events.num_rows:,} (in memory; not read from a lake)")
-    summary.add_row(
-        "run time", f"{elapsed:.2f}s ({events.num_rows / max(elapsed, 1e-9):,.0f} ev/s)"
-    )
-    summary.add_row("output rows", f"{result.num_rows:,} ({deleted:,} deletions)")
-    summary.add_row("keys in final state", f"{store.num_rows:,}")
-    summary.add_row("final watermark", f"{_format_time(metrics.get('global_watermark'))} UTC")
-    summary.add_row("window state", f"{_count(buffered.get('state_rows'))} rows at the end")
-    summary.add_row("late records", _count(metrics.get("late")))
-    summary.add_row("peak RSS", f"{_peak_rss_mib():,.0f} MiB")
-    console.print(summary)
-
-    top = store.sort_by([("clicks", "descending"), ("user_id", "ascending")]).slice(0, 5)
-    sample = Table(title=f"busiest users, last {DEMO_SIZE}")
-    for name in ("user_id", "clicks", "revenue"):
-        sample.add_column(name, justify="right")
-    for row in top.to_pylist():
-        sample.add_row(f"{row['user_id']}", f"{row['clicks']:,}", f"{row['revenue']:,.2f}")
-    console.print(sample)
-
-    with console.status("verifying against the DuckDB SQL reference …"):
-        verification = verify_latest(events, result, window)
-    if verification is None:
-        # HOOK: lambdasource.reference (the DuckDB SQL reference) is not importable here.
-        console.print("[yellow]not verified:[/] lambdasource.reference is not available")
-        return EXIT_OK
-    if not verification.ok:
-        raise CliError(f"demo: {verification.message} (DuckDB SQL reference)")
-    console.print(f"[green]{verification.message}[/] (DuckDB SQL reference)")
-    return EXIT_OK
-
-
-def _count(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) else "–"
-
-
-def _peak_rss_mib() -> float:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
 # --- bench ----------------------------------------------------------------------------------------
 
 
@@ -386,24 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    demo = sub.add_parser(
-        "demo",
-        parents=[common],
-        help="run the engine on generated clickstream data and verify the result",
-        description="Generate synthetic clickstream events in memory, run a 30-day sliding window "
-        "(5-minute slide) of clicks and revenue per user with emit='latest', show progress and a "
-        "summary, and verify the result against the DuckDB SQL reference. (The lake, Kafka and "
-        "the upsert store join in later issues.)",
-        epilog="example:\n  lambdasource demo --events 200_000 --keys 2_000",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    demo.add_argument("--events", type=_positive, default=1_000_000, help="events (1,000,000)")
-    demo.add_argument("--days", type=_positive, default=30, help="days of event time (30)")
-    demo.add_argument("--keys", type=_positive, default=10_000, help="distinct users (10,000)")
-    demo.add_argument("--seed", type=int, default=0, help="generator seed (0)")
-    demo.add_argument("--batch-size", type=_positive, default=100_000, help="rows per batch")
-    demo.set_defaults(func=_demo)
 
     bench = sub.add_parser(
         "bench",

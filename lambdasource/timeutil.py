@@ -74,6 +74,19 @@ def format_duration(micros: int) -> str:
     return f"{micros}us"
 
 
+def format_span(micros: int) -> str:
+    """Render µs approximately, for humans: ``'29.9d'``, ``'1.5h'``, ``'42s'``, ``'0'``."""
+    if micros == 0:
+        return "0"
+    sign = "-" if micros < 0 else ""
+    micros = abs(micros)
+    for unit, size in (("d", DAY), ("h", HOUR), ("m", MINUTE), ("s", SECOND), ("ms", MS)):
+        if micros >= size:
+            value = micros / size
+            return f"{sign}{value:.1f}{unit}" if value < 10 else f"{sign}{value:.0f}{unit}"
+    return f"{sign}{micros}us"
+
+
 def to_micros(value: datetime | int | str) -> int:
     """A point in time as µs since the epoch; naive datetimes and ISO strings without offset are UTC."""
     if isinstance(value, int) and not isinstance(value, bool):

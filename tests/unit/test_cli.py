@@ -129,31 +129,6 @@ def test_python_dash_m_and_version() -> None:
     assert done.stdout.startswith("lambdasource ")
 
 
-def test_upsert_state_applies_changelog_in_order() -> None:
-    log = pa.table(
-        {
-            "user_id": [1, 2, 1, 3, 2],
-            "clicks": [1, 5, 2, 7, None],
-            "revenue": [0.0, 1.0, 2.5, 3.0, None],
-            "_deleted": [False, False, False, False, True],
-        }
-    )
-    state = cli.upsert_state(log, "user_id")
-    assert state.to_pylist() == [
-        {"user_id": 1, "clicks": 2, "revenue": 2.5},
-        {"user_id": 3, "clicks": 7, "revenue": 3.0},
-    ]
-
-
-def test_demo_runs_and_verifies(capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["demo", "--events", "20000", "--keys", "200", "--days", "3", "--seed", "1"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert "not wired yet" in out.lower()
-    assert "verified: " in out
-    assert "keys match" in out
-
-
 def test_bench_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bench", "--list"]) == 0
     assert "engine" in capsys.readouterr().out
@@ -202,48 +177,3 @@ def test_bench_sql_and_naive_changelogs_agree(size: str, slide: str) -> None:
     assert check.equal, check.describe("naive", "duckdb")
     assert stats.windows > 0
     assert naive.num_rows > 0
-
-
-def test_verify_latest_catches_a_wrong_result() -> None:
-    import lambdasource as ls
-    from lake.generator import generate_clickstream
-
-    events = generate_clickstream(5_000, days=2, users=40, seed=2).combine_chunks()
-    window = ls.Sliding("1d", "1h")
-    pipeline = ls.Pipeline()
-    sink = ls.CollectSink()
-    (
-        pipeline.source(ls.MemorySource(events, time_column="event_time", batch_size=700))
-        .key_by("user_id")
-        .window(window, emit="latest")
-        .aggregate(clicks=ls.count(), revenue=ls.sum("amount"))
-        .sink(sink)
-    )
-    pipeline.run_sync()
-    result = sink.table()
-    good = cli.verify_latest(events, result, window)
-    assert good is not None
-    assert good.ok, good.message
-    assert good.keys > 0
-
-    clicks = result.column("clicks").to_pylist()
-    last = max(i for i, c in enumerate(clicks) if c is not None)
-    clicks[last] += 1
-    wrong = result.set_column(
-        result.schema.get_field_index("clicks"), "clicks", pa.array(clicks, pa.int64())
-    )
-    bad = cli.verify_latest(events, wrong, window)
-    assert bad is not None
-    assert not bad.ok
-    assert "1 keys differ" in bad.message
-
-
-def test_demo_fails_when_verification_fails(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(
-        cli, "verify_latest", lambda *a: cli.Verification(False, 3, "MISMATCH: 3 keys differ")
-    )
-    assert cli.main(["demo", "--events", "2000", "--keys", "20", "--days", "2"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["lambdasource: error: demo: MISMATCH: 3 keys differ (DuckDB SQL reference)"]
