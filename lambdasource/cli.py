@@ -1,11 +1,11 @@
 """The ``lambdasource`` command line (also ``python -m lambdasource``).
 
-Commands (DESIGN §4): ``demo``, ``bench``, and — registered now, built by later issues —
-``bootstrap``, ``backfill``, ``archive``, ``inspect`` and ``run JOB.toml``.
+Commands (DESIGN §4): ``demo``, ``bootstrap``, ``run JOB.toml``, ``backfill``, ``archive``,
+``inspect`` and ``bench``. Each lives in the module named in :data:`COMMANDS`.
 
 Conventions: errors are one line on stderr (``lambdasource: error: …``); ``--verbose`` adds the
 full traceback. Exit codes: 0 success, 1 failure (including a failed verification), 2 usage
-errors and commands not implemented yet, 130 interrupted.
+errors, 130 interrupted.
 
 The CLI is the one place that composes ``lambdasource`` with the ``lake`` tools and the
 ``benchmarks`` of a source checkout; it imports them lazily, inside the commands that need them,
@@ -18,7 +18,7 @@ import argparse
 import importlib
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 EXIT_OK = 0
@@ -37,34 +37,7 @@ class CliError(Exception):
         self.code = code
 
 
-# --- not implemented yet --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Planned:
-    name: str
-    issue: int
-    help: str
-    epilog: str
-    positionals: tuple[tuple[str, str], ...] = ()
-
-
-PLANNED: tuple[Planned, ...] = (
-    Planned(
-        "bootstrap",
-        7,
-        "lake + stream → windows → upsert store (the lambda source end to end)",
-        "example (planned):\n  lambdasource bootstrap --lake data/clicks --bootstrap-servers "
-        "127.0.0.1:9092 --topic clicks --into duckdb:///features.duckdb --table user_30d",
-    ),
-    Planned(
-        "run",
-        7,
-        "run a declarative job file (lake, stream, handoff, windows, sink, checkpoints)",
-        "example (planned):\n  lambdasource run job.toml",
-        (("job", "the job file (TOML)"),),
-    ),
-)
+# --- commands -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -76,9 +49,30 @@ class Command:
     module: str
     help: str
     epilog: str
+    add_arguments: str = "add_arguments"
+    command: str = "command"
 
 
 COMMANDS: tuple[Command, ...] = (
+    Command(
+        "bootstrap",
+        "lambdasource.bootstrap",
+        "lake + stream → windows → upsert store: the lambda source end to end, from flags",
+        "examples:\n"
+        "  lambdasource bootstrap --lake data/clicks --time-column event_time \\\n"
+        "      --bootstrap-servers 127.0.0.1:9092 --topic clicks --key user_id \\\n"
+        "      --size 30d --slide 5m --agg 'clicks=count()' --agg 'revenue=sum(amount)' \\\n"
+        "      --into duckdb:///features.duckdb --table user_30d\n"
+        "  lambdasource bootstrap ... --print-job > job.toml   # the same job as a file",
+    ),
+    Command(
+        "run",
+        "lambdasource.bootstrap",
+        "run a declarative job file (lake, stream, handoff, alignment, window, sink, checkpoints)",
+        "example:\n  lambdasource run job.toml\n  lambdasource run job.toml --check",
+        add_arguments="add_run_arguments",
+        command="run_command",
+    ),
     Command(
         "demo",
         "lambdasource.demo",
@@ -122,15 +116,6 @@ COMMANDS: tuple[Command, ...] = (
         "      --where \"kind = 'purchase'\" --start 2026-11-01 --until 2026-11-08",
     ),
 )
-
-
-def _not_implemented(planned: Planned) -> Callable[[argparse.Namespace], int]:
-    def command(args: argparse.Namespace) -> int:
-        raise CliError(
-            f"{planned.name}: not implemented yet (issue {planned.issue})", code=EXIT_USAGE
-        )
-
-    return command
 
 
 # --- bench ----------------------------------------------------------------------------------------
@@ -191,21 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=spec.epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        module.add_arguments(cmd)
-        cmd.set_defaults(func=module.command)
+        getattr(module, spec.add_arguments)(cmd)
+        cmd.set_defaults(func=getattr(module, spec.command))
 
-    for planned in PLANNED:
-        cmd = sub.add_parser(
-            planned.name,
-            parents=[common],
-            help=f"{planned.help} [not implemented yet: issue {planned.issue}]",
-            description=f"{planned.help}. Not implemented yet (issue {planned.issue}).",
-            epilog=planned.epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        for name, text in planned.positionals:
-            cmd.add_argument(name, nargs="?", help=text)
-        cmd.set_defaults(func=_not_implemented(planned))
     return parser
 
 

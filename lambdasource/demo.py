@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import ConfigError, LambdaSourceError
+from .progress import ProgressPanel, lambda_metrics
 from .timeutil import format_span, format_time, to_micros
 
 SIZE = "30d"
@@ -370,7 +371,7 @@ async def run_demo(
             result.bootstrap_s = time.perf_counter() - started
             result.watermark = watermark
             metrics = pipeline.metrics()
-            lam = _lambda_metrics(metrics)
+            lam = lambda_metrics(metrics)
             rows = lam.get("rows", {})
             result.lake_rows = int(rows.get("lake", 0))
             result.stream_rows = int(rows.get("stream", 0))
@@ -407,7 +408,7 @@ async def run_demo(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         result.metrics = pipeline.metrics()
-        lam = _lambda_metrics(result.metrics)
+        lam = lambda_metrics(result.metrics)
         result.max_skew_us = int(lam.get("alignment", {}).get("max_skew_us", 0) or 0)
         sinks = result.metrics.get("sinks", {})
         result.rows_written = sum(int(s.get("rows_written", 0) or 0) for s in sinks.values())
@@ -417,13 +418,6 @@ async def run_demo(
         broker.stop()
         if not cfg.keep and cfg.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _lambda_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    for source in (metrics.get("sources") or {}).values():
-        if "handoff" in source:
-            return dict(source)
-    return {}
 
 
 async def _until_caught_up(
@@ -442,7 +436,7 @@ async def _until_caught_up(
             raise LambdaSourceError("the pipeline ended before the backlog was consumed")
         metrics = pipeline.metrics()
         show(metrics)
-        lam = _lambda_metrics(metrics)
+        lam = lambda_metrics(metrics)
         rows = lam.get("rows", {})
         seen = int(rows.get("lake", 0)) + int(rows.get("stream", 0))
         sinks = list((metrics.get("sinks") or {}).values())
@@ -531,7 +525,6 @@ def command(args: argparse.Namespace) -> int:
     """``lambdasource demo``; returns the exit code (verification failures raise)."""
     from rich.console import Console
     from rich.live import Live
-    from rich.table import Table
 
     if not 0 <= args.archived_days <= args.stream_days <= args.days:
         raise ConfigError("demo: need 0 <= --archived-days <= --stream-days <= --days")
@@ -556,37 +549,7 @@ def command(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
 
-    def panel(metrics: dict[str, Any]) -> Table:
-        lam = _lambda_metrics(metrics)
-        lake = lam.get("lake", {})
-        rows = lam.get("rows", {})
-        alignment = lam.get("alignment", {})
-        held = [n for n, s in (alignment.get("splits") or {}).items() if s.get("held")]
-        sinks = list((metrics.get("sinks") or {}).values())
-        seen = int(rows.get("lake", 0)) + int(rows.get("stream", 0))
-        elapsed = max(time.monotonic() - started, 1e-9)
-        phase = "stream" if lam.get("lake_finished") else "lake"
-        grid = Table.grid(padding=(0, 2))
-        grid.add_row(
-            f"[bold]{phase}[/]",
-            f"partitions {lake.get('partitions_done', 0)}/{lake.get('partitions_total', '?')}",
-            f"lake {int(rows.get('lake', 0)):,} · stream {int(rows.get('stream', 0)):,} events",
-            f"{seen / elapsed:,.0f} ev/s",
-        )
-        grid.add_row(
-            "watermark",
-            format_time(metrics.get("global_watermark"))[:19],
-            f"skew {format_span(int(alignment.get('max_skew_us') or 0))}",
-            f"held: {', '.join(held) or 'none'}",
-        )
-        if sinks:
-            grid.add_row(
-                "store",
-                f"{int(sinks[0].get('rows_written', 0) or 0):,} rows written",
-                f"{int(sinks[0].get('conflicts_skipped', 0) or 0):,} older skipped",
-                "",
-            )
-        return grid
+    panel = ProgressPanel(started)
 
     with Live(console=console, refresh_per_second=4, transient=True) as live:
 
@@ -604,7 +567,7 @@ def command(args: argparse.Namespace) -> int:
 def _summary(console: Any, cfg: DemoConfig, result: DemoResult) -> None:
     from rich.table import Table
 
-    lam = _lambda_metrics(result.metrics)
+    lam = lambda_metrics(result.metrics)
     table = Table(title="summary", show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()

@@ -269,3 +269,170 @@ class JobSpec:
         schema = (self.stream or {}).get("schema")
         if isinstance(schema, (dict, str)) and schema != "lake":
             parse_schema(schema)
+
+
+_LAKE_KEYS = {
+    "path",
+    "identifier",
+    "catalog",
+    "time_column",
+    "partitioning",
+    "event_time_partitioned",
+    "start",
+    "until",
+    "columns",
+    "out_of_orderness",
+    "snapshot_id",
+    "s3_endpoint",
+    "on_corrupt",
+}
+_STREAM_KEYS = {
+    "topic",
+    "bootstrap_servers",
+    "time_column",
+    "format",
+    "schema",
+    "stop_at",
+    "group_id",
+    "start",
+    "out_of_orderness",
+    "idle_timeout",
+}
+
+
+def _lake_schema(lake: Any) -> pa.Schema:
+    """The lake's Arrow schema, for ``[stream] schema = "lake"``."""
+    from .sources.lake.iceberg import IcebergLake
+
+    if isinstance(lake, IcebergLake):
+        return lake._table().schema().as_arrow()
+    import pyarrow.dataset as ds
+
+    path = str(lake.path)
+    if path.startswith("s3://"):
+        fs = lake.s3.pyarrow_filesystem() if lake.s3 else None
+        dataset = ds.dataset(path[5:], format="parquet", filesystem=fs, partitioning="hive")
+    else:
+        dataset = ds.dataset(
+            path.removeprefix("file://"),
+            format="parquet",
+            partitioning="hive",
+            exclude_invalid_files=True,
+        )
+    partition_columns = {"dt", "hour", "year", "month", "day"}
+    schema = dataset.schema
+    keep = [f for f in schema if f.name not in partition_columns]
+    return pa.schema(keep)
+
+
+def build_lake(spec: Mapping[str, Any], base: Path) -> Any:
+    """``[lake]`` → ``ParquetLake`` (``path``) or ``IcebergLake`` (``identifier`` + ``catalog``)."""
+    from .s3 import S3Config
+    from .sources.lake.iceberg import IcebergLake
+    from .sources.lake.parquet import ParquetLake
+
+    raw = _take(spec, "lake", _LAKE_KEYS)
+    if "time_column" not in raw:
+        raise ConfigError("[lake]: time_column is required")
+    endpoint = raw.pop("s3_endpoint", None)
+    s3 = S3Config(endpoint_url=endpoint) if endpoint else None
+    if "identifier" in raw:
+        identifier = raw.pop("identifier")
+        catalog = raw.pop("catalog", None)
+        if not isinstance(catalog, dict):
+            raise ConfigError("[lake]: an Iceberg lake needs catalog = {uri = …, warehouse = …}")
+        for key in ("path", "partitioning", "event_time_partitioned"):
+            if key in raw:
+                raise ConfigError(f"[lake]: {key} applies to Parquet lakes, not Iceberg")
+        return IcebergLake(identifier, catalog=catalog, s3=s3, **raw)
+    if "path" not in raw:
+        raise ConfigError("[lake]: needs path (Parquet) or identifier + catalog (Iceberg)")
+    path = str(raw.pop("path"))
+    if "://" not in path and not Path(path).is_absolute():
+        path = str(base / path)
+    if "snapshot_id" in raw:
+        raise ConfigError("[lake]: snapshot_id applies to Iceberg lakes")
+    return ParquetLake(path, s3=s3, **raw)
+
+
+def build_stream(spec: Mapping[str, Any], lake: Any | None) -> Any:
+    """``[stream]`` → ``KafkaStream``; ``schema = "lake"`` takes the lake's schema."""
+    from .sources.kafka.stream import KafkaStream
+
+    raw = _take(spec, "stream", _STREAM_KEYS)
+    for key in ("topic", "bootstrap_servers"):
+        if key not in raw:
+            raise ConfigError(f"[stream]: {key} is required")
+    schema = raw.pop("schema", None)
+    if schema == "lake":
+        if lake is None:
+            raise ConfigError('[stream]: schema = "lake" needs a [lake] section')
+        raw["schema"] = _lake_schema(lake)
+    elif schema is not None:
+        raw["schema"] = parse_schema(schema)
+    elif raw.get("format", "json") == "json":
+        raise ConfigError('[stream]: JSON needs a schema ({col = "type", …} or "lake")')
+    return KafkaStream(raw.pop("topic"), raw.pop("bootstrap_servers"), **raw)
+
+
+def build(spec: JobSpec) -> tuple[Any, Any]:
+    """The job as a ``(Pipeline, sink)`` pair, ready for ``await pipeline.run()``."""
+    from .pipeline import Pipeline
+    from .sinks.urls import sink_from_url
+
+    spec.validate()
+    lake = build_lake(spec.lake, spec.base) if spec.lake else None
+    stream = build_stream(spec.stream, lake) if spec.stream else None
+    if lake is not None and stream is not None:
+        from .sources.alignment import Alignment
+        from .sources.lambda_source import LambdaSource
+
+        options = dict(spec.source)
+        alignment = options.pop("alignment", {"max_drift": "30m"})
+        if alignment is False or alignment is None:
+            aligned = None
+        elif isinstance(alignment, dict):
+            aligned = Alignment(**alignment)
+        else:
+            raise ConfigError('[source]: alignment = {max_drift = "30m"} or false')
+        source: Any = LambdaSource(lake, stream, alignment=aligned, **options)
+    else:
+        if spec.source:
+            raise ConfigError("[source]: handoff options need both [lake] and [stream]")
+        source = lake if lake is not None else stream
+    checkpoints = None
+    if spec.checkpoints:
+        from .checkpoints import Checkpoints
+
+        checkpoints = Checkpoints(**spec.checkpoints)
+    pipeline = Pipeline(checkpoints=checkpoints) if checkpoints is not None else Pipeline()
+    flow = pipeline.source(source)
+    if spec.where:
+        flow = flow.filter(parse_filter(spec.where))
+    if spec.select:
+        columns = list(spec.select)
+        flow = flow.map(lambda batch: batch.select(columns))
+    sink_options = dict(spec.sink)
+    url = sink_options.pop("url")
+    key = sink_options.pop("key", None)
+    table = sink_options.pop("table", None)
+    if table is None:
+        raise ConfigError("[sink]: table is required")
+    if spec.window is not None:
+        window = spec.window
+        flow = (
+            flow.key_by(*window.key)
+            .window(window.assigner(), allowed_lateness=window.allowed_lateness, emit=window.emit)
+            .aggregate(**{name: parse_aggregate(text) for name, text in window.aggregates.items()})
+        )
+        # latest: one row per key; changes/every are histories, keyed by key + window end
+        key = key or (window.key if window.emit == "latest" else [*window.key, "window_end"])
+    if not key:
+        raise ConfigError("[sink]: key is required for raw rows (the upsert key)")
+    keys = [key] if isinstance(key, str) else list(key)
+    version = sink_options.pop("version", None)
+    if version is None and spec.window is None:
+        version = source.time_column
+    sink = sink_from_url(url, table=table, key=keys, version=version)
+    flow.sink(sink)
+    return pipeline, sink

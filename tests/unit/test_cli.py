@@ -12,7 +12,6 @@ import pytest
 
 from lambdasource import cli
 
-PLANNED = {p.name: p.issue for p in cli.PLANNED}
 IMPLEMENTED = [c.name for c in cli.COMMANDS]
 
 
@@ -21,32 +20,13 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in ["demo", "bench", *IMPLEMENTED, *PLANNED]:
+    for command in ["demo", "bench", *IMPLEMENTED]:
         assert command in out
 
 
 def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == cli.EXIT_USAGE
     assert "COMMAND" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(("command", "issue"), sorted(PLANNED.items()))
-def test_planned_commands_say_not_implemented(
-    command: str, issue: int, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert cli.main([command]) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert lines == [f"lambdasource: error: {command}: not implemented yet (issue {issue})"]
-    assert captured.out == ""
-
-
-@pytest.mark.parametrize("command", sorted(PLANNED))
-def test_planned_commands_have_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        cli.main([command, "--help"])
-    assert exc.value.code == 0
-    assert "not implemented yet" in capsys.readouterr().out.replace("\n", " ").lower()
 
 
 @pytest.mark.parametrize("command", IMPLEMENTED)

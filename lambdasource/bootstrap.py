@@ -1,0 +1,263 @@
+"""``lambdasource bootstrap`` (a job from flags) and ``lambdasource run JOB.toml`` (from a file).
+
+Both build a :class:`~lambdasource.job.JobSpec`, so the same job can move from the command line
+to a file (``bootstrap --print-job`` prints the TOML) and back. Bounded jobs (lake only, or a
+stream with ``stop_at = "latest"`` / ``--stop-at-latest``) end on their own; unbounded ones run
+until interrupted (Ctrl-C stops them cleanly, exit code 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .job import JobSpec, WindowSpec, build
+from .progress import ProgressPanel, events_seen
+from .timeutil import format_time
+
+
+def _split(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _catalog(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.catalog_uri:
+        raise ConfigError("--iceberg needs --catalog-uri (and usually --warehouse)")
+    catalog: dict[str, Any] = {"name": args.catalog_name, "uri": args.catalog_uri, "type": "sql"}
+    if args.warehouse:
+        catalog["warehouse"] = args.warehouse
+    return catalog
+
+
+def spec_from_args(args: argparse.Namespace) -> JobSpec:
+    """The job the ``bootstrap`` flags describe."""
+    lake: dict[str, Any] = {"time_column": args.time_column}
+    if args.iceberg:
+        lake.update(identifier=args.iceberg, catalog=_catalog(args))
+    else:
+        lake["path"] = args.lake
+    stream: dict[str, Any] | None = None
+    if args.topic:
+        if not args.bootstrap_servers:
+            raise ConfigError("--topic needs --bootstrap-servers")
+        stream = {
+            "topic": args.topic,
+            "bootstrap_servers": args.bootstrap_servers,
+            "time_column": args.time_column,
+            "format": args.format,
+            "schema": args.schema or "lake",
+        }
+        if args.stop_at_latest:
+            stream["stop_at"] = "latest"
+    source: dict[str, Any] = {}
+    if stream is not None:
+        source = {
+            "handoff": args.handoff,
+            "out_of_orderness": args.out_of_orderness,
+            "idle_timeout": args.idle_timeout,
+            "alignment": False if args.no_alignment else {"max_drift": args.max_drift},
+        }
+        if args.cutoff:
+            source["cutoff"] = args.cutoff
+    aggregates: dict[str, str] = {}
+    for item in args.agg or ["events=count()"]:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--agg: expected NAME=FUNCTION(COLUMN), got {item!r}")
+        aggregates[name.strip()] = text.strip()
+    keys = _split(args.key)
+    if not keys:
+        raise ConfigError("--key names no column")
+    if args.session:
+        window = WindowSpec(key=keys, kind="session", gap=args.session)
+    elif args.slide:
+        window = WindowSpec(key=keys, kind="sliding", size=args.size, slide=args.slide)
+    else:
+        window = WindowSpec(key=keys, kind="tumbling", size=args.size)
+    window.emit = args.emit
+    window.allowed_lateness = args.allowed_lateness
+    window.aggregates = aggregates
+    checkpoints = None
+    if args.checkpoints:
+        checkpoints = {"url": args.checkpoints, "interval": args.checkpoint_interval}
+    return JobSpec(
+        lake=lake,
+        stream=stream,
+        source=source,
+        where=args.where,
+        window=window,
+        sink={"url": args.into, "table": args.table},
+        checkpoints=checkpoints,
+    )
+
+
+def to_toml(spec: JobSpec) -> str:
+    """The job as a TOML file ``lambdasource run`` reads back."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    def section(name: str, items: dict[str, Any]) -> str:
+        body = "\n".join(f"{k} = {value(v)}" for k, v in items.items() if v is not None)
+        return f"[{name}]\n{body}\n"
+
+    parts = []
+    if spec.lake:
+        parts.append(section("lake", spec.lake))
+    if spec.stream:
+        parts.append(section("stream", spec.stream))
+    if spec.source:
+        parts.append(section("source", spec.source))
+    if spec.where or spec.select:
+        parts.append(section("transform", {"where": spec.where, "select": spec.select}))
+    if spec.window:
+        w = spec.window
+        parts.append(
+            section(
+                "window",
+                {
+                    "key": w.key,
+                    "kind": w.kind,
+                    "size": w.size,
+                    "slide": w.slide,
+                    "gap": w.gap,
+                    "emit": w.emit,
+                    "allowed_lateness": w.allowed_lateness,
+                    "aggregates": w.aggregates,
+                },
+            )
+        )
+    parts.append(section("sink", spec.sink))
+    if spec.checkpoints:
+        parts.append(section("checkpoints", spec.checkpoints))
+    return "\n".join(parts)
+
+
+def run_job(spec: JobSpec, *, quiet: bool = False) -> dict[str, Any]:
+    """Run a job with a live progress display; returns the final metrics."""
+    from rich.console import Console
+    from rich.live import Live
+
+    pipeline, _ = build(spec)
+    console = Console(highlight=False, stderr=True)
+    panel = ProgressPanel()
+    started = time.monotonic()
+
+    async def main() -> None:
+        task = asyncio.create_task(pipeline.run())
+        try:
+            with Live(console=console, refresh_per_second=4, transient=True) as live:
+                while not task.done():
+                    await asyncio.wait({task}, timeout=0.25)
+                    if not quiet:
+                        live.update(panel(pipeline.metrics()))
+            await task
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    interrupted = False
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        interrupted = True
+    metrics: dict[str, Any] = pipeline.metrics()
+    elapsed = time.monotonic() - started
+    seen = events_seen(metrics)
+    written = sum(int(s.get("rows_written") or 0) for s in (metrics.get("sinks") or {}).values())
+    console.print(
+        f"{'interrupted' if interrupted else 'done'}: {seen:,} events in {elapsed:.1f}s "
+        f"({seen / max(elapsed, 1e-9):,.0f} ev/s), {written:,} rows written, "
+        f"late {int(metrics.get('late') or 0):,}, watermark {format_time(metrics.get('global_watermark'))}"
+    )
+    if interrupted:
+        raise KeyboardInterrupt
+    return metrics
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``lambdasource bootstrap``."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--lake", metavar="PATH", help="Parquet lake: path, file:// or s3://")
+    src.add_argument("--iceberg", metavar="IDENT", help="Iceberg table identifier (db.table)")
+    parser.add_argument("--catalog-uri", help="Iceberg SQL catalog URI (sqlite:///cat.db)")
+    parser.add_argument("--warehouse", help="Iceberg warehouse (file:///… or s3://…)")
+    parser.add_argument("--catalog-name", default="default", help="Iceberg catalog name")
+    parser.add_argument("--time-column", required=True, help="event-time column")
+    parser.add_argument("--bootstrap-servers", help="Kafka host:port (with --topic)")
+    parser.add_argument("--topic", help="Kafka topic to hand over to (omit: lake only)")
+    parser.add_argument("--format", default="json", choices=("json", "raw"))
+    parser.add_argument("--schema", help="stream schema 'col:type,…' (default: the lake's)")
+    parser.add_argument("--handoff", default="offsets", choices=("offsets", "timestamp"))
+    parser.add_argument("--cutoff", help="timestamp handoff cutoff (default: lake high-water mark)")
+    parser.add_argument("--out-of-orderness", default="5m", help="bounded out-of-orderness (5m)")
+    parser.add_argument("--idle-timeout", default="30s", help="partition idleness timeout (30s)")
+    parser.add_argument("--max-drift", default="30m", help="watermark alignment drift (30m)")
+    parser.add_argument("--no-alignment", action="store_true", help="disable watermark alignment")
+    parser.add_argument("--stop-at-latest", action="store_true", help="end at the topic's end")
+    parser.add_argument("--key", required=True, help="key column(s), comma-separated")
+    parser.add_argument("--size", default="30d", help="window size (30d)")
+    parser.add_argument("--slide", help="sliding window slide (e.g. 5m; omit: tumbling)")
+    parser.add_argument("--session", metavar="GAP", help="session windows with this gap")
+    parser.add_argument(
+        "--agg",
+        action="append",
+        metavar="NAME=FUNC(COL)",
+        help="aggregate, repeatable: count(), sum(c), mean(c), min(c), max(c), first(c), "
+        "last(c), count_distinct(c) (default: events=count())",
+    )
+    parser.add_argument("--emit", default="latest", choices=("latest", "changes", "every"))
+    parser.add_argument("--allowed-lateness", default="0s")
+    parser.add_argument("--where", help="filter, e.g. \"kind = 'click'\"")
+    parser.add_argument("--into", required=True, help="store URL (duckdb:///f.db, postgresql://…)")
+    parser.add_argument("--table", required=True, help="store table")
+    parser.add_argument("--checkpoints", metavar="URL", help="checkpoint store (file://…, s3://…)")
+    parser.add_argument("--checkpoint-interval", default="30s")
+    parser.add_argument("--print-job", action="store_true", help="print the job as TOML and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def command(args: argparse.Namespace) -> int:
+    """``lambdasource bootstrap``."""
+    spec = spec_from_args(args)
+    if args.print_job:
+        print(to_toml(spec), end="")
+        return 0
+    run_job(spec, quiet=args.quiet)
+    return 0
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``lambdasource run``."""
+    parser.add_argument("job", type=Path, help="the job file (TOML)")
+    parser.add_argument("--check", action="store_true", help="validate the job and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``lambdasource run JOB.toml``."""
+    spec = JobSpec.from_toml(args.job)
+    if args.check:
+        spec.validate()
+        build(spec)
+        print(f"{args.job}: ok")
+        return 0
+    run_job(spec, quiet=args.quiet)
+    return 0
