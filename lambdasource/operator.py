@@ -2,8 +2,9 @@
 
 Lifecycle (StreamOperator model): ``open(ctx)`` once, then ``on_batch`` / ``on_watermark`` /
 ``on_timer`` in stream order, ``on_end(ctx)`` when every input ended, ``close(ctx)`` last.
-``snapshot()`` returns immutable state at a checkpoint barrier; ``restore(state)`` is called before
-``open`` on recovery. Everything runs on the event loop thread and must not block; operators are
+``snapshot()`` returns immutable state at a checkpoint barrier (it must be picklable: checkpoints
+store it with pickle); ``restore(state)`` is called before ``open`` on recovery, with the
+operator's own snapshot, and ``ctx.state``/timers are restored with it. Everything runs on the event loop thread and must not block; operators are
 chained synchronously, so they never see two messages at once.
 
 Event-time timers fire when the operator's input watermark reaches their time (before
@@ -189,6 +190,10 @@ class Operator:
     """
 
     output_schema: pa.Schema | None = None
+    snapshot_immutable: bool = False
+    """True when ``snapshot()`` returns structures that are never mutated afterwards (built-in
+    window operators): the runtime then records them as they are. Otherwise the snapshot is
+    pickled at the barrier, so later changes to the operator cannot leak into the checkpoint."""
 
     def __init__(self) -> None:
         self.name: str | None = None
@@ -216,7 +221,12 @@ class Operator:
         return None
 
     def restore(self, state: Any) -> None:
-        """Restore state returned by ``snapshot``."""
+        """Restore state returned by ``snapshot`` (called before ``open`` on recovery)."""
+
+    def describe(self) -> str:
+        """What must not change between a checkpoint and the graph restoring it (the state's
+        shape): the class by default; operators with configuration that shapes state add it."""
+        return type(self).__qualname__
 
     def state_size(self) -> tuple[int, int]:
         """(rows, bytes) of buffered state, for metrics."""

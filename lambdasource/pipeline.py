@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .checkpoints import Checkpoints
+from .checkpoints.coordinator import CheckpointCoordinator
 from .errors import ConfigError, SchemaError
 from .messages import Message
 from .operator import Operator
@@ -58,11 +60,13 @@ class Pipeline:
     ``flush`` sets what a bounded run does at its end: ``"watermark"`` (default, DESIGN §3: only
     windows the final watermark completed are emitted) or ``"all"`` (every window with data).
     ``queue_size`` bounds each async boundary's queue (messages, i.e. batches).
+    ``checkpoints`` (an ``ls.Checkpoints``) enables periodic checkpoints; ``run()`` then resumes
+    from the newest complete one at its URL (see :meth:`run`).
     """
 
     def __init__(
         self,
-        checkpoints: Any = None,
+        checkpoints: Checkpoints | None = None,
         *,
         flush: str = "watermark",
         queue_size: int = 8,
@@ -70,11 +74,10 @@ class Pipeline:
     ) -> None:
         if flush not in FLUSH_MODES:
             raise ConfigError(f"Pipeline: flush must be one of {FLUSH_MODES}, got {flush!r}")
-        if checkpoints is not None:
+        if checkpoints is not None and not isinstance(checkpoints, Checkpoints):
             raise ConfigError(
-                "Pipeline(checkpoints=...): checkpointing is not implemented yet (issue 6); "
-                "barriers flow and snapshots are collected (trigger_checkpoint), but nothing is "
-                "persisted or restored"
+                f"Pipeline(checkpoints=...): expected ls.Checkpoints(url, interval), got "
+                f"{checkpoints!r}"
             )
         if queue_size < 1:
             raise ConfigError(f"Pipeline: queue_size must be >= 1, got {queue_size}")
@@ -128,6 +131,18 @@ class Pipeline:
         return Stream(self, spec, "main", schema, source.time_column, ())
 
     # running ------------------------------------------------------------------------------------
+
+    def _graph(self, live: dict[int, Any]) -> dict[str, str]:
+        """What a checkpoint's state depends on, per stateful node (sources and operators)."""
+        graph: dict[str, str] = {}
+        for spec in self._specs:
+            node = live[id(spec)]
+            if spec.kind == "source":
+                graph[spec.name] = f"source {type(node.source).__qualname__}"
+            elif spec.kind == "operator":
+                inputs = [f"{up.name}:{port}" for up, port in spec.inputs]
+                graph[spec.name] = f"{node.op.describe()} keys={list(spec.keys)} inputs={inputs}"
+        return graph
 
     def _build(self, flush: str) -> Runtime:
         runtime = Runtime(flush)
@@ -195,21 +210,50 @@ class Pipeline:
                 for edges in node.outputs.values():
                     stack.extend(e.target for e in edges if e.queue is None)
             runtime.segments.append(segment)
+        if self.checkpoints is not None:
+            coordinator = CheckpointCoordinator(self.checkpoints, self._graph(live), self.name)
+            coordinator.runtime = runtime
+            runtime.coordinator = coordinator
         return runtime
 
-    async def run(self, *, flush: str | None = None) -> None:
-        """Run until every sink has seen the end (bounded) or until cancelled (unbounded)."""
+    async def run(
+        self, *, flush: str | None = None, restore: Literal["latest"] | int | None = "latest"
+    ) -> None:
+        """Run until every sink has seen the end (bounded) or until cancelled (unbounded).
+
+        With checkpoints: ``restore="latest"`` (default) resumes from the newest complete
+        checkpoint at the URL when there is one (``IncompatibleStateError`` when it was taken by
+        a different graph); an int restores that checkpoint id; ``None`` deletes the checkpoints
+        at the URL and starts fresh. Without checkpoints ``restore`` is ignored.
+        """
         if self._runtime is not None:
             raise ConfigError(f"{self.name}: a Pipeline runs once; build a new one to run again")
         mode = flush or self.flush
         if mode not in FLUSH_MODES:
             raise ConfigError(f"run: flush must be one of {FLUSH_MODES}, got {mode!r}")
-        self._runtime = self._build(mode)
-        await self._runtime.run()
+        if restore is not None and restore != "latest" and not isinstance(restore, int):
+            raise ConfigError(
+                f"run: restore must be 'latest', a checkpoint id or None, got {restore!r}"
+            )
+        runtime = self._build(mode)
+        self._runtime = runtime
+        coordinator = runtime.coordinator
+        if coordinator is not None:
+            try:
+                found = await coordinator.prepare(None if restore is None else restore)
+                if found is not None:
+                    runtime.restore(*found)
+            except BaseException:
+                runtime.status = "failed"
+                await coordinator.store.close()
+                raise
+        await runtime.run()
 
-    def run_sync(self, *, flush: str | None = None) -> None:
+    def run_sync(
+        self, *, flush: str | None = None, restore: Literal["latest"] | int | None = "latest"
+    ) -> None:
         """``asyncio.run(self.run())`` for scripts."""
-        asyncio.run(self.run(flush=flush))
+        asyncio.run(self.run(flush=flush, restore=restore))
 
     def trigger_checkpoint(self) -> int:
         """Ask every running source to inject a barrier now; returns the checkpoint id."""

@@ -11,6 +11,13 @@ Watermarks (DESIGN §3): each node forwards the minimum of its inputs' watermark
 regressing; inputs that are idle or ended do not hold it back; when every input is idle the node is
 idle and forwards the maximum. Barriers are aligned: a multi-input node buffers the inputs that
 delivered barrier n until all have, then snapshots and forwards it.
+
+Checkpoints (with a :class:`~lambdasource.checkpoints.coordinator.CheckpointCoordinator`): a
+checkpoint is complete in memory when every sink flushed at its barrier (or ended) and every
+source and operator recorded its state (or finished: its final state stands in). States are
+captured synchronously at the barrier and must not change afterwards: operators that declare
+``snapshot_immutable`` hand out shared never-mutated structures, everything else (user operator
+snapshots, keyed state, source positions) is pickled at capture into a ``Frozen``.
 """
 
 from __future__ import annotations
@@ -20,19 +27,31 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from .errors import LambdaSourceError, OperatorError, SchemaError, SinkError, SourceError
+from .checkpoints.format import Frozen, thaw
+from .errors import (
+    IncompatibleStateError,
+    LambdaSourceError,
+    OperatorError,
+    SchemaError,
+    SinkError,
+    SourceError,
+)
 from .messages import Barrier, End, Message, Watermark
 from .operator import Context, Operator
 from .sinks.base import Sink
 from .sources.base import Source
 from .timeutil import TIME_TYPE, normalize_time_array
 
+if TYPE_CHECKING:
+    from .checkpoints.coordinator import CheckpointCoordinator
+
 log = logging.getLogger("lambdasource")
+_KEEP_SNAPSHOTS = 3  # completed checkpoints whose in-memory snapshots stay readable
 
 DEAD_LETTER_FIELDS = [pa.field("_error", pa.string()), pa.field("_position", pa.string())]
 
@@ -248,6 +267,7 @@ class OperatorNode(Node):
             if all(gate.ended):
                 self._call("on_end", self.op.on_end, self.ctx)
                 self.finished = True
+                self.runtime.record_final(self.name, self.capture_state())
                 self.broadcast(End())
 
     def _on_progress(self) -> None:
@@ -270,6 +290,32 @@ class OperatorNode(Node):
             self._call("on_timer", self.op.on_timer, timer, self.ctx)
         self.ctx.current_key = None
 
+    def capture_state(self) -> dict[str, Any]:
+        """The operator's state now: its snapshot, keyed state and timers (immutable)."""
+        runtime = self.runtime
+        keyed = dict(self.ctx.state)
+        return {
+            "operator": runtime.capture(
+                self._call("snapshot", self.op.snapshot), self.op.snapshot_immutable
+            ),
+            "keyed_state": runtime.capture(keyed, not keyed),
+            "timers": self.ctx.timers.snapshot(),
+            "watermarks": (self.gate.combined, self.out_watermark),
+        }
+
+    def restore_state(self, state: Any) -> None:
+        """Restore what :meth:`capture_state` returned (before ``open``)."""
+        try:
+            self.op.restore(thaw(state["operator"]))
+            self.ctx.state = dict(thaw(state["keyed_state"]))
+            self.ctx.timers.restore(state["timers"])
+            # watermarks continue from the checkpoint: never re-forward older ones downstream
+            self.gate.combined, self.out_watermark = state.get("watermarks", (None, None))
+        except Exception as exc:
+            raise IncompatibleStateError(
+                f"operator={self.name}: cannot restore its checkpointed state: {exc}"
+            ) from exc
+
     def _on_barrier(self, barrier: Barrier, index: int) -> None:
         gate = self.gate
         if gate.barrier is None:
@@ -287,15 +333,7 @@ class OperatorNode(Node):
         ):
             return
         checkpoint_id = gate.barrier
-        self.runtime.record_snapshot(
-            checkpoint_id,
-            self.name,
-            {
-                "operator": self._call("snapshot", self.op.snapshot),
-                "keyed_state": dict(self.ctx.state),
-                "timers": self.ctx.timers.snapshot(),
-            },
-        )
+        self.runtime.record_snapshot(checkpoint_id, self.name, self.capture_state())
         gate.barrier = None
         blocked, gate.blocked = gate.blocked, []
         self.broadcast(Barrier(checkpoint_id))
@@ -391,10 +429,21 @@ class SourceNode(Node):
         Node.dead_letter(self, batch, reason, position)
         await self.flush_pending()
 
+    async def barrier_point(self) -> None:
+        """A safe point between emissions: inject a requested barrier now (see SourceOutput)."""
+        await self._barrier_if_requested()
+
+    def _capture(self) -> Any:
+        try:
+            position = self.source.snapshot()
+        except Exception as exc:
+            raise SourceError(f"source={self.name}: snapshot() failed: {exc!r}") from exc
+        return self.runtime.capture(position, position is None)
+
     async def _barrier_if_requested(self) -> None:
         checkpoint_id = self.runtime.barrier_for(self)
         if checkpoint_id is not None:
-            self.runtime.record_snapshot(checkpoint_id, self.name, self.source.snapshot())
+            self.runtime.record_snapshot(checkpoint_id, self.name, self._capture())
             self.broadcast(Barrier(checkpoint_id))
             await self.flush_pending()
 
@@ -406,6 +455,7 @@ class SourceNode(Node):
         except Exception as exc:
             raise SourceError(f"source={self.name} failed: {exc!r}") from exc
         await self._barrier_if_requested()
+        self.runtime.record_final(self.name, self._capture())
         self.ended = True
         self.broadcast(End())
         await self.flush_pending()
@@ -449,6 +499,7 @@ class SinkNode:
                     self.runtime.sink_barrier(msg.checkpoint_id, self.name)
                 elif isinstance(msg, End):
                     await self._do("flush", self.sink.flush())
+                    self.runtime.sink_ended(self.name)
                     return
         finally:
             await self._do("close", self.sink.close())
@@ -457,8 +508,9 @@ class SinkNode:
 class Runtime:
     """One run of a pipeline: nodes, tasks, checkpoint bookkeeping and metrics."""
 
-    def __init__(self, flush: str) -> None:
+    def __init__(self, flush: str, coordinator: CheckpointCoordinator | None = None) -> None:
         self.flush = flush
+        self.coordinator = coordinator
         self.sources: list[SourceNode] = []
         self.operators: list[OperatorNode] = []
         self.segments: list[Segment] = []
@@ -472,36 +524,125 @@ class Runtime:
         self.snapshots: dict[int, dict[str, Any]] = {}
         self._sinks_done: dict[int, set[str]] = {}
         self.completed_checkpoints: list[int] = []
-        self._checkpoint_started: dict[int, float] = {}
+        self._checkpoint_started: dict[int, float] = {}  # pending: requested, not complete
         self.checkpoint_durations: dict[int, float] = {}
+        self.final_states: dict[str, Any] = {}
+        self._sinks_ended: set[str] = set()
+        self.done = False
+        """Every sink has finished (the coordinator then drains its writes and returns)."""
 
-    # checkpoints (plumbing: barriers flow and snapshots are collected; persistence comes later) ---
+    # checkpoints ----------------------------------------------------------------------------------
+
+    def capture(self, state: Any, immutable: bool) -> Any:
+        """State as recorded for a checkpoint: frozen into bytes unless declared immutable."""
+        if self.coordinator is None or immutable:
+            return state
+        return Frozen.of(state)
+
+    def restore(self, checkpoint_id: int, states: dict[str, Any]) -> None:
+        """Restore every source and operator (before the run starts); ids continue after it."""
+        for source in self.sources:
+            try:
+                source.source.restore(thaw(states[source.name]))
+            except LambdaSourceError:
+                raise
+            except Exception as exc:
+                raise IncompatibleStateError(
+                    f"source={source.name}: cannot restore position from checkpoint "
+                    f"{checkpoint_id}: {exc!r}"
+                ) from exc
+        for node in self.operators:
+            node.restore_state(states[node.name])
+        self._next_checkpoint = checkpoint_id + 1
+
+    def has_live_sources(self) -> bool:
+        return any(not s.ended for s in self.sources)
+
+    def pending_checkpoints(self) -> dict[int, float]:
+        """Checkpoints requested and not yet complete → their trigger time (perf_counter)."""
+        return dict(self._checkpoint_started)
+
+    def abandon_checkpoint(self, checkpoint_id: int) -> None:
+        """Give up on a pending checkpoint (barriers still flow; its states are dropped)."""
+        self._checkpoint_started.pop(checkpoint_id, None)
+        self.snapshots.pop(checkpoint_id, None)
+        self._sinks_done.pop(checkpoint_id, None)
 
     def request_checkpoint(self) -> int:
         checkpoint_id = self._next_checkpoint
         self._next_checkpoint += 1
         self._barrier_requests[checkpoint_id] = {s.name for s in self.sources if not s.ended}
         self._checkpoint_started[checkpoint_id] = time.perf_counter()
+        self._maybe_complete(checkpoint_id)  # completes at once when every node has finished
         return checkpoint_id
 
     def barrier_for(self, source: SourceNode) -> int | None:
         for checkpoint_id, waiting in sorted(self._barrier_requests.items()):
             if source.name in waiting:
                 waiting.discard(source.name)
+                if not waiting:
+                    del self._barrier_requests[checkpoint_id]
                 return checkpoint_id
         return None
 
     def record_snapshot(self, checkpoint_id: int, name: str, state: Any) -> None:
+        if checkpoint_id not in self._checkpoint_started:
+            return  # abandoned
         self.snapshots.setdefault(checkpoint_id, {})[name] = state
+        self._maybe_complete(checkpoint_id)
+
+    def record_final(self, name: str, state: Any) -> None:
+        """A node finished: its final state stands in for it in later checkpoints."""
+        self.final_states[name] = state
+        for checkpoint_id in list(self._checkpoint_started):
+            self._maybe_complete(checkpoint_id)
 
     def sink_barrier(self, checkpoint_id: int, sink: str) -> None:
-        done = self._sinks_done.setdefault(checkpoint_id, set())
-        done.add(sink)
-        if len(done) == len(self.sinks):
-            self.completed_checkpoints.append(checkpoint_id)
-            started = self._checkpoint_started.get(checkpoint_id)
-            if started is not None:
-                self.checkpoint_durations[checkpoint_id] = time.perf_counter() - started
+        if checkpoint_id not in self._checkpoint_started:
+            return
+        self._sinks_done.setdefault(checkpoint_id, set()).add(sink)
+        self._maybe_complete(checkpoint_id)
+
+    def sink_ended(self, sink: str) -> None:
+        self._sinks_ended.add(sink)
+        for checkpoint_id in list(self._checkpoint_started):
+            self._maybe_complete(checkpoint_id)
+        if len(self._sinks_ended) == len(self.sinks):
+            self.done = True
+            if self.coordinator is not None:
+                self.coordinator.wake()
+
+    def _maybe_complete(self, checkpoint_id: int) -> None:
+        """Complete ``checkpoint_id`` once every sink acknowledged it (or ended) and every
+        source/operator has a state for it (its snapshot, else its final state)."""
+        started = self._checkpoint_started.get(checkpoint_id)
+        if started is None:
+            return
+        acked = self._sinks_done.get(checkpoint_id, set())
+        if any(s.name not in acked and s.name not in self._sinks_ended for s in self.sinks):
+            return
+        recorded = self.snapshots.get(checkpoint_id, {})
+        states: dict[str, Any] = {}
+        for node in [*self.sources, *self.operators]:
+            if node.name in recorded:
+                states[node.name] = recorded[node.name]
+            elif node.name in self.final_states:
+                states[node.name] = self.final_states[node.name]
+            else:
+                return
+        del self._checkpoint_started[checkpoint_id]
+        self._sinks_done.pop(checkpoint_id, None)
+        self.snapshots[checkpoint_id] = states
+        self.completed_checkpoints.append(checkpoint_id)
+        self.checkpoint_durations[checkpoint_id] = time.perf_counter() - started
+        for old in self.completed_checkpoints[:-_KEEP_SNAPSHOTS]:
+            self.snapshots.pop(old, None)
+        if len(self.completed_checkpoints) > 100:
+            for old in self.completed_checkpoints[:-100]:
+                self.checkpoint_durations.pop(old, None)
+            del self.completed_checkpoints[:-100]
+        if self.coordinator is not None:
+            self.coordinator.completed(checkpoint_id, states, started)
 
     # running ------------------------------------------------------------------------------------
 
@@ -528,6 +669,8 @@ class Runtime:
                     tg.create_task(supervised(segment.run()), name=f"segment:{segment.head.name}")
                 for source in self.sources:
                     tg.create_task(supervised(source.run()), name=f"source:{source.name}")
+                if self.coordinator is not None:
+                    tg.create_task(supervised(self.coordinator.run()), name="checkpoints")
         except BaseExceptionGroup as group:
             self.status = "failed"
             error = first_error[0] if first_error else group.exceptions[0]
@@ -614,5 +757,7 @@ class Runtime:
             "checkpoints": {
                 "completed": list(self.completed_checkpoints),
                 "durations_s": dict(self.checkpoint_durations),
+                "pending": sorted(self._checkpoint_started),
+                **(self.coordinator.metrics() if self.coordinator is not None else {}),
             },
         }

@@ -26,6 +26,11 @@ class SourceOutput(Protocol):
     async def dead_letter(self, batch: pa.RecordBatch, reason: str, position: str | None) -> None:
         """Records that cannot enter the stream (malformed, unparseable time)."""
 
+    async def barrier_point(self) -> None:
+        """A safe point between emissions (``snapshot()`` describes exactly what was emitted):
+        inject a requested checkpoint barrier now. Every ``emit``/``emit_watermark`` is such a
+        point already; a source that may wait long without emitting calls this periodically."""
+
 
 class Source(abc.ABC):
     """Base class of sources. ``time_column`` names the event-time column of emitted batches."""
@@ -48,8 +53,14 @@ class Source(abc.ABC):
         return {}
 
     def snapshot(self) -> Any:
-        """The position to resume from, taken at a barrier (immutable)."""
+        """The position to resume from, taken at a barrier between emissions: it must cover
+        exactly the records emitted so far. Picklable; it is pickled at once (no need to copy)."""
         return None
 
     def restore(self, state: Any) -> None:
-        """Resume from a position returned by ``snapshot``."""
+        """Resume from a position returned by ``snapshot`` (called before ``run``)."""
+
+    async def on_checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` (which holds this source's position as of its barrier)
+        is durably written. Optional, for observability (e.g. commit Kafka offsets); errors are
+        logged, never fatal; must not block."""

@@ -48,7 +48,14 @@ def make_engine(
 
 
 class WindowOperator(Operator):
-    """Keyed event-time windows over Arrow batches (see module docstring for the output)."""
+    """Keyed event-time windows over Arrow batches (see module docstring for the output).
+
+    Snapshots share the engine's never-mutated tables (``snapshot_immutable``) and record the
+    aggregate input types, so a restored operator can finish windows before any new batch arrives
+    even when the input schema was not known at build time.
+    """
+
+    snapshot_immutable = True
 
     def __init__(
         self,
@@ -76,14 +83,13 @@ class WindowOperator(Operator):
         self._columns = sorted({c for k in aggregates.values() for c in k.input_columns})
         self._seq = 0
         self._bound = schema is not None
+        self._input_types: dict[str, pa.DataType] | None = None
 
     def on_batch(self, batch: pa.RecordBatch, ctx: Context) -> None:
         if batch.num_rows == 0:
             return
         if not self._bound:
-            for name, kernel in self.aggregates.items():
-                kernel.bind(batch.schema, f"window aggregate {name!r}")
-            self._bound = True
+            self._bind(batch.schema)
         ids = self.index.ids(batch)
         n = batch.num_rows
         rows = Rows(
@@ -96,6 +102,12 @@ class WindowOperator(Operator):
         if result.late.any():
             ctx.side_output("late", batch.filter(pa.array(result.late)))
         self._emit(result.emission, ctx)
+
+    def _bind(self, schema: pa.Schema) -> None:
+        for name, kernel in self.aggregates.items():
+            kernel.bind(schema, f"window aggregate {name!r}")
+        self._input_types = {c: schema.field(c).type for c in self._columns if c in schema.names}
+        self._bound = True
 
     def on_watermark(self, watermark: int, ctx: Context) -> None:
         self._emit(self.engine.advance(watermark), ctx)
@@ -124,12 +136,28 @@ class WindowOperator(Operator):
         ctx.emit(batch)
 
     def snapshot(self) -> Any:
-        return {"keys": self.index.snapshot(), "engine": self.engine.snapshot(), "seq": self._seq}
+        return {
+            "keys": self.index.snapshot(),
+            "engine": self.engine.snapshot(),
+            "seq": self._seq,
+            "input_types": None if self._input_types is None else dict(self._input_types),
+        }
 
     def restore(self, state: Any) -> None:
+        types = state.get("input_types")
+        if not self._bound and types is not None:
+            self._bind(pa.schema(list(types.items())))
         self.index.restore(state["keys"])
         self.engine.restore(state["engine"])
         self._seq = state["seq"]
+
+    def describe(self) -> str:
+        aggregates = ", ".join(f"{name}={kernel!r}" for name, kernel in self.aggregates.items())
+        return (
+            f"WindowOperator({self.spec!r}, emit={self.emit}, "
+            f"allowed_lateness={self.allowed_lateness}, time_column={self.time_column}, "
+            f"aggregates=[{aggregates}])"
+        )
 
     def state_size(self) -> tuple[int, int]:
         rows = self.engine.state_rows()
