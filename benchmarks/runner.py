@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import engine, lake, sinks, stream
+from . import checkpoints, engine, lake, sinks, stream
 from .common import RESULTS_DIR, Report
 
 
@@ -53,6 +53,13 @@ BENCHMARKS: dict[str, Benchmark] = {
             stream.add_arguments,
             stream.run,
             stream.summary,
+        ),
+        Benchmark(
+            "checkpoints",
+            "engine job throughput with checkpoints every 1 s and 10 s vs none; duration and size",
+            checkpoints.add_arguments,
+            checkpoints.run,
+            checkpoints.summary,
         ),
     ]
 }

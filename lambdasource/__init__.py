@@ -7,6 +7,7 @@ operator graph; see ``Pipeline`` for building and running, ``Operator`` for cust
 from __future__ import annotations
 
 from .backfill import BackfillProgress, BackfillSummary, backfill
+from .checkpoints import Checkpoints
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -64,6 +65,7 @@ __all__ = [
     "BackfillSummary",
     "Barrier",
     "CheckpointError",
+    "Checkpoints",
     "CollectSink",
     "ConfigError",
     "Context",

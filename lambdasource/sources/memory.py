@@ -69,6 +69,7 @@ class MemorySource(Source):
         )
         self.until = None if until is None else to_micros(until)
         self._position = 0  # batches emitted
+        self._max_seen: int | None = None  # max event time emitted (restored with the position)
 
     @property
     def schema(self) -> pa.Schema:
@@ -86,7 +87,7 @@ class MemorySource(Source):
         ]
 
     async def run(self, out: SourceOutput) -> None:
-        max_seen: int | None = None
+        max_seen = self._max_seen
         batches = self._batches()
         for index in range(self._position, len(batches)):
             batch = batches[index]
@@ -96,6 +97,7 @@ class MemorySource(Source):
             if len(times) - times.null_count > 0:
                 top = pc.max(times).cast(pa.int64()).as_py()
                 max_seen = top if max_seen is None else max(max_seen, top)
+                self._max_seen = max_seen
             if self.out_of_orderness is not None and max_seen is not None:
                 await out.emit_watermark(max_seen - self.out_of_orderness)
             await asyncio.sleep(0)  # let downstream tasks run between batches
@@ -104,8 +106,11 @@ class MemorySource(Source):
         elif max_seen is not None:
             await out.emit_watermark(max_seen)
 
-    def snapshot(self) -> int:
-        return self._position
+    def snapshot(self) -> tuple[int, int | None]:
+        return (self._position, self._max_seen)
 
-    def restore(self, state: int) -> None:
-        self._position = int(state)
+    def restore(self, state: tuple[int, int | None] | int) -> None:
+        if isinstance(state, int):
+            self._position, self._max_seen = state, None
+        else:
+            self._position, self._max_seen = int(state[0]), state[1]
