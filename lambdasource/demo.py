@@ -209,11 +209,7 @@ def verify_store(events: pa.Table, store: pa.Table, watermark: int) -> int:
         aggregates={"clicks": ("count", None), "revenue": ("sum", "amount")},
         until=watermark + 1,
     ).sort_by("window_end")
-    indexed = changelog.append_column("__row", pa.array(range(changelog.num_rows), pa.int64()))
-    last = indexed.group_by("user_id").aggregate([("__row", "max")]).column("__row_max")
-    expected = indexed.take(last)
-    expected = expected.filter(pc.invert(expected.column("_deleted")))
-    expected = expected.select(["user_id", "clicks", "revenue"]).sort_by("user_id")
+    expected = reference.upsert_state(changelog, "user_id").select(["user_id", "clicks", "revenue"])
     actual = store.cast(expected.schema) if store.schema != expected.schema else store
     if actual.num_rows != expected.num_rows:
         raise VerificationError(

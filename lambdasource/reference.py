@@ -66,6 +66,7 @@ from typing import Any, Literal
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 __all__ = [
     "AGGREGATE_FUNCTIONS",
@@ -1110,3 +1111,19 @@ def session_windows(
     finally:
         con.unregister("__session_input")
     return _shape(out, data, key_cols, aggregates)
+
+
+def upsert_state(changelog: pa.Table, keys: str | Sequence[str]) -> pa.Table:
+    """What an upsert store keyed by ``keys`` holds after applying ``changelog`` in row order:
+    each key's last row, without keys whose last row is a deletion (``_deleted``); sorted by key,
+    ``_deleted`` dropped."""
+    key_list = [keys] if isinstance(keys, str) else list(keys)
+    columns = [c for c in changelog.column_names if c != "_deleted"]
+    if changelog.num_rows == 0:
+        return changelog.select(columns)
+    indexed = changelog.append_column("__row", pa.array(np.arange(changelog.num_rows)))
+    last = indexed.group_by(key_list).aggregate([("__row", "max")]).column("__row_max")
+    rows = indexed.take(last)
+    if "_deleted" in rows.column_names:
+        rows = rows.filter(pc.invert(rows.column("_deleted")))
+    return rows.select(columns).sort_by([(k, "ascending") for k in key_list])

@@ -111,7 +111,6 @@ async def test_backfill_into_postgres(postgres: Any) -> None:
 
 async def test_windowed_bootstrap_latest_equals_sql_reference(tmp_path: Path) -> None:
     from lambdasource import reference
-    from lambdasource.cli import upsert_state
 
     data = events(5_000, seed=3)
     path = tmp_path / "w.duckdb"
@@ -131,7 +130,7 @@ async def test_windowed_bootstrap_latest_equals_sql_reference(tmp_path: Path) ->
         window=ls.Sliding("1h", "5m"),
         aggregates={"clicks": ("count", None), "revenue": ("sum", "amount")},
     )
-    expected = upsert_state(log.sort_by("window_end"), "user_id")
+    expected = reference.upsert_state(log.sort_by("window_end"), "user_id")
     got = read_duckdb(path, "user_1h")
     cols = ["user_id", "clicks", "revenue"]
     assert expected.num_rows > 0
