@@ -486,7 +486,10 @@ class SinkNode:
         await self._do("open", self.sink.open())
         try:
             while True:
-                _, msg = await self.mailbox.get()
+                msg = await self._next()
+                if msg is None:  # quiet input and the sink asked to be woken: time-based flush
+                    await self._do("on_idle", self.sink.on_idle())
+                    continue
                 if isinstance(msg, pa.RecordBatch):
                     self.counters.records_in += msg.num_rows
                     await self._do("write", self.sink.write(msg))
@@ -503,6 +506,17 @@ class SinkNode:
                     return
         finally:
             await self._do("close", self.sink.close())
+
+    async def _next(self) -> Message | None:
+        """The next message, or None when the sink's ``idle_deadline()`` passes first."""
+        deadline = self.sink.idle_deadline()
+        if deadline is None or not self.mailbox.empty():
+            return (await self.mailbox.get())[1]
+        try:
+            async with asyncio.timeout_at(deadline):
+                return (await self.mailbox.get())[1]
+        except TimeoutError:
+            return None
 
 
 class Runtime:

@@ -32,6 +32,15 @@ class Sink(abc.ABC):
     async def flush(self) -> None:
         """Make every write so far durable."""
 
+    def idle_deadline(self) -> float | None:
+        """When no message arrives before this ``loop.time()``, ``on_idle`` is called (None: never).
+
+        Lets a sink that buffers flush on time even when its input is quiet."""
+        return None
+
+    async def on_idle(self) -> None:
+        """The input stayed quiet until ``idle_deadline()`` (e.g. flush what is buffered)."""
+
     def metrics(self) -> dict[str, Any]:
         """Sink-specific figures (plain data) merged into ``pipeline.metrics()["sinks"][name]``."""
         return {}

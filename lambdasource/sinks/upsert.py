@@ -16,9 +16,10 @@ Semantics (DESIGN §3 "Upserts"), identical for DuckDB, PostgreSQL and Iceberg:
   store equals "per key, the newest event by (version, arrival), absent when it is a deletion".
 * ``_deleted`` itself is not stored.
 
-Flushing: rows are buffered and written when ``batch_rows`` rows are buffered, or when a batch or
-watermark arrives ``flush_interval`` after the last flush, and always on ``flush()`` (awaited before a
-checkpoint completes and at the end of a run), which makes every write durable. Transient errors
+Flushing: rows are buffered and written when ``batch_rows`` rows are buffered, when
+``flush_interval`` has passed since the last flush (also while the input is quiet: the runtime
+wakes the sink at ``idle_deadline()``), and always on ``flush()`` (awaited before a checkpoint
+completes and at the end of a run), which makes every write durable. Transient errors
 (connection loss, serialization failures, commit conflicts) are retried with exponential backoff;
 permanent ones raise :class:`~lambdasource.errors.SinkError` naming the table and a key.
 """
@@ -208,6 +209,14 @@ class BufferedSink(Sink):
 
     async def flush(self) -> None:
         await self._flush_buffer()
+
+    def idle_deadline(self) -> float | None:
+        # asyncio's loop.time() is time.monotonic() (the clock _last_flush uses)
+        return self._last_flush + self.flush_interval if self._buffered else None
+
+    async def on_idle(self) -> None:
+        if self._buffered and self._due():
+            await self._flush_buffer()
 
     def _due(self) -> bool:
         return time.monotonic() - self._last_flush >= self.flush_interval

@@ -9,6 +9,7 @@ a ``file://`` warehouse and with a moto-S3 warehouse.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import lambdasource as ls
 from lambdasource.errors import ConfigError, SchemaError, SinkError
 from lambdasource.sinks.upsert import UpsertSink
 
@@ -403,3 +405,43 @@ async def test_history_table_version_in_key(store: Store) -> None:
         reference_state(batches, ["k", "window_end"], "window_end"), ["k", "n"]
     )
     assert rows(got, ["k", "n"]) == [(1, 1), (1, 5)]
+
+
+async def test_quiet_input_still_flushes_on_time(tmp_path: Path) -> None:
+    """A buffered row reaches the store within flush_interval even when nothing else arrives."""
+    from lambdasource.operator import Operator
+
+    class Gate(Operator):
+        """Passes batches through; the source below then stays quiet (no End) for a while."""
+
+    class Quiet(ls.Source):
+        time_column = "t"
+        bounded = False
+
+        async def run(self, out: ls.SourceOutput) -> None:
+            batch = pa.RecordBatch.from_pydict(
+                {"k": [1], "t": pa.array([1_000_000], pa.timestamp("us", tz="UTC"))}
+            )
+            await out.emit(batch)
+            await asyncio.sleep(3600)
+
+    path = tmp_path / "quiet.duckdb"
+    p = ls.Pipeline()
+    p.source(Quiet()).process(Gate()).sink(
+        ls.DuckDBUpsert(str(path), "q", key=["k"], version="t", flush_interval="200ms")
+    )
+    task = asyncio.create_task(p.run())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            rows = next(iter(p.metrics()["sinks"].values())).get("rows_written", 0)
+            if rows:
+                break
+        assert rows == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    con = duckdb.connect(str(path))
+    assert con.sql("SELECT k FROM q").fetchall() == [(1,)]
+    con.close()
