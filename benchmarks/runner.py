@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoints, engine, lake, sinks, stream
+from . import checkpoints, engine, lake, sinks, skew, stream
 from .common import RESULTS_DIR, Report
 
 
@@ -60,6 +60,14 @@ BENCHMARKS: dict[str, Benchmark] = {
             checkpoints.add_arguments,
             checkpoints.run,
             checkpoints.summary,
+        ),
+        Benchmark(
+            "skew",
+            "skew/memory: LambdaSource aligned vs unaligned — peak buffered state, RSS growth, "
+            "throughput vs stream backlog",
+            skew.add_arguments,
+            skew.run,
+            skew.summary,
         ),
     ]
 }
