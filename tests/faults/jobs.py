@@ -1,0 +1,376 @@
+"""A checkpointed bootstrap job for the fault suite, runnable as ``python -m tests.faults.jobs``.
+
+lake (ParquetLake, written by ``ParquetLakeWriter`` with the Kafka offsets it covers)
+→ ``LambdaSource(handoff="offsets")`` → ``key_by("user_id")`` → ``Sliding(2h, 30m)``
+``emit="latest"`` → ``DuckDBUpsert`` or ``PostgresUpsert``; checkpoints at ``--checkpoints``.
+
+The job prints one JSON object per line on stdout so a test can time a kill:
+``{"event": "start"}``, then ``{"event": "progress", "phase": "lake"|"handoff"|"stream", ...}``
+every ``--progress`` seconds (``"handoff"`` exactly once: the first line after the lake finished),
+and ``{"event": "done", ...}`` with the final metrics. :func:`prepare` builds the data set (lake
++ topic) the job reads; :func:`reference_store` is the store an exact run must leave behind,
+computed by DuckDB SQL (:func:`lambdasource.reference.sliding_changelog`) over all the records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import lambdasource as ls
+from lake.generator import generate_clickstream
+from lake.writer import ParquetLakeWriter
+from lambdasource.checkpoints import Checkpoints
+from lambdasource.reference import sliding_changelog
+from lambdasource.s3 import S3Config
+from lambdasource.sinks.base import Sink
+from lambdasource.sinks.duckdb import DuckDBUpsert
+from lambdasource.sinks.postgres import PostgresUpsert
+from lambdasource.sources.alignment import Alignment
+from lambdasource.sources.kafka.stream import KafkaStream
+from lambdasource.sources.lake.parquet import ParquetLake
+from lambdasource.sources.lambda_source import LambdaSource
+from lambdasource.timeutil import MS, normalize_time_array, to_micros
+
+SCHEMA = pa.schema(
+    [
+        pa.field("event_time", pa.timestamp("us", tz="UTC")),
+        pa.field("event_id", pa.int64()),
+        pa.field("user_id", pa.int64()),
+        pa.field("kind", pa.string()),
+        pa.field("amount", pa.float64()),
+    ]
+)
+WINDOW = ls.Sliding(size="2h", slide="30m")
+AGGREGATES: dict[str, tuple[str, str | None]] = {
+    "clicks": ("count", None),
+    "revenue": ("sum", "amount"),
+}
+TABLE = "user_2h"
+KEY = "user_id"
+OUT_OF_ORDERNESS = "10m"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What :func:`prepare` made: every record, the lake's root and offsets, the topic."""
+
+    table: pa.Table
+    lake: str
+    topic: str
+    offsets: dict[int, int]
+    lake_rows: int
+
+
+def clickstream(events: int, seed: int, users: int = 40) -> pa.Table:
+    table = generate_clickstream(events, 1, users, seed=seed, jitter="2m")
+    return table.select(SCHEMA.names).cast(SCHEMA)
+
+
+def split_partitions(table: pa.Table, partitions: int, seed: int) -> list[pa.Table]:
+    rng = np.random.default_rng(seed)
+    assign = rng.integers(0, partitions, size=table.num_rows)
+    return [table.filter(pa.array(assign == p)) for p in range(partitions)]
+
+
+def to_json(table: pa.Table) -> list[bytes]:
+    return [orjson.dumps(row) for row in table.to_pylist()]
+
+
+def arrival_ms(table: pa.Table) -> list[int]:
+    times = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
+    return (np.maximum.accumulate(times) // MS).tolist() if len(times) else []
+
+
+async def produce(bootstrap: str, topic: str, parts: Sequence[pa.Table]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = []
+        for p, rows in enumerate(parts):
+            for value, ts in zip(to_json(rows), arrival_ms(rows), strict=True):
+                futures.append(await producer.send(topic, value, partition=p, timestamp_ms=ts))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
+        )
+    finally:
+        await admin.close()
+
+
+async def prepare(
+    bootstrap: str,
+    topic: str,
+    lake: str,
+    *,
+    events: int,
+    seed: int,
+    partitions: int = 2,
+    archived: float = 0.6,
+    s3: S3Config | None = None,
+) -> Dataset:
+    """Make the data set: ``events`` records spread over ``partitions``; the first ``archived``
+    fraction of each partition (by offset) is written to the lake with a commit recording the
+    offsets; every record goes to the topic (the stream keeps the whole history, as within
+    retention). The job must deliver every record exactly once."""
+    table = clickstream(events, seed)
+    parts = split_partitions(table, partitions, seed)
+    await create_topic(bootstrap, topic, partitions)
+    await produce(bootstrap, topic, parts)
+    offsets = {p: int(rows.num_rows * archived) for p, rows in enumerate(parts)}
+    lake_rows = pa.concat_tables([rows.slice(0, offsets[p]) for p, rows in enumerate(parts)])
+    writer = ParquetLakeWriter(lake, "event_time", s3=s3, row_group_rows=256)
+    await asyncio.to_thread(writer.write, lake_rows, offsets=offsets, topic=topic)
+    return Dataset(table, lake, topic, offsets, lake_rows.num_rows)
+
+
+def reference_store(table: pa.Table, final_watermark: int) -> pa.Table:
+    """The upsert store an exact run leaves: per key the newest completed window (watermark
+    ``final_watermark``), keys whose newest window is empty absent. Sorted by key."""
+    changes = sliding_changelog(
+        table,
+        time_column="event_time",
+        keys=[KEY],
+        window=WINDOW,
+        aggregates=AGGREGATES,
+        until=final_watermark + 1,
+    )
+    if changes.num_rows == 0:
+        return changes.select([KEY, "window_start", "window_end", *AGGREGATES])
+    ordered = changes.sort_by([(KEY, "ascending"), ("window_end", "ascending")])
+    keys = ordered.column(KEY).to_numpy()
+    last = np.append(keys[1:] != keys[:-1], True)
+    newest = ordered.filter(pa.array(last))
+    newest = newest.filter(pc.invert(newest.column("_deleted")))
+    return newest.select([KEY, "window_start", "window_end", *AGGREGATES])
+
+
+def read_duckdb(path: str | Path) -> pa.Table:
+    """The job's DuckDB store table, in the reference's shape."""
+    import duckdb
+
+    with duckdb.connect(str(path), read_only=True) as con:
+        table = con.sql(f"SELECT * FROM {TABLE}").to_arrow_table()
+    return normalize_store(table)
+
+
+async def read_postgres(dsn: str) -> pa.Table:
+    """The job's PostgreSQL store table, in the reference's shape."""
+    import asyncpg
+
+    con = await asyncpg.connect(dsn)
+    try:
+        cols = [KEY, "window_start", "window_end", *AGGREGATES]
+        rows = await con.fetch(f"SELECT {', '.join(cols)} FROM {TABLE}")
+    finally:
+        await con.close()
+    data = {c: [r[c] for r in rows] for c in cols}
+    return normalize_store(
+        pa.table(
+            {
+                KEY: pa.array(data[KEY], pa.int64()),
+                "window_start": pa.array(data["window_start"], pa.timestamp("us", tz="UTC")),
+                "window_end": pa.array(data["window_end"], pa.timestamp("us", tz="UTC")),
+                "clicks": pa.array(data["clicks"], pa.int64()),
+                "revenue": pa.array(data["revenue"], pa.float64()),
+            }
+        )
+    )
+
+
+def normalize_store(table: pa.Table) -> pa.Table:
+    """A store table in the reference's shape: its columns, µs UTC times, sorted by key."""
+    out = table.select([KEY, "window_start", "window_end", *AGGREGATES])
+    arrays = []
+    for name in out.column_names:
+        col = out.column(name)
+        if name in ("window_start", "window_end"):
+            col = normalize_time_array(col.combine_chunks())
+        elif name == "clicks":
+            col = col.cast(pa.int64())
+        elif name == "revenue":
+            col = col.cast(pa.float64())
+        else:
+            col = col.cast(pa.int64())
+        arrays.append(col)
+    return pa.table(arrays, names=out.column_names).sort_by(KEY)
+
+
+def diff_stores(
+    got: pa.Table, expected: pa.Table, final_watermark: int | None = None, limit: int = 5
+) -> list[str]:
+    """Differences between normalized stores (empty: equal), naming the keys.
+
+    Keys and aggregates must be equal. ``emit="latest"`` writes a key's *newest completed* window
+    when the watermark advances and its value changed since the key's last emitted row; which
+    ends a watermark step spans depends on batch timing, so a key whose value changed and came
+    back within one step keeps its older row (same value, older ``window_end``). With
+    ``final_watermark`` any ``window_end`` up to the newest end complete then is accepted (and
+    ``window_start = window_end - size``); without it window bounds must be equal.
+    """
+    size = WINDOW.size
+    newest = (
+        None if final_watermark is None else (final_watermark + 1) // WINDOW.slide * WINDOW.slide
+    )
+    a = {r[KEY]: r for r in got.to_pylist()}
+    b = {r[KEY]: r for r in expected.to_pylist()}
+    out = [f"{KEY}={k}: missing, expected {b[k]}" for k in sorted(b.keys() - a.keys())]
+    out += [f"{KEY}={k}: unexpected {a[k]}" for k in sorted(a.keys() - b.keys())]
+    for k in sorted(a.keys() & b.keys()):
+        x, y = a[k], b[k]
+        end_x, end_y = to_micros(x["window_end"]), to_micros(y["window_end"])
+        ends_ok = end_x == end_y if newest is None else end_x <= newest
+        ends_ok = ends_ok and to_micros(x["window_start"]) == end_x - size
+        same = x["clicks"] == y["clicks"] and (
+            (x["revenue"] is None and y["revenue"] is None)
+            or (
+                x["revenue"] is not None
+                and y["revenue"] is not None
+                and abs(x["revenue"] - y["revenue"]) <= 1e-6 * max(1.0, abs(y["revenue"]))
+            )
+        )
+        if not (same and ends_ok):
+            out.append(f"{KEY}={k}: got {x}, expected {y} (newest end {newest})")
+    return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
+
+
+# --- the job -----------------------------------------------------------------------------------
+
+
+def build(args: argparse.Namespace) -> tuple[ls.Pipeline, LambdaSource, Sink]:
+    s3 = S3Config(endpoint_url=args.s3_endpoint, region="us-east-1") if args.s3_endpoint else None
+    lake = ParquetLake(args.lake, "event_time", schema=SCHEMA, batch_size=args.batch, s3=s3)
+    stream = KafkaStream(
+        args.topic,
+        args.bootstrap,
+        time_column="event_time",
+        schema=SCHEMA,
+        stop_at=None if args.live else "latest",
+        max_batch_records=args.batch,
+    )
+    source = LambdaSource(
+        lake,
+        stream,
+        handoff="offsets",
+        out_of_orderness=OUT_OF_ORDERNESS,
+        idle_timeout="300ms",
+        alignment=Alignment(max_drift="30m"),
+    )
+    checkpoints = Checkpoints(args.checkpoints, interval=args.interval, keep=3, s3=s3)
+    p = ls.Pipeline(checkpoints=checkpoints, name="faults-job")
+    sink: Sink
+    if args.duckdb:
+        sink = DuckDBUpsert(args.duckdb, table=TABLE, key=[KEY], flush_interval="200ms")
+    else:
+        sink = PostgresUpsert(args.postgres, table=TABLE, key=[KEY], flush_interval="200ms")
+    stream_ = p.source(source)
+    if args.throttle_ms > 0:
+        delay = args.throttle_ms / 1000
+
+        def throttle(batch: pa.RecordBatch) -> pa.RecordBatch:
+            time.sleep(delay)  # deliberately slow: lets the test kill inside each phase
+            return batch
+
+        stream_ = stream_.map(throttle, schema=SCHEMA, on_error="raise")
+    (
+        stream_.key_by(KEY)
+        .window(WINDOW, emit="latest")
+        .aggregate(clicks=ls.count(), revenue=ls.sum("amount"))
+        .sink(sink)
+    )
+    return p, source, sink
+
+
+def say(event: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, "t": time.time(), **fields}, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def progress(p: ls.Pipeline, source: LambdaSource, phase: str) -> dict[str, Any]:
+    m = p.metrics()
+    sm = source.metrics()
+    ck = m.get("checkpoints", {})
+    return {
+        "phase": phase,
+        "rows": sm["rows"],
+        "watermark": sm["watermark"],
+        "checkpoints": ck.get("count"),
+        "restored_from": ck.get("restored_from"),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    p, source, _ = build(args)
+    say("start", pid=__import__("os").getpid())
+    task = asyncio.create_task(p.run(restore="latest"))
+    handoff_said = False
+    while not task.done():
+        await asyncio.wait({task}, timeout=args.progress)
+        if task.done():
+            break
+        phase = "lake"
+        if source.metrics()["lake_finished"]:
+            phase = "stream" if handoff_said else "handoff"
+            handoff_said = True
+        say("progress", **progress(p, source, phase))
+    await task
+    m = p.metrics()
+    say(
+        "done",
+        rows=source.metrics()["rows"],
+        final_watermark=m["global_watermark"],
+        sinks={k: v.get("watermark") for k, v in m["sinks"].items()},
+        checkpoints=m["checkpoints"],
+        late=m["late"],
+        dead_letters=m["dead_letters"],
+    )
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m tests.faults.jobs", description=__doc__)
+    ap.add_argument("--lake", required=True)
+    ap.add_argument("--topic", required=True)
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--checkpoints", required=True, help="file:///dir or s3://bucket/prefix")
+    store = ap.add_mutually_exclusive_group(required=True)
+    store.add_argument("--duckdb", help="DuckDB file of the upsert store")
+    store.add_argument("--postgres", help="PostgreSQL DSN of the upsert store")
+    ap.add_argument("--interval", default="200ms", help="checkpoint interval")
+    ap.add_argument("--batch", type=int, default=100, help="rows per source batch")
+    ap.add_argument("--throttle-ms", type=float, default=0.0, help="sleep per batch")
+    ap.add_argument("--progress", type=float, default=0.05, help="seconds between lines")
+    ap.add_argument("--s3-endpoint", default=None)
+    ap.add_argument("--live", action="store_true", help="unbounded stream (run until killed)")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    asyncio.run(main_async(parse(argv)))
+
+
+if __name__ == "__main__":
+    main()

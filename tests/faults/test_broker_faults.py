@@ -1,0 +1,212 @@
+"""Broker outage (a TCP proxy drops every connection and refuses new ones) and broker restart
+(S3-backed Tansu stopped and started on the same port) under a live, checkpointed lambda job:
+every record arrives exactly once, no watermark regresses, nothing is late."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lambdasource.embedded import EmbeddedBroker, free_port, tansu_binary, wait_for_port
+from lambdasource.errors import StreamError
+from tests.faults import jobs
+from tests.faults.live import LiveJob, more_events, produce_later
+from tests.faults.proxy import TcpProxy
+from tests.services.s3 import S3Service
+
+pytestmark = pytest.mark.kafka
+
+EVENTS = 6_000
+PARTITIONS = 2
+
+
+class ProxiedBroker:
+    """Tansu listening on its own port but advertising the proxy's, so that every client
+    connection (bootstrap and partition leaders alike) goes through the proxy."""
+
+    def __init__(self) -> None:
+        self.proxy = TcpProxy(free_port())
+        listen = f"tcp://127.0.0.1:{self.proxy.target[1]}"
+        advertised = f"tcp://127.0.0.1:{self.proxy.port}"
+        self.process = subprocess.Popen(
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                listen,
+                "--advertised-listener-url",
+                advertised,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.proxy.target[1], what="tansu broker")
+        self.proxy.start()
+
+    @property
+    def bootstrap(self) -> str:
+        return self.proxy.address
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def proxied_broker() -> Iterator[ProxiedBroker]:
+    broker = ProxiedBroker()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+async def outage_run(broker: ProxiedBroker, root: Path, outage_s: float) -> dict[str, object]:
+    topic = f"outage-{uuid.uuid4().hex[:8]}"
+    ds = await jobs.prepare(
+        broker.bootstrap, topic, str(root / "lake"), events=EVENTS, seed=3, archived=0.3
+    )
+    later = more_events(2_000, 2, seed=4, id_offset=10 * EVENTS)
+    expected = np.concatenate(
+        [ds.table.column("event_id").to_numpy(), later.column("event_id").to_numpy()]
+    )
+    job = LiveJob(
+        ds.lake,
+        topic,
+        broker.bootstrap,
+        (root / "ckpt").as_uri(),
+        expected,
+        consumer_options={"request_timeout_ms": 5000, "retry_backoff_ms": 200},
+        throttle_s=0.03,
+        fetch_bytes=16 * 1024,
+    ).start()
+    try:
+        # the outage lands in the middle of the stream's catch-up
+        await job.wait_for(
+            lambda: job.source.metrics()["rows"]["stream"] >= 500, 60, "500 stream rows"
+        )
+        checkpoints_before = job.metrics()["checkpoints"]["count"]
+        broker.proxy.outage(outage_s)
+        at_outage = job.sink.rows
+        assert at_outage < ds.table.num_rows, "the job caught up before the outage"
+        await asyncio.sleep(outage_s / 2)
+        assert broker.proxy.dropped > 0, "the outage dropped no connection"
+        await asyncio.sleep(outage_s / 2 + 0.2)
+        resumed = time.perf_counter()
+        await produce_later(broker.bootstrap, topic, later, PARTITIONS, seed=4)
+        caught_up = await job.wait_rows(len(expected), limit_s=60 + outage_s)
+        await asyncio.sleep(1.0)  # let duplicates, if any, arrive
+        report = job.sink.report()
+        metrics = job.metrics()
+    finally:
+        await job.stop()
+    assert report["duplicates"] == 0 and report["missing"] == 0, report
+    assert report["unexpected"] == 0 and report["late"] == 0, report
+    assert report["watermark_regressions"] == 0, report
+    assert metrics["checkpoints"]["count"] > checkpoints_before, metrics["checkpoints"]
+    figures = {
+        "outage_s": outage_s,
+        "rows_at_outage": at_outage,
+        "dropped": broker.proxy.dropped,
+        "refused": broker.proxy.refused,
+        "after_outage_catch_up_s": round(time.perf_counter() - resumed, 2),
+        "caught_up_wait_s": round(caught_up, 2),
+        "checkpoints": metrics["checkpoints"]["count"],
+        "checkpoint_failed": metrics["checkpoints"]["failed"],
+        **report,
+    }
+    print(f"FIGURES broker-outage: {figures}")
+    return figures
+
+
+async def test_broker_outage_10s(proxied_broker: ProxiedBroker, tmp_path: Path) -> None:
+    await outage_run(proxied_broker, tmp_path, 10.0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("outage_s", [20.0, 30.0])
+async def test_broker_outage_long(
+    proxied_broker: ProxiedBroker, tmp_path: Path, outage_s: float
+) -> None:
+    await outage_run(proxied_broker, tmp_path, outage_s)
+
+
+def start_on_port(broker: EmbeddedBroker, attempts: int = 50) -> None:
+    """(Re)start on the same port, retrying while the old socket is still in use."""
+    for _ in range(attempts):
+        try:
+            broker.start(timeout=2)
+            return
+        except StreamError:
+            time.sleep(0.2)
+    raise AssertionError(f"broker did not restart on port {broker.port}")
+
+
+@pytest.mark.s3
+async def test_broker_restart_with_s3_storage(s3: S3Service, tmp_path: Path) -> None:
+    bucket = s3.new_bucket("tansu")
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    broker = EmbeddedBroker(storage=f"s3://{bucket}/", env=env)
+    await asyncio.to_thread(start_on_port, broker)
+    topic = f"restart-{uuid.uuid4().hex[:8]}"
+    try:
+        ds = await jobs.prepare(
+            broker.bootstrap_servers,
+            topic,
+            str(tmp_path / "lake"),
+            events=EVENTS,
+            seed=8,
+            archived=0.3,
+        )
+        later = more_events(2_000, 2, seed=9, id_offset=10 * EVENTS)
+        expected = np.concatenate(
+            [ds.table.column("event_id").to_numpy(), later.column("event_id").to_numpy()]
+        )
+        job = LiveJob(
+            ds.lake,
+            topic,
+            broker.bootstrap_servers,
+            (tmp_path / "ckpt").as_uri(),
+            expected,
+            consumer_options={"request_timeout_ms": 5000, "retry_backoff_ms": 200},
+            throttle_s=0.03,
+            fetch_bytes=16 * 1024,
+        ).start()
+        try:
+            await job.wait_for(
+                lambda: job.source.metrics()["rows"]["stream"] >= 500, 60, "500 stream rows"
+            )
+            at_stop = job.sink.rows
+            assert at_stop < ds.table.num_rows, "the job caught up before the restart"
+            stopped = time.perf_counter()
+            await asyncio.to_thread(broker.stop)
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(start_on_port, broker)
+            down_s = time.perf_counter() - stopped
+            await produce_later(broker.bootstrap_servers, topic, later, PARTITIONS, seed=9)
+            caught_up = await job.wait_rows(len(expected), limit_s=90)
+            await asyncio.sleep(1.0)
+            report = job.sink.report()
+            metrics = job.metrics()
+        finally:
+            await job.stop()
+    finally:
+        await asyncio.to_thread(broker.stop)
+    assert report["duplicates"] == 0 and report["missing"] == 0, report
+    assert report["unexpected"] == 0 and report["late"] == 0, report
+    assert report["watermark_regressions"] == 0, report
+    print(
+        f"FIGURES broker-restart: rows_at_stop={at_stop} down_s={down_s:.2f} "
+        f"caught_up_s={caught_up:.2f} "
+        f"checkpoints={metrics['checkpoints']['count']} {report}"
+    )
