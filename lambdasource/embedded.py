@@ -62,24 +62,26 @@ class EmbeddedBroker:
         port: int | None = None,
         storage: str | None = None,
         env: dict[str, str] | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         self.port = port or free_port()
+        # what clients are told to connect to (e.g. a proxy in front of the broker)
+        self.advertised_port = advertised_port or self.port
         self.storage = storage
         self.env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
-        url = f"tcp://127.0.0.1:{self.port}"
-        cmd = [str(tansu_binary()), "broker", "--listener-url", url]
-        cmd += ["--advertised-listener-url", url]
+        cmd = [str(tansu_binary()), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}"]
+        cmd += ["--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}"]
         if self.storage:
             cmd += ["--storage-engine", self.storage]
         self.process = subprocess.Popen(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lambdasource.embedded import EmbeddedBroker, free_port, tansu_binary, wait_for_port
+from lambdasource.embedded import EmbeddedBroker, free_port
 from lambdasource.errors import StreamError
 from tests.faults import jobs
 from tests.faults.live import LiveJob, more_events, produce_later
@@ -34,21 +33,9 @@ class ProxiedBroker:
 
     def __init__(self) -> None:
         self.proxy = TcpProxy(free_port())
-        listen = f"tcp://127.0.0.1:{self.proxy.target[1]}"
-        advertised = f"tcp://127.0.0.1:{self.proxy.port}"
-        self.process = subprocess.Popen(
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                listen,
-                "--advertised-listener-url",
-                advertised,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.proxy.target[1], what="tansu broker")
+        self.broker = EmbeddedBroker(
+            port=self.proxy.target[1], advertised_port=self.proxy.port
+        ).start()
         self.proxy.start()
 
     @property
@@ -57,8 +44,7 @@ class ProxiedBroker:
 
     def stop(self) -> None:
         self.proxy.stop()
-        self.process.terminate()
-        self.process.wait(10)
+        self.broker.stop()
 
 
 @pytest.fixture
