@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lambdasource.embedded import create_topic
 from lambdasource.operator import Context, Operator
 from lambdasource.sinks.base import Sink
 from lambdasource.timeutil import parse_duration, to_micros
@@ -268,19 +269,6 @@ def write_lake(
         )
         count += 1
     return count
-
-
-async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
-        )
-    finally:
-        await admin.close()
 
 
 async def produce(bootstrap: str, topic: str, table: pa.Table, chunk: int = 50_000) -> None:

@@ -127,19 +127,6 @@ async def _produce(bootstrap: str, topic: str, table: pa.Table, chunk: int = 50_
         await producer.stop()
 
 
-async def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
-        )
-    finally:
-        await admin.close()
-
-
 async def _live_producer(
     bootstrap: str, topic: str, cfg: DemoConfig, seconds: float, counter: list[int]
 ) -> None:
@@ -248,7 +235,7 @@ async def run_demo(
     from lake.generator import CLICKSTREAM_SCHEMA, generate_clickstream
     from lake.writer import IcebergLakeWriter, ParquetLakeWriter
 
-    from .embedded import EmbeddedBroker
+    from .embedded import EmbeddedBroker, create_topic
 
     workdir = cfg.workdir or Path(tempfile.mkdtemp(prefix="lambdasource-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -296,7 +283,7 @@ async def run_demo(
     live_counter = [0]
     try:
         topic = "clicks"
-        await _create_topic(broker.bootstrap_servers, topic, cfg.partitions)
+        await create_topic(broker.bootstrap_servers, topic, cfg.partitions)
         t0 = time.perf_counter()
         await _produce(broker.bootstrap_servers, topic, archived)
         for writer in (parquet_writer, iceberg_writer):

@@ -33,6 +33,7 @@ import lambdasource as ls
 from lake.generator import generate_clickstream
 from lake.writer import ParquetLakeWriter
 from lambdasource.checkpoints import Checkpoints
+from lambdasource.embedded import create_topic
 from lambdasource.reference import sliding_changelog
 from lambdasource.s3 import S3Config
 from lambdasource.sinks.base import Sink
@@ -107,19 +108,6 @@ async def produce(bootstrap: str, topic: str, parts: Sequence[pa.Table]) -> None
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-
-
-async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
-        )
-    finally:
-        await admin.close()
 
 
 async def prepare(

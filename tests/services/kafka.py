@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from lambdasource.embedded import EmbeddedBroker
+from lambdasource.embedded import EmbeddedBroker, create_topic
 
 
 @dataclass
@@ -54,21 +54,9 @@ class KafkaService:
     def new_topic(self, partitions: int = 1, prefix: str = "t") -> str:
         """Create a uniquely named topic and return its name."""
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        asyncio.run(self._create(name, partitions))
+        asyncio.run(create_topic(self.bootstrap, name, partitions))
         self.topics.append(name)
         return name
-
-    async def _create(self, name: str, partitions: int) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics(
-                [NewTopic(name, num_partitions=partitions, replication_factor=1)]
-            )
-        finally:
-            await admin.close()
 
     def produce(
         self,
