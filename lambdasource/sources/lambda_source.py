@@ -412,6 +412,10 @@ class LambdaSource(Source):
             "cutoff": self.cutoff,
         }
 
+    async def on_checkpoint_complete(self, checkpoint_id: int) -> None:
+        await self.lake.on_checkpoint_complete(checkpoint_id)
+        await self.stream.on_checkpoint_complete(checkpoint_id)
+
     def restore(self, state: dict[str, Any]) -> None:
         self.lake.restore(state.get("lake"))
         if state.get("stream"):

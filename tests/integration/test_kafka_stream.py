@@ -4,6 +4,7 @@ reads, idleness, snapshot/restore and error translation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -290,3 +291,55 @@ async def test_group_id_commits_positions_for_observability(kafka: KafkaService)
     finally:
         await probe.stop()
     assert committed == {0: 7, 1: 3}
+
+
+@pytest.mark.kafka
+async def test_completed_checkpoints_commit_their_offsets_to_the_group(
+    kafka: KafkaService, tmp_path: Any
+) -> None:
+    """With checkpoints, the group's committed offsets are those of a completed checkpoint
+    (what a restart resumes from), not merely what was read."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topic = await asyncio.to_thread(kafka.new_topic, 2)
+    values = [orjson.dumps({"t": 1_700_000_000_000 + i, "v": i}) for i in range(4_000)]
+    await kafka.aproduce(topic, values[:2_000], partition=0)
+    await kafka.aproduce(topic, values[2_000:], partition=1)
+    group = f"g-{topic}"
+    taken: list[dict[int, int]] = []
+
+    class Recording(KafkaStream):
+        def snapshot(self) -> dict[int, int]:
+            state = super().snapshot()
+            taken.append(state)
+            return state
+
+    stream = Recording(
+        topic,
+        kafka.bootstrap,
+        time_column="t",
+        schema=pa.schema([("t", pa.int64()), ("v", pa.int64())]),
+        group_id=group,
+        max_batch_records=50,
+    )
+    p = ls.Pipeline(checkpoints=ls.Checkpoints(str(tmp_path / "ckpt"), interval="50ms"))
+    p.source(stream).sink(ls.CollectSink())
+    task = asyncio.create_task(p.run(restore=None))
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        committed: dict[int, int | None] = {}
+        for _ in range(200):  # until a checkpoint taken after the catch-up has completed
+            await asyncio.sleep(0.05)
+            committed = {q: await consumer.committed(TopicPartition(topic, q)) for q in (0, 1)}
+            if committed == {0: 2_000, 1: 2_000}:
+                break
+            if any(committed.values()):
+                assert committed in taken  # only ever a checkpoint's positions
+        assert committed == {0: 2_000, 1: 2_000}
+        assert committed in taken
+    finally:
+        await consumer.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -136,6 +136,8 @@ class KafkaStream(Source):
         self.stop_at = stop_at
         self.bounded = stop_at is not None
         self.group_id = group_id
+        self._pending_commit: dict[int, int] | None = None  # positions of the checkpoint in flight
+        self._checkpointed: int | None = None  # last completed checkpoint id (0: one in flight)
         self._start = _parse_start(start)
         self.partitions = None if partitions is None else [int(p) for p in partitions]
         self.out_of_orderness = parse_duration(out_of_orderness, name="out_of_orderness")
@@ -213,6 +215,7 @@ class KafkaStream(Source):
         """
         consumer = self._new_consumer(group_id=self.group_id)
         self._consumer = consumer
+        self._last_commit = time.monotonic()  # first periodic commit after one interval
         try:
             await consumer.start()
             await consumer.topics()
@@ -540,17 +543,30 @@ class KafkaStream(Source):
         )
 
     async def _maybe_commit(self, *, force: bool = False) -> None:
-        if self.group_id is None or self._consumer is None:
+        """Commit read positions to the group every ``commit_interval`` — only when the job takes
+        no checkpoints; with checkpoints, :meth:`on_checkpoint_complete` commits instead."""
+        if self.group_id is None or self._consumer is None or self._checkpointed is not None:
             return
         now = time.monotonic()
         if not force and now - self._last_commit < self.commit_interval:
             return
         self._last_commit = now
-        offsets = {
-            self._tp(p): OffsetAndMetadata(s.position, "")
-            for p, s in self.splits.items()
-            if s.position is not None
-        }
+        await self._commit(
+            {p: s.position for p, s in self.splits.items() if s.position is not None}
+        )
+
+    async def on_checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Commit the positions of the checkpoint that just completed (what a restart resumes
+        from) to the consumer group, for observability (lag dashboards)."""
+        pending, self._pending_commit = self._pending_commit, None
+        if pending is not None:
+            self._checkpointed = checkpoint_id
+            await self._commit(pending)
+
+    async def _commit(self, positions: dict[int, int]) -> None:
+        if self.group_id is None or self._consumer is None or not positions:
+            return
+        offsets = {self._tp(p): OffsetAndMetadata(o, "") for p, o in positions.items()}
         try:
             await self._consumer.commit(offsets)
         except KafkaError as exc:  # observability only: positions live in checkpoints
@@ -562,10 +578,16 @@ class KafkaStream(Source):
     # checkpoints and metrics --------------------------------------------------------------------
 
     def snapshot(self) -> dict[int, int]:
-        """Next offset to read per partition (immutable copy)."""
+        """Next offset to read per partition (immutable copy); committed to the consumer group
+        when its checkpoint completes (one checkpoint is in flight at a time)."""
         if not self.splits and self._restored is not None:
-            return dict(self._restored)
-        return {p: s.position for p, s in self.splits.items() if s.position is not None}
+            positions = dict(self._restored)
+        else:
+            positions = {p: s.position for p, s in self.splits.items() if s.position is not None}
+        self._pending_commit = positions
+        if self._checkpointed is None:
+            self._checkpointed = 0  # checkpoints are on: stop periodic commits
+        return dict(positions)
 
     def restore(self, state: dict[int, int] | dict[str, int]) -> None:
         """Resume at the given next offsets (seeked when the stream opens)."""
