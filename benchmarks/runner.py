@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import checkpoints, engine, lake, sinks, skew, stream
@@ -95,14 +96,14 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
 
 
 def run_one(bench: Benchmark, args: argparse.Namespace, out: Path) -> Report:
+    """Run one benchmark; save its JSON and its Markdown section; print the section."""
     report = bench.run(args)
     path = report.save(out)
+    section = f"## {bench.name}\n\n{bench.description}\n\n{bench.summary(report)}\n"
+    path.with_suffix(".md").write_text(section)
     print()
-    print(f"## {bench.name}")
-    print()
-    print(bench.summary(report))
-    print()
-    print(f"results: {path}")
+    print(section)
+    print(f"results: {path} (+ .md)")
     return report
 
 
@@ -121,5 +122,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks") 
             sub_parser = argparse.ArgumentParser(prog=f"{prog} {bench.name}")
             bench.add_arguments(sub_parser)
             reports.append(run_one(bench, sub_parser.parse_args([]), args.out))
+    if len(reports) > 1:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        combined = args.out / f"all-{stamp}.md"
+        combined.write_text(
+            "# lambdasource benchmarks\n\n"
+            + "\n".join(
+                f"## {b.name}\n\n{b.summary(r)}\n"
+                for b, r in zip(BENCHMARKS.values(), reports, strict=True)
+            )
+        )
+        print(f"all results: {combined}")
     failed = [note for r in reports for note in r.notes if note.startswith("RESULTS DIFFER")]
     return 1 if failed else 0
