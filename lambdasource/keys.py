@@ -20,14 +20,66 @@ def _int_like(dtype: pa.DataType) -> bool:
 
 
 class _SortedInts:
-    """Integer keys: a sorted array of values and their ids; lookups by binary search (numpy)."""
+    """Integer keys: ids by a dense lookup table while the values span a compact range, else by
+    binary search in a sorted array of values (numpy either way, never per row).
+
+    Invariant: exactly one representation is live; ``lut[v - base]`` is the id of ``v`` or -1
+    (table mode, ``values is None``), or ``ids[i]`` is the id of ``values[i]`` (sorted mode).
+    """
+
+    _MIN_SPAN = 1 << 20  # a table this small is always fine; beyond, at most _SPARSITY× the keys
+    _SPARSITY = 4
 
     def __init__(self) -> None:
-        self.values = np.zeros(0, dtype=np.int64)
+        self.lut: np.ndarray | None = np.zeros(0, dtype=np.int64)
+        self.base = 0
+        self.values: np.ndarray | None = None
         self.ids = np.zeros(0, dtype=np.int64)
 
     def lookup(self, keys: np.ndarray, next_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(ids of ``keys``, positions in ``keys`` of first occurrences of new keys)."""
+        if self.lut is not None and len(keys):
+            found = self._lookup_table(keys, next_id)
+            if found is not None:
+                return found
+            self._to_sorted()
+        return self._lookup_sorted(keys, next_id)
+
+    def _lookup_table(self, keys: np.ndarray, next_id: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Table lookup, growing the table; None when the range would be too sparse."""
+        lut = self.lut
+        assert lut is not None
+        kmin, kmax = int(keys.min()), int(keys.max())
+        lo = min(kmin, self.base) if len(lut) else kmin
+        hi = max(kmax, self.base + len(lut) - 1) if len(lut) else kmax
+        span = hi - lo + 1
+        if span > max(self._MIN_SPAN, self._SPARSITY * (next_id + len(keys))):
+            return None
+        if lo != self.base or span != len(lut):
+            grown = np.full(span, -1, dtype=np.int64)
+            grown[self.base - lo : self.base - lo + len(lut)] = lut
+            self.lut, self.base, lut = grown, lo, grown
+        off = keys - lo
+        ids = lut[off]
+        missing = np.flatnonzero(ids < 0)
+        if not len(missing):
+            return ids, missing
+        uniq, first = np.unique(off[missing], return_index=True)
+        order = np.argsort(first, kind="stable")  # ids in order of first appearance
+        lut[uniq[order]] = np.arange(next_id, next_id + len(uniq), dtype=np.int64)
+        ids[missing] = lut[off[missing]]
+        return ids, missing[first[order]]
+
+    def _to_sorted(self) -> None:
+        assert self.lut is not None
+        pos = np.flatnonzero(self.lut >= 0)
+        self.values, self.ids = pos + self.base, self.lut[pos]
+        self.lut = None
+
+    def _lookup_sorted(self, keys: np.ndarray, next_id: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.values is None:
+            self._to_sorted()
+        assert self.values is not None
         uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         pos = np.searchsorted(self.values, uniq)
         found = np.zeros(len(uniq), dtype=bool)

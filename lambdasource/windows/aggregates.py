@@ -185,6 +185,11 @@ class Kernel(abc.ABC):
     @abc.abstractmethod
     def result(self, state: State) -> pa.Array: ...
 
+    def result_numpy(self, state: State) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(values, valid)`` equal element-wise to :meth:`result` (same type, nulls where not
+        ``valid``), for fast comparisons; None when the kernel has no such numpy form."""
+        return None
+
     def __repr__(self) -> str:
         return f"{self.name}({self.column!r})" if self.column else f"{self.name}()"
 
@@ -203,7 +208,7 @@ class _Count(Kernel):
 
     def partial(self, rows: Rows, groups: np.ndarray, n: int) -> State:
         if self.column is None:
-            return (_bincount(groups, n).astype(np.int64),)
+            return (_bincount(groups, n).astype(np.int64, copy=False),)
         arr = _column(rows, self.column)
         valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False))
         return (_bincount(groups[valid], n).astype(np.int64),)
@@ -221,6 +226,11 @@ class _Count(Kernel):
 
     def result(self, state: State) -> pa.Array:
         return pa.array(state[0], type=pa.int64())
+
+    def result_numpy(self, state: State) -> tuple[np.ndarray, np.ndarray] | None:
+        return (
+            (state[0], np.ones(len(state[0]), dtype=bool)) if state[0].dtype == np.int64 else None
+        )
 
 
 class _Sum(Kernel):
@@ -261,7 +271,8 @@ class _Sum(Kernel):
 
     def partial(self, rows: Rows, groups: np.ndarray, n: int) -> State:
         values, valid = self._values(rows)
-        nn = _bincount(groups[valid], n).astype(np.int64)
+        counted = groups if bool(valid.all()) else groups[valid]
+        nn = _bincount(counted, n).astype(np.int64, copy=False)
         if values.dtype.kind == "f":
             return (_bincount(groups, n, values), nn)
         total = np.zeros(n, dtype=np.int64)
@@ -284,6 +295,10 @@ class _Sum(Kernel):
     def result(self, state: State) -> pa.Array:
         return pa.array(state[0], type=self.output_type, mask=state[1] == 0)
 
+    def result_numpy(self, state: State) -> tuple[np.ndarray, np.ndarray] | None:
+        expected = np.float64 if self.output_type == pa.float64() else np.int64
+        return (state[0], state[1] != 0) if state[0].dtype == expected else None
+
 
 class _Mean(_Sum):
     name = "mean"
@@ -297,6 +312,12 @@ class _Mean(_Sum):
         with np.errstate(invalid="ignore", divide="ignore"):
             values = state[0].astype(np.float64) / np.maximum(nn, 1)
         return pa.array(values, type=pa.float64(), mask=nn == 0)
+
+    def result_numpy(self, state: State) -> tuple[np.ndarray, np.ndarray] | None:
+        nn = state[1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = state[0].astype(np.float64) / np.maximum(nn, 1)
+        return values, nn != 0
 
 
 class _Extreme(Kernel):

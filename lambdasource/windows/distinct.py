@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 
 from ..errors import StateError
 from .aggregates import Kernel, Rows, State
+from .arrays import ranges as _ranges
 
 __all__ = ["PairPresence", "PresenceSlot"]
 
@@ -78,16 +79,6 @@ def _run_ends(a: np.ndarray) -> np.ndarray:
     if len(a) > 1:
         np.not_equal(a[1:], a[:-1], out=flags[:-1])
     return flags
-
-
-def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(lo[i], hi[i])``."""
-    lens = np.maximum(hi - lo, 0)
-    total = int(lens.sum())
-    if total == 0:
-        return _EMPTY
-    starts = np.cumsum(lens) - lens
-    return np.repeat(lo - starts, lens) + np.arange(total, dtype=np.int64)
 
 
 def _pair_order(pcs: np.ndarray, s: np.ndarray, g: int) -> np.ndarray:

@@ -22,6 +22,9 @@ State, O(keys × slices) (every table is sorted by ``(key, s[, tag])``, unique, 
 - ``_suf``: suffix values of the cached blocks (those future windows still need);
 - ``_cur`` / ``_cp`` (dense per key): the window value at ``E``, and the prefix of block ``_cb``
   (``floor((E - 1) / S)``) over slices ``< E``;
+- ``_hints`` (a cache, never snapshotted): per cached suffix table and key, the last lookup's
+  answer, a lower bound for the next one (time only moves on), so most lookups walk a row or two
+  instead of a binary search over the block; a hint is checked before it is used;
 - ``_extra`` (``changes`` only): ``(key, end)`` pairs where a correction left a changelog row whose
   value equals the previous end's value, so later corrections know a row exists there.
 
@@ -51,19 +54,21 @@ import pyarrow.compute as pc
 from ..errors import ConfigError, IncompatibleStateError
 from . import aggregates as agg
 from .aggregates import Kernel, Rows, State
+from .arrays import ranges as _ranges
 from .distinct import PairPresence, PresenceSlot
 from .engine import EMIT_MODES, AddResult, Emission, EmitMode, WindowEngine
 
 __all__ = ["SlidingEngine"]
 
 Parts = tuple[State, ...]
-"""Partial states of every kernel of an engine plus, last, the internal record count."""
+"""Partial states of every kernel of an engine (plus, last, an internal record count: see _Ops)."""
 
 _I64_MIN = int(np.iinfo(np.int64).min)
 _CODE_LIMIT = 1 << 62
 _CHUNK_ROWS = 1 << 17  # entered tables smaller than this are merged with their neighbour
-_SNAPSHOT_VERSION = 2
+_SNAPSHOT_VERSION = 3  # 3: no internal count next to a plain count()
 _EMPTY = np.zeros(0, dtype=np.int64)
+_WALK_STEPS = 4  # rows a hinted search walks forward before it falls back to binary search
 
 
 # ---------------------------------------------------------------------------- array helpers ---
@@ -149,22 +154,27 @@ def _lex_order(
     if c is not None:
         cmin = int(c.min())
         cspan = (int(c.max()) - cmin) // cstep + 1
-    if int(a.min()) >= 0 and (int(a.max()) + 1) * span * max(cspan, 1) < _CODE_LIMIT:
+    ncodes = (int(a.max()) + 1) * span * max(cspan, 1)
+    if int(a.min()) >= 0 and ncodes < _CODE_LIMIT:
         code = a * span + (b - bmin) // step
         if c is not None:
             code = code * cspan + (c - cmin) // cstep
+        shift = len(a).bit_length()
+        if ncodes < 1 << (63 - shift):  # pack (code, position): a plain sort is stable and fast
+            code <<= shift
+            code |= np.arange(len(a), dtype=np.int64)
+            code.sort()
+            code &= (1 << shift) - 1
+            return code
         return np.argsort(code, kind="stable" if stable else None)
     return np.lexsort((b, a) if c is None else (c, b, a))
 
 
-def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(lo[i], hi[i])``."""
-    lens = np.maximum(hi - lo, 0)
-    total = int(lens.sum())
-    if total == 0:
-        return _EMPTY
-    starts = np.cumsum(lens) - lens
-    return np.repeat(lo - starts, lens) + np.arange(total, dtype=np.int64)
+def _unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique`` without the sort when all values are equal (the common case here)."""
+    if len(a) and int(a.min()) == int(a.max()):
+        return a[:1].copy()
+    return np.unique(a)
 
 
 class _PairIndex:
@@ -211,6 +221,32 @@ class _PairIndex:
         """Number of rows ``< (qk, qs)``: the first row ``>= (qk, qs)``."""
         return self._query(qk, qs, False)
 
+    def left_from(self, qk: np.ndarray, qs: np.ndarray, guess: np.ndarray) -> np.ndarray:
+        """:meth:`left`, walking a few rows forward from ``guess`` (any int64 per query; a guess
+        that is negative, beyond the answer or too far below it falls back to binary search)."""
+        if self._uniq is not None:
+            return self._query(qk, qs, False)
+        codes, n = self._codes, len(self._codes)
+        off = np.clip((qs - self._base) // self._step + 1, 0, self._width - 1)
+        target = np.minimum(qk, self._kcap) * self._width + off
+        pos = np.clip(guess, 0, n)
+        bad = guess < 0
+        chk = np.flatnonzero(~bad & (pos > 0))
+        bad[chk] = codes[pos[chk] - 1] >= target[chk]  # a row before the guess is >= target
+        todo = np.flatnonzero(~bad)
+        for _ in range(_WALK_STEPS):
+            p = pos[todo]
+            todo = todo[(p < n) & (codes[np.minimum(p, n - 1)] < target[todo])]
+            if not len(todo):
+                break
+            pos[todo] += 1
+        rest = np.flatnonzero(bad)
+        if len(todo):
+            rest = np.concatenate([rest, todo])
+        if len(rest):
+            pos[rest] = np.searchsorted(codes, target[rest], "left")
+        return pos
+
     def right(self, qk: np.ndarray, qs: np.ndarray) -> np.ndarray:
         """Number of rows ``<= (qk, qs)``."""
         return self._query(qk, qs, True)
@@ -250,10 +286,17 @@ class _Chunk:
 
 
 class _Ops:
-    """The kernels of an engine (plus an internal record count, last) applied to all parts."""
+    """The kernels of an engine applied to all parts, plus a record count telling empty windows:
+    a plain ``count()`` among the kernels serves as that count, else an internal one is appended
+    (last). Either way ``parts[self.counter]`` is the record count."""
 
     def __init__(self, kernels: list[Kernel]) -> None:
-        self.kernels = [*kernels, agg.count()]
+        self.user = len(kernels)
+        counter = next(
+            (i for i, k in enumerate(kernels) if type(k) is agg._Count and k.column is None), None
+        )
+        self.kernels = list(kernels) if counter is not None else [*kernels, agg.count()]
+        self.counter = counter if counter is not None else len(kernels)
 
     def identity(self, n: int) -> Parts:
         return tuple(k.identity(n) for k in self.kernels)
@@ -268,11 +311,20 @@ class _Ops:
         return tuple(k.partial(rows, groups, n) for k in self.kernels)
 
     def results(self, p: Parts) -> list[pa.Array]:
-        return [k.result(x) for k, x in zip(self.kernels[:-1], p[:-1], strict=True)]
+        return [k.result(x) for k, x in zip(self.kernels[: self.user], p, strict=False)]
 
-    @staticmethod
-    def nonempty(p: Parts) -> np.ndarray:
-        return p[-1][0] > 0
+    def results_numpy(self, p: Parts) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """:meth:`results` as ``(values, valid)`` numpy pairs, or None if a kernel has none."""
+        out = []
+        for k, x in zip(self.kernels[: self.user], p, strict=False):
+            r = k.result_numpy(x)
+            if r is None:
+                return None
+            out.append(r)
+        return out
+
+    def nonempty(self, p: Parts) -> np.ndarray:
+        return p[self.counter][0] > 0
 
 
 def _seg_cumsum(a: np.ndarray, starts: np.ndarray, seg: np.ndarray, reverse: bool) -> np.ndarray:
@@ -284,42 +336,63 @@ def _seg_cumsum(a: np.ndarray, starts: np.ndarray, seg: np.ndarray, reverse: boo
     return cs - (cs[starts] - a[starts])[seg]
 
 
-def _seg_scan(ops: _Ops, vals: Parts, seg: np.ndarray, *, reverse: bool) -> Parts:
-    """Inclusive segmented scan (``reverse``: suffix scan) of owned ``vals`` (may be mutated).
-
-    ``seg`` is non-decreasing. Integer states of additive kernels use an exact segmented cumsum;
-    the others log-step doubling: after the round with step ``2^r`` element ``i`` holds the
-    combine of ``(i - 2^(r+1), i]`` within its segment; only pairs still inside one segment are
-    touched, so the work shrinks with the segments' lengths.
-    """
-    if len(seg) < 2:
-        return vals
-    fast = [
-        k.additive and all(a.dtype.kind in "iu" for a in st)
-        for k, st in zip(ops.kernels, vals, strict=True)
-    ]
-    out = list(vals)
-    if any(fast):
-        flags = _run_starts(seg)
-        starts, dense = np.flatnonzero(flags), np.cumsum(flags) - 1
-        for i, f in enumerate(fast):
-            if f:
-                out[i] = tuple(_seg_cumsum(a, starts, dense, reverse) for a in vals[i])
-    slow = [i for i, f in enumerate(fast) if not f]
-    if not slow:
-        return tuple(out)
-    kernels = [ops.kernels[i] for i in slow]
-    sub: Parts = tuple(vals[i] for i in slow)
+def _doubling_rounds(seg: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(src, active)`` pairs of the log-step rounds of a segmented scan (see :func:`_seg_scan`)."""
+    rounds = []
     active = np.flatnonzero(seg[1:] == seg[:-1]) + 1
     step = 1
     while len(active):
-        src = active - step
-        a, b = _ptake(sub, src), _ptake(sub, active)
-        merged = tuple(k.combine(x, y) for k, x, y in zip(kernels, a, b, strict=True))
-        sub = _pscatter(sub, src if reverse else active, merged)
+        rounds.append((active - step, active))
         step *= 2
         active = active[active >= step]
         active = active[seg[active - step] == seg[active]]
+    return rounds
+
+
+def _seg_scan(ops: _Ops, vals: Parts, seg: np.ndarray, *, reverse: bool) -> Parts:
+    """Inclusive segmented scan (``reverse``: suffix scan) of owned ``vals`` (may be mutated).
+
+    ``seg`` is non-decreasing. Integer arrays of additive kernels use an exact segmented cumsum;
+    the others log-step doubling: after the round with step ``2^r`` element ``i`` holds the
+    combine of ``(i - 2^(r+1), i]`` within its segment; only pairs still inside one segment are
+    touched, so the work shrinks with the segments' lengths. Float arrays of additive kernels run
+    the same rounds with plain ``+`` (so results equal the generic path bit for bit).
+    """
+    if len(seg) < 2:
+        return vals
+    additive = [k.additive for k in ops.kernels]
+    out = list(vals)
+    cum: tuple[np.ndarray, np.ndarray] | None = None
+    rounds: list[tuple[np.ndarray, np.ndarray]] | None = None
+    for i, st in enumerate(vals):
+        if not additive[i]:
+            continue
+        arrays = []
+        for a in st:
+            if a.dtype.kind in "iu":
+                if cum is None:
+                    flags = _run_starts(seg)
+                    cum = (np.flatnonzero(flags), np.cumsum(flags) - 1)
+                arrays.append(_seg_cumsum(a, cum[0], cum[1], reverse))
+            else:
+                if rounds is None:
+                    rounds = _doubling_rounds(seg)
+                for src, act in rounds:
+                    merged = a[src] + a[act]
+                    a[src if reverse else act] = merged
+                arrays.append(a)
+        out[i] = tuple(arrays)
+    slow = [i for i, f in enumerate(additive) if not f]
+    if not slow:
+        return tuple(out)
+    if rounds is None:
+        rounds = _doubling_rounds(seg)
+    kernels = [ops.kernels[i] for i in slow]
+    sub: Parts = tuple(vals[i] for i in slow)
+    for src, act in rounds:
+        earlier, later = _ptake(sub, src), _ptake(sub, act)
+        merged = tuple(k.combine(x, y) for k, x, y in zip(kernels, earlier, later, strict=True))
+        sub = _pscatter(sub, src if reverse else act, merged)
     for i, st in zip(slow, sub, strict=True):
         out[i] = st
     return tuple(out)
@@ -329,6 +402,22 @@ def _null_where(arr: pa.Array, mask: np.ndarray) -> pa.Array:
     if not mask.any():
         return arr
     return pc.if_else(pa.array(mask), pa.scalar(None, type=arr.type), arr)
+
+
+def _same_numpy(
+    ne_a: np.ndarray,
+    res_a: list[tuple[np.ndarray, np.ndarray]],
+    ne_b: np.ndarray,
+    res_b: list[tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
+    """``SlidingEngine._same_values`` on numpy results (null == null, NaN == NaN)."""
+    ok = ne_a & ne_b
+    for (va, ma), (vb, mb) in zip(res_a, res_b, strict=True):
+        eq = va == vb
+        if va.dtype.kind == "f":
+            eq |= np.isnan(va) & np.isnan(vb)
+        ok &= np.where(ma & mb, eq, ~ma & ~mb)
+    return ok | (~ne_a & ~ne_b)
 
 
 def _same(a: pa.Array, b: pa.Array) -> np.ndarray:
@@ -401,6 +490,7 @@ class SlidingEngine(WindowEngine):
         self._suf: list[tuple[_Table, _PairIndex, np.ndarray]] = []  # (values, index, blocks)
         self._suf_blocks = _EMPTY
         self._suf_owner = _EMPTY
+        self._hints: dict[int, np.ndarray] = {}  # id(suffix table) -> per-key search hints
         self._xk = _EMPTY
         self._xe = _EMPTY
         self._tk = _EMPTY  # keys of tagged late rows whose tag (= E + D) is a future change point
@@ -523,6 +613,7 @@ class SlidingEngine(WindowEngine):
         self._chunks = list(state["chunks"])
         self._reindex_chunks()
         self._suf = list(state["suf"])
+        self._hints = {}
         self._reindex_suffix()
         self._xk, self._xe = state["extra"]
         self._tk = state["tagged"]
@@ -705,7 +796,12 @@ class SlidingEngine(WindowEngine):
         """
         pieces: list[_Table] = []
         for i in self._overlapping(lo, hi):
-            t = self._chunks[i].table
+            chunk = self._chunks[i]
+            t = chunk.table
+            if keys_u is None and chunk.lo >= lo and chunk.hi <= hi:
+                if len(t):  # the whole chunk, shared (tables are never mutated)
+                    pieces.append(t)
+                continue
             if keys_u is not None:
                 idx = _ranges(
                     np.searchsorted(t.keys, keys_u, "left"),
@@ -776,6 +872,8 @@ class SlidingEngine(WindowEngine):
         order = np.argsort(allb, kind="stable")
         self._suf_blocks = allb[order]
         self._suf_owner = np.concatenate([_EMPTY, *owner])[order]
+        live = {id(t) for t, _, _ in self._suf}
+        self._hints = {i: h for i, h in self._hints.items() if i in live}
 
     def _drop_suffix_below(self, qmin: int) -> None:
         if not len(self._suf_blocks) or int(self._suf_blocks[0]) >= qmin:
@@ -792,6 +890,13 @@ class SlidingEngine(WindowEngine):
         self._suf = kept
         self._reindex_suffix()
 
+    def _suffix_values(
+        self, qk: np.ndarray, qs: np.ndarray, q: np.ndarray
+    ) -> list[tuple[np.ndarray, Parts]]:
+        """:meth:`_suffix_lookup` after caching the blocks ``q`` (touches only ``_suf*``)."""
+        self._ensure_suffix(_unique(q))
+        return self._suffix_lookup(qk, qs, q)
+
     def _suffix_lookup(
         self, qk: np.ndarray, qs: np.ndarray, q: np.ndarray
     ) -> list[tuple[np.ndarray, Parts]]:
@@ -799,14 +904,21 @@ class SlidingEngine(WindowEngine):
         per cached table, (positions of the queries found, their values)."""
         found: list[tuple[np.ndarray, Parts]] = []
         owner = self._suf_owner[np.searchsorted(self._suf_blocks, q)]
-        for i in np.unique(owner).tolist():
+        single = len(owner) and int(owner.min()) == int(owner.max())
+        for i in [int(owner[0])] if single else np.unique(owner).tolist():
             t, index, _ = self._suf[i]
-            sel = np.flatnonzero(owner == i)
             if not len(t):
                 continue
-            j = index.left(qk[sel], qs[sel])
+            sel = np.arange(len(owner)) if single else np.flatnonzero(owner == i)
+            sk, ss, sq = (qk, qs, q) if single else (qk[sel], qs[sel], q[sel])
+            hint = self._hints.get(id(t))
+            if hint is None:  # per key: its last answer (a lower bound for the next), -1: none
+                hint = np.full(int(t.keys[-1]) + 1, -1, dtype=np.int64)
+                self._hints[id(t)] = hint
+            j = index.left_from(sk, ss, hint[np.minimum(sk, len(hint) - 1)])
+            hint[np.minimum(sk, len(hint) - 1)] = j
             safe = np.minimum(j, len(t) - 1)
-            ok = (j < len(t)) & (t.keys[safe] == qk[sel]) & (t.s[safe] // self._S == q[sel])
+            ok = np.flatnonzero((j < len(t)) & (t.keys[safe] == sk) & (t.s[safe] // self._S == sq))
             found.append((sel[ok], _ptake(t.parts, j[ok])))
         return found
 
@@ -946,6 +1058,7 @@ class SlidingEngine(WindowEngine):
             if not first.all():
                 ck, ce = ck[first], ce[first]
         ncp = len(ck)
+        need = np.flatnonzero(ce % S != 0) if ncp else _EMPTY
 
         # prefix scan of the entering slices, segments (key, block), seeded by the carried prefix
         eblk = ent.s // S
@@ -974,11 +1087,9 @@ class SlidingEngine(WindowEngine):
                 safe = np.maximum(idx, 0)
                 m = np.flatnonzero((idx >= 0) & (ent.keys[safe] == ck) & (eblk[safe] == pb))
                 v = _pscatter(v, m, _ptake(pre, idx[m]))
-            need = np.flatnonzero(ce % S != 0)
             if len(need):
                 q = pb[need] - 1
-                self._ensure_suffix(np.unique(q))
-                for pos, values in self._suffix_lookup(ck[need], ce[need] - S, q):
+                for pos, values in self._suffix_values(ck[need], ce[need] - S, q):
                     sel = need[pos]
                     v = _pscatter(v, sel, ops.combine(values, _ptake(v, sel)))
 
@@ -1075,11 +1186,23 @@ class SlidingEngine(WindowEngine):
             )
         # changes: compare each change point with the previous one (the first: value at E0)
         ne = ops.nonempty(v)
-        res = ops.results(v)
         fi = np.flatnonzero(_run_starts(ck))
         cv = _ptake(self._cur, ck[fi])
         prev = np.arange(-1, ncp - 1, dtype=np.int64)
         prev[fi] = ncp + np.arange(len(fi), dtype=np.int64)
+        fast = ops.results_numpy(v)
+        fast_cv = ops.results_numpy(cv) if fast is not None else None
+        if fast is not None and fast_cv is not None:  # compare in numpy, build Arrow for changes
+            res_pn = [
+                (np.concatenate([a, ca])[prev], np.concatenate([m, cm])[prev])
+                for (a, m), (ca, cm) in zip(fast, fast_cv, strict=True)
+            ]
+            ne_p = np.concatenate([ne, ops.nonempty(cv)])[prev]
+            changed = np.flatnonzero(~_same_numpy(ne, fast, ne_p, res_pn))
+            return self._rows(
+                ck[changed], ce[changed], ~ne[changed], ops.results(_ptake(v, changed))
+            )
+        res = ops.results(v)
         pidx = pa.array(prev)
         res_p = [
             pa.concat_arrays([a, b]).take(pidx) for a, b in zip(res, ops.results(cv), strict=True)
