@@ -54,6 +54,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError, IncompatibleStateError
 from .aggregates import Kernel, Rows, State, take
+from .arrays import ranges
 from .engine import EMIT_MODES, AddResult, Emission, EmitMode, WindowEngine
 
 __all__ = ["SessionEngine", "segmented_cummax"]
@@ -99,16 +100,6 @@ def segmented_cummax(values: np.ndarray, segments: np.ndarray) -> np.ndarray:
         np.maximum(out[step:], shifted, out=out[step:])
         step <<= 1
     return out
-
-
-def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(lo[i], hi[i])`` over ``i``, vectorised."""
-    lengths = hi - lo
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    before = np.cumsum(lengths) - lengths
-    return np.repeat(lo - before, lengths) + np.arange(total, dtype=np.int64)
 
 
 def _run_lasts(sorted_keys: np.ndarray) -> np.ndarray:
@@ -329,7 +320,7 @@ class SessionEngine(WindowEngine):
         batch_keys = np.unique(keys)
         lo = np.searchsorted(table.key, batch_keys, side="left")
         hi = np.searchsorted(table.key, batch_keys, side="right")
-        held_index = _ranges(lo, hi)
+        held_index = ranges(lo, hi)
         held = table.take(held_index)
         nh = len(held)
 

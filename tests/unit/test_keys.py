@@ -35,6 +35,19 @@ def test_int_keys(batches: list[list[int]]) -> None:
     check([{"k": pa.array(b, pa.int64())} for b in batches], ("k",))
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(-50, 50), max_size=40), max_size=8),
+    st.lists(st.integers(-(2**40), 2**40), max_size=3),
+)
+def test_compact_int_keys_use_a_dense_table_then_fall_back(
+    batches: list[list[int]], spread: list[int]
+) -> None:
+    """Small ranges go through the dense lookup table; far-apart values switch it off."""
+    data = [*batches, spread, *batches]
+    check([{"k": pa.array(b, pa.int64())} for b in data], ("k",))
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(nullable_ints, max_size=6))
 def test_int_keys_with_nulls_move_to_the_general_index(batches: list[list[int | None]]) -> None:
