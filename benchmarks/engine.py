@@ -375,10 +375,17 @@ def compare(left: pa.Table, right: pa.Table) -> Comparison:
     try:
         con.register("a", a)
         con.register("b", b)
-        only_a = con.execute("SELECT count(*) FROM (SELECT * FROM a EXCEPT ALL SELECT * FROM b)")
-        n_a = int((only_a.fetchone() or (0,))[0])
-        only_b = con.execute("SELECT count(*) FROM (SELECT * FROM b EXCEPT ALL SELECT * FROM a)")
-        n_b = int((only_b.fetchone() or (0,))[0])
+        # fetchall() consumes each result fully (a pending result blocks the next query)
+        n_a = int(
+            con.execute(
+                "SELECT count(*) FROM (SELECT * FROM a EXCEPT ALL SELECT * FROM b)"
+            ).fetchall()[0][0]
+        )
+        n_b = int(
+            con.execute(
+                "SELECT count(*) FROM (SELECT * FROM b EXCEPT ALL SELECT * FROM a)"
+            ).fetchall()[0][0]
+        )
         sample: list[dict[str, Any]] = []
         if n_a or n_b:
             query = """

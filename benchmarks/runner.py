@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import checkpoints, engine, lake, sinks, skew, stream
+from . import checkpoints, engine, lake, peers, sinks, skew, stream
 from .common import RESULTS_DIR, Report
 
 
@@ -69,6 +69,15 @@ BENCHMARKS: dict[str, Benchmark] = {
             skew.add_arguments,
             skew.run,
             skew.summary,
+        ),
+        Benchmark(
+            "peers",
+            "the same Sliding(1d, 1h) count+sum per user on lambdasource (emit=every), DuckDB SQL, "
+            "PyFlink SQL (HOP) and Bytewax, each peer in its own venv (skipped with a note if "
+            "unavailable; first use downloads ~850 MB)",
+            peers.add_arguments,
+            peers.run,
+            peers.summary,
         ),
     ]
 }
