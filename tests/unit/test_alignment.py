@@ -94,6 +94,7 @@ def test_split_idleness_needs_caught_up_and_quiet_and_never_while_paused() -> No
     s.last_activity = 0.0
     assert not s.update_idle(100.0) and not s.idle  # behind: never idle
     s.position = 10
+    s.responded(1, 0.5)  # a fetch response confirms the highwater
     assert not s.update_idle(0.5) and not s.idle  # caught up but not quiet long enough
     assert s.update_idle(1.5) and is_idle(s)
     s.set_paused(True, 2.0)
@@ -101,10 +102,27 @@ def test_split_idleness_needs_caught_up_and_quiet_and_never_while_paused() -> No
     s.update_idle(100.0)
     assert not is_idle(s)  # paused by alignment: never idle
     s.set_paused(False, 100.0)
+    s.responded(2, 100.2)
     s.update_idle(100.5)
     assert not is_idle(s)  # the quiet timer restarted at resume
+    s.responded(3, 101.4)
     s.update_idle(101.5)
     assert is_idle(s)
+
+
+def test_split_without_fetch_responses_is_not_idle() -> None:
+    """Broker unreachable: no fetch response confirms "caught up", so the split is not idle
+    (after an outage a partition answering first must not carry the watermark past it)."""
+    s = PartitionSplit("t", 0, out_of_orderness=10, idle_timeout=1.0, confirm_window=2.0)
+    s.position, s.highwater = 10, 10
+    s.last_activity = 0.0
+    assert not s.update_idle(5.0)  # never confirmed
+    s.responded(7, 5.0)
+    assert s.update_idle(5.5) and is_idle(s)
+    s.responded(7, 6.0)  # the same stamp again: no new response
+    assert s.update_idle(7.6) and not is_idle(s)  # confirmation older than 2 s
+    s.responded(8, 8.0)  # the broker answers again
+    assert s.update_idle(8.1) and is_idle(s)
 
 
 def test_split_watermark_floor_and_no_regression() -> None:

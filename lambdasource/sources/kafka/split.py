@@ -5,8 +5,11 @@ Watermark (bounded out-of-orderness): ``max(event time seen) − out_of_ordernes
 the cutoff), ``None`` before the first record. It never regresses.
 
 Idleness (DESIGN §3): a split is idle only when it is caught up — its position is at or beyond the
-highwater of its last fetch — *and* no record arrived for ``idle_timeout``. A paused split (held
-by alignment or finished) is never idle: pausing resets the quiet timer.
+highwater of its last fetch, *and* a fetch response confirmed that highwater within
+``confirm_window`` seconds — *and* no record arrived for ``idle_timeout``. A paused split (held by
+alignment or finished) is never idle: pausing resets the quiet timer. A split whose fetches get
+no answers (broker unreachable) is not known to be caught up, so it is not idle: otherwise, after
+an outage, a partition answering first could carry the watermark past another's older records.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class PartitionSplit:
     dead_letters: int = 0
     dropped: int = 0
     last_activity: float = field(default_factory=time.monotonic)
+    confirmed_at: float | None = None  # monotonic time of the last fetch response
+    confirm_window: float = 2.0  # seconds a fetch response vouches for "caught up"
+    _poll_stamp: int | None = None
     _emitted_watermark: int | None = None
 
     @property
@@ -75,12 +81,21 @@ class PartitionSplit:
         self.idle = False
         self.last_activity = now
 
+    def responded(self, poll_stamp: int | None, now: float) -> None:
+        """Record the consumer's last-poll stamp for this partition (it changes on each fetch
+        response, with or without records)."""
+        if poll_stamp is not None and poll_stamp != self._poll_stamp:
+            self._poll_stamp = poll_stamp
+            self.confirmed_at = now
+
     def update_idle(self, now: float) -> bool:
         """Re-evaluate idleness; returns whether it changed."""
         idle = (
             not self.paused
             and not self.finished
             and self.caught_up
+            and self.confirmed_at is not None
+            and now - self.confirmed_at <= self.confirm_window
             and now - self.last_activity >= self.idle_timeout
         )
         changed = idle != self.idle

@@ -237,7 +237,12 @@ class KafkaStream(Source):
             )
         ooo = self.out_of_orderness if out_of_orderness is None else out_of_orderness
         idle = self.idle_timeout if idle_timeout is None else idle_timeout
-        self.splits = {p: PartitionSplit(self.topic, p, ooo, idle, floor=floor) for p in partitions}
+        # a fetch response vouches for "caught up" for this long (responses come every fetch wait)
+        window = max(2.0, 20 * int(self._consumer_options["fetch_max_wait_ms"]) / 1000)
+        self.splits = {
+            p: PartitionSplit(self.topic, p, ooo, idle, floor=floor, confirm_window=window)
+            for p in partitions
+        }
         try:
             await self._seek_starts(partitions, starts or {}, default_start)
         except BaseException:
@@ -431,6 +436,7 @@ class KafkaStream(Source):
             for split in readable:
                 tp = self._tp(split.partition)
                 hw = consumer.highwater(tp)
+                split.responded(consumer.last_poll_timestamp(tp), now)
                 if hw is not None:
                     split.highwater = hw
                     if self.stop_at == "latest" and split.stop_offset is None:
