@@ -29,26 +29,20 @@ import pyarrow.parquet as pq
 
 from ...errors import ConfigError, LakeReadError, SchemaError
 from ...s3 import S3Config
-from ...timeutil import DAY, HOUR, Duration, parse_duration
-from ..base import Source, SourceOutput
+from ...timeutil import DAY, HOUR, Duration
+from ..base import SourceOutput
 from .commits import PROP_HIGH_WATERMARK, CommitRecord, merge_offsets
-from .parquet import declared_schema
 from .reader import (
     BATCH_ROWS,
     Chunk,
-    Decoder,
     LakeFile,
     LakeMetrics,
     LakePartition,
-    LakeReader,
-    Position,
-    load_file,
     note_missing_partitions,
     plan_row_groups,
-    quarantine_or_raise,
     reference_schema,
-    time_bound,
 )
+from .source import LakeSource
 from .storage import LocalStorage, S3Storage, Storage
 
 
@@ -95,10 +89,8 @@ class _Planned:
         self.file_schema: pa.Schema | None = None
 
 
-class IcebergLake(Source):
+class IcebergLake(LakeSource):
     """An Iceberg table as a bounded source in event-time order (see the module docstring)."""
-
-    bounded = True
 
     def __init__(
         self,
@@ -119,41 +111,25 @@ class IcebergLake(Source):
         name: str = "lake",
         batch_size: int = BATCH_ROWS,
     ) -> None:
-        if on_corrupt not in ("raise", "quarantine"):
-            raise ConfigError(f"on_corrupt must be 'raise' or 'quarantine', got {on_corrupt!r}")
-        if prefetch < 1:
-            raise ConfigError(f"prefetch must be >= 1, got {prefetch}")
+        super().__init__(
+            name=name,
+            time_column=time_column,
+            start=start,
+            until=until,
+            s3=s3,
+            out_of_orderness=out_of_orderness,
+            columns=columns,
+            filter=filter,
+            schema=schema,
+            prefetch=prefetch,
+            max_bytes_in_flight=max_bytes_in_flight,
+            on_corrupt=on_corrupt,
+            batch_size=batch_size,
+        )
         self.identifier = identifier
         self.catalog = catalog
-        self.name = name
-        self.time_column = time_column
-        self.start = time_bound(start)
-        self.until = time_bound(until)
         self.snapshot_id = snapshot_id
-        self.columns = None if columns is None else list(columns)
-        self.filter = filter
-        self.s3 = s3
-        self.prefetch = prefetch
-        self.max_bytes_in_flight = max_bytes_in_flight
-        self.out_of_orderness = (
-            None
-            if out_of_orderness is None
-            else parse_duration(out_of_orderness, name="out_of_orderness")
-        )
-        self.declared = declared_schema(schema, self.columns, time_column)
-        self.on_corrupt = on_corrupt
-        self.batch_size = batch_size
-        self._metrics = LakeMetrics()
-        self._reader: LakeReader | None = None
-        self._restored: Position | None = None
         self._catalog_obj: Any = None
-
-    @property
-    def schema(self) -> pa.Schema | None:
-        return self.declared
-
-    def metrics(self) -> dict[str, Any]:
-        return self._metrics.as_dict()
 
     def _table(self) -> Any:
         if self._catalog_obj is None:
@@ -262,15 +238,7 @@ class IcebergLake(Source):
         metrics.files_total = sum(len(p.files) for p in planned.partitions)
         if trust:
             note_missing_partitions(planned.partitions, metrics, name=self.name)
-        decoder = Decoder(
-            time_column=self.time_column,
-            start=self.start,
-            until=self.until,
-            columns=self.columns,
-            filter=self.filter,
-            schema=self.declared,
-            trust_layout=trust,
-        )
+        decoder = self._decoder(trust)
         if decoder.schema is None and planned.file_schema is not None:
             decoder.schema = reference_schema(planned.file_schema, self.columns, self.time_column)
         s3 = self.s3 or _s3_from_props(planned.io_props)
@@ -292,34 +260,16 @@ class IcebergLake(Source):
                 )
 
             async def load(partition: LakePartition) -> list[Chunk]:
-                async def one(f: LakeFile) -> list[Chunk]:
-                    storage = storages[planned.roots[f.path]]
-                    try:
-                        return await load_file(
-                            storage, f, partition, decoder, metrics, plan=plan_file
-                        )
-                    except LakeReadError as exc:
-                        quarantine_or_raise(
-                            exc, storage.url(f.path), self.on_corrupt, metrics, name=self.name
-                        )
-                        return []
+                return await self._load_files(
+                    partition.files,
+                    partition,
+                    decoder,
+                    metrics,
+                    lambda f: storages[planned.roots[f.path]],
+                    plan_file,
+                )
 
-                results = await asyncio.gather(*(one(f) for f in partition.files))
-                return [c for chunks in results for c in chunks]
-
-            reader = LakeReader(
-                name=self.name,
-                time_column=self.time_column,
-                event_time_partitioned=trust,
-                out_of_orderness=self.out_of_orderness,
-                start=self.start,
-                prefetch=self.prefetch,
-                max_bytes_in_flight=self.max_bytes_in_flight,
-                metrics=metrics,
-                batch_rows=self.batch_size,
-            )
-            reader.restored = self._restored
-            self._reader = reader
+            reader = self._new_reader(metrics, trust)
             if self.until is not None:
                 end: int | None = self.until - 1
             else:
@@ -328,14 +278,6 @@ class IcebergLake(Source):
             await reader.run(out, planned.partitions, load, end)
 
     # positions and table facts ------------------------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any] | None:
-        if self._reader is not None and self._reader.position is not None:
-            return self._reader.position.to_dict()
-        return None if self._restored is None else self._restored.to_dict()
-
-    def restore(self, state: Any) -> None:
-        self._restored = None if state is None else Position.from_dict(state)
 
     def _snapshots_sync(self) -> list[tuple[int, dict[str, str], int]]:
         table = self._table()

@@ -19,28 +19,24 @@ import pyarrow.compute as pc
 
 from ...errors import ConfigError, LakeReadError
 from ...s3 import S3Config
-from ...timeutil import TIME_TYPE, Duration, parse_duration
-from ..base import Source, SourceOutput
+from ...timeutil import Duration
+from ..base import SourceOutput
 from .commits import COMMITS_DIR, CommitRecord, live_files, merge_offsets
 from .layout import Layout, classify, detect
 from .reader import (
     BATCH_ROWS,
     Chunk,
-    Decoder,
     LakeFile,
     LakeMetrics,
     LakePartition,
-    LakeReader,
-    Position,
     first_error,
-    load_file,
     note_missing_partitions,
     parse_metadata,
     plan_row_groups,
     quarantine_or_raise,
     reference_schema,
-    time_bound,
 )
+from .source import LakeSource
 from .storage import FOOTER_PROBE, LocalStorage, Storage, StoredFile, open_storage
 
 log = logging.getLogger("lambdasource.lake")
@@ -48,21 +44,6 @@ log = logging.getLogger("lambdasource.lake")
 FOOTER_CONCURRENCY = 16
 TAIL_BUDGET = 64 * 1024 * 1024  # probed file tails kept between planning and loading
 SMALL_FILE = 1024 * 1024  # on S3, files up to this size are fetched whole by the footer probe
-
-
-def declared_schema(
-    schema: pa.Schema | None, columns: list[str] | None, time_column: str
-) -> pa.Schema | None:
-    """The declared schema restricted to ``columns`` with the time column as ``TIME_TYPE``."""
-    if schema is None:
-        return None
-    if time_column not in schema.names:
-        raise ConfigError(f"declared schema has no time column {time_column!r}")
-    if columns is not None:
-        keep = set(columns) | {time_column}
-        schema = pa.schema([f for f in schema if f.name in keep], metadata=schema.metadata)
-    index = schema.get_field_index(time_column)
-    return schema.set(index, pa.field(time_column, TIME_TYPE, schema.field(index).nullable))
 
 
 class LakePlan:
@@ -92,7 +73,7 @@ async def read_commits(storage: Storage, listed: list[StoredFile]) -> list[Commi
     return sorted(commits, key=lambda c: c.sequence)
 
 
-class ParquetLake(Source):
+class ParquetLake(LakeSource):
     """Hive-partitioned Parquet files read in event-time order (see :mod:`.reader` for the rules).
 
     ``path``: local directory, ``file://`` or ``s3://bucket/prefix``. ``start``/``until`` select
@@ -100,7 +81,6 @@ class ParquetLake(Source):
     (reported in ``metrics()["quarantined_files"]``) instead of raising :class:`LakeReadError`.
     """
 
-    bounded = True
     small_file_bytes = SMALL_FILE  # S3 files up to this size are fetched whole with the footer
 
     def __init__(
@@ -123,49 +103,29 @@ class ParquetLake(Source):
         name: str = "lake",
         batch_size: int = BATCH_ROWS,
     ) -> None:
-        if on_corrupt not in ("raise", "quarantine"):
-            raise ConfigError(f"on_corrupt must be 'raise' or 'quarantine', got {on_corrupt!r}")
-        if prefetch < 1:
-            raise ConfigError(f"prefetch must be >= 1, got {prefetch}")
         if partitioning not in ("hour", "day"):
             raise ConfigError(f"partitioning must be 'hour' or 'day', got {partitioning!r}")
+        super().__init__(
+            name=name,
+            time_column=time_column,
+            start=start,
+            until=until,
+            s3=s3,
+            out_of_orderness=out_of_orderness,
+            columns=columns,
+            filter=filter,
+            schema=schema,
+            prefetch=prefetch,
+            max_bytes_in_flight=max_bytes_in_flight,
+            on_corrupt=on_corrupt,
+            batch_size=batch_size,
+        )
         self.path = str(path)
-        self.name = name
-        self.time_column = time_column
         self.partitioning = partitioning
         self.event_time_partitioned = event_time_partitioned
-        self.start = time_bound(start)
-        self.until = time_bound(until)
-        if self.start is not None and self.until is not None and self.until <= self.start:
-            raise ConfigError(f"lake={name}: until must be after start")
-        self.s3 = s3
-        self.out_of_orderness = (
-            None
-            if out_of_orderness is None
-            else parse_duration(out_of_orderness, name="out_of_orderness")
-        )
-        self.columns = None if columns is None else list(columns)
-        self.filter = filter
-        self.declared = declared_schema(schema, self.columns, time_column)
         self.layout_template = layout
-        self.prefetch = prefetch
-        self.max_bytes_in_flight = max_bytes_in_flight
-        self.on_corrupt = on_corrupt
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
-        self._metrics = LakeMetrics()
         self._tail_bytes = 0
-        self._reader: LakeReader | None = None
-        self._restored: Position | None = None
         open_storage(self.path, s3)  # validate the URL early
-
-    @property
-    def schema(self) -> pa.Schema | None:
-        return self.declared
-
-    def metrics(self) -> dict[str, Any]:
-        return self._metrics.as_dict()
 
     def _storage(self) -> Storage:
         return open_storage(self.path, self.s3)
@@ -318,17 +278,6 @@ class ParquetLake(Source):
 
     # reading ------------------------------------------------------------------------------------
 
-    def _decoder(self, trust: bool) -> Decoder:
-        return Decoder(
-            time_column=self.time_column,
-            start=self.start,
-            until=self.until,
-            columns=self.columns,
-            filter=self.filter,
-            schema=self.declared,
-            trust_layout=trust,
-        )
-
     async def run(self, out: SourceOutput) -> None:
         async with self._storage() as storage:
             plan = await self.plan(storage, read_footers=None)
@@ -392,34 +341,11 @@ class ParquetLake(Source):
         async def load(partition: LakePartition) -> list[Chunk]:
             files = await files_of(partition)
             await ensure_schema()
+            return await self._load_files(
+                files, partition, decoder, metrics, lambda _: storage, lambda *_: None
+            )
 
-            async def one(f: LakeFile) -> list[Chunk]:
-                try:
-                    return await load_file(
-                        storage, f, partition, decoder, metrics, plan=lambda *_: None
-                    )
-                except LakeReadError as exc:
-                    quarantine_or_raise(
-                        exc, storage.url(f.path), self.on_corrupt, metrics, name=self.name
-                    )
-                    return []
-
-            results = await asyncio.gather(*(one(f) for f in files))
-            return [c for chunks in results for c in chunks]
-
-        reader = LakeReader(
-            name=self.name,
-            time_column=self.time_column,
-            event_time_partitioned=trust,
-            out_of_orderness=self.out_of_orderness,
-            start=self.start,
-            prefetch=self.prefetch,
-            max_bytes_in_flight=self.max_bytes_in_flight,
-            metrics=metrics,
-            batch_rows=self.batch_size,
-        )
-        reader.restored = self._restored
-        self._reader = reader
+        reader = self._new_reader(metrics, trust)
         end = self.until - 1 if self.until is not None else None
         if end is None:
             hwm = self._plan_high_water_mark(plan)
@@ -427,14 +353,6 @@ class ParquetLake(Source):
         await reader.run(out, plan.partitions, load, end, ready=settle)
 
     # positions and lake facts -------------------------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any] | None:
-        if self._reader is not None and self._reader.position is not None:
-            return self._reader.position.to_dict()
-        return None if self._restored is None else self._restored.to_dict()
-
-    def restore(self, state: Any) -> None:
-        self._restored = None if state is None else Position.from_dict(state)
 
     def _plan_high_water_mark(self, plan: LakePlan) -> int | None:
         if plan.commits and plan.commits[-1].high_watermark is not None:
