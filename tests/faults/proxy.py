@@ -13,11 +13,10 @@ import asyncio
 import contextlib
 import socket
 import struct
-import threading
 import time
-from types import TracebackType
 
 from lambdasource.embedded import free_port
+from tests.faults.loop_thread import LoopThread
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
@@ -29,7 +28,7 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-class TcpProxy:
+class TcpProxy(LoopThread):
     """``127.0.0.1:port`` → ``target_host:target_port``. Use as a context manager or
     ``start()``/``stop()``; ``outage(seconds)`` starts an outage and returns at once."""
 
@@ -40,6 +39,7 @@ class TcpProxy:
         port: int | None = None,
         latency: float = 0.0,
     ) -> None:
+        super().__init__("tcp-proxy")
         self.target = (target_host, target_port)
         self.port = port or free_port()
         self.latency = latency
@@ -49,10 +49,7 @@ class TcpProxy:
         self._down_until = 0.0
         self._open: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
 
     @property
     def address(self) -> str:
@@ -64,54 +61,29 @@ class TcpProxy:
 
     # control (thread-safe) -------------------------------------------------------------------
 
-    def start(self) -> TcpProxy:
-        self._thread = threading.Thread(target=self._serve, name=f"tcp-proxy-{self.port}")
-        self._thread.daemon = True
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError(f"proxy on port {self.port} did not start")
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
-        thread.join(10)
-        self._loop = self._thread = None
-
     def outage(self, seconds: float) -> None:
         """Reset every open connection now and refuse new ones for ``seconds``."""
         self._down_until = time.monotonic() + seconds
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._drop_all)
+        self.call_soon(self._drop_all)
 
     def end_outage(self) -> None:
         self._down_until = 0.0
 
     # the loop ----------------------------------------------------------------------------------
 
-    def _serve(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            self._server = loop.run_until_complete(
-                asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
-            )
-            self._ready.set()
-            loop.run_forever()
-        finally:
-            loop.close()
+    async def _start_serving(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, reuse_address=True
+        )
 
-    async def _shutdown(self) -> None:
-        """Stop accepting, reset every connection, let the handlers end, stop the loop."""
+    async def _stop_serving(self) -> None:
+        """Stop accepting, reset every connection, let the handlers end."""
         if self._server is not None:
             self._server.close()
         self._drop_all()
         handlers = [t for t in self._handlers if not t.done()]
         if handlers:
             await asyncio.wait(handlers, timeout=5)
-        asyncio.get_running_loop().stop()
 
     def _drop_all(self) -> None:
         for writer in list(self._open):
@@ -153,14 +125,3 @@ class TcpProxy:
                 await writer.drain()
         except (ConnectionError, OSError):
             return
-
-    def __enter__(self) -> TcpProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -16,11 +16,11 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
 
 from aiohttp import ClientSession, ClientTimeout, web
 
 from lambdasource.embedded import free_port
+from tests.faults.loop_thread import LoopThread
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 _CODES = {500: "InternalError", 503: "SlowDown"}
@@ -40,10 +40,11 @@ class Rule:
     seen: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, 'GET /b/k')
 
 
-class S3FaultProxy:
+class S3FaultProxy(LoopThread):
     """``endpoint_url`` forwards to ``target`` (moto's URL) through the fault rules."""
 
     def __init__(self, target: str, port: int | None = None, seed: int = 0) -> None:
+        super().__init__("s3-faults")
         self.target = target.rstrip("/")
         self.port = port or free_port()
         self.rules: list[Rule] = []
@@ -51,10 +52,8 @@ class S3FaultProxy:
         self.injected = 0
         self._random = random.Random(seed)
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
         self._session: ClientSession | None = None
+        self._runner: web.AppRunner | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -127,43 +126,20 @@ class S3FaultProxy:
 
     # serving -------------------------------------------------------------------------------------
 
-    def start(self) -> S3FaultProxy:
-        self._thread = threading.Thread(target=self._serve, name=f"s3-faults-{self.port}")
-        self._thread.daemon = True
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError(f"S3 fault proxy on port {self.port} did not start")
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        self._loop = self._thread = None
-
-    def _serve(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            runner = loop.run_until_complete(self._setup())
-            self._ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            if self._session is not None:
-                loop.run_until_complete(self._session.close())
-        finally:
-            loop.close()
-
-    async def _setup(self) -> web.AppRunner:
+    async def _start_serving(self) -> None:
         self._session = ClientSession(timeout=ClientTimeout(total=60), auto_decompress=False)
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True).start()
-        return runner
+        self._runner = runner
+
+    async def _stop_serving(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         session = self._session
@@ -196,14 +172,3 @@ class S3FaultProxy:
             if request.method == "HEAD" and "Content-Length" in upstream.headers:
                 out["Content-Length"] = upstream.headers["Content-Length"]
             return web.Response(status=upstream.status, body=payload, headers=out)
-
-    def __enter__(self) -> S3FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
