@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lambdasource.embedded import create_topic
+from lambdasource.embedded import create_topic, produce_json
 from lambdasource.operator import Context, Operator
 from lambdasource.sinks.base import Sink
 from lambdasource.timeutil import parse_duration, to_micros
@@ -271,25 +271,9 @@ def write_lake(
     return count
 
 
-async def produce(bootstrap: str, topic: str, table: pa.Table, chunk: int = 50_000) -> None:
+async def produce(bootstrap: str, topic: str, table: pa.Table) -> None:
     """Rows as JSON (ISO times), keyed by user, in arrival order."""
-    import orjson
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, acks=1
-    )
-    await producer.start()
-    try:
-        for offset in range(0, table.num_rows, chunk):
-            rows = table.slice(offset, chunk).to_pylist()
-            futures = [
-                await producer.send(topic, orjson.dumps(r), key=str(r["user_id"]).encode())
-                for r in rows
-            ]
-            await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
+    await produce_json(bootstrap, topic, table, key_column="user_id")
 
 
 # --- one configuration ---------------------------------------------------------------------------

@@ -99,34 +99,6 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _json_values(table: pa.Table) -> tuple[list[bytes], list[bytes]]:
-    """Rows as JSON (orjson: ISO-8601 times with µs) and their keys (the user id)."""
-    import orjson
-
-    rows = table.to_pylist()
-    values = [orjson.dumps(row) for row in rows]
-    keys = [str(row["user_id"]).encode() for row in rows]
-    return values, keys
-
-
-async def _produce(bootstrap: str, topic: str, table: pa.Table, chunk: int = 50_000) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, acks=1
-    )
-    await producer.start()
-    try:
-        for offset in range(0, table.num_rows, chunk):
-            values, keys = _json_values(table.slice(offset, chunk))
-            futures = [
-                await producer.send(topic, v, key=k) for v, k in zip(values, keys, strict=True)
-            ]
-            await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 async def _live_producer(
     bootstrap: str, topic: str, cfg: DemoConfig, seconds: float, counter: list[int]
 ) -> None:
@@ -134,6 +106,8 @@ async def _live_producer(
     from aiokafka import AIOKafkaProducer
 
     from lake.generator import generate_clickstream
+
+    from .embedded import send_json
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
     await producer.start()
@@ -154,11 +128,7 @@ async def _live_producer(
                 ),
             ).cast(pa.timestamp("us", tz="UTC"))
             batch = batch.set_column(0, "event_time", times)
-            values, keys = _json_values(batch)
-            futures = [
-                await producer.send(topic, v, key=k) for v, k in zip(values, keys, strict=True)
-            ]
-            await asyncio.gather(*futures)
+            await send_json(producer, topic, batch, "user_id")
             counter[0] += batch.num_rows
             tick += 1
             await asyncio.sleep(0.25)
@@ -235,7 +205,7 @@ async def run_demo(
     from lake.generator import CLICKSTREAM_SCHEMA, generate_clickstream
     from lake.writer import IcebergLakeWriter, ParquetLakeWriter
 
-    from .embedded import EmbeddedBroker, create_topic
+    from .embedded import EmbeddedBroker, create_topic, produce_json
 
     workdir = cfg.workdir or Path(tempfile.mkdtemp(prefix="lambdasource-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -285,7 +255,7 @@ async def run_demo(
         topic = "clicks"
         await create_topic(broker.bootstrap_servers, topic, cfg.partitions)
         t0 = time.perf_counter()
-        await _produce(broker.bootstrap_servers, topic, archived)
+        await produce_json(broker.bootstrap_servers, topic, archived, key_column="user_id")
         for writer in (parquet_writer, iceberg_writer):
             archiver = Archiver(
                 broker.bootstrap_servers,
@@ -298,7 +268,7 @@ async def run_demo(
                 progress_interval="60s",
             )
             await archiver.run()
-        await _produce(broker.bootstrap_servers, topic, backlog)
+        await produce_json(broker.bootstrap_servers, topic, backlog, key_column="user_id")
         say(
             f"kafka: broker {broker.bootstrap_servers}, topic {topic!r} ({cfg.partitions} "
             f"partitions): {archived.num_rows + backlog.num_rows:,} recent events; the archiver "
