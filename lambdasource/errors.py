@@ -12,6 +12,7 @@ user needs to find the problem (``operator=window column=amount``, ``partition=3
     │   └── SchemaError        unknown column, wrong type, irreconcilable schemas
     ├── SourceError            reading input failed
     │   ├── LakeReadError      a lake file/partition is unreadable or corrupt
+    │   │   └── LakeStateError a job's pinned lake state (or a position in it) cannot be read again
     │   ├── StreamError        the stream (Kafka) failed
     │   └── HandoffError       lake → stream handoff cannot be done correctly
     │       └── HandoffGapError  retention deleted offsets the handoff needs
@@ -47,6 +48,11 @@ class SourceError(LambdaSourceError):
 
 class LakeReadError(SourceError):
     """A lake file or partition could not be read; the message names it."""
+
+
+class LakeStateError(LakeReadError):
+    """The lake state a job pinned (its files, commit sequence or Iceberg snapshot), or a
+    restored position in it, cannot be read again exactly; the message names the file."""
 
 
 class StreamError(SourceError):
