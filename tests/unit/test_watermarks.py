@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pyarrow as pa
 
@@ -93,21 +94,60 @@ async def test_union_forwards_min_of_inputs_monotonically() -> None:
     assert len(sink) == 2
 
 
-async def test_idle_input_does_not_stall_downstream() -> None:
+class _Watching(ls.CollectSink):
+    """A collect sink that signals when a given watermark arrives."""
+
+    def __init__(self, target: int) -> None:
+        super().__init__()
+        self.target = target
+        self.reached = asyncio.Event()
+
+    async def on_watermark(self, watermark: int) -> None:
+        await super().on_watermark(watermark)
+        if watermark >= self.target:
+            self.reached.set()
+
+
+async def _watermarks_seen_while_b_is_live(b_goes_idle: bool, wait: float) -> list[int]:
+    """Union of a (watermarks 100, 500) and b (watermark 10, optionally marked idle, then silent
+    but still running). Returns the watermarks the sink saw *before b ended*: once every input
+    ends the gate forwards the maximum anyway, so only what arrives while b is live shows
+    whether b's idleness stopped it holding the minimum back."""
     done = asyncio.Event()
+    seen: list[int] = []
+    sink = _Watching(500)
+
+    async def observe() -> None:
+        # wait (bounded) until 500 reaches the sink while b is still running, then record
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sink.reached.wait(), wait)
+        seen.extend(sink.watermarks)
+        done.set()
 
     async def hold() -> None:
         await done.wait()
 
-    async def finish() -> None:
-        done.set()
+    a = [ls.Watermark(100), ls.Watermark(500), observe]
+    b = [ls.Watermark(10), ls.Watermark(10, idle=b_goes_idle), hold]
+    p = ls.Pipeline()
+    p.source(Scripted("a", a)).union(p.source(Scripted("b", b))).sink(sink)
+    await asyncio.wait_for(p.run(), 30)
+    assert sink.watermarks[-1] == 500  # both ended: the run's end time
+    return seen
 
-    # b goes idle at 10 and then waits; a's watermarks must flow past it
-    a = [ls.Watermark(100), ls.Watermark(500), finish]
-    b = [ls.Watermark(10), ls.Watermark(10, idle=True), hold]
-    p, sink = _union_pipeline(a, b)
-    await p.run()
-    assert 500 in sink.watermarks
+
+async def test_idle_input_does_not_stall_downstream() -> None:
+    """b goes idle at 10 and then stays live and silent: a's watermarks flow past it while b is
+    still running (not only once b ends)."""
+    seen = await _watermarks_seen_while_b_is_live(b_goes_idle=True, wait=10.0)
+    assert 500 in seen, f"idle input held the watermark back: sink saw {seen} while it was live"
+    assert seen == sorted(seen) and set(seen) <= {10, 100, 500}
+
+
+async def test_quiet_but_not_idle_input_holds_the_watermark_back() -> None:
+    """The contrast: the same script without the idle mark keeps the output at b's 10."""
+    seen = await _watermarks_seen_while_b_is_live(b_goes_idle=False, wait=0.3)
+    assert seen and max(seen) == 10, seen
 
 
 async def test_sink_sees_watermarks_after_the_data_they_cover() -> None:
