@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from pyiceberg.transforms import DayTransform, HourTransform
 
@@ -20,7 +21,7 @@ from lambdasource.errors import LakeReadError
 from lambdasource.sources.lake.commits import CommitRecord
 from lambdasource.sources.lake.iceberg import IcebergLake
 from lambdasource.timeutil import DAY, HOUR
-from tests.services.iceberg import load
+from tests.services.iceberg import commit_position_deletes, load
 
 from .test_parquet_lake import (
     T0,
@@ -178,24 +179,44 @@ async def test_snapshot_restore_mid_run(iceberg_catalog_props: dict[str, str]) -
 
 
 async def test_delete_files_are_refused_clearly(iceberg_catalog_props: dict[str, str]) -> None:
+    """A merge-on-read table (a committed positional-delete file) is refused with an error naming
+    the table and the data file, never read with the deleted rows resurrected."""
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    table = generate_clickstream(2000, 1, 20, seed=9)
+    ice = make_table(iceberg_catalog_props, table, chunks=1)
+    lake = IcebergLake("db.clicks", iceberg_catalog_props, "event_time")
+    assert (await run(lake)).ids() == ids(table)  # before the delete the table reads fine
+    targets = sorted((t.file for t in ice.scan().plan_files()), key=lambda f: f.file_path)
+    target = targets[len(targets) // 2]  # a data file in the middle of the time range
+    doomed = pq.read_table(urlparse(target.file_path).path).column("event_id")[3].as_py()
+    commit_position_deletes(ice, target, [3])
+    ice = load(iceberg_catalog_props).load_table("db.clicks")
+    planned = {t.file.file_path: t.delete_files for t in ice.scan().plan_files()}
+    assert len(planned[target.file_path]) == 1  # a real delete file, attached to the target only
+    assert sum(len(d) for d in planned.values()) == 1
+    assert ids(ice.scan().to_arrow()) == ids(table) - Counter([doomed])  # pyiceberg applies it
+    name = Path(urlparse(target.file_path).path).name
+    with pytest.raises(LakeReadError, match=r"table=db\.clicks has delete files") as raised:
+        await run(IcebergLake("db.clicks", iceberg_catalog_props, "event_time"))
+    assert name in str(raised.value)
+
+
+async def test_copy_on_write_delete_is_read_like_pyiceberg(
+    iceberg_catalog_props: dict[str, str],
+) -> None:
+    """pyiceberg's own ``delete`` rewrites data files (copy-on-write): no delete files, and the
+    rewritten table reads exactly like pyiceberg's scan."""
     from pyiceberg.expressions import EqualTo
 
     table = generate_clickstream(500, 1, 20, seed=9)
     ice = make_table(iceberg_catalog_props, table, chunks=1)
-    with ice.transaction() as tx:
-        tx.set_properties({"write.delete.mode": "merge-on-read"})
-    try:
-        ice.delete(EqualTo("event_id", 3))  # type: ignore[call-arg,arg-type]
-    except Exception:  # pyiceberg may only support copy-on-write deletes
-        pytest.skip("this pyiceberg writes no delete files")
-    lake = IcebergLake("db.clicks", iceberg_catalog_props, "event_time")
-    planned_deletes = any(t.delete_files for t in ice.scan().plan_files())
-    if not planned_deletes:  # copy-on-write: the rewrite is read correctly
-        rec = await run(lake)
-        assert rec.ids() == ids(ice.scan().to_arrow())
-        return
-    with pytest.raises(LakeReadError, match="delete files"):
-        await run(lake)
+    assert ids(table)[3] == 1
+    ice.delete(EqualTo("event_id", 3))  # type: ignore[call-arg,arg-type]
+    assert not any(t.delete_files for t in ice.scan().plan_files())
+    rec = await run(IcebergLake("db.clicks", iceberg_catalog_props, "event_time"))
+    assert rec.ids() == ids(ice.scan().to_arrow()) == ids(table) - Counter([3])
 
 
 async def test_corrupt_data_file_quarantined(iceberg_catalog_props: dict[str, str]) -> None:
