@@ -114,6 +114,7 @@ def write_hive(
     sort: bool = True,
     layout: str = "dt_hour",
     drop_hours: tuple[int, ...] = (),
+    write_options: dict[str, Any] | None = None,
 ) -> list[str]:
     """Write ``table`` as hour partitions; returns the relative paths written."""
     written: list[str] = []
@@ -142,7 +143,9 @@ def write_hive(
                 idx = pa.array(range(f, n, files), pa.int64())
                 piece = part.take(idx)
             rel = f"{directory}/part-{f:03d}.parquet"
-            pq.write_table(piece, root / rel, row_group_size=row_group_size)
+            pq.write_table(
+                piece, root / rel, row_group_size=row_group_size, **(write_options or {})
+            )
             written.append(rel)
     return written
 
@@ -551,12 +554,94 @@ async def test_snapshot_mid_run_and_restore_neither_duplicates_nor_skips(tmp_pat
         check_watermarks(rest)
 
 
+class HeldBytes(Recorder):
+    """Measures, from outside the reader, the decoded bytes a lake holds at once.
+
+    ``sizes`` maps each hour partition's start to its decoded size (read independently with
+    pyarrow). A partition counts as held from the moment its load starts (the lake's partition
+    loader is wrapped) until the lake moves past it: a batch of a later partition, or a watermark
+    ≥ its end − 1µs, is emitted. ``peak_others`` is the largest total held by partitions other than
+    the earliest held one (the partition being emitted, always loaded whatever the bound)."""
+
+    def __init__(self, sizes: dict[int, int]) -> None:
+        super().__init__()
+        self.sizes = sizes
+        self.held: set[int] = set()
+        self.loads = 0
+        self.peak_others = 0
+
+    def wrap(self, lake: Any) -> None:
+        load = lake._load_files
+
+        async def counted(files: Any, partition: Any, *args: Any) -> Any:
+            assert partition.start in self.sizes, partition.label
+            self.held.add(partition.start)
+            self.loads += 1
+            others = sum(self.sizes[h] for h in self.held if h != min(self.held))
+            self.peak_others = max(self.peak_others, others)
+            return await load(files, partition, *args)
+
+        lake._load_files = counted
+
+    def _release(self, upto: int) -> None:
+        """Partitions starting before ``upto`` are done."""
+        self.held = {h for h in self.held if h >= upto}
+
+    async def emit(self, batch: pa.RecordBatch, position: str | None = None) -> None:
+        await super().emit(batch, position)
+        hour = min(micros(batch.column("event_time")))
+        self._release(hour - hour % HOUR)
+        await asyncio.sleep(0.002)  # a slow consumer: prefetch has time to run ahead
+
+    async def emit_watermark(self, time: int, idle: bool = False) -> None:
+        await super().emit_watermark(time, idle)
+        self._release(time - (HOUR - 1) + 1)  # done: every hour h with h + HOUR - 1 <= time
+
+
+async def _held_bytes(root: Path, **options: Any) -> tuple[HeldBytes, Counter[int]]:
+    sizes: dict[int, int] = {}
+    for f in parquet_files(root):
+        t = pq.read_table(f)
+        low = min(micros(t.column("event_time")))
+        sizes[low - low % HOUR] = sizes.get(low - low % HOUR, 0) + t.nbytes
+    lake = ParquetLake(root, "event_time", **options)
+    rec = HeldBytes(sizes)
+    rec.source = lake
+    rec.wrap(lake)
+    await lake.run(rec)
+    assert rec.loads == len(sizes) and not rec.held
+    return rec, rec.ids()
+
+
 async def test_prefetch_is_bounded_and_order_kept(tmp_path: Path) -> None:
-    table = data(4000)
-    write_hive(tmp_path, table, files=2)
-    rec = await run(ParquetLake(tmp_path, "event_time", prefetch=8, max_bytes_in_flight=1))
-    assert rec.ids() == Counter(table.column("event_id").to_pylist())
-    check_partition_order(rec)
+    """``max_bytes_in_flight`` bounds the decoded bytes held beside the partition being emitted.
+
+    Files are plain and uncompressed, so the lake's size estimate (from file sizes or footers)
+    is an upper bound of the decoded size measured here; the bound then caps the measure."""
+    table = data(4000)  # 24 hour partitions of ~12 KB decoded
+    write_hive(
+        tmp_path,
+        table,
+        files=2,
+        row_group_size=40,
+        write_options={"compression": "none", "use_dictionary": False},
+    )
+    expected = Counter(table.column("event_id").to_pylist())
+    # control: without a tight bound, prefetch=8 holds 7 partitions besides the one emitted
+    free, got = await _held_bytes(tmp_path, prefetch=8)
+    bound = 3 * max(free.sizes.values())
+    assert got == expected
+    assert free.peak_others > bound  # so the bound below is what keeps the measure under it
+    # bounded: never more than max_bytes_in_flight besides the partition being emitted
+    held, got = await _held_bytes(tmp_path, prefetch=8, max_bytes_in_flight=bound)
+    assert got == expected
+    assert held.peak_others <= bound, f"{held.peak_others} bytes held beyond {bound}"
+    check_partition_order(held)
+    check_watermarks(held)
+    # the tightest bound still reads everything, one partition at a time
+    one, got = await _held_bytes(tmp_path, prefetch=8, max_bytes_in_flight=1)
+    assert got == expected and one.peak_others == 0
+    check_partition_order(one)
 
 
 async def test_cancellation_propagates(tmp_path: Path) -> None:
