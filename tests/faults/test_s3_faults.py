@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 import lambdasource as ls
@@ -19,7 +20,9 @@ from lake.writer import ParquetLakeWriter
 from lambdasource.checkpoints import Checkpoints
 from lambdasource.errors import CheckpointError, LakeReadError, LambdaSourceError
 from lambdasource.s3 import S3Config
+from lambdasource.sinks.duckdb import DuckDBUpsert
 from lambdasource.sources.lake.parquet import ParquetLake
+from lambdasource.timeutil import HOUR
 from tests.faults import jobs
 from tests.faults.s3_faults import Rule, S3FaultProxy
 from tests.faults.verify import VerifyingSink
@@ -168,18 +171,107 @@ async def test_persistent_checkpoint_write_faults_fail_naming_the_object(
     )
 
 
+class Crash(RuntimeError):
+    """The simulated failure of the first run."""
+
+
+def hourly_job(
+    table: pa.Table, checkpoints: Checkpoints, store: Path, *, crash_after: int | None = None
+) -> ls.Pipeline:
+    """MemorySource → per user, tumbling 1 h count and sum → DuckDB upsert keyed by
+    (user, window end); ``crash_after``: fail once that many checkpoints completed."""
+    p = ls.Pipeline(checkpoints=checkpoints, flush="all")
+
+    def throttle(batch: pa.RecordBatch) -> pa.RecordBatch:
+        time.sleep(0.01)
+        if crash_after is not None and p.metrics()["checkpoints"]["count"] >= crash_after:
+            raise Crash(f"crash after {crash_after} checkpoints")
+        return batch
+
+    (
+        p.source(
+            ls.MemorySource(table, time_column="event_time", batch_size=50, out_of_orderness="5m")
+        )
+        .map(throttle, schema=jobs.SCHEMA, on_error="raise")
+        .key_by("user_id")
+        .window(ls.Tumbling("1h"), emit="every")
+        .aggregate(clicks=ls.count(), revenue=ls.sum("amount"))
+        .sink(
+            DuckDBUpsert(
+                store, table="hourly", key=["user_id", "window_end"], flush_interval="50ms"
+            )
+        )
+    )
+    return p
+
+
+def hourly_reference(table: pa.Table) -> dict[tuple[int, int], tuple[int, float]]:
+    """Per (user, hour start): count and sum of amount, straight from the input records."""
+    times = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
+    out: dict[tuple[int, int], tuple[int, float]] = {}
+    for user, t, amount in zip(
+        table.column("user_id").to_pylist(),
+        (times - times % HOUR).tolist(),
+        table.column("amount").to_pylist(),
+        strict=True,
+    ):
+        clicks, revenue = out.get((user, t), (0, 0.0))
+        out[(user, t)] = (clicks + 1, revenue + (amount or 0.0))
+    return out
+
+
+def hourly_store(store: Path) -> dict[tuple[int, int], tuple[int, float]]:
+    """The DuckDB store as per (user, window start): clicks and revenue."""
+    import duckdb
+
+    with duckdb.connect(str(store), read_only=True) as con:
+        rows = con.sql(
+            "SELECT user_id, epoch_us(window_start), clicks, revenue FROM hourly"
+        ).fetchall()
+    return {(int(u), int(ws)): (int(c), float(r or 0.0)) for u, ws, c, r in rows}
+
+
+def store_diff(
+    got: dict[tuple[int, int], tuple[int, float]],
+    expected: dict[tuple[int, int], tuple[int, float]],
+    limit: int = 5,
+) -> list[str]:
+    out = [f"(user, hour)={k}: missing, expected {expected[k]}" for k in expected.keys() - got]
+    out += [f"(user, hour)={k}: unexpected {got[k]}" for k in got.keys() - expected]
+    for k in sorted(got.keys() & expected.keys()):
+        (c, r), (ec, er) = got[k], expected[k]
+        if c != ec or abs(r - er) > 1e-6 * max(1.0, abs(er)):
+            out.append(f"(user, hour)={k}: got clicks={c} revenue={r}, expected {ec} {er}")
+    return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
+
+
 async def test_restore_reads_through_transient_faults(
     s3: S3Service, proxy: S3FaultProxy, tmp_path: Path
 ) -> None:
-    """A checkpoint written cleanly, restored while GETs fail transiently."""
+    """A run crashes after checkpoints written cleanly; the restart restores while GETs fail
+    transiently and finishes. The store must equal, per user and hour, the count and sum of the
+    input records: one record lost or counted twice across the restore fails it."""
     bucket = s3.new_bucket("ckpt")
-    table = jobs.clickstream(3_000, seed=15)
+    table = jobs.clickstream(6_000, seed=15)
+    expected = hourly_reference(table)
+    store = tmp_path / "store.duckdb"
     url = f"s3://{bucket}/ckpt"
-    first = slow_job(table, Checkpoints(url, interval="100ms", s3=s3.config()), VerifyingSink())
-    await first.run(restore=None)
+    first = hourly_job(
+        table, Checkpoints(url, interval="100ms", s3=s3.config()), store, crash_after=1
+    )
+    # DID NOT RAISE here means no checkpoint completed before the input ended
+    with pytest.raises(LambdaSourceError, match="crash after 1 checkpoints"):
+        await first.run(restore=None)
     assert first.metrics()["checkpoints"]["count"] >= 1
+    assert len(hourly_store(store)) < len(expected)  # the crash left the store incomplete
     gets = proxy.fail(503, methods={"GET"}, path_contains="/ckpt/", count=3)
-    second = slow_job(table, Checkpoints(url, interval="1s", s3=via(proxy, s3)), VerifyingSink())
+    second = hourly_job(table, Checkpoints(url, interval="1s", s3=via(proxy, s3)), store)
     await second.run()
     assert gets.hits == 3
-    assert second.metrics()["checkpoints"]["restored_from"] is not None
+    m = second.metrics()
+    assert m["checkpoints"]["restored_from"] is not None
+    resumed = sum(s["records_out"] for s in m["sources"].values())
+    assert 0 < resumed < table.num_rows, resumed  # it resumed mid-input, not from the start
+    assert m["late"] == 0 and m["dead_letters"] == 0
+    diff = store_diff(hourly_store(store), expected)
+    assert not diff, diff
