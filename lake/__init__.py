@@ -4,7 +4,7 @@ reverse."""
 
 from .archiver import Archiver, ArchiveSummary
 from .generator import CLICKSTREAM_SCHEMA, generate_clickstream, iter_clickstream
-from .maintenance import CompactionResult, compact
+from .maintenance import CompactionResult, compact, expire_replaced
 from .writer import DEAD_LETTER_SCHEMA, IcebergLakeWriter, ParquetLakeWriter
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "IcebergLakeWriter",
     "ParquetLakeWriter",
     "compact",
+    "expire_replaced",
     "generate_clickstream",
     "iter_clickstream",
 ]

@@ -14,6 +14,10 @@ Invariants (what the exact-offset handoff relies on, DESIGN §3):
   dead letter (topic/partition/offset/timestamp/key/value/reason) stored under the same commit;
   counted in :meth:`Archiver.metrics`. An offset gap (retention deleted records never archived) is
   logged and counted.
+- **The high-water mark.** Each commit records, per Kafka partition, the newest event time archived
+  so far (``event_times``) and the lake's high-water mark: the minimum of those − the
+  ``out_of_orderness`` of the topic's records, + 1µs — every record with an older time is in the
+  lake, provided no partition delivers a record more than ``out_of_orderness`` behind its newest.
 - ``stop_at="latest"`` stops at the fetch highwater first seen per partition (the end when the
   archiver started); records at or beyond it are left for the next run. ``consumer.end_offsets``
   is never used (it lags on some brokers, DESIGN §6).
@@ -42,7 +46,12 @@ from lambdasource.sources.kafka.decode import (
     decode_records,
     output_schema,
 )
-from lambdasource.sources.lake.commits import CommitRecord, merge_offsets
+from lambdasource.sources.lake.commits import (
+    CommitRecord,
+    archived_high_watermark,
+    merge_event_times,
+    merge_offsets,
+)
 from lambdasource.timeutil import Duration, parse_duration
 
 from .writer import DEAD_LETTER_SCHEMA, IcebergLakeWriter, LakeWriter, ParquetLakeWriter
@@ -104,7 +113,9 @@ class Archiver:
     :func:`lambdasource.sources.kafka.decode.decode_records` (``time_column=None`` archives the
     Kafka record timestamp as a ``timestamp`` column). ``group_id`` (optional) also commits the
     archived offsets to that consumer group after each lake commit, for standard lag monitoring;
-    the lake's commit records stay the source of truth for resuming.
+    the lake's commit records stay the source of truth for resuming. ``out_of_orderness``: how
+    far behind its partition's newest record one may arrive (it lowers the recorded high-water
+    mark, which a timestamp handoff uses as its cutoff).
     """
 
     def __init__(
@@ -124,6 +135,7 @@ class Archiver:
         max_records: int = 50_000,
         consumer_options: Mapping[str, Any] | None = None,
         topic_timeout: Duration = "10s",
+        out_of_orderness: Duration = "5m",
     ) -> None:
         if stop_at not in (None, "latest"):
             raise ConfigError(f"archive: stop_at must be None or 'latest', got {stop_at!r}")
@@ -155,6 +167,8 @@ class Archiver:
         self.max_records = max_records
         self.consumer_options = dict(consumer_options or {})
         self.topic_timeout_s = parse_duration(topic_timeout, name="topic_timeout") / 1e6
+        self.out_of_orderness = parse_duration(out_of_orderness, name="out_of_orderness")
+        self._event_times: dict[int, int] = {}  # newest event time consumed, per partition
         self._after_files_written: Callable[[CommitRecord], None] | None = None
         self._stopping = asyncio.Event()
         self._buffer = _Buffer()
@@ -224,7 +238,7 @@ class Archiver:
         try:
             partitions = await self._partitions(consumer)
             tps = {p: TopicPartition(self.topic, p) for p in partitions}
-            resume = await asyncio.to_thread(self._resume_offsets)
+            resume, self._event_times = await asyncio.to_thread(self._resume_offsets)
             consumer.assign(list(tps.values()))
             for p, tp in tps.items():
                 if p in resume:
@@ -299,11 +313,13 @@ class Archiver:
         self._buffer = _Buffer()
         self._next, self._committed, self._submitted = {}, {}, {}
         self._targets, self._highwater = {}, {}
+        self._event_times = {}
         self._inflight = None
         for key in ("records", "rows", "dead_letters", "commits", "offset_gaps", "missing_offsets"):
             self._metrics[key] = 0
 
-    def _resume_offsets(self) -> dict[int, int]:
+    def _resume_offsets(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Next offsets and newest archived event times per partition, from the lake's commits."""
         commits = self.lake.commits()
         topics = {c.topic for c in commits if c.offsets and c.topic is not None}
         if topics - {self.topic}:
@@ -311,7 +327,7 @@ class Archiver:
                 f"archive: {self.lake.describe()} already archives topic(s) "
                 f"{sorted(topics)}, not topic={self.topic}"
             )
-        return merge_offsets(commits)
+        return merge_offsets(commits), merge_event_times(commits)
 
     def _done(self) -> bool:
         if self.stop_at != "latest" or len(self._targets) < len(self._next):
@@ -452,6 +468,10 @@ class Archiver:
         if batch.num_rows:
             self._buffer.batches.append(batch)
             self._buffer.rows += batch.num_rows
+            newest = pc.max(batch.column(time_name))
+            if newest.is_valid:
+                micros = int(newest.cast(pa.int64()).as_py())
+                self._event_times[partition] = max(micros, self._event_times.get(partition, micros))
 
     def _dead_letter(self, partition: int, message: Any, reason: str) -> None:
         self._buffer.dead.append(
@@ -485,15 +505,29 @@ class Archiver:
             table = pa.table({self.lake.time_column: pa.array([], pa.timestamp("us", tz="UTC"))})
         dead = pa.Table.from_pylist(buffer.dead, schema=DEAD_LETTER_SCHEMA) if buffer.dead else None
         self._submitted = offsets
-        self._inflight = asyncio.ensure_future(self._write(table, dead, offsets))
+        times = dict(self._event_times)
+        self._inflight = asyncio.ensure_future(self._write(table, dead, offsets, times))
 
-    async def _write(self, table: pa.Table, dead: pa.Table | None, offsets: dict[int, int]) -> None:
+    async def _write(
+        self,
+        table: pa.Table,
+        dead: pa.Table | None,
+        offsets: dict[int, int],
+        event_times: dict[int, int],
+    ) -> None:
         lake = self.lake
 
         def write() -> CommitRecord:
             if self._after_files_written is not None:
                 lake._after_files_written = self._after_files_written
-            return lake.write(table, offsets=offsets, topic=self.topic, dead_letters=dead)
+            return lake.write(
+                table,
+                offsets=offsets,
+                topic=self.topic,
+                high_watermark=archived_high_watermark(event_times, self.out_of_orderness),
+                event_times=event_times,
+                dead_letters=dead,
+            )
 
         record = await _to_thread_uncancellable(write)
         self._metrics["rows"] += table.num_rows
@@ -561,6 +595,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", default="hour", choices=["hour", "iso_hour", "ymdh", "day"])
     parser.add_argument("--stop-at", choices=["latest"], default=None)
     parser.add_argument("--commit-interval", default="10s")
+    parser.add_argument(
+        "--out-of-orderness",
+        default="5m",
+        help="how far behind its partition's newest record one may arrive (lowers the recorded "
+        "high-water mark; default 5m)",
+    )
     parser.add_argument("--commit-rows", type=int, default=500_000)
     parser.add_argument("--group-id", default=None)
     parser.add_argument(
@@ -622,6 +662,7 @@ def command(args: argparse.Namespace) -> int:
         commit_rows=args.commit_rows,
         stop_at=args.stop_at,
         group_id=args.group_id,
+        out_of_orderness=args.out_of_orderness,
     )
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")

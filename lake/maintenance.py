@@ -9,13 +9,15 @@ per ``target_rows`` rows, sorted by event time (row groups as the writer makes t
    high-water mark (unchanged, so readers of only the newest commit see the same state),
    ``operation="compact"`` and ``removed`` = the replaced files — from this moment readers see
    only the new files (atomic for readers);
-3. deletes the replaced files (garbage collection).
+3. keeps the replaced files: jobs that pinned an earlier state of the lake (DESIGN §3: a job
+   reads one state, also after a restart) still read them. Deleting them takes an explicit word:
+   ``compact(..., delete_replaced=True)``, or :func:`expire_replaced` later, once jobs restarted.
 
 Invariants: every commit record stays valid (:meth:`CommitRecord.from_json` reads it), the merged
 offsets are unchanged, and the lake's rows are unchanged as a multiset. A crash before step 2
-leaves orphans (ignored); a crash between 2 and 3 is repaired by the next :func:`compact` (it
-deletes files some commit marked removed). A reader that planned the lake before step 2 and is
-still reading may find a replaced file deleted under it (it fails naming the file; re-run).
+leaves orphans (ignored). A job restored into a state whose replaced files were deleted reads the
+compaction's new files instead where that is exact (the compaction rewrote only files of that
+state, in partitions the job has not begun), and fails naming the file otherwise.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lambdasource.errors import LakeReadError, SinkError
-from lambdasource.sources.lake.commits import CommitRecord, merge_offsets
+from lambdasource.sources.lake.commits import CommitRecord, merge_event_times, merge_offsets
 from lambdasource.sources.lake.commits import live_files as committed_files
 
 from .writer import ParquetLakeWriter, _prepare, row_group_bounds
 
-__all__ = ["CompactionResult", "compact", "live_files"]
+__all__ = ["CompactionResult", "compact", "expire_replaced", "live_files"]
 
 
 @dataclass(frozen=True)
@@ -68,17 +70,16 @@ def compact(
     min_files: int = 2,
     target_rows: int = 1_000_000,
     partitions: Iterable[str] | None = None,
+    delete_replaced: bool = False,
 ) -> CompactionResult:
     """Compact the partitions of ``writer``'s lake that hold ``>= min_files`` live files.
 
     ``partitions`` restricts it to those partition directories (e.g. ``"dt=2026-01-01/hour=05"``).
     Blocking; not to be run concurrently with a writer committing to the same lake (a taken
-    sequence raises :class:`SinkError`, leaving the lake valid).
+    sequence raises :class:`SinkError`, leaving the lake valid). ``delete_replaced=True`` deletes
+    the replaced files at once (jobs that pinned an older state may then fail on restart).
     """
     commits = writer.commits()
-    removed_before = {f for c in commits for f in c.removed}
-    for f in sorted(removed_before):  # repair: a crash between commit and delete
-        writer.root.delete(f)
     by_partition: dict[str, list[str]] = {}
     for f in live_files(writer):
         by_partition.setdefault(f.rsplit("/", 1)[0], []).append(f)
@@ -140,6 +141,7 @@ def compact(
         ),
         removed=tuple(replaced),
         operation="compact",
+        event_times=merge_event_times(records),
     )
     try:
         writer.root.put_atomic(record.file_name(), record.to_json(), exclusive=True)
@@ -147,11 +149,8 @@ def compact(
         writer._next_sequence = None
         raise
     writer._next_sequence = sequence + 1
-    for f in replaced:
-        try:
-            writer.root.delete(f)
-        except OSError as exc:  # the next compaction retries; readers may see duplicates
-            raise SinkError(f"compaction committed but cannot delete file={f}: {exc}") from exc
+    if delete_replaced:
+        _delete(writer, replaced)
     return CompactionResult(
         partitions=len(chosen),
         files_before=len(replaced),
@@ -160,3 +159,23 @@ def compact(
         sequence=sequence,
         removed=tuple(replaced),
     )
+
+
+def expire_replaced(writer: ParquetLakeWriter, *, keep_last: int = 0) -> list[str]:
+    """Delete the files compactions replaced — except those of the ``keep_last`` newest
+    compactions — and return them. Jobs whose pinned state still needs a deleted file read the
+    compaction's output where that is exact, else fail naming the file: run this once jobs have
+    restarted past the compactions."""
+    compactions = [c for c in writer.commits() if c.removed]
+    expired = compactions[: max(0, len(compactions) - keep_last)]
+    files = sorted({f for c in expired for f in c.removed if writer.root.exists(f)})
+    _delete(writer, files)
+    return files
+
+
+def _delete(writer: ParquetLakeWriter, files: Iterable[str]) -> None:
+    for f in files:
+        try:
+            writer.root.delete(f)
+        except OSError as exc:
+            raise SinkError(f"compaction committed but cannot delete file={f}: {exc}") from exc

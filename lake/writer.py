@@ -335,6 +335,7 @@ class LakeWriter:
         offsets: Mapping[int, int] | None = None,
         topic: str | None = None,
         high_watermark: int | None = None,
+        event_times: Mapping[int, int] | None = None,
         dead_letters: pa.Table | None = None,
         properties: Mapping[str, str] | None = None,
     ) -> CommitRecord:
@@ -489,13 +490,15 @@ class ParquetLakeWriter(LakeWriter):
         offsets: Mapping[int, int] | None = None,
         topic: str | None = None,
         high_watermark: int | None = None,
+        event_times: Mapping[int, int] | None = None,
         dead_letters: pa.Table | None = None,
         properties: Mapping[str, str] | None = None,
     ) -> CommitRecord:
         """Write ``data`` as one commit; return its record. Blocking (use ``asyncio.to_thread``).
 
         ``offsets``: per Kafka partition the next offset to read after this commit;
-        ``high_watermark`` (µs): every record with time < it is complete; ``dead_letters``
+        ``high_watermark`` (µs): every record with time < it is complete; ``event_times``: per
+        Kafka partition the newest event time archived so far (µs); ``dead_letters``
         (schema :data:`DEAD_LETTER_SCHEMA`) are stored beside the lake under this commit.
         ``properties`` are accepted for API symmetry with Iceberg and ignored by Parquet lakes.
         """
@@ -512,6 +515,7 @@ class ParquetLakeWriter(LakeWriter):
                 files=tuple(files),
                 rows=prepared.table.num_rows,
                 high_watermark=high_watermark,
+                event_times=dict(event_times or {}),
             )
             if self._after_files_written is not None:
                 self._after_files_written(record)
@@ -712,6 +716,7 @@ class IcebergLakeWriter(LakeWriter):
         offsets: Mapping[int, int] | None = None,
         topic: str | None = None,
         high_watermark: int | None = None,
+        event_times: Mapping[int, int] | None = None,
         dead_letters: pa.Table | None = None,
         properties: Mapping[str, str] | None = None,
     ) -> CommitRecord:
@@ -748,6 +753,7 @@ class IcebergLakeWriter(LakeWriter):
                 topic=topic,
                 rows=aligned.num_rows,
                 high_watermark=high_watermark,
+                event_times=dict(event_times or {}),
             )
             _write_dead_letters(self._dead_letter_root(table), sequence, dead_letters)
             if self._after_files_written is not None:

@@ -52,6 +52,7 @@ from .base import Source, SourceOutput
 from .kafka.split import PartitionSplit
 from .kafka.stream import DriveHooks, KafkaStream, PartitionStart
 from .lake.commits import CommitRecord
+from .lake.pinned import LakeState
 
 HANDOFFS = ("timestamp", "offsets")
 LAKE = "lake"
@@ -60,9 +61,12 @@ _PENDING_CAP = 1 << 20
 
 @runtime_checkable
 class Lake(Protocol):
-    """What the lambda source needs of a lake besides being a bounded :class:`Source`."""
+    """What the lambda source needs of a lake besides being a bounded :class:`Source`: one
+    pinned state (:meth:`pin`) from which the recorded offsets and the high-water mark come."""
 
-    async def high_water_mark(self) -> int | None: ...
+    async def pin(self) -> LakeState: ...
+
+    async def high_water_mark(self, out_of_orderness: Duration = 0) -> int | None: ...
 
     async def recorded_offsets(self) -> CommitRecord | None: ...
 
@@ -164,6 +168,7 @@ class LambdaSource(Source):
         self.lake_rows_at_or_after_cutoff = 0
         self.missing_offsets: dict[int, tuple[int, int]] = {}
         self.recorded: dict[int, int] = {}
+        self.pinned: LakeState | None = None
         self.rows = {LAKE: 0, "stream": 0}
         self.max_lead = {LAKE: 0, "stream": 0}
         self.rows_beyond_drift = {LAKE: 0, "stream": 0}
@@ -227,9 +232,10 @@ class LambdaSource(Source):
         self,
     ) -> tuple[dict[int, PartitionStart], PartitionStart | None, int | None]:
         lake: Lake = self.lake
+        self.pinned = await lake.pin()  # the one lake state of this job (DESIGN §3)
         if self.handoff == "timestamp":
             if self.cutoff is None:
-                self.cutoff = await lake.high_water_mark()
+                self.cutoff = await lake.high_water_mark(self.out_of_orderness)
                 if self.cutoff is None:
                     raise HandoffError(
                         f"source={self.name}: the lake {self.lake.name!r} is empty, so it has no "
@@ -461,6 +467,7 @@ class LambdaSource(Source):
             "dropped_before_cutoff": self.dropped_before_cutoff,
             "lake_rows_at_or_after_cutoff": self.lake_rows_at_or_after_cutoff,
             "recorded_offsets": dict(self.recorded),
+            "pinned": None if self.pinned is None else self.pinned.to_dict(),
             "missing_offsets": {
                 p: {"from": lo, "to": hi, "count": hi - lo}
                 for p, (lo, hi) in self.missing_offsets.items()

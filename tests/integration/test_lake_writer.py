@@ -558,7 +558,8 @@ def test_compaction_merges_small_files_and_keeps_commits_valid(tmp_path: Path) -
     after = live_files(writer)
     per_partition = Counter(f.rsplit("/", 1)[0] for f in after)
     assert max(per_partition.values()) == 1
-    assert not any((tmp_path / f).exists() for f in result.removed)
+    # replaced files stay (jobs pinned to an older state read them) until expired explicitly
+    assert all((tmp_path / f).exists() for f in result.removed)
     assert set(before) - set(result.removed) <= set(after)
     # every commit record still parses; offsets unchanged; rows still sum to the lake's rows
     commits = ParquetLakeWriter(tmp_path, TIME).commits()
@@ -575,22 +576,24 @@ def test_compaction_merges_small_files_and_keeps_commits_valid(tmp_path: Path) -
     assert writer.write(table.slice(0, 0), offsets={0: 3_000}).sequence == 12
 
 
-def test_compaction_repairs_a_crash_before_delete(tmp_path: Path) -> None:
-    from lake.maintenance import compact, live_files
+def test_compaction_keeps_replaced_files_until_expired(tmp_path: Path) -> None:
+    from lake.maintenance import compact, expire_replaced, live_files
 
     table = data(1_000, 1)
     writer = ParquetLakeWriter(tmp_path, TIME)
     for start in range(0, 1_000, 250):
         writer.write(table.slice(start, 250))
     result = compact(writer)
-    # simulate a crash between the commit and the deletes: put a removed file back
-    restored = tmp_path / result.removed[0]
-    restored.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.slice(0, 5), restored)
-    assert restored.exists()
+    assert result.removed and all((tmp_path / f).exists() for f in result.removed)
     assert result.removed[0] not in live_files(writer)
-    # readers already see only the new files (atomic for readers), the stale one is reported
+    # readers see only the new files (atomic for readers); the replaced ones are reported
     assert ids(read_with_parquet_lake(str(tmp_path))) == ids(table)
-    compact(writer)
-    assert not restored.exists()
+    assert expire_replaced(writer, keep_last=1) == []
+    assert sorted(expire_replaced(writer)) == sorted(result.removed)
+    assert not any((tmp_path / f).exists() for f in result.removed)
     assert ids(read_with_parquet_lake(str(tmp_path))) == ids(table)
+    # an explicit word deletes at once
+    writer.write(table.slice(0, 10))
+    writer.write(table.slice(10, 10))
+    again = compact(writer, delete_replaced=True)
+    assert again.removed and not any((tmp_path / f).exists() for f in again.removed)

@@ -199,7 +199,9 @@ async def check_timestamp_handoff(
         idle_timeout="200ms",
     )
     sink, _ = await run(source)
-    cut = lake_end if cutoff is None else cutoff
+    # default cutoff: what the lake truly covers, the newest lake time + 1µs − out_of_orderness
+    newest = int(pc.max(lake_rows.column("event_time")).cast(pa.int64()).as_py())
+    cut = newest + 1 - 10 * MINUTE if cutoff is None else cutoff
     assert source.cutoff == cut
     lake_t = pc.cast(lake_rows.column("event_time"), pa.int64()).to_numpy()
     stream_t = pc.cast(stream_rows.column("event_time"), pa.int64()).to_numpy()
@@ -282,6 +284,7 @@ async def test_idle_partition_does_not_stall_the_lambda_watermark(
     source = LambdaSource(
         ParquetLake(tmp_path, "event_time", schema=SCHEMA),
         stream_for(kafka, topic, stop_at=None),
+        cutoff=lake_end,  # the lake is complete up to its last partition's end
         out_of_orderness="10m",
         idle_timeout="300ms",
     )
@@ -515,6 +518,7 @@ async def test_restore_from_a_checkpoint_delivers_the_rest_exactly_once(
         return LambdaSource(
             ParquetLake(tmp_path, "event_time", schema=SCHEMA, batch_size=100),
             stream_for(kafka, topic, stop_at=stop_at, max_batch_records=50),
+            cutoff=cut,  # the lake is complete up to its last partition's end
             out_of_orderness="5m",
             idle_timeout="200ms",
             alignment=Alignment(max_drift="10m"),
@@ -568,6 +572,7 @@ async def test_lake_and_stream_schemas_are_unified(kafka: KafkaService, tmp_path
     source = LambdaSource(
         ParquetLake(tmp_path, "event_time", schema=declared),
         stream_for(kafka, topic),
+        cutoff=cut,  # the lake is complete up to its last partition's end
         idle_timeout="200ms",
     )
     sink, _ = await run(source)

@@ -520,11 +520,18 @@ async def test_orphans_skipped_with_commit_records_and_lake_facts(tmp_path: Path
     recorded = await lake.recorded_offsets()
     assert recorded is not None
     assert recorded.offsets == {0: 20, 1: 5} and recorded.sequence == 2 and recorded.topic == "t"
-    # without commits: high-water mark = end of the last partition
+    # without commits: the newest data's maximum time (statistics) + 1µs − out_of_orderness,
+    # never the end of a half-written partition
     other = tmp_path.parent / "plain"
     write_hive(other, table)
     plain = ParquetLake(other, "event_time")
-    assert await plain.high_water_mark() == hours_of(table)[-1] + HOUR
+    newest = int(pc.max(table.column("event_time")).cast(pa.int64()).as_py())
+    assert newest + 1 < hours_of(table)[-1] + HOUR
+    assert await plain.high_water_mark() == newest + 1
+    assert await plain.high_water_mark("5m") == newest + 1 - 5 * 60_000_000
+    times = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
+    bounded = ParquetLake(other, "event_time", until=T0 + 2 * HOUR)
+    assert await bounded.high_water_mark() == int(times[times < T0 + 2 * HOUR].max()) + 1
     assert await plain.recorded_offsets() is None
 
 

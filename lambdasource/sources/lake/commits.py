@@ -34,6 +34,7 @@ PROP_TOPIC = "lambdasource.kafka.topic"
 PROP_OFFSETS = "lambdasource.kafka.offsets"  # JSON object {"<partition>": next_offset}
 PROP_HIGH_WATERMARK = "lambdasource.high-watermark-us"  # int µs, as a string
 PROP_SEQUENCE = "lambdasource.commit-sequence"
+PROP_EVENT_TIMES = "lambdasource.kafka.max-event-time-us"  # JSON object {"<partition>": µs}
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class CommitRecord:
     operation: str = "append"  # "append" | "compact"
     rows: int = 0
     high_watermark: int | None = None  # µs: every record with time < this is complete
+    event_times: dict[int, int] = field(default_factory=dict)  # per partition: max time archived
     committed_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     def file_name(self) -> str:
@@ -65,6 +67,7 @@ class CommitRecord:
                 "operation": self.operation,
                 "rows": self.rows,
                 "high_watermark_us": self.high_watermark,
+                "event_times_us": {str(p): t for p, t in sorted(self.event_times.items())},
                 "committed_at": self.committed_at,
             },
             option=orjson.OPT_INDENT_2,
@@ -85,6 +88,7 @@ class CommitRecord:
                 operation=str(raw.get("operation", "append")),
                 rows=int(raw.get("rows", 0)),
                 high_watermark=raw.get("high_watermark_us"),
+                event_times={int(p): int(t) for p, t in raw.get("event_times_us", {}).items()},
                 committed_at=str(raw.get("committed_at", "")),
             )
         except (ValueError, KeyError, TypeError) as exc:
@@ -102,6 +106,10 @@ class CommitRecord:
             props[PROP_TOPIC] = self.topic
         if self.high_watermark is not None:
             props[PROP_HIGH_WATERMARK] = str(self.high_watermark)
+        if self.event_times:
+            props[PROP_EVENT_TIMES] = orjson.dumps(
+                {str(p): t for p, t in sorted(self.event_times.items())}
+            ).decode()
         return props
 
     @classmethod
@@ -114,12 +122,14 @@ class CommitRecord:
         try:
             offsets = {int(p): int(o) for p, o in orjson.loads(props[PROP_OFFSETS]).items()}
             hwm = props.get(PROP_HIGH_WATERMARK)
+            times = orjson.loads(props[PROP_EVENT_TIMES]) if PROP_EVENT_TIMES in props else {}
             return cls(
                 sequence=int(props.get(PROP_SEQUENCE, "0")),
                 topic=props.get(PROP_TOPIC),
                 offsets=offsets,
                 rows=rows,
                 high_watermark=int(hwm) if hwm else None,
+                event_times={int(p): int(t) for p, t in times.items()},
             )
         except (ValueError, TypeError, AttributeError) as exc:
             raise LakeReadError(f"unreadable commit properties in {where}: {exc}") from exc
@@ -142,3 +152,20 @@ def merge_offsets(commits: list[CommitRecord]) -> dict[int, int]:
         for partition, offset in commit.offsets.items():
             merged[partition] = max(offset, merged.get(partition, offset))
     return merged
+
+
+def merge_event_times(commits: list[CommitRecord]) -> dict[int, int]:
+    """Per partition, the maximum event time archived over all commits."""
+    merged: dict[int, int] = {}
+    for commit in commits:
+        for partition, micros in commit.event_times.items():
+            merged[partition] = max(micros, merged.get(partition, micros))
+    return merged
+
+
+def archived_high_watermark(event_times: dict[int, int], out_of_orderness: int) -> int | None:
+    """The archiver's high-water mark (µs, exclusive): the minimum over Kafka partitions of the
+    newest event time each has archived, + 1µs − ``out_of_orderness`` (DESIGN §3)."""
+    if not event_times:
+        return None
+    return min(event_times.values()) + 1 - out_of_orderness

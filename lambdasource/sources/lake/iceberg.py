@@ -27,11 +27,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ...errors import ConfigError, LakeReadError, SchemaError
+from ...errors import ConfigError, LakeReadError, LakeStateError, SchemaError
 from ...s3 import S3Config
-from ...timeutil import DAY, HOUR, Duration
+from ...timeutil import DAY, HOUR, Duration, parse_duration
 from ..base import SourceOutput
-from .commits import PROP_HIGH_WATERMARK, CommitRecord, merge_offsets
+from .commits import CommitRecord
+from .pinned import LakeState
 from .reader import (
     BATCH_ROWS,
     Chunk,
@@ -160,8 +161,17 @@ class IcebergLake(LakeSource):
             row_filter = And(row_filter, GreaterThanOrEqual(self.time_column, self.start))  # type: ignore[call-arg,arg-type]
         if bounded and self.until is not None:
             row_filter = And(row_filter, LessThan(self.time_column, self.until))  # type: ignore[call-arg,arg-type]
+        state = self._pinned
+        snapshot_id = self.snapshot_id if state is None else state.snapshot_id
+        if state is not None and snapshot_id is None:  # pinned while the table was empty
+            return planned
+        if snapshot_id is not None and table.snapshot_by_id(snapshot_id) is None:
+            raise LakeStateError(
+                f"table={self.identifier}: the pinned snapshot_id={snapshot_id} no longer exists "
+                "(expired?); start the job fresh, or keep snapshots until jobs have restarted"
+            )
         try:
-            scan = table.scan(row_filter=row_filter, snapshot_id=self.snapshot_id)
+            scan = table.scan(row_filter=row_filter, snapshot_id=snapshot_id)
             tasks = list(scan.plan_files())
         except Exception as exc:
             raise LakeReadError(f"cannot plan a scan of table={self.identifier}: {exc}") from exc
@@ -231,6 +241,13 @@ class IcebergLake(LakeSource):
     # reading ------------------------------------------------------------------------------------
 
     async def run(self, out: SourceOutput) -> None:
+        try:
+            await self._run(out)
+        finally:
+            self._end_of_run()
+
+    async def _run(self, out: SourceOutput) -> None:
+        await self.pin()
         metrics = self._metrics = LakeMetrics()
         planned = await asyncio.to_thread(self._plan_sync)
         trust = planned.event_time_partitioned
@@ -270,57 +287,90 @@ class IcebergLake(LakeSource):
                 )
 
             reader = self._new_reader(metrics, trust)
-            if self.until is not None:
+            if self.until is not None:  # a bounded run ends at its bound (DESIGN §3)
                 end: int | None = self.until - 1
             else:
-                hwm = await self.high_water_mark(planned)
+                hwm = self._high_water_mark(planned, self.out_of_orderness or 0)
                 end = None if hwm is None else hwm - 1
             await reader.run(out, planned.partitions, load, end)
 
     # positions and table facts ------------------------------------------------------------------
 
-    def _snapshots_sync(self) -> list[tuple[int, dict[str, str], int]]:
+    def _choose_state_sync(self) -> LakeState:
+        """The snapshot to pin (the given ``snapshot_id``, else the current one) with the
+        commits its lineage carries: offsets merged over its ancestors only, so a snapshot a
+        rollback removed never counts."""
         table = self._table()
-        out: list[tuple[int, dict[str, str], int]] = []
-        for snap in table.snapshots():
-            if self.snapshot_id is not None and snap.snapshot_id == self.snapshot_id:
-                out.append(_summary(snap))
-                break
-            out.append(_summary(snap))
-        return out
-
-    async def high_water_mark(self, planned: Any = None) -> int | None:
-        """µs: the newest snapshot's recorded high-water mark, else max upper bound + 1µs."""
-        snaps = await asyncio.to_thread(self._snapshots_sync)
-        for _sid, props, _rows in reversed(snaps):
-            if PROP_HIGH_WATERMARK in props:
-                return int(props[PROP_HIGH_WATERMARK])
-            break  # only the newest snapshot's property counts
-        if planned is None or self.start is not None or self.until is not None:
-            planned = await asyncio.to_thread(self._plan_sync, bounded=False)
-        upper = planned.max_upper
-        return None if upper is None else upper + 1
-
-    async def recorded_offsets(self) -> CommitRecord | None:
-        """Commits carried by snapshot properties, merged (newest sequence and topic)."""
-        snaps = await asyncio.to_thread(self._snapshots_sync)
+        snapshot = (
+            table.current_snapshot()
+            if self.snapshot_id is None
+            else table.snapshot_by_id(self.snapshot_id)
+        )
+        if snapshot is None:
+            if self.snapshot_id is not None:
+                raise LakeStateError(
+                    f"table={self.identifier} has no snapshot_id={self.snapshot_id}"
+                )
+            return LakeState("snapshot")
+        lineage = []
+        while snapshot is not None:
+            lineage.append(snapshot)
+            parent = snapshot.parent_snapshot_id
+            snapshot = None if parent is None else table.snapshot_by_id(parent)
         commits = []
-        for sid, props, rows in snaps:
+        for snap in reversed(lineage):
+            sid, props, rows = _summary(snap)
             commit = CommitRecord.from_snapshot_properties(
                 props, where=f"table={self.identifier} snapshot={sid}", rows=rows
             )
             if commit is not None:
                 commits.append(commit)
+        pinned_id = int(lineage[0].snapshot_id)
         if not commits:
-            return None
-        newest = max(commits, key=lambda c: c.sequence)
-        return CommitRecord(
-            sequence=newest.sequence,
-            offsets=merge_offsets(commits),
-            topic=newest.topic,
-            rows=sum(c.rows for c in commits),
-            high_watermark=newest.high_watermark,
+            return LakeState("snapshot", snapshot_id=pinned_id)
+        of_commits = LakeState.of_commits(commits)
+        return LakeState(
+            "snapshot",
+            snapshot_id=pinned_id,
+            offsets=of_commits.offsets,
+            topic=of_commits.topic,
+            high_watermark=of_commits.high_watermark,
+            rows=of_commits.rows,
+            sequence=of_commits.sequence,
         )
+
+    async def _choose_state(self) -> LakeState:
+        return await asyncio.to_thread(self._choose_state_sync)
+
+    def _check_state_kind(self, state: LakeState) -> None:
+        if state.kind != "snapshot":
+            raise LakeStateError(
+                f"table={self.identifier}: the checkpoint pinned a Parquet lake state "
+                f"({state.describe()}), not an Iceberg snapshot"
+            )
+
+    def _high_water_mark(self, planned: _Planned, out_of_orderness: int) -> int | None:
+        """µs, exclusive: the pinned lineage's recorded mark, else the maximum upper bound of the
+        pinned snapshot's files + 1µs − ``out_of_orderness``; never past ``until``."""
+        state = self._pinned
+        mark: int | None
+        if state is not None and state.high_watermark is not None:
+            mark = state.high_watermark
+        else:
+            upper = planned.max_upper
+            mark = None if upper is None else upper + 1 - out_of_orderness
+        if mark is not None and self.until is not None:
+            mark = min(mark, self.until)
+        return mark
+
+    async def high_water_mark(self, out_of_orderness: Duration = 0) -> int | None:
+        """µs, exclusive: every record with time < this is in the pinned snapshot."""
+        ooo = parse_duration(out_of_orderness, name="out_of_orderness")
+        state = await self.pin()
+        if state.high_watermark is not None:
+            return self._high_water_mark(_Planned(), ooo)
+        planned = await asyncio.to_thread(self._plan_sync)
+        return self._high_water_mark(planned, ooo)
 
 
 def _summary(snap: Any) -> tuple[int, dict[str, str], int]:

@@ -156,7 +156,7 @@ async def ainspect_iceberg(
         partitions=_summaries(planned.partitions),
         missing_partitions=list(metrics.missing_partition_labels),
         recorded=await lake.recorded_offsets(),
-        high_water_mark=await lake.high_water_mark(planned),
+        high_water_mark=await lake.high_water_mark(),
     )
 
 

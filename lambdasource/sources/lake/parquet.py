@@ -17,12 +17,13 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ...errors import ConfigError, LakeReadError
+from ...errors import ConfigError, LakeReadError, LakeStateError
 from ...s3 import S3Config
-from ...timeutil import Duration
+from ...timeutil import Duration, parse_duration
 from ..base import SourceOutput
-from .commits import COMMITS_DIR, CommitRecord, live_files, merge_offsets
+from .commits import COMMITS_DIR, CommitRecord
 from .layout import Layout, classify, detect
+from .pinned import LakeState, follow_compactions, pinned_commits, pinned_live_files
 from .reader import (
     BATCH_ROWS,
     Chunk,
@@ -133,18 +134,19 @@ class ParquetLake(LakeSource):
     # planning -----------------------------------------------------------------------------------
 
     async def plan(self, storage: Storage, *, read_footers: bool | None = True) -> LakePlan:
-        """List and map the lake; footers are read now if ``read_footers`` (None: only for a
-        flat layout, which needs them to order its files)."""
+        """List and map the pinned state of the lake; footers are read now if ``read_footers``
+        (None: only for a flat layout, which needs them to order its files)."""
         metrics = self._metrics = LakeMetrics()
         self._tail_bytes = 0
         result = LakePlan()
         listed = await storage.list()
-        result.commits = await read_commits(storage, listed)
-        committed: set[str] | None = None
-        retired: set[str] = set()
-        if result.commits:
-            committed = {f.strip("/") for f in live_files(result.commits)}
-            retired = {f.strip("/") for c in result.commits for f in c.removed}
+        all_commits = await read_commits(storage, listed)
+        if not self._pin_active or self._pinned is None:
+            self._set_pin(self._restored_state or choose_state(all_commits, listed))
+        state = await self.pin()
+        present = {f.path: f for f in listed}
+        result.commits = pinned_commits(all_commits, state)
+        committed, retired, later = self._pinned_files(state, all_commits, present)
         data: list[StoredFile] = []
         for f in listed:
             reason = classify(f.path)
@@ -156,7 +158,10 @@ class ParquetLake(LakeSource):
                 metrics.skipped_files.append({"file": f.path, "reason": "retired by compaction"})
                 continue
             if committed is not None and f.path not in committed:
-                metrics.orphan_files.append(f.path)
+                if f.path in later:
+                    metrics.files_after_pin += 1
+                else:
+                    metrics.orphan_files.append(f.path)
                 continue
             data.append(f)
         layout = detect(
@@ -214,6 +219,59 @@ class ParquetLake(LakeSource):
         metrics.files_total = sum(len(p.files) for p in partitions)
         result.partitions = partitions
         return result
+
+    def _pinned_files(
+        self, state: LakeState, commits: list[CommitRecord], present: dict[str, StoredFile]
+    ) -> tuple[set[str] | None, set[str], set[str]]:
+        """(files of the pinned state or None for every data file, files it retired, files
+        committed after it) — a pinned file that vanished is followed through a compaction's
+        record where that is exact, else :class:`LakeStateError` names it."""
+        if state.kind == "files":
+            pinned = dict(state.files)
+            for path, size in sorted(pinned.items()):
+                found = present.get(path)
+                if found is None or found.size != size:
+                    what = "is missing" if found is None else f"changed size {size} -> {found.size}"
+                    raise LakeStateError(
+                        f"lake={self.name}: file={path} of the pinned file list {what}: the "
+                        "lake has no commit records, so a rewritten file cannot be followed; "
+                        "start the job fresh (run(restore=None))"
+                    )
+            return set(pinned), set(), {p for p in present if p not in pinned}
+        if not commits:
+            raise LakeStateError(
+                f"lake={self.name}: the pinned state ({state.describe()}) names commit records, "
+                f"but {self.path} has none any more"
+            )
+        mine = pinned_commits(commits, state)
+        committed = pinned_live_files(commits, state)
+        retired = {f.strip("/") for c in mine for f in c.removed}
+        after = [c for c in commits if c not in mine]
+        later = {f.strip("/") for c in after for f in c.files}
+        missing = {f for f in committed if f not in present}
+        if missing:
+            committed = follow_compactions(committed, after, missing)
+            gone = sorted(f for f in committed if f not in present)
+            if gone:
+                raise LakeStateError(
+                    f"lake={self.name}: file={gone[0]} of the pinned lake state "
+                    f"({state.describe()}) is missing and no compaction record maps it"
+                    + (f" ({len(gone)} files in all)" if len(gone) > 1 else "")
+                )
+            later -= committed
+        return committed, retired, later
+
+    async def _choose_state(self) -> LakeState:
+        async with self._storage() as storage:
+            listed = await storage.list()
+            return choose_state(await read_commits(storage, listed), listed)
+
+    def _check_state_kind(self, state: LakeState) -> None:
+        if state.kind == "snapshot":
+            raise LakeStateError(
+                f"lake={self.name}: the checkpoint pinned an Iceberg snapshot "
+                f"({state.describe()}), but this lake is the Parquet lake {self.path}"
+            )
 
     def _report_left_out(self, metrics: LakeMetrics) -> None:
         if metrics.skipped_files:
@@ -279,13 +337,16 @@ class ParquetLake(LakeSource):
     # reading ------------------------------------------------------------------------------------
 
     async def run(self, out: SourceOutput) -> None:
-        async with self._storage() as storage:
-            plan = await self.plan(storage, read_footers=None)
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    await self._run(out, storage, plan, tg)
-            except BaseExceptionGroup as group:
-                raise first_error(group) from None
+        try:
+            async with self._storage() as storage:
+                plan = await self.plan(storage, read_footers=None)
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        await self._run(out, storage, plan, tg)
+                except BaseExceptionGroup as group:
+                    raise first_error(group) from None
+        finally:
+            self._end_of_run()
             metrics = self._metrics
             if metrics.rows_outside_partition:
                 log.warning(
@@ -346,58 +407,65 @@ class ParquetLake(LakeSource):
             )
 
         reader = self._new_reader(metrics, trust)
-        end = self.until - 1 if self.until is not None else None
-        if end is None:
-            hwm = self._plan_high_water_mark(plan)
-            end = None if hwm is None else hwm - 1
+        ooo = self.out_of_orderness or 0
+
+        def end() -> int | None:  # after the last partition: every footer is known by then
+            if self.until is not None:  # a bounded run ends at its bound (DESIGN §3)
+                return self.until - 1
+            mark = self._plan_high_water_mark(plan, ooo)
+            return None if mark is None else mark - 1
+
         await reader.run(out, plan.partitions, load, end, ready=settle)
 
     # positions and lake facts -------------------------------------------------------------------
 
-    def _plan_high_water_mark(self, plan: LakePlan) -> int | None:
-        if plan.commits and plan.commits[-1].high_watermark is not None:
-            return int(plan.commits[-1].high_watermark)
-        ends = [p.end for p in plan.partitions if p.end is not None]
-        if ends:
-            return max(ends)
-        highs = [f.max_time for p in plan.partitions for f in p.files if f.max_time is not None]
-        return max(highs) + 1 if highs else None
+    def _plan_high_water_mark(self, plan: LakePlan, out_of_orderness: int = 0) -> int | None:
+        """µs, exclusive: the pinned state's recorded mark, else the newest data's maximum time
+        (statistics) + 1µs − ``out_of_orderness``; never past ``until`` (DESIGN §3)."""
+        state = self._pinned
+        if state is not None and state.high_watermark is not None:
+            mark: int | None = state.high_watermark
+        else:
+            mark = data_high_water_mark(plan.partitions, out_of_orderness)
+        if mark is not None and self.until is not None:
+            mark = min(mark, self.until)
+        return mark
 
-    async def high_water_mark(self) -> int | None:
-        """µs: every record with time < this is in the lake (newest commit, else last partition end)."""
-        lake = self._unbounded_copy()
-        async with lake._storage() as storage:
-            plan = await lake.plan(storage, read_footers=False)
-            if plan.commits and plan.commits[-1].high_watermark is not None:
-                return int(plan.commits[-1].high_watermark)
-            if plan.layout is not None and plan.layout.flat:
-                await lake._read_footers(storage, plan.partitions)
-            return lake._plan_high_water_mark(plan)
-
-    async def recorded_offsets(self) -> CommitRecord | None:
-        """All commits merged: highest next-offset per Kafka partition, newest sequence/topic."""
+    async def high_water_mark(self, out_of_orderness: Duration = 0) -> int | None:
+        """µs, exclusive: every record with time < this is in the pinned lake state (see
+        :meth:`_plan_high_water_mark`); reads footers of the newest partitions only."""
+        ooo = parse_duration(out_of_orderness, name="out_of_orderness")
         async with self._storage() as storage:
-            commits = await read_commits(storage, await storage.list(COMMITS_DIR))
-        if not commits:
-            return None
-        newest = commits[-1]
-        return CommitRecord(
-            sequence=newest.sequence,
-            offsets=merge_offsets(commits),
-            topic=newest.topic,
-            rows=sum(c.rows for c in commits),
-            high_watermark=newest.high_watermark,
-            committed_at=newest.committed_at,
-        )
+            plan = await self.plan(storage, read_footers=False)
+            state = await self.pin()
+            if state.high_watermark is None:
+                # footers of the newest partitions, until one keeps rows
+                for partition in reversed(plan.partitions):
+                    await self._read_footers(storage, [partition])
+                    if partition.files:
+                        break
+            return self._plan_high_water_mark(plan, ooo)
 
-    def _unbounded_copy(self) -> ParquetLake:
-        return ParquetLake(
-            self.path,
-            self.time_column,
-            partitioning=self.partitioning,
-            event_time_partitioned=self.event_time_partitioned,
-            s3=self.s3,
-            layout=self.layout_template,
-            on_corrupt="quarantine",
-            name=self.name,
-        )
+
+def choose_state(commits: list[CommitRecord], listed: list[StoredFile]) -> LakeState:
+    """The state a job pins now: the newest commit, else the current data files."""
+    if commits:
+        return LakeState.of_commits(commits)
+    files = tuple(sorted((f.path, f.size) for f in listed if classify(f.path) is None))
+    return LakeState("files", files=files)
+
+
+def data_high_water_mark(partitions: list[LakePartition], out_of_orderness: int) -> int | None:
+    """Newest statistics-known maximum time + 1µs − ``out_of_orderness`` (a newest partition
+    whose files lack statistics counts from its start: never a partition end beyond the data)."""
+    for partition in reversed(partitions):
+        if not partition.files:
+            continue
+        highs = [f.max_time for f in partition.files]
+        if any(h is None for h in highs):
+            if partition.start is None:
+                continue
+            return partition.start - out_of_orderness
+        top = max(h for h in highs if h is not None)
+        return top + 1 - out_of_orderness
+    return None

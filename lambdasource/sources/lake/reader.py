@@ -19,8 +19,10 @@ the watermark jumps to the next partition's start − 1µs (capped the same way)
 with ``end_watermark`` (``until − 1µs`` or the lake's high-water mark − 1µs).
 
 Position (``snapshot()``): partition label, index of the chunk in the partition, rows of that
-chunk already emitted; a chunk's file and row group are recorded for humans. Restoring skips
-exactly what was emitted.
+chunk already emitted, and the file and row group of that chunk (the next chunk to read at a chunk
+boundary; none at a partition start). Restoring checks that the planned partition holds that very
+chunk at that index — the pinned state makes this hold across restarts — and raises
+:class:`LakeStateError` naming the file otherwise, then skips exactly what was emitted.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from ...errors import LakeReadError, LambdaSourceError, SchemaError
+from ...errors import LakeReadError, LakeStateError, LambdaSourceError, SchemaError
 from ...timeutil import TIME_TYPE, normalize_time_array, to_micros
 from ..base import SourceOutput
 from .schema import unify
@@ -50,6 +52,7 @@ from .storage import LocalStorage, Storage
 log = logging.getLogger("lambdasource.lake")
 
 INF = math.inf
+END = "<end>"  # the partition label of a position past the last partition
 BATCH_ROWS = 131_072
 WHOLE_FILE_FRACTION = 0.6  # fetch the whole object when the needed ranges cover more than this
 
@@ -124,6 +127,7 @@ class LakeMetrics:
     dead_letters: int = 0
     skipped_files: list[dict[str, str]] = field(default_factory=list)
     orphan_files: list[str] = field(default_factory=list)
+    files_after_pin: int = 0  # committed after the pinned state: the stream holds their records
     quarantined_files: list[dict[str, str]] = field(default_factory=list)
     watermark: int | None = None
     watermarks_emitted: int = 0
@@ -144,6 +148,7 @@ class LakeMetrics:
             "dead_letters": self.dead_letters,
             "skipped_files": [dict(s) for s in self.skipped_files],
             "orphan_files": list(self.orphan_files),
+            "files_after_pin": self.files_after_pin,
             "quarantined_files": [dict(q) for q in self.quarantined_files],
             "watermark": self.watermark,
             "watermarks_emitted": self.watermarks_emitted,
@@ -568,6 +573,7 @@ class Position:
 
 
 Loader = Callable[[LakePartition], Coroutine[Any, Any, list[Chunk]]]
+EndWatermark = int | None | Callable[[], int | None]
 
 
 class LakeReader:
@@ -611,24 +617,56 @@ class LakeReader:
             await out.emit_watermark(w)
 
     def _first_partition(self, partitions: list[LakePartition]) -> int:
-        if self.restored is None:
+        restored = self.restored
+        if restored is None:
             return 0
         for i, part in enumerate(partitions):
-            if part.label == self.restored.partition:
+            if part.label == restored.partition:
                 return i
-        # The partition vanished (quarantined?): resume after the recorded index.
-        return min(self.restored.partition_index, len(partitions))
+        if restored.partition == END and restored.partition_index == len(partitions):
+            return len(partitions)
+        raise LakeStateError(
+            f"lake={self.name}: the restored position names partition={restored.partition} "
+            f"(index {restored.partition_index}"
+            + (f", file={restored.file}" if restored.file else "")
+            + f"), which the lake no longer plans ({len(partitions)} partitions): a changed "
+            "start/until/filter, or files outside the pinned state"
+        )
+
+    def _check_resume(self, part: LakePartition, chunks: list[Chunk], resume: Position) -> None:
+        """The restored chunk index must still hold the recorded file and row group."""
+        if resume.chunk == 0 and resume.rows == 0:
+            return  # a partition start: nothing of it was emitted
+        at = chunks[resume.chunk] if resume.chunk < len(chunks) else None
+        if resume.file is None:  # an older position without the chunk's identity
+            if resume.chunk <= len(chunks) and (at is None or resume.rows <= at.table.num_rows):
+                return
+        elif (
+            at is not None
+            and at.file == resume.file
+            and at.row_group == resume.row_group
+            and resume.rows <= at.table.num_rows
+        ):
+            return
+        found = "nothing" if at is None else f"file={at.file} row_group={at.row_group}"
+        raise LakeStateError(
+            f"lake={self.name}: cannot resume partition={part.label} at chunk {resume.chunk} "
+            f"(file={resume.file} row_group={resume.row_group} rows={resume.rows}): the "
+            f"partition now holds {found} there — a file was rewritten (compaction) or "
+            "start/until/filter changed since the checkpoint; start the job fresh"
+        )
 
     async def run(
         self,
         out: SourceOutput,
         partitions: list[LakePartition],
         load: Loader,
-        end_watermark: int | None,
+        end_watermark: EndWatermark,
         ready: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         """Emit ``partitions``; ``ready`` (if given) completes the files' statistics — it is
-        awaited once the first partition is loaded, before any watermark is computed."""
+        awaited once the first partition is loaded, before any watermark is computed.
+        ``end_watermark`` (or a callable evaluated after the last partition) ends the run."""
         estimate = [sum(f.est_bytes or 3 * f.size for f in p.files) for p in partitions]
         first = self._first_partition(partitions)
         try:
@@ -651,7 +689,7 @@ class LakeReader:
         out: SourceOutput,
         partitions: list[LakePartition],
         load: Loader,
-        end_watermark: int | None,
+        end_watermark: EndWatermark,
         ready: Callable[[], Coroutine[Any, Any, None]] | None,
         estimate: list[int],
         first: int,
@@ -701,6 +739,8 @@ class LakeReader:
                     else None
                 )
                 self.restored = None
+                if resume is not None:
+                    self._check_resume(part, chunks, resume)
                 for k, chunk in enumerate(chunks):
                     skip = 0
                     if resume is not None:
@@ -727,16 +767,22 @@ class LakeReader:
                     top = chunk.max_time
                     if top is not None:
                         max_seen = top if max_seen is None else max(max_seen, top)
-                    self.position = Position(part.label, i, k + 1, 0)
+                    following = chunks[k + 1] if k + 1 < len(chunks) else None
+                    self.position = Position(
+                        part.label,
+                        i,
+                        k + 1,
+                        0,
+                        None if following is None else following.file,
+                        None if following is None else following.row_group,
+                    )
                     await self._advance(
                         out,
                         self._candidate(part, max_seen),
                         min(suffix[k + 1], await later_bound()),
                     )
                 # partition end
-                self.position = Position(
-                    partitions[i + 1].label if i + 1 < n else "<end>", i + 1, 0, 0
-                )
+                self.position = Position(partitions[i + 1].label if i + 1 < n else END, i + 1)
                 await self._advance(out, self._candidate(part, max_seen), await later_bound())
                 if trust and part.end is not None and i + 1 < n:
                     nxt = partitions[i + 1].start
@@ -744,8 +790,9 @@ class LakeReader:
                         await self._advance(out, nxt - 1, await later_bound())
                 self.metrics.partitions_done += 1
                 in_flight -= estimate[i]
-        if end_watermark is not None:
-            await self._advance(out, end_watermark, INF)
+        end = end_watermark() if callable(end_watermark) else end_watermark
+        if end is not None:
+            await self._advance(out, end, INF)
 
     def _candidate(self, part: LakePartition, max_seen: int | None) -> float:
         if self.event_time_partitioned and part.end is not None:

@@ -1,4 +1,10 @@
-"""What every lake source shares: reading options, the decoder, the ordered reader, positions.
+"""What every lake source shares: reading options, the decoder, the ordered reader, positions,
+and the pinned lake state (:mod:`.pinned`) a run reads.
+
+Pinning lifecycle: :meth:`LakeSource.pin` chooses the state once per run (or takes the one a
+checkpoint restored) and every later call in that run — planning, ``recorded_offsets()``,
+``high_water_mark()`` — returns the same; a new ``run()`` without a restore pins afresh.
+``snapshot()`` is ``{"state": pinned state, "position": reader position}``.
 
 ``ParquetLake`` and ``IcebergLake`` differ only in how they *plan* (list a directory vs scan an
 Iceberg table) and where files live; once partitions are planned, both hand them to one
@@ -15,10 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ...errors import ConfigError, LakeReadError
+from ...errors import ConfigError, LakeReadError, LakeStateError
 from ...s3 import S3Config
 from ...timeutil import TIME_TYPE, Duration, parse_duration
 from ..base import Source
+from .commits import CommitRecord
+from .pinned import LakeState
 from .reader import (
     BATCH_ROWS,
     Chunk,
@@ -101,21 +109,80 @@ class LakeSource(Source):
         self._metrics = LakeMetrics()
         self._reader: LakeReader | None = None
         self._restored: Position | None = None
+        self._restored_state: LakeState | None = None
+        self._pinned: LakeState | None = None
+        self._pin_active = False  # the pin of the current run is chosen
 
     @property
     def schema(self) -> pa.Schema | None:
         return self.declared
 
     def metrics(self) -> dict[str, Any]:
-        return self._metrics.as_dict()
+        out = self._metrics.as_dict()
+        out["pinned"] = None if self._pinned is None else self._pinned.to_dict()
+        return out
+
+    # the pinned state ---------------------------------------------------------------------------
+
+    async def pin(self) -> LakeState:
+        """The lake state this run reads: the restored one, else chosen now (once per run)."""
+        if not self._pin_active or self._pinned is None:
+            self._set_pin(self._restored_state or await self._choose_state())
+        assert self._pinned is not None
+        return self._pinned
+
+    def _set_pin(self, state: LakeState) -> None:
+        self._check_state_kind(state)
+        self._pinned = state
+        self._pin_active = True
+
+    def _end_of_run(self) -> None:
+        """A finished run: the next ``run()`` pins afresh unless a checkpoint is restored."""
+        self._pin_active = False
+        self._restored_state = None
+        self._restored = None
+
+    async def _choose_state(self) -> LakeState:
+        raise NotImplementedError
+
+    def _check_state_kind(self, state: LakeState) -> None:
+        """Refuse a restored state of another kind of lake (e.g. a Parquet pin on Iceberg)."""
+
+    async def recorded_offsets(self) -> CommitRecord | None:
+        """The Kafka offsets recorded up to the pinned state (None: the lake records none)."""
+        return (await self.pin()).commit_record()
+
+    # positions ----------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any] | None:
+        position: Position | None = self._restored
         if self._reader is not None and self._reader.position is not None:
-            return self._reader.position.to_dict()
-        return None if self._restored is None else self._restored.to_dict()
+            position = self._reader.position
+        state = self._pinned if self._pinned is not None else self._restored_state
+        if position is None and state is None:
+            return None
+        return {
+            "state": None if state is None else state.to_dict(),
+            "position": None if position is None else position.to_dict(),
+        }
 
     def restore(self, state: Any) -> None:
-        self._restored = None if state is None else Position.from_dict(state)
+        """Resume in the pinned state and at the position of a checkpoint (validated when the
+        lake is planned again: :class:`LakeStateError` names what no longer matches)."""
+        self._restored = None
+        self._restored_state = None
+        self._pin_active = False
+        if state is None:
+            return
+        if not isinstance(state, dict):
+            raise LakeStateError(f"lake={self.name}: unreadable lake position {state!r}")
+        if "partition" in state:  # a position from before pinned states (no state recorded)
+            self._restored = Position.from_dict(state)
+            return
+        if state.get("position") is not None:
+            self._restored = Position.from_dict(state["position"])
+        if state.get("state") is not None:
+            self._restored_state = LakeState.from_dict(state["state"])
 
     # reading ------------------------------------------------------------------------------------
 
