@@ -18,6 +18,8 @@ from ..timeutil import TIME_TYPE, micros_array
 from .aggregates import Kernel, Rows
 from .assigners import Session, Sliding, WindowSpec
 from .engine import Emission, EmitMode, WindowEngine
+from .session import SessionEngine
+from .sliding import SlidingEngine
 
 
 def output_schema(
@@ -38,12 +40,8 @@ def make_engine(
     spec: WindowSpec, kernels: list[Kernel], emit: EmitMode, allowed_lateness: int
 ) -> WindowEngine:
     if isinstance(spec, Session):
-        from .session import SessionEngine
-
         return SessionEngine(kernels, emit, allowed_lateness, gap=spec.gap)
     assert isinstance(spec, Sliding)
-    from .sliding import SlidingEngine
-
     return SlidingEngine(kernels, emit, allowed_lateness, size=spec.size, slide=spec.slide)
 
 

@@ -836,21 +836,12 @@ def test_session_islands_match_the_general_reference(
 # -------------------------------------------------------------------- engine properties ---
 
 
-def _skip_unless_engine(kind: str) -> None:
-    module = "session" if kind == "session" else "sliding"
-    try:
-        __import__(f"lambdasource.windows.{module}")
-    except ImportError as exc:  # pragma: no cover - while the engine is being written
-        pytest.skip(f"window engine not importable yet: {exc}")
-
-
 @pytest.mark.timeout(600)  # shrinking a failure takes a while
 @pytest.mark.parametrize("emit", MODES)
 @pytest.mark.parametrize("kind", KINDS)
 @FAST
 @given(data=st.data())
 def test_engine_matches_reference(kind: str, emit: str, data: st.DataObject) -> None:
-    _skip_unless_engine(kind)
     compare(data.draw(scenarios(kind, emit)))
 
 
@@ -860,7 +851,6 @@ def test_engine_matches_reference(kind: str, emit: str, data: st.DataObject) -> 
 @settings(FAST, max_examples=25)
 @given(data=st.data())
 def test_engine_flush_all_matches_reference(kind: str, emit: str, data: st.DataObject) -> None:
-    _skip_unless_engine(kind)
     compare(data.draw(scenarios(kind, emit)), flush_all=True)
 
 
@@ -868,12 +858,7 @@ def test_engine_flush_all_matches_reference(kind: str, emit: str, data: st.DataO
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("emit", MODES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_engine_matches_reference_many(
-    kind: str, emit: str, request: pytest.FixtureRequest
-) -> None:
-    if "slow" not in (request.config.option.markexpr or ""):
-        pytest.skip("slow suite: run with -m slow")
-    _skip_unless_engine(kind)
+def test_engine_matches_reference_many(kind: str, emit: str) -> None:
 
     @SLOW
     @given(data=st.data(), flush_all=st.booleans(), max_rows=st.sampled_from([30, 30, 120]))
