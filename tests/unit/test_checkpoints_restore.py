@@ -14,6 +14,7 @@ import asyncio
 import pickle
 import random
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -291,7 +292,7 @@ async def uninterrupted(data: pa.Table, **kw: Any) -> list[dict[str, Any]]:
 async def test_resume_equals_uninterrupted_and_reference(
     tmp_path: Path, window: str, emit: str
 ) -> None:
-    data = make_data(seed=hash((window, emit)) % 1000)
+    data = make_data(seed=zlib.crc32(f"{window}/{emit}".encode()) % 1000)  # stable across runs
     batch_size = 37
     n_batches = -(-data.num_rows // batch_size)
     kw: dict[str, Any] = dict(window=window, emit=emit, batch_size=batch_size)
