@@ -1,5 +1,6 @@
 """Running :mod:`tests.faults.jobs` in subprocesses: start, follow its progress lines, kill -9 at
-a chosen point, restart, and time the recovery. Shared by the kill tests and the benchmark."""
+a chosen point, act on the lake while the job is dead (``between``), restart, and time the
+recovery. Shared by the kill tests."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,21 +22,33 @@ PHASES = ("lake", "handoff", "stream")
 
 @dataclass
 class KillPlan:
-    """Kill ``delay`` seconds after the job reports ``phase`` for the ``after``-th time
-    (counting from 0; the handoff is reported once)."""
+    """Kill ``delay`` seconds after the job's progress line number ``at`` of ``phase`` (lines
+    every ``--progress`` seconds; the handoff is reported once). ``at`` is drawn as a fraction
+    of the lines an uninterrupted run reports in that phase (:func:`phase_lines`), so kill
+    points spread over the whole phase; drawn from a ``random.Random(seed)`` (independent of
+    ``PYTHONHASHSEED``)."""
 
     phase: str
-    after: int
+    fraction: float
     delay: float = 0.0
+    at: int = 0
 
     @classmethod
-    def draw(cls, rng: random.Random, phase: str | None = None) -> KillPlan:
+    def draw(
+        cls, rng: random.Random, phase: str | None = None, lines: dict[str, int] | None = None
+    ) -> KillPlan:
         phase = phase or rng.choice(PHASES)
-        after = {"lake": rng.randrange(0, 10), "handoff": 0, "stream": rng.randrange(0, 3)}[phase]
-        return cls(phase, after, round(rng.uniform(0.0, 0.04), 3))
+        fraction = round(rng.random(), 3)
+        delay = round(rng.uniform(0.0, 0.04), 3)
+        if phase == "handoff":
+            return cls(phase, 0.0, delay, 0)
+        default = {"lake": 10, "stream": 3}[phase]
+        count = max(1, (lines or {}).get(phase, default))
+        # a restarted run reports fewer lines than the uninterrupted one: keep to its first 80%
+        return cls(phase, fraction, delay, int(fraction * count * 0.8))
 
     def __str__(self) -> str:
-        return f"{self.phase}#{self.after}+{self.delay * 1000:.0f}ms"
+        return f"{self.phase}#{self.at}+{self.delay * 1000:.0f}ms"
 
 
 @dataclass
@@ -52,13 +66,14 @@ class RunResult:
 
     @property
     def restored_from(self) -> int | None:
-        """The checkpoint this run resumed from (None: started fresh)."""
+        """The checkpoint this run resumed from (None: started fresh). Early progress lines may
+        precede the restore, so the first line naming one counts (or the done line)."""
         for line in self.lines:
-            if line.get("event") == "progress":
-                value = line.get("restored_from")
-                return None if value is None else int(value)
+            if line.get("event") == "progress" and line.get("restored_from") is not None:
+                return int(line["restored_from"])
         done = self.done
-        return None if done is None else done["checkpoints"]["restored_from"]
+        value = None if done is None else done["checkpoints"]["restored_from"]
+        return None if value is None else int(value)
 
     @property
     def phase_at_kill(self) -> str | None:
@@ -71,6 +86,11 @@ class TrialResult:
     seed: int
     plans: list[KillPlan]
     runs: list[RunResult] = field(default_factory=list)
+    between: list[Any] = field(default_factory=list)  # what ``between`` returned per kill
+
+    @property
+    def kill_phases(self) -> list[str | None]:
+        return [r.phase_at_kill for r in self.runs if r.killed]
 
     @property
     def kills(self) -> int:
@@ -130,7 +150,7 @@ def run_job(
             lines.append(line)
             if plan is None or line.get("event") != "progress" or line["phase"] != plan.phase:
                 continue
-            if seen >= plan.after:
+            if seen >= plan.at:
                 if plan.delay:
                     time.sleep(plan.delay)
                 os.kill(proc.pid, signal.SIGKILL)
@@ -149,23 +169,42 @@ def run_job(
     return RunResult(killed, time.perf_counter() - started, lines, proc.returncode, stderr)
 
 
+def phase_lines(run: RunResult) -> dict[str, int]:
+    """Progress lines per phase of a run (the uninterrupted run's: where kills can land)."""
+    counts = dict.fromkeys(PHASES, 0)
+    for line in run.lines:
+        if line.get("event") == "progress":
+            counts[line["phase"]] += 1
+    return counts
+
+
 def run_trial(
-    seed: int, cmd: list[str], *, max_kills: int = 2, phase: str | None = None
+    seed: int,
+    cmd: list[str],
+    *,
+    max_kills: int = 2,
+    phase: str | None = None,
+    lines: dict[str, int] | None = None,
+    between: Callable[[int], Any] | None = None,
+    timeout: float = 90.0,
 ) -> TrialResult:
     """Kill the job 1..``max_kills`` times at drawn points (the first in ``phase`` if given),
-    restarting it with the same command each time, then let it finish."""
+    call ``between(i)`` after kill ``i`` while the job is dead (e.g. archive or compact the
+    lake), restart it with the same command each time, then let it finish."""
     rng = random.Random(seed)
-    plans = [KillPlan.draw(rng, phase)]
-    plans += [KillPlan.draw(rng) for _ in range(rng.randrange(0, max_kills))]
+    plans = [KillPlan.draw(rng, phase, lines)]
+    plans += [KillPlan.draw(rng, None, lines) for _ in range(rng.randrange(0, max_kills))]
     trial = TrialResult(seed, plans)
     for plan in plans:
-        result = run_job(cmd, plan)
+        result = run_job(cmd, plan, timeout=timeout)
         trial.runs.append(result)
         if not result.killed:
             break
         assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+        if between is not None:
+            trial.between.append(between(trial.kills - 1))
     if trial.runs[-1].killed:
-        trial.runs.append(run_job(cmd))
+        trial.runs.append(run_job(cmd, timeout=timeout))
     last = trial.runs[-1]
     assert last.done is not None and last.returncode == 0, (
         f"seed={seed}: job failed after restart (rc={last.returncode}):\n{last.stderr[-3000:]}"
@@ -184,10 +223,12 @@ def summarize(trials: list[TrialResult]) -> dict[str, Any]:
                 durations += [float(v) for v in ck["durations_s"].values()]
                 if ck["max_duration_s"] is not None:
                     writes.append(float(ck["max_duration_s"]))
+    phases = [p for t in trials for p in t.kill_phases]
     return {
         "trials": len(trials),
         "kills": sum(t.kills for t in trials),
-        "kill_phases": [r.phase_at_kill for t in trials for r in t.runs if r.killed],
+        "phases_hit": {p: phases.count(p) for p in PHASES if p in phases},
+        "kill_phases": phases,
         "restored_from": [
             b.restored_from
             for t in trials

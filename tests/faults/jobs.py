@@ -1,15 +1,24 @@
-"""A checkpointed bootstrap job for the fault suite, runnable as ``python -m tests.faults.jobs``.
+"""Checkpointed bootstrap jobs for the fault suite, runnable as ``python -m tests.faults.jobs``.
 
-lake (ParquetLake, written by ``ParquetLakeWriter`` with the Kafka offsets it covers)
-→ ``LambdaSource(handoff="offsets")`` → ``key_by("user_id")`` → ``Sliding(2h, 30m)``
-``emit="latest"`` → ``DuckDBUpsert`` or ``PostgresUpsert``; checkpoints at ``--checkpoints``.
+lake (ParquetLake with the Kafka offsets it covers) → ``LambdaSource(handoff=…)`` →
+``key_by("user_id")`` → one of two windows → ``DuckDBUpsert`` or ``PostgresUpsert``; checkpoints
+at ``--checkpoints``:
+
+- ``--job hourly`` (what the kill suite and the soak check): ``Tumbling(1h)`` ``emit="every"``
+  with count, ``count_distinct(event_id)``, ``sum(event_id)`` and ``sum(amount)`` into a store
+  keyed by ``(user_id, window_end)``, ``flush="all"``: the store must equal
+  :func:`tests.faults.oracle.hourly_reference` over the input events — one lost or duplicated
+  record anywhere changes a row. :func:`prepare_hourly` builds its data set (an
+  archiver-written lake holding exactly the records before an hour boundary, and the whole
+  history on the topic), exact for both handoffs.
+- ``--job sliding`` (older; the broker and S3 fault tests use its data set, :func:`prepare`):
+  ``Sliding(2h, 30m)`` ``emit="latest"``, checked against :func:`reference_store`.
 
 The job prints one JSON object per line on stdout so a test can time a kill:
 ``{"event": "start"}``, then ``{"event": "progress", "phase": "lake"|"handoff"|"stream", ...}``
 every ``--progress`` seconds (``"handoff"`` exactly once: the first line after the lake finished),
-and ``{"event": "done", ...}`` with the final metrics. :func:`prepare` builds the data set (lake
-+ topic) the job reads; :func:`reference_store` is the store an exact run must leave behind,
-computed by DuckDB SQL (:func:`lambdasource.reference.sliding_changelog`) over all the records.
+and ``{"event": "done", ...}`` with the final metrics (diagnostics only: no test takes its
+expectations from them).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -30,7 +39,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import lambdasource as ls
+from lake.archiver import Archiver
 from lake.generator import generate_clickstream
+from lake.maintenance import CompactionResult, compact
 from lake.writer import ParquetLakeWriter
 from lambdasource.checkpoints import Checkpoints
 from lambdasource.embedded import create_topic
@@ -62,6 +73,13 @@ AGGREGATES: dict[str, tuple[str, str | None]] = {
 TABLE = "user_2h"
 KEY = "user_id"
 OUT_OF_ORDERNESS = "10m"
+HOUR_US = 3_600_000_000
+
+HOURLY_TABLE = "user_hour"
+HOURLY_KEY = [KEY, "window_end"]
+HOURLY_COLUMNS = [KEY, "window_start", "window_end", "n", "ids", "id_sum", "amount"]
+HOURLY_TYPES = {"n": pa.int64(), "ids": pa.int64(), "id_sum": pa.int64(), "amount": pa.float64()}
+LAKE_ROW_GROUP_ROWS = 256  # small row groups: many lake watermarks, many kill points
 
 
 @dataclass(frozen=True)
@@ -246,6 +264,209 @@ def diff_stores(
     return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
 
 
+# --- the hourly data set and store --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HourlyDataset:
+    """What :func:`prepare_hourly` made.
+
+    ``table``: every record of the topic (the input the oracle is computed from). Each Kafka
+    partition holds its records ordered by event hour (bounded out of order within the hour), so
+    the archiver-written lake — the first ``offsets[p]`` records of each partition — holds exactly
+    the records with time < ``cutoff`` (an hour boundary). Hence both handoffs are exact: offsets
+    (lake + stream from the recorded offsets) and timestamp (lake < cutoff, stream >= cutoff,
+    cutoff = the lake's high-water mark, which is the end of its last hour partition).
+    ``positions``: ``event_id, partition, offset`` of every record (for failure messages).
+    """
+
+    table: pa.Table
+    lake: str
+    topic: str
+    offsets: dict[int, int]
+    cutoff: int
+    lake_rows: int
+    commits: int
+    positions: pa.Table
+
+
+def hour_ordered(part: pa.Table) -> pa.Table:
+    """``part`` stably sorted by event hour (within an hour the generator's order stays)."""
+    micros = pc.cast(part.column("event_time"), pa.int64()).to_numpy()
+    order = np.lexsort((np.arange(len(micros)), micros // HOUR_US))
+    return part.take(pa.array(order))
+
+
+async def produce_parts(bootstrap: str, topic: str, parts: dict[int, pa.Table]) -> None:
+    """Produce each table to its partition, in order, record timestamp = running max time."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = []
+        for p, rows in parts.items():
+            for value, ts in zip(to_json(rows), arrival_ms(rows), strict=True):
+                futures.append(await producer.send(topic, value, partition=p, timestamp_ms=ts))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def lake_writer(lake: str, s3: S3Config | None = None) -> ParquetLakeWriter:
+    """The writer every archiver and compaction of the fault suite's lakes uses."""
+    return ParquetLakeWriter(lake, "event_time", s3=s3, row_group_rows=LAKE_ROW_GROUP_ROWS)
+
+
+def make_archiver(
+    bootstrap: str,
+    topic: str,
+    lake: str,
+    *,
+    commit_rows: int = 500,
+    commit_interval: str = "10s",
+    stop_at: Literal["latest"] | None = "latest",
+) -> Archiver:
+    """A :class:`lake.archiver.Archiver` of ``topic`` into ``lake`` (it resumes at the lake's
+    recorded offsets) with the suite's writer settings."""
+    return Archiver(
+        bootstrap,
+        topic,
+        lake_writer(lake),
+        "event_time",
+        schema=SCHEMA,
+        commit_rows=commit_rows,
+        commit_interval=commit_interval,
+        stop_at=stop_at,
+    )
+
+
+async def archive(bootstrap: str, topic: str, lake: str, *, commit_rows: int = 500) -> Any:
+    """Archive ``topic`` into ``lake`` until caught up with the topic's end; the summary."""
+    return await make_archiver(bootstrap, topic, lake, commit_rows=commit_rows).run()
+
+
+def compact_lake(lake: str) -> CompactionResult:
+    """:func:`lake.maintenance.compact` on ``lake`` (every partition with >= 2 live files)."""
+    return compact(lake_writer(lake), min_files=2)
+
+
+async def prepare_hourly(
+    bootstrap: str,
+    topic: str,
+    lake: str,
+    *,
+    events: int,
+    seed: int,
+    partitions: int = 2,
+    archived: float = 0.5,
+    users: int = 40,
+    commit_rows: int = 500,
+) -> HourlyDataset:
+    """``events`` records over one day on ``partitions`` partitions (see :class:`HourlyDataset`):
+    the records before the hour boundary nearest ``archived`` of the day are produced first and
+    archived into ``lake`` by the archiver (a commit per ``commit_rows`` records, recording the
+    offsets), then the rest is produced: it is only on the stream."""
+    table = clickstream(events, seed, users)
+    micros = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
+    first_hour = int(micros.min()) // HOUR_US * HOUR_US
+    cutoff = first_hour + round(24 * archived) * HOUR_US
+    parts = [hour_ordered(part) for part in split_partitions(table, partitions, seed)]
+    offsets: dict[int, int] = {}
+    for p, part in enumerate(parts):
+        times = pc.cast(part.column("event_time"), pa.int64()).to_numpy()
+        offsets[p] = int(np.count_nonzero(times < cutoff))
+        assert np.all(times[: offsets[p]] < cutoff) and np.all(times[offsets[p] :] >= cutoff)
+    await create_topic(bootstrap, topic, partitions)
+    await produce_parts(bootstrap, topic, {p: t.slice(0, offsets[p]) for p, t in enumerate(parts)})
+    summary = await archive(bootstrap, topic, lake, commit_rows=commit_rows)
+    assert summary.offsets == offsets, (summary.offsets, offsets)
+    await produce_parts(bootstrap, topic, {p: t.slice(offsets[p]) for p, t in enumerate(parts)})
+    positions = pa.concat_tables(
+        [
+            pa.table(
+                {
+                    "event_id": part.column("event_id"),
+                    "partition": pa.array(np.full(part.num_rows, p), pa.int64()),
+                    "offset": pa.array(np.arange(part.num_rows), pa.int64()),
+                }
+            )
+            for p, part in enumerate(parts)
+        ]
+    )
+    return HourlyDataset(
+        table=pa.concat_tables(parts),
+        lake=lake,
+        topic=topic,
+        offsets=offsets,
+        cutoff=cutoff,
+        lake_rows=sum(offsets.values()),
+        commits=summary.commits,
+        positions=positions,
+    )
+
+
+def normalize_hourly(table: pa.Table) -> pa.Table:
+    """An hourly store table as ``HOURLY_COLUMNS`` with µs UTC times and int64/float64 values."""
+    out = table.select(HOURLY_COLUMNS)
+    arrays = []
+    for name in HOURLY_COLUMNS:
+        col = out.column(name).combine_chunks()
+        if name in ("window_start", "window_end"):
+            col = normalize_time_array(col)
+        elif name == KEY:
+            col = col.cast(pa.int64())
+        else:
+            col = col.cast(HOURLY_TYPES[name])
+        arrays.append(col)
+    return pa.table(arrays, names=HOURLY_COLUMNS)
+
+
+def read_hourly_duckdb(path: str | Path) -> pa.Table:
+    """The hourly job's DuckDB store (empty with the right columns if the table is absent)."""
+    import duckdb
+
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = {
+            r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()
+        }
+        if HOURLY_TABLE not in tables:
+            return empty_hourly()
+        table = con.sql(f"SELECT * FROM {HOURLY_TABLE}").to_arrow_table()
+    return normalize_hourly(table)
+
+
+async def read_hourly_postgres(dsn: str) -> pa.Table:
+    """The hourly job's PostgreSQL store."""
+    import asyncpg
+
+    con = await asyncpg.connect(dsn)
+    try:
+        rows = await con.fetch(f"SELECT {', '.join(HOURLY_COLUMNS)} FROM {HOURLY_TABLE}")
+    finally:
+        await con.close()
+    types = {
+        KEY: pa.int64(),
+        "window_start": pa.timestamp("us", tz="UTC"),
+        "window_end": pa.timestamp("us", tz="UTC"),
+        **HOURLY_TYPES,
+    }
+    return normalize_hourly(
+        pa.table({c: pa.array([r[c] for r in rows], types[c]) for c in HOURLY_COLUMNS})
+    )
+
+
+def empty_hourly() -> pa.Table:
+    return pa.table(
+        {
+            KEY: pa.array([], pa.int64()),
+            "window_start": pa.array([], pa.timestamp("us", tz="UTC")),
+            "window_end": pa.array([], pa.timestamp("us", tz="UTC")),
+            **{name: pa.array([], t) for name, t in HOURLY_TYPES.items()},
+        }
+    )
+
+
 # --- the job -----------------------------------------------------------------------------------
 
 
@@ -263,18 +484,23 @@ def build(args: argparse.Namespace) -> tuple[ls.Pipeline, LambdaSource, Sink]:
     source = LambdaSource(
         lake,
         stream,
-        handoff="offsets",
+        handoff=args.handoff,
         out_of_orderness=OUT_OF_ORDERNESS,
         idle_timeout="300ms",
         alignment=Alignment(max_drift="30m"),
     )
     checkpoints = Checkpoints(args.checkpoints, interval=args.interval, keep=3, s3=s3)
-    p = ls.Pipeline(checkpoints=checkpoints, name="faults-job")
+    hourly = args.job == "hourly"
+    # hourly: every window with data is written at the end, so the store holds every record
+    p = ls.Pipeline(
+        checkpoints=checkpoints, name="faults-job", flush="all" if hourly else "watermark"
+    )
+    table, key = (HOURLY_TABLE, HOURLY_KEY) if hourly else (TABLE, [KEY])
     sink: Sink
     if args.duckdb:
-        sink = DuckDBUpsert(args.duckdb, table=TABLE, key=[KEY], flush_interval="200ms")
+        sink = DuckDBUpsert(args.duckdb, table=table, key=key, flush_interval="200ms")
     else:
-        sink = PostgresUpsert(args.postgres, table=TABLE, key=[KEY], flush_interval="200ms")
+        sink = PostgresUpsert(args.postgres, table=table, key=key, flush_interval="200ms")
     stream_ = p.source(source)
     if args.throttle_ms > 0:
         delay = args.throttle_ms / 1000
@@ -284,12 +510,25 @@ def build(args: argparse.Namespace) -> tuple[ls.Pipeline, LambdaSource, Sink]:
             return batch
 
         stream_ = stream_.map(throttle, schema=SCHEMA, on_error="raise")
-    (
-        stream_.key_by(KEY)
-        .window(WINDOW, emit="latest")
-        .aggregate(clicks=ls.count(), revenue=ls.sum("amount"))
-        .sink(sink)
-    )
+    if hourly:
+        (
+            stream_.key_by(KEY)
+            .window(ls.Tumbling("1h"), emit="every")
+            .aggregate(
+                n=ls.count(),
+                ids=ls.count_distinct("event_id"),
+                id_sum=ls.sum("event_id"),
+                amount=ls.sum("amount"),
+            )
+            .sink(sink)
+        )
+    else:
+        (
+            stream_.key_by(KEY)
+            .window(WINDOW, emit="latest")
+            .aggregate(clicks=ls.count(), revenue=ls.sum("amount"))
+            .sink(sink)
+        )
     return p, source, sink
 
 
@@ -334,6 +573,11 @@ async def main_async(args: argparse.Namespace) -> None:
         sinks={k: v.get("watermark") for k, v in m["sinks"].items()},
         checkpoints=m["checkpoints"],
         late=m["late"],
+        handoff={
+            k: source.metrics().get(k)
+            for k in ("handoff", "cutoff", "dropped_before_cutoff", "lake_rows_at_or_after_cutoff")
+        },
+        recorded_offsets=source.recorded if args.handoff == "offsets" else None,
         dead_letters=m["dead_letters"],
     )
 
@@ -347,6 +591,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     store = ap.add_mutually_exclusive_group(required=True)
     store.add_argument("--duckdb", help="DuckDB file of the upsert store")
     store.add_argument("--postgres", help="PostgreSQL DSN of the upsert store")
+    ap.add_argument("--job", choices=("sliding", "hourly"), default="sliding")
+    ap.add_argument("--handoff", choices=("offsets", "timestamp"), default="offsets")
     ap.add_argument("--interval", default="200ms", help="checkpoint interval")
     ap.add_argument("--batch", type=int, default=100, help="rows per source batch")
     ap.add_argument("--throttle-ms", type=float, default=0.0, help="sleep per batch")
