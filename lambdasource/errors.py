@@ -23,9 +23,16 @@ user needs to find the problem (``operator=window column=amount``, ``partition=3
     └── SinkError              writing to a sink failed
 
 ``retriable`` (a class attribute, as in aiokafka) says whether retrying the same call may succeed.
+
+One error per failure reaches the user: the *first* one. Errors that happen after it (another
+task failing while the run is torn down, a ``close()`` failing during cleanup) never replace it;
+:func:`log_suppressed` logs them, with their cause, on the ``lambdasource`` logger.
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
 
 
 class LambdaSourceError(Exception):
@@ -87,6 +94,43 @@ class CheckpointError(LambdaSourceError):
 
 class SinkError(LambdaSourceError):
     """Writing to a sink failed."""
+
+
+def log_suppressed(error: BaseException, first: BaseException, *, during: str = "") -> None:
+    """Log ``error``, which is not raised because ``first`` is (the first error wins).
+
+    The record (level ERROR, logger ``lambdasource``) carries ``error``'s traceback and its
+    ``__cause__`` chain; its message names both errors, e.g. ``sink=store failed in close: …
+    (while handling: operator=window failed in on_batch: …)``.
+    """
+    where = f" {during}" if during else ""
+    logging.getLogger("lambdasource").error(
+        "further error%s, not raised: %s (while handling: %s)",
+        where,
+        _describe(error),
+        str(first) or type(first).__name__,
+        exc_info=(type(error), error, error.__traceback__),
+    )
+
+
+async def close_after(what: str, close: Awaitable[None], error: BaseException | None) -> None:
+    """Await ``close`` (a cleanup step named ``what``). When ``error`` is propagating already, a
+    failure of ``close`` is logged (:func:`log_suppressed`) and ``error`` stays the one raised."""
+    if error is None:
+        await close
+        return
+    try:
+        await close
+    except Exception as exc:
+        log_suppressed(exc, error, during=what)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    cause = error.__cause__
+    if cause is None or repr(cause) in text:
+        return text
+    return f"{text} (cause: {cause!r})"
 
 
 __all__ = [

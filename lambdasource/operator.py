@@ -190,6 +190,10 @@ class Operator:
     """
 
     output_schema: pa.Schema | None = None
+    stateful: bool = True
+    """False only for operators that keep nothing between batches (no snapshot, no keyed state,
+    no timers), like the built-in filter, map and union: they are left out of checkpoints, so
+    adding or removing one never makes a checkpoint incompatible. Barriers still align at them."""
     snapshot_immutable: bool = False
     """True when ``snapshot()`` returns structures that are never mutated afterwards (built-in
     window operators): the runtime then records them as they are. Otherwise the snapshot is

@@ -4,6 +4,9 @@ User functions work on whole batches. When one raises and ``on_error="dead_lette
 default), the batch is bisected until the failing rows are isolated: they go to the dead letters
 with the exception as reason, every other row is processed normally, so a bad record costs
 O(log batch) extra calls and never the batch. ``on_error="raise"`` fails the run instead.
+
+All three are stateless (``Operator.stateful = False``): checkpoints leave them out, so adding or
+removing a filter or map in front of a window keeps the window's checkpointed state usable.
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ def validate_expression(expr: pc.Expression, schema: pa.Schema | None, where: st
 
 
 class _Guarded(Operator):
-    """Runs a user function per batch, dead-lettering the rows that make it fail."""
+    """Runs a user function per batch, dead-lettering the rows that make it fail (stateless:
+    ``failures`` is a metric, not state)."""
+
+    stateful = False
 
     def __init__(self, on_error: OnError) -> None:
         super().__init__()
@@ -120,3 +126,5 @@ class MapOperator(_Guarded):
 
 class UnionOperator(Operator):
     """Merges its inputs; batches pass through, watermarks are combined by the runtime."""
+
+    stateful = False

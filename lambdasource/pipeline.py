@@ -4,6 +4,15 @@ Building checks everything it can before anything runs: unknown columns, a time 
 not a timestamp, windows on unkeyed streams, bad durations, unions of different schemas. Schemas
 propagate through the graph; where one is unknown (a ``map`` without ``schema=``, a custom
 operator without ``output_schema``), the same checks happen on the first batch instead.
+
+Names. Every node has a name (metrics, error messages); a checkpoint stores each *stateful* node's
+state (sources, windows, custom operators) under its name, so names must not move when the graph
+is edited. A ``name=`` is used as given and must be unique in the pipeline. Without one, a node is
+named after its kind (``"window"``, the source's name, the operator's class name); stateless steps
+(filter, map, union) are not in checkpoints at all, so adding or removing them never orphans
+state. When generated names collide, stateless nodes and sinks get counters (``"filter#2"``), and
+so do stateful nodes of a pipeline without checkpoints; with checkpoints, colliding stateful
+nodes are a ``ConfigError`` asking for ``name=`` (a counter would depend on build order).
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import pyarrow.compute as pc
 
 from .checkpoints import Checkpoints
 from .checkpoints.coordinator import CheckpointCoordinator
-from .errors import ConfigError, SchemaError
+from .errors import ConfigError, SchemaError, close_after
 from .messages import Message
 from .operator import Operator
 from .operators import (
@@ -29,7 +38,7 @@ from .operators import (
     check_on_error,
     validate_expression,
 )
-from .runtime import Edge, OperatorNode, Runtime, Segment, SinkNode, SourceNode
+from .runtime import Edge, Inbox, Mailbox, OperatorNode, Runtime, Segment, SinkNode, SourceNode
 from .sinks.base import Sink
 from .sources.base import Source
 from .timeutil import TIME_TYPE, Duration, check_time_type, parse_duration
@@ -46,12 +55,16 @@ class _Spec:
     """A node of the graph as built (the runtime creates live nodes from it)."""
 
     kind: str  # "source" | "operator" | "sink"
-    name: str
+    name: str  # final once the pipeline is built (generated names are resolved then)
     inputs: list[tuple[_Spec, str]] = field(default_factory=list)
     source: Source | None = None
     sink: Sink | None = None
     make: Callable[[], Operator] | None = None
     keys: tuple[str, ...] = ()
+    named: bool = False  # the user gave name=
+    stateful: bool = False  # has state a checkpoint keeps (sources, windows, custom operators)
+    hint: str = ""  # where to pass name= (for the error asking for one)
+    base: str = ""  # the generated name before collisions are resolved ("" when named)
 
 
 class Pipeline:
@@ -86,22 +99,82 @@ class Pipeline:
         self.queue_size = queue_size
         self.name = name
         self._specs: list[_Spec] = []
-        self._names: set[str] = set()
+        self._names: set[str] = set()  # explicit names
         self._runtime: Runtime | None = None
 
     # building -----------------------------------------------------------------------------------
 
-    def _unique(self, base: str) -> str:
-        name, n = base, 1
-        while name in self._names:
-            n += 1
-            name = f"{base}#{n}"
+    def _name(self, name: str | None, base: str) -> tuple[str, bool]:
+        """``(name, explicit)``: an explicit name is checked for uniqueness now; a generated one
+        is provisional (``base``) until :meth:`_resolve_names`."""
+        if name is None:
+            return base, False
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"name must be a non-empty string, got {name!r}")
+        if name in self._names:
+            raise ConfigError(
+                f"name={name!r} is used twice; names identify state in checkpoints and metrics, "
+                "so each must be unique in the pipeline"
+            )
         self._names.add(name)
-        return name
+        return name, True
+
+    def _resolve_names(self) -> None:
+        """Give every node without ``name=`` its final name (see the module docstring)."""
+        groups: dict[str, list[_Spec]] = {}
+        for spec in self._specs:
+            if not spec.named:
+                spec.name = spec.base
+                groups.setdefault(spec.base, []).append(spec)
+        taken = set(self._names)
+        for base, group in groups.items():
+            if len(group) == 1 and base not in taken:
+                taken.add(base)
+                continue
+            stateful = [spec for spec in group if spec.stateful]
+            if self.checkpoints is not None and stateful:
+                raise ConfigError(self._ambiguous(base, stateful, base in self._names))
+            n = 1
+            for spec in group:
+                name = base
+                while name in taken:
+                    n += 1
+                    name = f"{base}#{n}"
+                spec.name = name
+                taken.add(name)
+
+    def _ambiguous(self, base: str, specs: list[_Spec], explicit: bool) -> str:
+        where = "; ".join(
+            f"{spec.kind} {base!r} after {self._upstream(spec)}"
+            + (f" keys={list(spec.keys)}" if spec.keys else "")
+            for spec in specs
+        )
+        clash = "an explicitly named node" if explicit else "each other"
+        return (
+            f"{self.name}: stateful nodes without name= would be named {base!r} like {clash} "
+            f"({where}). Checkpoints keep state by name, so give each one a stable name=, e.g. "
+            f"{specs[0].hint}"
+        )
+
+    def _upstream(self, spec: _Spec) -> str:
+        """The sources feeding ``spec`` (for messages)."""
+        sources: list[str] = []
+        stack, seen = [spec], set()
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.kind == "source" and node is not spec:
+                sources.append(node.name)
+            stack.extend(up for up, _ in node.inputs)
+        return "source " + "+".join(sorted(sources)) if sources else "no source"
 
     def _add(self, spec: _Spec) -> _Spec:
         if self._runtime is not None:
             raise ConfigError(f"{self.name}: the pipeline already ran; build a new Pipeline")
+        if not spec.named:
+            spec.base = spec.name
         self._specs.append(spec)
         return spec
 
@@ -127,21 +200,32 @@ class Pipeline:
             schema = schema.set(
                 schema.get_field_index(source.time_column), pa.field(source.time_column, TIME_TYPE)
             )
-        spec = self._add(_Spec("source", self._unique(name or source.name), source=source))
+        spec_name, named = self._name(name, source.name)
+        spec = self._add(
+            _Spec(
+                "source",
+                spec_name,
+                source=source,
+                named=named,
+                stateful=True,
+                hint=f".source({type(source).__name__}(...), name='...')",
+            )
+        )
         return Stream(self, spec, "main", schema, source.time_column, ())
 
     # running ------------------------------------------------------------------------------------
 
     def _graph(self, live: dict[int, Any]) -> dict[str, str]:
-        """What a checkpoint's state depends on, per stateful node (sources and operators)."""
+        """What a checkpoint's state depends on, per stateful node (sources and stateful
+        operators): the operator's configuration and keys, not its position, so inserting a
+        stateless step in front of a window keeps the window's state usable."""
         graph: dict[str, str] = {}
         for spec in self._specs:
             node = live[id(spec)]
             if spec.kind == "source":
                 graph[spec.name] = f"source {type(node.source).__qualname__}"
-            elif spec.kind == "operator":
-                inputs = [f"{up.name}:{port}" for up, port in spec.inputs]
-                graph[spec.name] = f"{node.op.describe()} keys={list(spec.keys)} inputs={inputs}"
+            elif spec.kind == "operator" and node.op.stateful:
+                graph[spec.name] = f"{node.op.describe()} keys={list(spec.keys)}"
         return graph
 
     def _build(self, flush: str) -> Runtime:
@@ -152,6 +236,7 @@ class Pipeline:
         for spec in self._specs:
             if spec.kind == "operator" and spec.make is None:
                 raise ConfigError(f"operator={spec.name}: .window(...) needs .aggregate(...)")
+        self._resolve_names()
         consumers: dict[int, int] = {}
         for spec in self._specs:
             consumers[id(spec)] = 0
@@ -160,7 +245,7 @@ class Pipeline:
                 consumers[id(up)] += 1
 
         live: dict[int, Any] = {}
-        mailboxes: dict[int, asyncio.Queue[tuple[int, Message]]] = {}
+        mailboxes: dict[int, Inbox] = {}
         for spec in self._specs:
             if spec.kind == "source":
                 assert spec.source is not None
@@ -190,18 +275,19 @@ class Pipeline:
                 or any(up.kind == "source" for up, _ in spec.inputs)
             )
             if spec.kind == "operator" and queued:
-                box = asyncio.Queue(self.queue_size)
-                mailboxes[id(spec)] = box
-                runtime.queues[spec.name] = box
+                # one lane per input: barrier alignment pauses single inputs (see Mailbox)
+                lanes = Mailbox(len(spec.inputs), self.queue_size)
+                mailboxes[id(spec)] = lanes
+                runtime.queues[spec.name] = lanes
                 heads.append(node)
             for index, (up, port) in enumerate(spec.inputs):
                 edge = Edge(node, index, mailboxes[id(spec)] if queued else None)
                 live[id(up)].port(port).append(edge)
 
         for head in heads:
-            segment = Segment(
-                head, mailboxes[id(next(s for s in self._specs if live[id(s)] is head))]
-            )
+            mailbox = mailboxes[id(next(s for s in self._specs if live[id(s)] is head))]
+            assert isinstance(mailbox, Mailbox)
+            segment = Segment(head, mailbox)
             stack = [head]
             while stack:
                 node = stack.pop()
@@ -222,9 +308,13 @@ class Pipeline:
         """Run until every sink has seen the end (bounded) or until cancelled (unbounded).
 
         With checkpoints: ``restore="latest"`` (default) resumes from the newest complete
-        checkpoint at the URL when there is one (``IncompatibleStateError`` when it was taken by
-        a different graph); an int restores that checkpoint id; ``None`` deletes the checkpoints
-        at the URL and starts fresh. Without checkpoints ``restore`` is ignored.
+        checkpoint of the newest lineage at the URL when there is one (``IncompatibleStateError``
+        when it was taken by a different graph); an int restores that checkpoint id (branching a
+        new lineage unless it is the newest); ``None`` starts fresh in a new lineage. Nothing is
+        deleted: earlier checkpoints stay restorable by id, a later ``restore="latest"`` resumes
+        the new lineage, and pruning (``Checkpoints(keep=...)``) only touches the lineage being
+        written. To delete checkpoints, call ``await checkpoints.clear()`` explicitly. Without
+        checkpoints ``restore`` is ignored.
         """
         if self._runtime is not None:
             raise ConfigError(f"{self.name}: a Pipeline runs once; build a new one to run again")
@@ -241,11 +331,12 @@ class Pipeline:
         if coordinator is not None:
             try:
                 found = await coordinator.prepare(None if restore is None else restore)
+                runtime.first_checkpoint_id(coordinator.next_id)
                 if found is not None:
                     runtime.restore(*found)
-            except BaseException:
+            except BaseException as error:
                 runtime.status = "failed"
-                await coordinator.store.close()
+                await close_after("closing the checkpoint store", coordinator.store.close(), error)
                 raise
         await runtime.run()
 
@@ -304,15 +395,21 @@ class Stream:
         name: str | None = None,
         keys: tuple[str, ...] | None = None,
         extra: Iterable[Stream] = (),
+        stateful: bool = False,
+        hint: str = "",
     ) -> Stream:
         new_keys = self.keys if keys is None else keys
+        spec_name, named = self.pipeline._name(name, base)
         spec = self.pipeline._add(
             _Spec(
                 "operator",
-                self.pipeline._unique(name or base),
+                spec_name,
                 make=make,
                 keys=new_keys,
                 inputs=[(self._spec, self._port), *((s._spec, s._port) for s in extra)],
+                named=named,
+                stateful=stateful,
+                hint=hint,
             )
         )
         return Stream(self.pipeline, spec, "main", schema, self.time_column, new_keys)
@@ -376,7 +473,11 @@ class Stream:
         flush: str | None = None,
         name: str | None = None,
     ) -> WindowedStream:
-        """Event-time windows per key; finish with ``.aggregate(...)``; late records at ``.late()``."""
+        """Event-time windows per key; finish with ``.aggregate(...)``; late records at ``.late()``.
+
+        ``name`` (default ``"window"``) is what checkpoints keep the window's state under; pass
+        one when the pipeline has several windows (see the module docstring on names).
+        """
         if not isinstance(window, Sliding | Session):
             raise ConfigError(
                 f"window: expected ls.Tumbling, ls.Sliding or ls.Session, got {window!r}"
@@ -395,24 +496,39 @@ class Stream:
                 self.schema.field(self.time_column).type, column=self.time_column, where="window"
             ) if self.time_column in self.schema.names else None
             self._check_columns([self.time_column], "window (time column)")
+        spec_name, named = self.pipeline._name(name, "window")
         spec = self.pipeline._add(
             _Spec(
                 "operator",
-                self.pipeline._unique(name or "window"),
+                spec_name,
                 keys=self.keys,
                 inputs=[(self._spec, self._port)],
+                named=named,
+                stateful=True,
+                hint=".window(..., name='...')",
             )
         )
         return WindowedStream(self, spec, window, emit, lateness, flush)  # type: ignore[arg-type]
 
     def process(self, op: Operator, *, name: str | None = None) -> Stream:
-        """Run a custom :class:`Operator` (keyed state and timers when the stream is keyed)."""
+        """Run a custom :class:`Operator` (keyed state and timers when the stream is keyed).
+
+        ``name`` defaults to the operator's class name; checkpoints keep its state under it.
+        """
         if not isinstance(op, Operator):
             raise ConfigError(f"process: expected an ls.Operator subclass instance, got {op!r}")
         if not hasattr(op, "name"):
             raise ConfigError(f"process: {type(op).__name__}.__init__ must call super().__init__()")
         schema = op.output_schema if op.output_schema is not None else self.schema
-        return self._then(name or type(op).__name__, lambda: op, schema, name=name)
+        kind = type(op).__name__
+        return self._then(
+            kind,
+            lambda: op,
+            schema,
+            name=name,
+            stateful=op.stateful,
+            hint=f".process({kind}(...), name='...')",
+        )
 
     def union(self, *others: Stream, name: str | None = None) -> Stream:
         """Merge streams of the same schema; the watermark is the minimum of the inputs'."""
@@ -439,13 +555,9 @@ class Stream:
         if any(s.sink is sink for s in self.pipeline._specs):
             raise ConfigError(f"sink: this {type(sink).__name__} is already used; create another")
         sink.bind(self.schema)
+        spec_name, named = self.pipeline._name(name, sink.name)
         self.pipeline._add(
-            _Spec(
-                "sink",
-                self.pipeline._unique(name or sink.name),
-                sink=sink,
-                inputs=[(self._spec, self._port)],
-            )
+            _Spec("sink", spec_name, sink=sink, inputs=[(self._spec, self._port)], named=named)
         )
         return sink
 

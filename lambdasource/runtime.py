@@ -5,12 +5,16 @@ Layout of a run: every source runs in its own task and puts messages into bounde
 in one task reading the head's mailbox; every sink runs in its own task behind a bounded queue.
 Queues exist only at these async boundaries, which is where backpressure lives: a full queue
 suspends its producer. One ``asyncio.TaskGroup`` supervises all tasks; the first error cancels the
-rest and is raised from ``run()`` with its cause; no task outlives the run.
+rest and is raised from ``run()`` with its cause; errors after it (other tasks, ``close()`` during
+cleanup) are logged on the ``lambdasource`` logger, never raised over it; no task outlives the run.
 
 Watermarks (DESIGN §3): each node forwards the minimum of its inputs' watermarks, never
 regressing; inputs that are idle or ended do not hold it back; when every input is idle the node is
-idle and forwards the maximum. Barriers are aligned: a multi-input node buffers the inputs that
-delivered barrier n until all have, then snapshots and forwards it.
+idle and forwards the maximum. Barriers are aligned: a multi-input node (always a segment head,
+reading a :class:`Mailbox` with one bounded lane per input) stops reading the inputs that
+delivered barrier n until every input has (or ended), then snapshots and forwards it. Aligning
+therefore buffers at most ``queue_size`` messages per input: a paused input's producer waits on
+its full lane (backpressure), never an unbounded list.
 
 Checkpoints (with a :class:`~lambdasource.checkpoints.coordinator.CheckpointCoordinator`): a
 checkpoint is complete in memory when every sink flushed at its barrier (or ended) and every
@@ -23,11 +27,12 @@ snapshots, keyed state, source positions) is pickled at capture into a ``Frozen`
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +45,8 @@ from .errors import (
     SchemaError,
     SinkError,
     SourceError,
+    close_after,
+    log_suppressed,
 )
 from .messages import Barrier, End, Message, Watermark
 from .operator import Context, Operator
@@ -66,13 +73,86 @@ def as_batches(data: pa.RecordBatch | pa.Table) -> list[pa.RecordBatch]:
     return [data]
 
 
+class Inbox(Protocol):
+    """What a producer sees of an async boundary: ``put`` waits while the boundary is full."""
+
+    async def put(self, item: tuple[int, Message]) -> None: ...
+
+
+class Mailbox:
+    """The bounded inbox of a segment head: one lane per input, read by one consumer task.
+
+    Invariants: a lane holds at most ``capacity`` messages, so :meth:`put` on a full lane waits
+    (backpressure reaches the producer); :meth:`get` returns the oldest message (arrival order
+    across lanes) of the lanes that are not paused, so with no lane paused the mailbox is one
+    FIFO queue; a paused lane keeps its messages in order and is read again after
+    :meth:`resume_all`. Barrier alignment pauses the inputs that delivered the barrier, so the
+    memory an alignment takes is bounded by ``capacity`` messages per input.
+    """
+
+    def __init__(self, lanes: int, capacity: int) -> None:
+        if lanes < 1 or capacity < 1:
+            raise ValueError(f"Mailbox needs lanes >= 1 and capacity >= 1, got {lanes}, {capacity}")
+        self.capacity = capacity
+        self._lanes: list[collections.deque[tuple[int, Message]]] = [
+            collections.deque() for _ in range(lanes)
+        ]
+        self._paused = [False] * lanes
+        self._seq = 0  # arrival counter: the FIFO order across lanes
+        self._readable = asyncio.Event()
+        self._space = [asyncio.Event() for _ in range(lanes)]
+
+    async def put(self, item: tuple[int, Message]) -> None:
+        """Append ``item`` = (input index, message) to its lane; waits while the lane is full."""
+        lane, msg = item
+        queue = self._lanes[lane]
+        while len(queue) >= self.capacity:
+            space = self._space[lane]
+            space.clear()
+            await space.wait()
+        queue.append((self._seq, msg))
+        self._seq += 1
+        self._readable.set()
+
+    def get_nowait(self) -> tuple[int, Message] | None:
+        """The oldest message of an unpaused lane as (input index, message), or None."""
+        best, best_seq = -1, 0
+        for lane, queue in enumerate(self._lanes):
+            if queue and not self._paused[lane] and (best < 0 or queue[0][0] < best_seq):
+                best, best_seq = lane, queue[0][0]
+        if best < 0:
+            return None
+        _, msg = self._lanes[best].popleft()
+        self._space[best].set()
+        return best, msg
+
+    async def get(self) -> tuple[int, Message]:
+        """Wait for the oldest message of an unpaused lane (cancellation-safe: nothing is lost)."""
+        while (item := self.get_nowait()) is None:
+            self._readable.clear()
+            await self._readable.wait()
+        return item
+
+    def pause(self, lane: int) -> None:
+        """Stop reading ``lane`` (its producer waits once the lane is full)."""
+        self._paused[lane] = True
+
+    def resume_all(self) -> None:
+        self._paused = [False] * len(self._lanes)
+        self._readable.set()
+
+    def messages(self) -> list[Message]:
+        """Every queued message (for metrics)."""
+        return [msg for queue in self._lanes for _, msg in queue]
+
+
 @dataclass(slots=True)
 class Edge:
     """A connection to input ``index`` of ``target``; ``queue`` is set on async boundaries."""
 
     target: Any
     index: int
-    queue: asyncio.Queue[tuple[int, Message]] | None = None
+    queue: Inbox | None = None
 
 
 @dataclass(slots=True)
@@ -95,7 +175,8 @@ class _Gate:
         self.all_idle = False
         self.barrier: int | None = None
         self.barrier_seen = [False] * n
-        self.blocked: list[tuple[int, Message]] = []
+        self.paused = False
+        """Inputs that delivered the barrier are paused at the mailbox until it is released."""
 
     def recompute(self) -> tuple[bool, bool]:
         """Update ``combined``/``all_idle``; return (watermark advanced, idleness changed).
@@ -137,7 +218,7 @@ class Node:
         self.out_watermark: int | None = None
         self.out_idle = False
         self.counters = Counters()
-        self.pending: list[tuple[asyncio.Queue[tuple[int, Message]], tuple[int, Message]]] = []
+        self.pending: list[tuple[Inbox, tuple[int, Message]]] = []
         self._warned_ports: set[str] = set()
 
     def port(self, name: str) -> list[Edge]:
@@ -242,9 +323,10 @@ class OperatorNode(Node):
 
     def receive(self, msg: Message, index: int) -> None:
         gate = self.gate
-        if gate.barrier is not None and gate.barrier_seen[index] and not isinstance(msg, End):
-            gate.blocked.append((index, msg))  # aligning: hold back inputs past the barrier
-            return
+        # aligning: an input past the barrier is paused at the mailbox, so nothing of it arrives
+        assert gate.barrier is None or not gate.barrier_seen[index] or isinstance(msg, End), (
+            f"operator={self.name}: input {index} delivered a message past barrier {gate.barrier}"
+        )
         if isinstance(msg, pa.RecordBatch):
             self.counters.records_in += msg.num_rows
             if gate.idle[index]:
@@ -267,7 +349,8 @@ class OperatorNode(Node):
             if all(gate.ended):
                 self._call("on_end", self.op.on_end, self.ctx)
                 self.finished = True
-                self.runtime.record_final(self.name, self.capture_state())
+                if self.op.stateful:
+                    self.runtime.record_final(self.name, self.capture_state())
                 self.broadcast(End())
 
     def _on_progress(self) -> None:
@@ -322,23 +405,33 @@ class OperatorNode(Node):
             gate.barrier = barrier.checkpoint_id
             gate.barrier_seen = [False] * len(gate.ended)
         gate.barrier_seen[index] = True
-        self._maybe_release_barrier()
+        if not self._maybe_release_barrier():
+            # stop reading this input until the others caught up (bounded: its lane fills)
+            segment = self.segment
+            assert segment is not None and segment.head is self, "multi-input nodes head segments"
+            segment.mailbox.pause(index)
+            gate.paused = True
 
-    def _maybe_release_barrier(self) -> None:
+    def _maybe_release_barrier(self) -> bool:
+        """Snapshot and forward the barrier once every input delivered it or ended; True when
+        no barrier is pending any more."""
         gate = self.gate
         if gate.barrier is None:
-            return
+            return True
         if not all(
             seen or ended for seen, ended in zip(gate.barrier_seen, gate.ended, strict=True)
         ):
-            return
+            return False
         checkpoint_id = gate.barrier
-        self.runtime.record_snapshot(checkpoint_id, self.name, self.capture_state())
+        if self.op.stateful:
+            self.runtime.record_snapshot(checkpoint_id, self.name, self.capture_state())
         gate.barrier = None
-        blocked, gate.blocked = gate.blocked, []
+        if gate.paused:
+            assert self.segment is not None
+            self.segment.mailbox.resume_all()
+            gate.paused = False
         self.broadcast(Barrier(checkpoint_id))
-        for index, msg in blocked:
-            self.receive(msg, index)
+        return True
 
 
 @dataclass(slots=True)
@@ -346,45 +439,74 @@ class Segment:
     """A head node and the nodes chained behind it; driven by one task reading ``mailbox``."""
 
     head: OperatorNode
-    mailbox: asyncio.Queue[tuple[int, Message]]
+    mailbox: Mailbox
     nodes: list[OperatorNode] = field(default_factory=list)
-    pending: list[tuple[asyncio.Queue[tuple[int, Message]], tuple[int, Message]]] = field(
-        default_factory=list
-    )
+    pending: list[tuple[Inbox, tuple[int, Message]]] = field(default_factory=list)
 
     def next_deadline(self) -> int | None:
         times = [t for n in self.nodes if (t := n.ctx.timers.next_time("processing")) is not None]
         return min(times) if times else None
 
     async def run(self) -> None:
-        for node in self.nodes:
-            node._call("open", node.op.open, node.ctx)
+        """Open every node, process the mailbox until the head finished, close every opened node.
+
+        Closing runs after errors and cancellation too; the error that ended the run stays the
+        one raised (a failing ``close`` is then logged), see :func:`close_all`.
+        """
+        opened: list[OperatorNode] = []
         try:
-            while not self.head.finished:
-                deadline = self.next_deadline()
-                if deadline is None:
-                    index, msg = await self.mailbox.get()
-                else:
-                    delay = max(0.0, (deadline - Context.processing_time()) / 1e6)
-                    try:
-                        async with asyncio.timeout(delay):
-                            index, msg = await self.mailbox.get()
-                    except TimeoutError:
-                        now = Context.processing_time()
-                        for node in self.nodes:
-                            node.fire_processing_timers(now)
-                        await self._flush()
-                        continue
-                self.head.receive(msg, index)
-                await self._flush()
-        finally:
             for node in self.nodes:
-                node._call("close", node.op.close, node.ctx)
+                node._call("open", node.op.open, node.ctx)
+                opened.append(node)
+            await self._loop()
+        except BaseException as error:
+            close_all(opened, self.head.runtime.reason(error))
+            raise
+        close_all(opened, None)
+
+    async def _loop(self) -> None:
+        while not self.head.finished:
+            deadline = self.next_deadline()
+            if deadline is None:
+                index, msg = await self.mailbox.get()
+            else:
+                delay = max(0.0, (deadline - Context.processing_time()) / 1e6)
+                try:
+                    async with asyncio.timeout(delay):
+                        index, msg = await self.mailbox.get()
+                except TimeoutError:
+                    now = Context.processing_time()
+                    for node in self.nodes:
+                        node.fire_processing_timers(now)
+                    await self._flush()
+                    continue
+            self.head.receive(msg, index)
+            await self._flush()
 
     async def _flush(self) -> None:
         pending, self.pending = self.pending, []
         for queue, item in pending:
             await queue.put(item)
+
+
+def close_all(nodes: list[OperatorNode], error: BaseException | None) -> None:
+    """Call ``close`` on every node, even when one fails.
+
+    With ``error`` (the run already failed or was cancelled) every close failure is logged, not
+    raised over it. Without, the first close failure is raised once all nodes were closed and
+    the others are logged.
+    """
+    first = error
+    for node in nodes:
+        try:
+            node._call("close", node.op.close, node.ctx)
+        except Exception as exc:
+            if first is None:
+                first = exc
+            else:
+                log_suppressed(exc, first, during="closing")
+    if error is None and first is not None:
+        raise first
 
 
 class SourceNode(Node):
@@ -483,29 +605,37 @@ class SinkNode:
             raise SinkError(f"sink={self.name} failed in {what}: {exc!r}") from exc
 
     async def run(self) -> None:
+        """Open the sink, apply messages until ``End``, close it (also after errors: a failing
+        ``close`` then is logged, the first error stays the one raised)."""
         await self._do("open", self.sink.open())
         try:
-            while True:
-                msg = await self._next()
-                if msg is None:  # quiet input and the sink asked to be woken: time-based flush
-                    await self._do("on_idle", self.sink.on_idle())
-                    continue
-                if isinstance(msg, pa.RecordBatch):
-                    self.counters.records_in += msg.num_rows
-                    await self._do("write", self.sink.write(msg))
-                elif isinstance(msg, Watermark):
-                    if self.watermark is None or msg.time > self.watermark:
-                        self.watermark = msg.time
-                        await self._do("on_watermark", self.sink.on_watermark(msg.time))
-                elif isinstance(msg, Barrier):
-                    await self._do("flush", self.sink.flush())
-                    self.runtime.sink_barrier(msg.checkpoint_id, self.name)
-                elif isinstance(msg, End):
-                    await self._do("flush", self.sink.flush())
-                    self.runtime.sink_ended(self.name)
-                    return
-        finally:
-            await self._do("close", self.sink.close())
+            await self._loop()
+        except BaseException as error:
+            closing = self._do("close", self.sink.close())
+            await close_after(f"closing sink={self.name}", closing, self.runtime.reason(error))
+            raise
+        await self._do("close", self.sink.close())
+
+    async def _loop(self) -> None:
+        while True:
+            msg = await self._next()
+            if msg is None:  # quiet input and the sink asked to be woken: time-based flush
+                await self._do("on_idle", self.sink.on_idle())
+                continue
+            if isinstance(msg, pa.RecordBatch):
+                self.counters.records_in += msg.num_rows
+                await self._do("write", self.sink.write(msg))
+            elif isinstance(msg, Watermark):
+                if self.watermark is None or msg.time > self.watermark:
+                    self.watermark = msg.time
+                    await self._do("on_watermark", self.sink.on_watermark(msg.time))
+            elif isinstance(msg, Barrier):
+                await self._do("flush", self.sink.flush())
+                self.runtime.sink_barrier(msg.checkpoint_id, self.name)
+            elif isinstance(msg, End):
+                await self._do("flush", self.sink.flush())
+                self.runtime.sink_ended(self.name)
+                return
 
     async def _next(self) -> Message | None:
         """The next message, or None when the sink's ``idle_deadline()`` passes first."""
@@ -519,6 +649,13 @@ class SinkNode:
             return None
 
 
+def _flatten(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_flatten(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
 class Runtime:
     """One run of a pipeline: nodes, tasks, checkpoint bookkeeping and metrics."""
 
@@ -529,7 +666,7 @@ class Runtime:
         self.operators: list[OperatorNode] = []
         self.segments: list[Segment] = []
         self.sinks: list[SinkNode] = []
-        self.queues: dict[str, asyncio.Queue[tuple[int, Message]]] = {}
+        self.queues: dict[str, Mailbox | asyncio.Queue[tuple[int, Message]]] = {}
         self.status = "created"
         self.started: float | None = None
         self.finished: float | None = None
@@ -544,6 +681,15 @@ class Runtime:
         self._sinks_ended: set[str] = set()
         self.done = False
         """Every sink has finished (the coordinator then drains its writes and returns)."""
+        self.error: BaseException | None = None
+        """The first error of the run (the one ``run()`` raises)."""
+
+    def reason(self, error: BaseException) -> BaseException:
+        """Why a task is ending with ``error``: the run's first error when ``error`` is the
+        cancellation that error caused (for messages of errors logged during cleanup)."""
+        if isinstance(error, asyncio.CancelledError) and self.error is not None:
+            return self.error
+        return error
 
     # checkpoints ----------------------------------------------------------------------------------
 
@@ -553,8 +699,17 @@ class Runtime:
             return state
         return Frozen.of(state)
 
+    @property
+    def stateful_operators(self) -> list[OperatorNode]:
+        """Operators whose state checkpoints hold (stateless ones are left out)."""
+        return [node for node in self.operators if node.op.stateful]
+
+    def first_checkpoint_id(self, checkpoint_id: int) -> None:
+        """Number this run's checkpoints from ``checkpoint_id`` on (before the run starts)."""
+        self._next_checkpoint = checkpoint_id
+
     def restore(self, checkpoint_id: int, states: dict[str, Any]) -> None:
-        """Restore every source and operator (before the run starts); ids continue after it."""
+        """Restore every source and stateful operator (before the run starts)."""
         for source in self.sources:
             try:
                 source.source.restore(thaw(states[source.name]))
@@ -565,9 +720,9 @@ class Runtime:
                     f"source={source.name}: cannot restore position from checkpoint "
                     f"{checkpoint_id}: {exc!r}"
                 ) from exc
-        for node in self.operators:
+        for node in self.stateful_operators:
             node.restore_state(states[node.name])
-        self._next_checkpoint = checkpoint_id + 1
+        self._next_checkpoint = max(self._next_checkpoint, checkpoint_id + 1)
 
     def has_live_sources(self) -> bool:
         return any(not s.ended for s in self.sources)
@@ -637,7 +792,7 @@ class Runtime:
             return
         recorded = self.snapshots.get(checkpoint_id, {})
         states: dict[str, Any] = {}
-        for node in [*self.sources, *self.operators]:
+        for node in [*self.sources, *self.stateful_operators]:
             if node.name in recorded:
                 states[node.name] = recorded[node.name]
             elif node.name in self.final_states:
@@ -673,6 +828,7 @@ class Runtime:
             except BaseException as exc:
                 if not first_error:
                     first_error.append(exc)
+                    self.error = exc
                 raise
 
         try:
@@ -687,7 +843,11 @@ class Runtime:
                     tg.create_task(supervised(self.coordinator.run()), name="checkpoints")
         except BaseExceptionGroup as group:
             self.status = "failed"
-            error = first_error[0] if first_error else group.exceptions[0]
+            errors = _flatten(group)
+            error = first_error[0] if first_error else errors[0]
+            for other in errors:
+                if other is not error:
+                    log_suppressed(other, error, during="in another task")
             raise error from error.__cause__
         except asyncio.CancelledError:
             self.status = "cancelled"
@@ -738,7 +898,11 @@ class Runtime:
             }
         queue_messages = queue_rows = queue_bytes = 0
         for queue in self.queues.values():
-            for _, msg in list(queue._queue):  # type: ignore[attr-defined]
+            if isinstance(queue, Mailbox):
+                queued = queue.messages()
+            else:
+                queued = [msg for _, msg in list(queue._queue)]  # type: ignore[attr-defined]
+            for msg in queued:
                 queue_messages += 1
                 queue_rows += _rows(msg)
                 if isinstance(msg, pa.RecordBatch):

@@ -4,11 +4,15 @@ A checkpoint is the state of every source (its position), operator (window state
 timers) at one aligned barrier, written when every sink has flushed the writes before it. It is
 written atomically (``state.bin`` then ``MANIFEST.json``, see ``store.py``) in the background; a
 restarted run resumes from the newest complete checkpoint (``run(restore="latest")``).
+
+A run never deletes checkpoints other than its own lineage's old ones (``keep``): starting fresh
+(``run(restore=None)``) begins a new lineage beside the earlier checkpoints (``lineage.py``).
+Deleting them takes an explicit call: ``await Checkpoints(url).clear()``.
 """
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ..errors import ConfigError, close_after
 from ..s3 import S3Config
 from ..timeutil import Duration, format_duration, parse_duration
 from .store import CheckpointStore, LocalStore, S3Store, store_for
@@ -22,7 +26,8 @@ class Checkpoints:
     ``url``: a local path, ``file:///dir`` or ``s3://bucket/prefix`` (``s3`` configures the
     endpoint; default: the AWS environment). ``interval``: time between checkpoint triggers
     (a trigger is skipped while the previous checkpoint is still in progress). ``keep``: complete
-    checkpoints to retain. ``tolerable_failures``: consecutive failed checkpoint writes that are
+    checkpoints of the run's lineage to retain (other lineages' are never pruned; ``clear()``
+    deletes everything). ``tolerable_failures``: consecutive failed checkpoint writes that are
     only counted and logged; one more fails the run with ``CheckpointError``. ``timeout``: a
     checkpoint not complete by then is abandoned (counted as failed). ``store`` overrides
     the store built from ``url`` (tests, custom backends).
@@ -64,6 +69,23 @@ class Checkpoints:
     @property
     def store(self) -> CheckpointStore:
         return self._store
+
+    async def clear(self) -> list[int]:
+        """Delete every checkpoint and lineage marker at ``url``; returns the deleted ids.
+
+        The only way checkpoints are deleted besides pruning (a run keeps the ``keep`` newest of
+        its own lineage): ``run(restore=None)`` starts fresh without deleting anything. Call it
+        while no pipeline uses the URL.
+        """
+        store = self._store
+        await store.open()
+        try:
+            deleted = await store.clear()
+        except BaseException as error:
+            await close_after("closing the checkpoint store", store.close(), error)
+            raise
+        await store.close()
+        return deleted
 
     def __repr__(self) -> str:
         return (

@@ -8,7 +8,8 @@ collected states to :meth:`CheckpointCoordinator.completed` — synchronously an
 are immutable: engines share never-mutated arrays, everything else was frozen into bytes at
 capture). Serialising and writing happen here, in the coordinator's task and worker threads, so
 the pipeline keeps running while a checkpoint is written. Only after the manifest is written is
-the checkpoint complete: sources' ``on_checkpoint_complete`` runs, old checkpoints are pruned.
+the checkpoint complete: sources' ``on_checkpoint_complete`` runs, old checkpoints of the run's
+own lineage are pruned (never those of other lineages, see ``lineage.py``).
 
 At most one checkpoint is in progress; a trigger due meanwhile waits for it. A checkpoint that
 does not complete within ``timeout`` is abandoned and counted as failed.
@@ -21,12 +22,14 @@ import collections
 import hashlib
 import json
 import logging
+import re
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CheckpointError, IncompatibleStateError, LambdaSourceError
+from ..errors import CheckpointError, IncompatibleStateError, LambdaSourceError, close_after
 from .format import FORMAT_VERSION, decode, encode
+from .lineage import MARKER_FORMAT, Inventory
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -44,24 +47,63 @@ def fingerprint(graph: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _node(name: str, descriptor: str) -> str:
+    return f"{'source' if descriptor.startswith('source ') else 'operator'}={name}"
+
+
+_STATELESS = ("FilterOperator", "MapOperator", "UnionOperator")
+
+
+def _current(saved: dict[str, str]) -> dict[str, str]:
+    """A saved graph description in today's form: checkpoints written before stateless steps
+    were left out and before descriptors dropped the node's inputs still restore."""
+    out: dict[str, str] = {}
+    for name, descriptor in saved.items():
+        if descriptor.startswith(_STATELESS):
+            continue
+        out[name] = re.sub(r" inputs=\[[^\]]*\]$", "", descriptor)
+    return out
+
+
 def check_compatible(graph: dict[str, str], saved: dict[str, str], where: str) -> None:
-    """Raise :class:`IncompatibleStateError` naming the first node whose state would not fit."""
+    """Raise :class:`IncompatibleStateError` naming the first node whose state would not fit.
+
+    ``graph`` and ``saved`` map each stateful node's name to what shapes its state. State is
+    found by name only: a node missing from the checkpoint, one whose configuration changed, or
+    a checkpointed node the graph no longer has, is an error naming it, listing what the
+    checkpoint holds, and saying that ``name=`` pins a node to its state.
+    """
+    saved = _current(saved)
+    held = ", ".join(f"{n} ({d})" for n, d in sorted(saved.items())) or "nothing"
     for name, descriptor in graph.items():
         if name not in saved:
+            same = sorted(n for n, d in saved.items() if d == descriptor and n not in graph)
+            hint = (
+                f"the checkpoint has {same[0]!r} with the same configuration: if that is this "
+                f"node, pass name={same[0]!r} to it"
+                if same
+                else "if the node was renamed, pass its old name with name=...; if it is new, "
+                "start fresh with run(restore=None) (earlier checkpoints are kept)"
+            )
             raise IncompatibleStateError(
-                f"checkpoint {where}: operator={name} ({descriptor}) is not in the checkpoint; "
-                f"it holds {sorted(saved)}. Start fresh with run(restore=None) or use another URL"
+                f"checkpoint {where}: {_node(name, descriptor)} ({descriptor}) has no state in "
+                f"the checkpoint, which holds state for: {held}. State is kept by node name; "
+                f"name= pins a node to its state: {hint}"
             )
         if saved[name] != descriptor:
             raise IncompatibleStateError(
-                f"checkpoint {where}: operator={name} changed: the checkpoint has "
-                f"{saved[name]!r}, the graph has {descriptor!r}"
+                f"checkpoint {where}: {_node(name, descriptor)} changed: the checkpoint has "
+                f"{saved[name]!r}, the graph has {descriptor!r}; its state does not fit. Start "
+                "fresh with run(restore=None) (earlier checkpoints are kept) or restore the "
+                "previous configuration"
             )
     for name in saved:
         if name not in graph:
             raise IncompatibleStateError(
-                f"checkpoint {where}: operator={name} ({saved[name]}) is in the checkpoint but "
-                "not in the graph"
+                f"checkpoint {where}: {_node(name, saved[name])} ({saved[name]}) is in the "
+                f"checkpoint but not in the graph (stateful nodes now: {sorted(graph)}); if a "
+                f"node was renamed, pass name={name!r} to it; if it was removed, its state "
+                "would be lost: start fresh with run(restore=None) (earlier checkpoints are kept)"
             )
 
 
@@ -89,55 +131,131 @@ class CheckpointCoordinator:
         self.last_size = 0
         self.last_write_s = 0.0
         self.restored_from: int | None = None
+        self.lineage = 0
+        """The lineage this run writes (and prunes); set by :meth:`prepare`."""
+        self.next_id = 1
+        """The run's first checkpoint id (above every id at the URL); set by :meth:`prepare`."""
         self.skipped_corrupt: list[int] = []
         self.writing: int | None = None
 
     # restore ------------------------------------------------------------------------------------
 
     async def prepare(self, restore: str | int | None) -> tuple[int, dict[str, Any]] | None:
-        """Open the store; ``None``: delete old checkpoints; else load the one to restore.
+        """Open the store, choose this run's lineage and load the checkpoint to restore.
 
-        Returns ``(checkpoint id, node states)`` or None when there is nothing to restore.
+        ``"latest"``: the newest complete checkpoint of the newest lineage (a lineage branched
+        from an older checkpoint that has none yet restores that checkpoint; a fresh lineage
+        that has none starts fresh). An int: that checkpoint; unless it is the newest of the
+        newest lineage, the run branches a new lineage from it. ``None``: start fresh in a new
+        lineage. Nothing is ever deleted here (see ``lineage.py``); the run's checkpoint ids
+        start above every id present. Returns ``(checkpoint id, node states)`` or None.
         """
         await self.store.open()
+        inventory = await self.store.inventory()
+        self.next_id = inventory.next_id()
         if restore is None:
-            cleared = await self.store.clear()
-            if cleared:
-                log.info("checkpoints: fresh start, deleted %d old checkpoint(s)", len(cleared))
+            await self._fresh_lineage(inventory)
             return None
-        ids = await self.store.complete_ids()
         if isinstance(restore, int):
-            if restore not in ids:
+            if restore not in inventory.complete:
                 raise CheckpointError(
-                    f"checkpoint {self.store.where(restore)}: not found (complete ones: {ids})"
+                    f"checkpoint {self.store.where(restore)}: not found (complete ones by "
+                    f"lineage: {inventory.describe()})"
                 )
-            ids = [restore]
-        for checkpoint_id in reversed(ids):
-            where = self.store.where(checkpoint_id)
+            found = await self._load(restore)
+            newest = inventory.newest_lineage()
+            assert newest is not None
+            members = inventory.members(newest)
+            if members and members[-1] == restore:
+                self.lineage = newest
+            else:
+                await self._new_lineage(parent=restore)
+            return found
+        newest = inventory.newest_lineage()
+        if newest is None:  # nothing restorable at the URL (no marker either): lineage 0
+            self.lineage = 0
+            return None
+        self.lineage = newest
+        members = inventory.members(newest)
+        for checkpoint_id in reversed(members):
             try:
-                manifest = await self.store.read_manifest(checkpoint_id)
-                self._check_manifest(manifest, where)
-                raw = await self.store.read_data(checkpoint_id, manifest)
-                payload = await asyncio.to_thread(decode, raw, where=where)
+                return await self._load(checkpoint_id)
             except IncompatibleStateError:
                 raise
             except CheckpointError as exc:
-                if isinstance(restore, int):
-                    raise
-                log.warning("checkpoints: skipping %s: %s", where, exc)
+                log.warning("checkpoints: skipping %s: %s", self.store.where(checkpoint_id), exc)
                 self.skipped_corrupt.append(checkpoint_id)
-                continue
-            if payload.get("checkpoint_id") != checkpoint_id:
-                raise CheckpointError(f"checkpoint {where}: state belongs to another checkpoint")
-            self.restored_from = checkpoint_id
-            log.info("checkpoints: restoring %s", where)
-            return checkpoint_id, payload["nodes"]
-        if ids:
+        if members:
             raise CheckpointError(
-                f"checkpoints at {self.store.url}: none of the complete checkpoints {ids} is "
-                "readable; refusing to start from scratch silently (use run(restore=None))"
+                f"checkpoints at {self.store.url}: none of the complete checkpoints {members} "
+                f"of lineage {newest} is readable; refusing to start from scratch silently "
+                "(run(restore=None) starts a new lineage and keeps them)"
             )
+        parent = (await self.store.read_marker(newest)).get("parent")
+        if isinstance(parent, int):  # a branch that has not checkpointed yet: its start point
+            if parent not in inventory.complete:
+                raise CheckpointError(
+                    f"checkpoints at {self.store.url}: lineage {newest} branched from "
+                    f"checkpoint {parent}, which is gone; restore=<id> or restore=None choose"
+                )
+            return await self._load(parent)
+        others = [i for i in inventory.complete if inventory.lineage_of(i) != newest]
+        log.info(
+            "checkpoints: lineage %d at %s (started fresh) has no complete checkpoint; starting "
+            "fresh%s",
+            newest,
+            self.store.url,
+            f"; older checkpoints {others} are kept (restore=<id> resumes one)" if others else "",
+        )
         return None
+
+    async def _load(self, checkpoint_id: int) -> tuple[int, dict[str, Any]]:
+        """Read, verify and decode one checkpoint (``CheckpointError`` when unreadable,
+        ``IncompatibleStateError`` when the graph does not fit it)."""
+        where = self.store.where(checkpoint_id)
+        manifest = await self.store.read_manifest(checkpoint_id)
+        self._check_manifest(manifest, where)
+        raw = await self.store.read_data(checkpoint_id, manifest)
+        payload = await asyncio.to_thread(decode, raw, where=where)
+        if payload.get("checkpoint_id") != checkpoint_id:
+            raise CheckpointError(f"checkpoint {where}: state belongs to another checkpoint")
+        self.restored_from = checkpoint_id
+        log.info("checkpoints: restoring %s", where)
+        return checkpoint_id, payload["nodes"]
+
+    async def _fresh_lineage(self, inventory: Inventory) -> None:
+        """``restore=None``: a lineage with no state to restore, earlier checkpoints kept."""
+        newest = inventory.newest_lineage()
+        if newest is None:  # nothing restorable at the URL (no marker either): lineage 0
+            self.lineage = 0
+            return
+        if (  # (lineage 0 always has members)
+            not inventory.members(newest)
+            and (await self.store.read_marker(newest)).get("parent") is None
+        ):
+            self.lineage = newest  # a fresh lineage that never checkpointed: reuse it
+            return
+        await self._new_lineage(parent=None)
+        log.info(
+            "checkpoints: fresh start in lineage %d at %s; earlier checkpoints are kept "
+            "(by lineage: %s); Checkpoints.clear() deletes them",
+            self.lineage,
+            self.store.url,
+            inventory.describe(),
+        )
+
+    async def _new_lineage(self, parent: int | None) -> None:
+        """Write the marker of a new lineage at the run's first id (before anything else)."""
+        lineage = self.next_id
+        body = {
+            "format": MARKER_FORMAT,
+            "lineage": lineage,
+            "parent": parent,
+            "created_at": datetime.now(UTC).isoformat(),
+            "pipeline": self.pipeline,
+        }
+        await self.store.put_marker(lineage, json.dumps(body, indent=1).encode())
+        self.lineage = lineage
 
     def _check_manifest(self, manifest: dict[str, Any], where: str) -> None:
         if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
@@ -172,45 +290,55 @@ class CheckpointCoordinator:
         timeout = self.config.timeout / 1e6
         next_at = time.perf_counter() + interval
         try:
-            while True:
-                if self._ready:
-                    checkpoint_id, states, started = self._ready.popleft()
-                    await self._write(checkpoint_id, states, started)
-                    continue
-                if runtime.done:
-                    return
-                now = time.perf_counter()
-                pending = runtime.pending_checkpoints()
-                for checkpoint_id, started in pending.items():
-                    if now - started > timeout:
-                        runtime.abandon_checkpoint(checkpoint_id)
-                        self.failed += 1
-                        self.abandoned += 1
-                        log.warning(
-                            "checkpoints: checkpoint %d did not complete within %.0f s; abandoned",
-                            checkpoint_id,
-                            timeout,
-                        )
-                pending = runtime.pending_checkpoints()
-                wait: float | None
-                if pending:
-                    oldest = min(pending.values())
-                    wait = max(0.0, oldest + timeout - now)
-                elif now >= next_at:
-                    if runtime.has_live_sources():
-                        runtime.request_checkpoint()
-                    next_at = now + interval
-                    continue
-                else:
-                    wait = next_at - now
-                self._wake.clear()
-                try:
-                    async with asyncio.timeout(wait):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
-        finally:
-            await self.store.close()
+            await self._loop(runtime, interval, timeout, next_at)
+        except BaseException as error:
+            reason = runtime.reason(error)
+            await close_after("closing the checkpoint store", self.store.close(), reason)
+            raise
+        await self.store.close()
+
+    async def _loop(
+        self, runtime: Runtime, interval: float, abandon_after: float, next_at: float
+    ) -> None:
+        """Write completed checkpoints, abandon overdue ones, trigger new ones (seconds)."""
+        timeout = abandon_after
+        while True:
+            if self._ready:
+                checkpoint_id, states, started = self._ready.popleft()
+                await self._write(checkpoint_id, states, started)
+                continue
+            if runtime.done:
+                return
+            now = time.perf_counter()
+            pending = runtime.pending_checkpoints()
+            for checkpoint_id, started in pending.items():
+                if now - started > timeout:
+                    runtime.abandon_checkpoint(checkpoint_id)
+                    self.failed += 1
+                    self.abandoned += 1
+                    log.warning(
+                        "checkpoints: checkpoint %d did not complete within %.0f s; abandoned",
+                        checkpoint_id,
+                        timeout,
+                    )
+            pending = runtime.pending_checkpoints()
+            wait: float | None
+            if pending:
+                oldest = min(pending.values())
+                wait = max(0.0, oldest + timeout - now)
+            elif now >= next_at:
+                if runtime.has_live_sources():
+                    runtime.request_checkpoint()
+                next_at = now + interval
+                continue
+            else:
+                wait = next_at - now
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
 
     async def _write(self, checkpoint_id: int, states: dict[str, Any], started: float) -> None:
         runtime = self.runtime
@@ -228,6 +356,7 @@ class CheckpointCoordinator:
                 "created_at": datetime.now(UTC).isoformat(),
                 "pipeline": self.pipeline,
                 "fingerprint": self.fingerprint,
+                "lineage": self.lineage,
                 "graph": self.graph,
             }
             await self.store.write(checkpoint_id, encoded, manifest)
@@ -267,7 +396,7 @@ class CheckpointCoordinator:
                     exc,
                 )
         try:
-            await self.store.prune(self.config.keep)
+            await self.store.prune(self.config.keep, lineage=self.lineage)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -289,6 +418,7 @@ class CheckpointCoordinator:
             "last_write_s": self.last_write_s if self.count else None,
             "size_bytes": self.last_size,
             "restored_from": self.restored_from,
+            "lineage": self.lineage,
             "skipped_corrupt": list(self.skipped_corrupt),
             "writing": self.writing,
         }

@@ -4,6 +4,7 @@ Layout under the base location, one directory (prefix) per checkpoint::
 
     chk-000000000012/state.bin       the encoded state (see ``format.py``), written first
     chk-000000000012/MANIFEST.json   written last; names the data's size and SHA-256
+    chk-000000000009/LINEAGE.json    a lineage marker: lineage 9 starts at id 9 (``lineage.py``)
 
 Invariants: a checkpoint is *complete* iff its manifest exists, and only complete checkpoints
 are listed by :meth:`CheckpointStore.complete_ids`; reading verifies size and checksum, so a
@@ -11,6 +12,9 @@ crash at any point of a write (or a corrupt object) never yields a restorable wr
 Local writes go to a temporary file, are fsynced and renamed into place (``os.replace``), then
 the directory is fsynced; S3 writes are single PUTs (atomic per object), manifest last.
 Deletion removes the manifest first, so a half-deleted checkpoint is simply incomplete.
+Lineage markers are only removed by :meth:`CheckpointStore.clear` (and the store-wide
+``prune(keep)`` without a lineage): pruning a lineage deletes states and keeps markers, so which
+lineage an id belongs to never changes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from urllib.parse import unquote, urlparse
 from ..errors import CheckpointError, ConfigError
 from ..s3 import S3Config, split_s3_url
 from .format import Encoded, sha256
+from .lineage import MARKER, Inventory
 
 DATA = "state.bin"
 MANIFEST = "MANIFEST.json"
@@ -71,7 +76,22 @@ class CheckpointStore(abc.ABC):
 
     @abc.abstractmethod
     async def delete(self, checkpoint_id: int) -> None:
-        """Remove a checkpoint: manifest first, then the rest."""
+        """Remove a checkpoint: manifest first, then the rest (a lineage marker too)."""
+
+    @abc.abstractmethod
+    async def put_marker(self, checkpoint_id: int, body: bytes) -> None:
+        """Write the lineage marker ``chk-<id>/LINEAGE.json`` (atomically, like a manifest)."""
+
+    async def delete_state(self, checkpoint_id: int) -> None:
+        """Remove a checkpoint's manifest, then its data, but keep its lineage marker.
+
+        Stores override this with a direct implementation; this default deletes everything and
+        writes the marker back.
+        """
+        marker = await self.get(checkpoint_id, MARKER)
+        await self.delete(checkpoint_id)
+        if marker is not None:
+            await self.put_marker(checkpoint_id, bytes(marker))
 
     # protocol -------------------------------------------------------------------------------
 
@@ -119,20 +139,55 @@ class CheckpointStore(abc.ABC):
             raise CheckpointError(f"checkpoint {where}: checksum mismatch (corrupt data)")
         return raw
 
-    async def prune(self, keep: int) -> list[int]:
-        """Keep the ``keep`` newest complete checkpoints; delete everything older."""
-        dirs = await self.list_dirs()
-        complete = sorted(i for i, names in dirs.items() if MANIFEST in names)
-        if len(complete) <= keep:
+    async def inventory(self) -> Inventory:
+        """What the store holds: ids present, complete ones, lineage markers (one listing)."""
+        return Inventory.of(await self.list_dirs(), MANIFEST)
+
+    async def read_marker(self, lineage: int) -> dict[str, Any]:
+        """The body of lineage ``lineage``'s marker (``{}`` when it is missing or unreadable)."""
+        raw = await self.get(lineage, MARKER)
+        if raw is None:
+            return {}
+        try:
+            body = json.loads(bytes(raw))
+        except ValueError:
+            return {}
+        return body if isinstance(body, dict) else {}
+
+    async def prune(self, keep: int, lineage: int | None = None) -> list[int]:
+        """Keep the ``keep`` newest complete checkpoints of ``lineage``; delete its older ones
+        (and its incomplete leftovers below them). Returns the ids whose state was deleted.
+
+        Checkpoints of other lineages are never touched, and markers stay (see module
+        docstring). ``lineage=None`` prunes the whole store as one history, markers included:
+        only for stores that never had more than one lineage.
+        """
+        inventory = await self.inventory()
+        if lineage is None:
+            members, candidates = inventory.complete, sorted(inventory.dirs)
+        else:
+            members = inventory.members(lineage)
+            candidates = [i for i in sorted(inventory.dirs) if inventory.lineage_of(i) == lineage]
+        if len(members) <= keep:
             return []
-        oldest_kept = complete[-keep]
-        doomed = sorted(i for i in dirs if i < oldest_kept)
-        for checkpoint_id in doomed:
-            await self.delete(checkpoint_id)
+        oldest_kept = members[-keep]
+        doomed: list[int] = []
+        for checkpoint_id in candidates:
+            if checkpoint_id >= oldest_kept:
+                break
+            names = inventory.dirs[checkpoint_id]
+            if lineage is None:
+                await self.delete(checkpoint_id)
+            elif names - {MARKER}:
+                await self.delete_state(checkpoint_id)
+            else:
+                continue  # only the marker: it stays
+            doomed.append(checkpoint_id)
         return doomed
 
     async def clear(self) -> list[int]:
-        """Delete every checkpoint (a fresh start)."""
+        """Delete every checkpoint and lineage marker at this location (explicit deletion:
+        ``await Checkpoints(url).clear()``; a run never calls it)."""
         doomed = sorted(await self.list_dirs())
         for checkpoint_id in doomed:
             await self.delete(checkpoint_id)
@@ -202,6 +257,30 @@ class LocalStore(CheckpointStore):
                 (directory / MANIFEST).unlink()
                 _fsync_dir(directory)
             shutil.rmtree(directory, ignore_errors=True)
+
+        await asyncio.to_thread(remove)
+
+    async def put_marker(self, checkpoint_id: int, body: bytes) -> None:
+        await asyncio.to_thread(self._put, checkpoint_id, MARKER, [body])
+
+    async def delete_state(self, checkpoint_id: int) -> None:
+        def remove() -> None:
+            directory = self._dir(checkpoint_id)
+            if not (directory / MARKER).exists():
+                with contextlib.suppress(FileNotFoundError):
+                    (directory / MANIFEST).unlink()
+                    _fsync_dir(directory)
+                shutil.rmtree(directory, ignore_errors=True)
+                return
+            with contextlib.suppress(FileNotFoundError):
+                (directory / MANIFEST).unlink()
+                _fsync_dir(directory)
+            for entry in directory.iterdir():
+                if entry.name != MARKER:
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
 
         await asyncio.to_thread(remove)
 
@@ -293,6 +372,15 @@ class S3Store(CheckpointStore):
             token = page.get("NextContinuationToken")
 
     async def delete(self, checkpoint_id: int) -> None:
+        for name in (MANIFEST, DATA, MARKER):  # deleting a missing key is a no-op on S3
+            key = self._key(checkpoint_id, name)
+            await self._call("delete_object", key, Key=key)
+
+    async def put_marker(self, checkpoint_id: int, body: bytes) -> None:
+        key = self._key(checkpoint_id, MARKER)
+        await self._call("put_object", key, Key=key, Body=body)
+
+    async def delete_state(self, checkpoint_id: int) -> None:
         for name in (MANIFEST, DATA):
             key = self._key(checkpoint_id, name)
             await self._call("delete_object", key, Key=key)

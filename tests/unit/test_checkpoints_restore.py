@@ -531,15 +531,29 @@ async def test_incompatible_graph_names_the_operator(
     )
     with pytest.raises(IncompatibleStateError, match=needle):
         await p.run()
-    # restore=None discards the old checkpoints and runs
+    # restore=None starts the changed graph fresh, in a new lineage: the old checkpoint stays
+    for restore in (None, "latest"):  # and "latest" then resumes the new (empty) lineage
+        p, _, _ = build(
+            make_data(seed=1, rows=200),
+            batch_size=20,
+            checkpoints=Checkpoints(str(tmp_path), interval="1h"),
+            **{**base, **change},
+        )
+        await p.run(restore=restore)  # type: ignore[arg-type]
+        assert p.metrics()["checkpoints"]["restored_from"] is None
+        assert p.metrics()["checkpoints"]["lineage"] == 2
+    assert await LocalStore(tmp_path).complete_ids() == [1]
+    # the old graph can still restore its checkpoint by id; deleting takes an explicit call
     p, _, _ = build(
         make_data(seed=1, rows=200),
         batch_size=20,
         checkpoints=Checkpoints(str(tmp_path), interval="1h"),
-        **{**base, **change},
+        **base,
     )
-    await p.run(restore=None)
-    assert await LocalStore(tmp_path).complete_ids() == []
+    await p.run(restore=1)
+    assert p.metrics()["checkpoints"]["restored_from"] == 1
+    assert await Checkpoints(str(tmp_path)).clear() == [1, 2, 3]
+    assert await LocalStore(tmp_path).list_dirs() == {}
 
 
 async def test_incompatible_keys_and_source_names(tmp_path: Path) -> None:
@@ -557,7 +571,7 @@ async def test_incompatible_keys_and_source_names(tmp_path: Path) -> None:
     await pipeline("k", "memory").run(restore=None)
     with pytest.raises(IncompatibleStateError, match=r"operator=window .*keys=\['y'\]"):
         await pipeline("y", "memory").run()
-    with pytest.raises(IncompatibleStateError, match="operator=other"):
+    with pytest.raises(IncompatibleStateError, match="source=other"):
         await pipeline("k", "other").run()
 
 

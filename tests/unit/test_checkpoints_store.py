@@ -22,7 +22,7 @@ from lambdasource.checkpoints.format import Encoded, Frozen, decode, encode
 from lambdasource.checkpoints.store import DATA, MANIFEST, store_for
 from lambdasource.errors import CheckpointError, ConfigError, IncompatibleStateError
 
-GRAPH = {"src": "source MemorySource", "window": "WindowOperator(...) keys=['k'] inputs=[]"}
+GRAPH = {"src": "source MemorySource", "window": "WindowOperator(...) keys=['k']"}
 
 
 def sample_state() -> dict[str, Any]:
@@ -154,7 +154,7 @@ async def test_prune_keeps_the_newest_and_clear_removes_all(tmp_path: Path) -> N
 async def test_coordinator_rejects_other_formats_and_graphs(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     await store.write(1, encode({"checkpoint_id": 1, "nodes": {}}), manifest())
-    other = dict(GRAPH, window="WindowOperator(Session('5m')) keys=['k'] inputs=[]")
+    other = dict(GRAPH, window="WindowOperator(Session('5m')) keys=['k']")
     coordinator = CheckpointCoordinator(Checkpoints(str(tmp_path)), other, "p")
     with pytest.raises(IncompatibleStateError, match="operator=window changed"):
         await coordinator.prepare("latest")
@@ -171,7 +171,7 @@ async def test_coordinator_rejects_other_formats_and_graphs(tmp_path: Path) -> N
 
 def test_check_compatible_names_missing_and_extra_nodes() -> None:
     check_compatible(GRAPH, dict(GRAPH), "x")
-    with pytest.raises(IncompatibleStateError, match=r"operator=new .*not in the checkpoint"):
+    with pytest.raises(IncompatibleStateError, match=r"operator=new .*no state in the checkpoint"):
         check_compatible({**GRAPH, "new": "Filter"}, GRAPH, "x")
     with pytest.raises(IncompatibleStateError, match=r"operator=window .*not in the graph"):
         check_compatible({"src": GRAPH["src"]}, GRAPH, "x")
@@ -307,8 +307,9 @@ async def test_periodic_checkpoints_metrics_hook_and_prune(tmp_path: Path) -> No
     assert raw["graph"] == {
         "memory": "source Hooked",
         "window": "WindowOperator(Tumbling('10s'), emit=every, allowed_lateness=0, "
-        "time_column=ts, aggregates=[n=count()]) keys=['k'] inputs=['memory:main']",
+        "time_column=ts, aggregates=[n=count()]) keys=['k']",
     }
+    assert raw["lineage"] == 0  # the first run on an empty URL needs no lineage marker
     # a second run resumes from the newest and continues the ids
     source2 = Hooked(_slow_table(), "ts", batch_size=1)
     p2 = ls.Pipeline(checkpoints=Checkpoints(f"file://{tmp_path}", interval="10ms", keep=2))
