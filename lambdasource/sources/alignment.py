@@ -6,17 +6,22 @@ idle, not finished, watermark known). A split whose watermark is ahead of ``glob
 must stop being read until the global catches up: Kafka partitions are paused
 (``consumer.pause``), the lake's emits block, which stops its prefetch.
 
-Invariants: the split holding the minimum is never held back, so the group always progresses;
-there is no rate limit — a held split resumes the moment the global catches up, so a backlog
-replays at full speed (unlike an update-interval-bounded scheme). A split with no watermark yet
-is never held (it has read nothing to be ahead with); it is held after its first report. A
-*gating* split (the lake) holds every other split that has a watermark until it reports its
-first one: until then it may be arbitrarily far behind.
+The bound holds per record, not per fetch: a record leaves a split only when its time is at most
+:meth:`AlignmentGroup.release_bound` — ``global + max_drift + the split's out_of_orderness`` —
+so a split reads one fetch and keeps back (holds) the rows beyond it; a split with no watermark
+yet is bounded the same way. While a *gating* split (the lake) has not reported its first
+watermark the bound is −∞: every other split holds what it fetched.
+
+Invariants: the split holding the minimum is never held back, so the group always progresses (its
+earliest held row is within the bound: its watermark is capped just below that row); there is no
+rate limit — a held split resumes the moment the global catches up, so a backlog replays at full
+speed (unlike an update-interval-bounded scheme).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +60,7 @@ class AlignmentGroup:
     _splits: dict[str, _Split] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     max_skew: int = 0
+    output: int | None = None  # the watermark the group's owner last emitted downstream
 
     def __post_init__(self) -> None:
         if self.max_drift < 0:
@@ -114,6 +120,35 @@ class AlignmentGroup:
                 return False
         top = self.global_watermark
         return top is None or state.watermark <= top + self.max_drift
+
+    def note_output(self, watermark: int) -> None:
+        """The owner emitted ``watermark`` downstream (the bound never runs ahead of it)."""
+        if self.output is None or watermark > self.output:
+            self.output = watermark
+
+    def release_bound(self, out_of_orderness: int) -> float:
+        """The latest event time a record may have to leave a split now (DESIGN §3):
+        ``global + max_drift + out_of_orderness`` (at least ``global + 1µs``, so the minimum
+        split always progresses), where ``global`` is never ahead of the watermark last emitted
+        downstream — the bound holds at the next operator, not just inside the source; −∞ while
+        a gating split or no split has a watermark, or none was emitted; +∞ when not
+        enforcing."""
+        if not self.enforce:
+            return math.inf
+        top = self.reference
+        if top is None or self.output is None:
+            return -math.inf
+        return min(top, self.output) + max(self.max_drift + out_of_orderness, 1)
+
+    def is_minimum(self, split: str) -> bool:
+        """Whether ``split`` holds the global watermark back (or, as a gate, has none yet)."""
+        state = self._splits.get(split)
+        if state is None or not self._active(state):
+            return False
+        if state.watermark is None:
+            return state.gate
+        top = self.global_watermark
+        return top is None or state.watermark <= top
 
     def set_held(self, split: str, held: bool) -> None:
         """Account hold time: the caller tells when it stops/starts reading ``split``."""

@@ -292,25 +292,29 @@ class LambdaSource(Source):
 
     # the two inputs -----------------------------------------------------------------------------
 
-    def _transform(self, split: PartitionSplit, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def _transform(
+        self, split: PartitionSplit, batch: pa.RecordBatch, offsets: np.ndarray
+    ) -> tuple[pa.RecordBatch, np.ndarray]:
         """Stream side: drop (and count) records before the cutoff; conform to the lake schema."""
         if self.handoff == "timestamp":
             assert self.cutoff is not None
-            keep = pc.greater_equal(
-                batch.column(self.time_column), pa.scalar(self.cutoff, TIME_TYPE)
+            keep = pc.fill_null(
+                pc.greater_equal(batch.column(self.time_column), pa.scalar(self.cutoff, TIME_TYPE)),
+                False,
             )
             kept = pc.sum(keep.cast(pa.int64())).as_py() or 0
             dropped = batch.num_rows - kept
             if dropped:
                 split.dropped += dropped
                 self.dropped_before_cutoff += dropped
-                batch = batch.filter(pc.fill_null(keep, False))
+                batch = batch.filter(keep)
+                offsets = offsets[np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)]
         if batch.num_rows and split.partition not in self.handoff_at:
             self.handoff_at[split.partition] = time.perf_counter()
         schema = self.schema
         if schema is not None and batch.schema != schema:
             batch = conform(batch, schema, f"source={self.name} topic={self.stream.topic}")
-        return batch
+        return batch, offsets
 
     async def _emit(self, kind: str, batch: pa.RecordBatch, position: str | None) -> None:
         group = self._group
@@ -333,12 +337,29 @@ class LambdaSource(Source):
             batch = conform(batch, schema, f"source={self.name} lake={self.lake.name} {position}")
         times = normalize_time_array(batch.column(self.time_column))
         top = pc.max(times)
+        if kind == LAKE and self.alignment is not None and top.is_valid:
+            await self._wait_lake_bound(int(top.cast(pa.int64()).as_py()))
         async with self._lock:
             if top.is_valid:
                 micros = np.asarray(times.drop_null().cast(pa.int64()))
                 self._measure_lead(kind, micros)
             self.rows[kind] += batch.num_rows
             await self._out.emit(batch, position)
+
+    async def _wait_lake_bound(self, newest: int) -> None:
+        """Hold a lake batch until its newest record is within the alignment bound, unless the
+        lake holds the global watermark back itself (then its rows lead by at most its own
+        granularity: a row group's span for sorted files, else a partition)."""
+        group = self._group
+        assert group is not None
+        waited = False
+        while newest > group.release_bound(self.out_of_orderness) and not group.is_minimum(LAKE):
+            if not waited:
+                group.set_held(LAKE, True)
+                waited = True
+            await group.wait_change(0.2)
+        if waited:
+            group.set_held(LAKE, False)
 
     def _measure_lead(self, kind: str, micros: np.ndarray | None) -> None:
         """Lead of emitted rows over the global watermark (what downstream must buffer).
@@ -406,6 +427,8 @@ class LambdaSource(Source):
         if self._emitted is None or mark > self._emitted:
             self._emitted = mark
         await self._out.emit_watermark(mark, idle)
+        if self._group is not None:
+            self._group.note_output(mark)
 
     # checkpoints and metrics --------------------------------------------------------------------
 

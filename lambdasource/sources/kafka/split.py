@@ -1,8 +1,13 @@
 """One Kafka partition as a split: its read position, end, watermark generator and idleness.
 
-Watermark (bounded out-of-orderness): ``max(event time seen) − out_of_orderness``, raised to
-``floor`` when one is set (the lambda source's ``cutoff − 1µs``: the stream emits nothing before
-the cutoff), ``None`` before the first record. It never regresses.
+Watermark (bounded out-of-orderness): ``max(event time seen) − out_of_orderness``, capped below
+the earliest *held* row (rows alignment keeps back, see below) so a held row is never late, raised
+to ``floor`` when one is set (the lambda source's ``cutoff − 1µs``: the stream emits nothing
+before the cutoff), ``None`` before the first record. It never regresses.
+
+Held rows (alignment, DESIGN §3): rows of a fetched batch whose time is beyond the alignment
+bound stay in the split (with their offsets) until the bound covers them; a split holding rows
+is paused, so at most one fetch per partition is held. They belong to the split's checkpoint.
 
 Idleness (DESIGN §3): a split is idle only when it is caught up — its position is at or beyond the
 highwater of its last fetch, *and* a fetch response confirmed that highwater within
@@ -17,6 +22,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
 
 
 @dataclass
@@ -42,6 +50,9 @@ class PartitionSplit:
     last_activity: float = field(default_factory=time.monotonic)
     confirmed_at: float | None = None  # monotonic time of the last fetch response
     confirm_window: float = 2.0  # seconds a fetch response vouches for "caught up"
+    held: pa.RecordBatch | None = None  # rows kept back by alignment (already transformed)
+    held_offsets: np.ndarray | None = None  # their Kafka offsets, row for row
+    held_min: int | None = None  # µs, earliest held time
     _poll_stamp: int | None = None
     _emitted_watermark: int | None = None
 
@@ -53,6 +64,8 @@ class PartitionSplit:
     def watermark(self) -> int | None:
         """The split's current watermark (never regresses)."""
         value = None if self.max_seen is None else self.max_seen - self.out_of_orderness
+        if value is not None and self.held_min is not None:
+            value = min(value, self.held_min - 1)
         if self.floor is not None:
             value = self.floor if value is None else max(value, self.floor)
         if value is not None and self._emitted_watermark is not None:
@@ -73,6 +86,51 @@ class PartitionSplit:
         if self.position is None or self.highwater is None:
             return None
         return max(0, self.highwater - self.position)
+
+    @property
+    def first_unemitted(self) -> int | None:
+        """The offset a restart (or a consumer-group commit) must name: the first held row's,
+        else the next offset to read."""
+        if self.held_offsets is not None and len(self.held_offsets):
+            return int(self.held_offsets.min())
+        return self.position
+
+    def hold(self, batch: pa.RecordBatch, offsets: np.ndarray, times: np.ndarray) -> None:
+        """Keep ``batch`` back (``times``: its µs, row for row)."""
+        if not batch.num_rows:
+            return
+        if self.held is None or self.held_offsets is None:
+            self.held, self.held_offsets = batch, offsets
+        else:
+            self.held = pa.concat_batches([self.held, batch])
+            self.held_offsets = np.concatenate([self.held_offsets, offsets])
+        low = int(times.min())
+        self.held_min = low if self.held_min is None else min(self.held_min, low)
+
+    def due(self, bound: float, time_column: str) -> np.ndarray | None:
+        """Mask of the held rows with time <= ``bound`` (None: none). The caller emits them,
+        then calls :meth:`released`: the watermark (capped by the held rows) must not rise
+        before they are out."""
+        if self.held is None:
+            return None
+        mask = held_times(self.held, time_column) <= bound
+        return mask if mask.any() else None
+
+    def taken(self, mask: np.ndarray) -> tuple[pa.RecordBatch, np.ndarray]:
+        """The held rows (and offsets) ``mask`` selects."""
+        assert self.held is not None and self.held_offsets is not None
+        return self.held.filter(pa.array(mask)), self.held_offsets[mask]
+
+    def released(self, mask: np.ndarray, time_column: str) -> None:
+        """Forget the held rows ``mask`` selected (they were emitted)."""
+        assert self.held is not None and self.held_offsets is not None
+        rest = ~mask
+        if rest.any():
+            self.held = self.held.filter(pa.array(rest))
+            self.held_offsets = self.held_offsets[rest]
+            self.held_min = int(held_times(self.held, time_column).min())
+        else:
+            self.held = self.held_offsets = self.held_min = None
 
     def saw(self, max_time: int | None, now: float) -> None:
         """Records arrived (``max_time``: their max event time, None if all null)."""
@@ -121,4 +179,11 @@ class PartitionSplit:
             "records": self.records,
             "dead_letters": self.dead_letters,
             "dropped_before_cutoff": self.dropped,
+            "held_rows": 0 if self.held is None else self.held.num_rows,
         }
+
+
+def held_times(batch: pa.RecordBatch, time_column: str) -> np.ndarray:
+    """µs of ``batch``'s (non-null) time column as int64."""
+    column = batch.column(time_column).cast(pa.int64())
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)

@@ -41,7 +41,7 @@ from ..alignment import AlignmentGroup
 from ..base import Source, SourceOutput
 from .decode import RECORD_TIMESTAMP, Decoder, decode_records, output_schema
 from .positions import OffsetProber, end_offset, offset_for_time
-from .split import PartitionSplit
+from .split import PartitionSplit, held_times
 
 log = logging.getLogger("lambdasource.kafka")
 
@@ -60,7 +60,10 @@ DEAD_LETTER_SCHEMA = pa.schema(
 PartitionStart = tuple[str, int]
 """``("earliest", 0)``, ``("latest", 0)``, ``("offset", n)`` or ``("time", µs)``."""
 
-Transform = Callable[[PartitionSplit, pa.RecordBatch], pa.RecordBatch]
+Transform = Callable[
+    [PartitionSplit, pa.RecordBatch, np.ndarray], tuple[pa.RecordBatch, np.ndarray]
+]
+"""``(split, batch, offsets) -> (batch, offsets)``: filters rows, keeping offsets row for row."""
 
 
 def _parse_start(start: Any) -> Callable[[int], PartitionStart]:
@@ -156,6 +159,7 @@ class KafkaStream(Source):
         self.splits: dict[int, PartitionSplit] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._restored: dict[int, int] | None = None
+        self._restored_held: dict[int, tuple[pa.RecordBatch, np.ndarray]] = {}
         self._last_commit = 0.0
         self.commit_failures = 0
         self.lookups: dict[int, dict[str, Any]] = {}  # per partition: start-time lookups
@@ -248,6 +252,13 @@ class KafkaStream(Source):
         except BaseException:
             await self.close()
             raise
+        for p, (batch, offsets) in self._restored_held.items():
+            if p in self.splits and batch.num_rows:
+                times = held_times(batch, self.time_column)
+                split = self.splits[p]
+                split.hold(batch, offsets, times)
+                split.max_seen = int(times.max())
+                split.finished = False  # its held rows are still to be emitted
 
     async def _seek_starts(
         self,
@@ -400,10 +411,12 @@ class KafkaStream(Source):
             if not live:
                 break
             now = time.monotonic()
+            released = False
             if aligner is not None:
+                released = await self._release_held(live, out, hooks, aligner)
                 for split in live:
                     name = f"{hooks.split_prefix}:{split.key}"
-                    allowed = aligner.allowed(name)
+                    allowed = aligner.allowed(name) and split.held is None
                     if not allowed and not split.paused:
                         consumer.pause(self._tp(split.partition))
                         split.set_paused(True, now)
@@ -415,7 +428,8 @@ class KafkaStream(Source):
             readable = [s for s in live if not s.paused]
             if not readable:
                 assert aligner is not None
-                await aligner.wait_change(0.2)
+                if not released:  # else the bound may already cover more: look again
+                    await aligner.wait_change(0.2)
                 await out.barrier_point()
                 continue
             try:
@@ -449,18 +463,17 @@ class KafkaStream(Source):
                     if split.stop_offset is not None:
                         position = min(position, split.stop_offset)
                     split.position = max(split.position or 0, position)
-                if split.stop_offset is not None and (split.position or 0) >= split.stop_offset:
+                if (
+                    split.stop_offset is not None
+                    and (split.position or 0) >= split.stop_offset
+                    and split.held is None
+                ):
                     split.finished = True
                     consumer.pause(tp)
                 split.update_idle(now)
                 self._report(split, hooks)
             await self._maybe_commit()
-            if hooks.on_progress is not None:
-                await hooks.on_progress()
-            else:
-                mark, idle = self.combined_watermark()
-                if mark is not None:
-                    await out.emit_watermark(mark, idle)
+            await self._progress(out, hooks)
         await self._maybe_commit(force=True)
         if hooks.on_progress is not None:
             await hooks.on_progress()
@@ -468,6 +481,49 @@ class KafkaStream(Source):
             final = self.final_watermark()
             if final is not None:
                 await out.emit_watermark(final)
+
+    async def _progress(self, out: SourceOutput, hooks: DriveHooks) -> None:
+        """Emit the watermark (the caller's combination when it drives the stream)."""
+        if hooks.on_progress is not None:
+            await hooks.on_progress()
+            return
+        mark, idle = self.combined_watermark()
+        if mark is not None:
+            await out.emit_watermark(mark, idle)
+
+    async def _release_held(
+        self,
+        live: list[PartitionSplit],
+        out: SourceOutput,
+        hooks: DriveHooks,
+        aligner: AlignmentGroup,
+    ) -> bool:
+        """Emit the held rows the alignment bound now covers (True if any); a split whose held
+        rows are all out and whose end is reached finishes here."""
+        released = False
+        for split in live:
+            if split.held is None:
+                continue
+            due = split.due(aligner.release_bound(split.out_of_orderness), self.time_column)
+            if due is not None:
+                released = True
+                batch, offsets = split.taken(due)
+                await out.emit(
+                    batch,
+                    position=f"{self._where(split.partition)} offsets={int(offsets.min())}-"
+                    f"{int(offsets.max())} (held by alignment)",
+                )
+                split.released(due, self.time_column)  # only now may its watermark rise
+                self._report(split, hooks)
+                await self._progress(out, hooks)  # the next split's bound follows at once
+            if (
+                split.held is None
+                and split.stop_offset is not None
+                and (split.position or 0) >= split.stop_offset
+            ):
+                split.finished = True
+            self._report(split, hooks)
+        return released
 
     def _report(self, split: PartitionSplit, hooks: DriveHooks) -> None:
         if hooks.aligner is not None:
@@ -523,15 +579,33 @@ class KafkaStream(Source):
         if batch.num_rows:
             top = pc.max(batch.column(self.time_column))
             max_time = None if not top.is_valid else int(top.cast(pa.int64()).as_py())
-        split.saw(max_time, now)
+        offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=n)
+        offsets = offsets[decoded.row_indices(n)]
+        if times.null_count:
+            offsets = offsets[~null]
         if hooks.transform is not None and batch.num_rows:
-            batch = hooks.transform(split, batch)
+            batch, offsets = hooks.transform(split, batch, offsets)
+        held: tuple[pa.RecordBatch, np.ndarray, np.ndarray] | None = None
+        if batch.num_rows and hooks.aligner is not None:
+            # the bound holds per record (DESIGN §3): rows beyond it stay in the split
+            bound = hooks.aligner.release_bound(split.out_of_orderness)
+            row_times = held_times(batch, self.time_column)
+            beyond = row_times > bound
+            if beyond.any():
+                held = (batch.filter(pa.array(beyond)), offsets[beyond], row_times[beyond])
+                batch, offsets = batch.filter(pa.array(~beyond)), offsets[~beyond]
         if batch.num_rows:
             await out.emit(
                 batch,
                 position=f"{self._where(split.partition)} offsets={records[0].offset}-"
                 f"{records[-1].offset}",
             )
+        # Only once the rows are out does the split's state move on, in one step: a barrier
+        # injected at the emit snapshots the state before this fetch (the fetch is replayed),
+        # and a watermark another task emits meanwhile cannot cover these rows.
+        if held is not None:
+            split.hold(*held)
+        split.saw(max_time, now)
         split.records += n
         split.position = records[-1].offset + 1
 
@@ -558,7 +632,7 @@ class KafkaStream(Source):
             return
         self._last_commit = now
         await self._commit(
-            {p: s.position for p, s in self.splits.items() if s.position is not None}
+            {p: o for p, s in self.splits.items() if (o := s.first_unemitted) is not None}
         )
 
     async def on_checkpoint_complete(self, checkpoint_id: int) -> None:
@@ -583,21 +657,47 @@ class KafkaStream(Source):
 
     # checkpoints and metrics --------------------------------------------------------------------
 
-    def snapshot(self) -> dict[int, int]:
-        """Next offset to read per partition (immutable copy); committed to the consumer group
-        when its checkpoint completes (one checkpoint is in flight at a time)."""
+    def snapshot(self) -> dict[str, Any]:
+        """``{"positions": next offset to read per partition, "held": rows alignment holds}``
+        (immutable; held rows as Arrow IPC with their offsets). The consumer group is told the
+        first unemitted offset per partition when this checkpoint completes (one checkpoint is
+        in flight at a time)."""
         if not self.splits and self._restored is not None:
             positions = dict(self._restored)
+            held = dict(self._restored_held)
+            commit = {p: _first_offset(o, held.get(p)) for p, o in positions.items()}
         else:
             positions = {p: s.position for p, s in self.splits.items() if s.position is not None}
-        self._pending_commit = positions
+            held = {
+                p: (s.held, s.held_offsets)
+                for p, s in self.splits.items()
+                if s.held is not None and s.held_offsets is not None
+            }
+            commit = {p: o for p, s in self.splits.items() if (o := s.first_unemitted) is not None}
+        self._pending_commit = commit
         if self._checkpointed is None:
             self._checkpointed = 0  # checkpoints are on: stop periodic commits
-        return dict(positions)
+        return {
+            "positions": dict(positions),
+            "held": {
+                p: {"rows": _to_ipc(batch), "offsets": [int(o) for o in offsets]}
+                for p, (batch, offsets) in held.items()
+            },
+        }
 
-    def restore(self, state: dict[int, int] | dict[str, int]) -> None:
-        """Resume at the given next offsets (seeked when the stream opens)."""
-        self._restored = {int(p): int(o) for p, o in state.items()}
+    def restore(self, state: dict[str, Any] | dict[int, int]) -> None:
+        """Resume at the given next offsets (seeked when the stream opens), holding again the
+        rows alignment held at the checkpoint. Accepts the older ``{partition: offset}`` form."""
+        raw: dict[Any, Any] = dict(state)
+        if "positions" in raw:
+            positions, held = raw["positions"], raw.get("held") or {}
+        else:
+            positions, held = raw, {}
+        self._restored = {int(p): int(o) for p, o in positions.items()}
+        self._restored_held = {
+            int(p): (_from_ipc(h["rows"]), np.asarray(h["offsets"], dtype=np.int64))
+            for p, h in held.items()
+        }
 
     def metrics(self) -> dict[str, Any]:
         mark, idle = self.combined_watermark()
@@ -612,3 +712,24 @@ class KafkaStream(Source):
             "start_lookup_probes": self.lookup_probes,
             "partitions": {p: s.metrics() for p, s in self.splits.items()},
         }
+
+
+def _to_ipc(batch: pa.RecordBatch) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _from_ipc(data: bytes) -> pa.RecordBatch:
+    with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
+        batches = list(reader)
+        return (
+            pa.concat_batches(batches) if batches else reader.schema.empty_table().to_batches()[0]
+        )
+
+
+def _first_offset(position: int, held: tuple[pa.RecordBatch, np.ndarray] | None) -> int:
+    if held is None or not len(held[1]):
+        return position
+    return min(position, int(held[1].min()))
