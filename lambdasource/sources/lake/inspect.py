@@ -251,15 +251,96 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--time-column", default=None, help="event-time column (default: first timestamp)"
     )
     parser.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (e.g. moto)")
+    parser.add_argument(
+        "--checkpoint",
+        metavar="URL",
+        help="show the pinned lake state and positions of the newest complete checkpoint at URL "
+        "(file:// path or s3://)",
+    )
+
+
+async def acheckpoint_sources(url: str, s3: S3Config | None = None) -> tuple[int, dict[str, Any]]:
+    """The newest complete checkpoint at ``url``: its id and, per source that has one, the
+    pinned lake state and positions (plain data). Reads only checkpoints this job wrote."""
+    from ...checkpoints.store import store_for
+    from ...checkpoints.format import decode, thaw
+    from ...errors import CheckpointError
+
+    store = store_for(url, s3)
+    await store.open()
+    try:
+        ids = await store.complete_ids()
+        if not ids:
+            raise CheckpointError(f"no complete checkpoint at {url}")
+        newest = ids[-1]
+        manifest = await store.read_manifest(newest)
+        raw = await store.read_data(newest, manifest)
+    finally:
+        await store.close()
+    payload = decode(raw, where=store.where(newest))
+    sources: dict[str, Any] = {}
+    for name, node in payload["nodes"].items():
+        state = thaw(node)
+        if isinstance(state, dict) and ("lake" in state or "state" in state):
+            sources[name] = state
+    return newest, sources
+
+
+def format_checkpoint(checkpoint_id: int, sources: dict[str, Any]) -> str:
+    """Render what :func:`acheckpoint_sources` found."""
+    out = [f"checkpoint {checkpoint_id}"]
+    if not sources:
+        out.append("  no lake source state in this checkpoint")
+    for name, state in sorted(sources.items()):
+        lake = state.get("lake", state)
+        pinned = (lake or {}).get("state") or {}
+        position = (lake or {}).get("position") or {}
+        out.append(f"source {name}:")
+        kind = pinned.get("kind", "-")
+        what = {
+            "commits": f"commit sequence {pinned.get('sequence')}",
+            "snapshot": f"Iceberg snapshot_id {pinned.get('snapshot_id')}",
+            "files": f"{len(pinned.get('files', []))} pinned file(s)",
+        }.get(kind, "none (a checkpoint from before pinned states)")
+        out.append(f"  pinned lake state: {what}")
+        offsets = pinned.get("offsets") or {}
+        if offsets:
+            shown = ", ".join(
+                f"{p}:{o}" for p, o in sorted(offsets.items(), key=lambda i: int(i[0]))
+            )
+            out.append(f"  recorded offsets (topic {pinned.get('topic') or '-'}): {shown}")
+        hwm = pinned.get("high_watermark_us")
+        out.append(f"  recorded high-water mark: {format_time(hwm) if hwm is not None else '-'}")
+        if position:
+            where = f"partition {position.get('partition')} chunk {position.get('chunk')}"
+            if position.get("file"):
+                where += f" file={position['file']} row_group={position.get('row_group')}"
+            out.append(f"  lake position: {where} rows={position.get('rows')}")
+        if "cutoff" in state and state["cutoff"] is not None:
+            out.append(f"  cutoff: {format_time(state['cutoff'])}")
+        stream = state.get("stream") or {}
+        if stream:
+            positions = stream.get("positions", stream)
+            shown = ", ".join(f"{p}:{o}" for p, o in sorted(positions.items()))
+            out.append(f"  stream next offsets: {shown}")
+            held = stream.get("held") or {}
+            if held:
+                rows = ", ".join(f"{p}:{len(h['offsets'])}" for p, h in sorted(held.items()))
+                out.append(f"  rows held by alignment: {rows}")
+    return "\n".join(out)
 
 
 def command(args: argparse.Namespace) -> int:
     """Run ``inspect`` from parsed arguments; prints the report; returns the exit code."""
     s3 = S3Config(endpoint_url=args.s3_endpoint) if getattr(args, "s3_endpoint", None) else None
+    if getattr(args, "checkpoint", None):
+        url: str = args.checkpoint
+        print(format_checkpoint(*asyncio.run(acheckpoint_sources(url, s3))))
+        return 0
     if args.iceberg:
         if not args.catalog_uri:
             raise ConfigError("inspect --iceberg needs --catalog-uri")
-        uri: str = args.catalog_uri
+        uri = str(args.catalog_uri)
         props: dict[str, str] = {
             "name": args.catalog_name,
             "type": "rest" if uri.startswith(("http://", "https://")) else "sql",

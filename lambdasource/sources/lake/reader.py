@@ -549,6 +549,7 @@ class Position:
     rows: int = 0
     file: str | None = None
     row_group: int | None = None
+    chunk_rows: int | None = None  # rows the chunk decoded to (a changed selection shows here)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -558,6 +559,7 @@ class Position:
             "rows": self.rows,
             "file": self.file,
             "row_group": self.row_group,
+            "chunk_rows": self.chunk_rows,
         }
 
     @classmethod
@@ -569,6 +571,7 @@ class Position:
             rows=int(raw.get("rows", 0)),
             file=raw.get("file"),
             row_group=raw.get("row_group"),
+            chunk_rows=raw.get("chunk_rows"),
         )
 
 
@@ -646,12 +649,18 @@ class LakeReader:
             and at.file == resume.file
             and at.row_group == resume.row_group
             and resume.rows <= at.table.num_rows
+            and resume.chunk_rows in (None, at.table.num_rows)
         ):
             return
-        found = "nothing" if at is None else f"file={at.file} row_group={at.row_group}"
+        found = (
+            "nothing"
+            if at is None
+            else f"file={at.file} row_group={at.row_group} ({at.table.num_rows} rows)"
+        )
         raise LakeStateError(
             f"lake={self.name}: cannot resume partition={part.label} at chunk {resume.chunk} "
-            f"(file={resume.file} row_group={resume.row_group} rows={resume.rows}): the "
+            f"(file={resume.file} row_group={resume.row_group} rows={resume.rows} of "
+            f"{resume.chunk_rows}): the "
             f"partition now holds {found} there — a file was rewritten (compaction) or "
             "start/until/filter changed since the checkpoint; start the job fresh"
         )
@@ -759,7 +768,7 @@ class LakeReader:
                         piece = table.slice(done, self.batch_rows).combine_chunks()
                         for batch in piece.to_batches():
                             self.position = Position(
-                                part.label, i, k, done, chunk.file, chunk.row_group
+                                part.label, i, k, done, chunk.file, chunk.row_group, table.num_rows
                             )
                             await out.emit(batch, position=f"{where} row={done}")
                             done += batch.num_rows
@@ -775,6 +784,7 @@ class LakeReader:
                         0,
                         None if following is None else following.file,
                         None if following is None else following.row_group,
+                        None if following is None else following.table.num_rows,
                     )
                     await self._advance(
                         out,
