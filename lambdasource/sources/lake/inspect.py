@@ -262,8 +262,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def acheckpoint_sources(url: str, s3: S3Config | None = None) -> tuple[int, dict[str, Any]]:
     """The newest complete checkpoint at ``url``: its id and, per source that has one, the
     pinned lake state and positions (plain data). Reads only checkpoints this job wrote."""
-    from ...checkpoints.store import store_for
     from ...checkpoints.format import decode, thaw
+    from ...checkpoints.store import store_for
     from ...errors import CheckpointError
 
     store = store_for(url, s3)
