@@ -15,6 +15,7 @@ from .errors import (
     HandoffGapError,
     IncompatibleStateError,
     LakeReadError,
+    LakeStateError,
     LambdaSourceError,
     OperatorError,
     SchemaError,
@@ -23,6 +24,7 @@ from .errors import (
     StateError,
     StreamError,
 )
+from .lead import LeadMeter
 from .messages import Barrier, End, Watermark
 from .operator import Context, Operator, Timer
 from .pipeline import Pipeline, Stream, WindowedStream
@@ -80,8 +82,10 @@ __all__ = [
     "KafkaUpsert",
     "LakeReadError",
     "LakeReport",
+    "LakeStateError",
     "LambdaSource",
     "LambdaSourceError",
+    "LeadMeter",
     "MemorySource",
     "Operator",
     "OperatorError",

@@ -53,6 +53,7 @@ from .kafka.split import PartitionSplit
 from .kafka.stream import DriveHooks, KafkaStream, PartitionStart
 from .lake.commits import CommitRecord
 from .lake.pinned import LakeState
+from .lake.source import LakeSource
 
 HANDOFFS = ("timestamp", "offsets")
 LAKE = "lake"
@@ -195,6 +196,12 @@ class LambdaSource(Source):
         else:  # unaligned runs still track split watermarks (never pausing) to report the skew
             self._group = AlignmentGroup(self.alignment_drift, enforce=False)
         self._group.register(LAKE, gate=True)
+        lake: object = self.lake
+        if self.alignment is not None and isinstance(lake, LakeSource) and lake.batch_span is None:
+            # lake batches of sorted rows span at most max_drift + out_of_orderness of event
+            # time, each followed by its watermark: lake records stay within the bound even
+            # while the lake is the minimum split
+            lake.batch_span = self.alignment_drift + self.out_of_orderness
         starts, default, floor = await self._plan_handoff()
         await self.stream.open(
             starts=starts,

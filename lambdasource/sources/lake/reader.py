@@ -98,7 +98,8 @@ class LakePartition:
 
 @dataclass
 class Chunk:
-    """Decoded rows of one row group, ready to emit; ``min_time`` exact (None: no rows)."""
+    """Decoded rows of one row group (or of a partition merged by time), ready to emit;
+    ``min_time`` exact (None: no rows); ``times`` the µs of its rows when they are sorted."""
 
     file: str
     row_group: int
@@ -107,6 +108,54 @@ class Chunk:
     max_time: int | None
     dead: pa.Table | None = None
     outside: int = 0
+    times: np.ndarray | None = None
+
+
+MERGED = "<files merged by time>"  # the file of a partition's merged chunk
+
+
+def _sorted_times(chunk: Chunk, time_column: str) -> np.ndarray | None:
+    column = chunk.table.column(time_column)
+    if column.null_count:
+        return None
+    times = np.asarray(column.cast(pa.int64()).to_numpy(), dtype=np.int64)
+    return times if len(times) < 2 or bool(np.all(times[1:] >= times[:-1])) else None
+
+
+def in_time_order(chunks: list[Chunk], time_column: str) -> list[Chunk]:
+    """A partition's chunks as they are emitted: unchanged when each is sorted by time and
+    none overlaps the next (the ``lake`` writer's files, one commit after another); otherwise
+    one chunk of all their rows sorted by time (stable: ties keep file order, so the order is
+    the same on every read of the same files). Sorted chunks get ``times``, which lets the
+    watermark follow every emitted slice — so a record never leads the watermark by more than
+    a slice's span."""
+    for chunk in chunks:
+        chunk.times = _sorted_times(chunk, time_column)
+    rows = [c for c in chunks if c.table.num_rows]
+    ordered = all(c.times is not None for c in rows) and all(
+        a.max_time is not None and b.min_time is not None and a.max_time <= b.min_time
+        for a, b in itertools.pairwise(rows)
+    )
+    if ordered or any(c.table.column(time_column).null_count for c in rows):
+        return chunks
+    try:
+        table = pa.concat_tables([c.table for c in rows], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return chunks  # schemas that do not combine: emitted as they are (coarser watermarks)
+    times = np.asarray(table.column(time_column).cast(pa.int64()).to_numpy(), dtype=np.int64)
+    order = np.argsort(times, kind="stable")
+    deads = [c.dead for c in chunks if c.dead is not None and c.dead.num_rows]
+    merged = Chunk(
+        MERGED,
+        -1,
+        table.take(pa.array(order)),
+        int(times.min()),
+        int(times.max()),
+        pa.concat_tables(deads, promote_options="permissive") if deads else None,
+        sum(c.outside for c in chunks),
+        times[order],
+    )
+    return [merged]
 
 
 @dataclass
@@ -594,6 +643,7 @@ class LakeReader:
         max_bytes_in_flight: int,
         metrics: LakeMetrics,
         batch_rows: int = BATCH_ROWS,
+        max_span: int | None = None,
     ) -> None:
         self.name = name
         self.time_column = time_column
@@ -604,6 +654,7 @@ class LakeReader:
         self.max_bytes = max_bytes_in_flight
         self.metrics = metrics
         self.batch_rows = batch_rows
+        self.max_span = max_span  # µs of event time one emitted slice of sorted rows may span
         self.position: Position | None = None
         self.restored: Position | None = None
         self._last_watermark: int | None = None
@@ -726,7 +777,7 @@ class LakeReader:
                     point = getattr(out, "barrier_point", None)
                     if point is not None and not task.done():
                         await point()
-                chunks = task.result()
+                chunks = in_time_order(task.result(), self.time_column)
                 suffix = [INF] * (len(chunks) + 1)
                 for k in range(len(chunks) - 1, -1, -1):
                     low = chunks[k].min_time
@@ -762,10 +813,11 @@ class LakeReader:
                         self.metrics.dead_letters += chunk.dead.num_rows
                         for batch in chunk.dead.to_batches():
                             await out.dead_letter(batch, "unparseable event time", where)
-                    table = chunk.table
+                    table, times = chunk.table, chunk.times
                     done = skip
                     while done < table.num_rows:
-                        piece = table.slice(done, self.batch_rows).combine_chunks()
+                        stop = self._slice_end(times, done, table.num_rows)
+                        piece = table.slice(done, stop - done).combine_chunks()
                         for batch in piece.to_batches():
                             self.position = Position(
                                 part.label, i, k, done, chunk.file, chunk.row_group, table.num_rows
@@ -773,6 +825,19 @@ class LakeReader:
                             await out.emit(batch, position=f"{where} row={done}")
                             done += batch.num_rows
                             self.metrics.rows_emitted += batch.num_rows
+                        if times is not None and done < table.num_rows:
+                            # sorted rows: the watermark follows the slice (every later row of
+                            # this chunk is at or after the next one)
+                            seen = int(times[done - 1])
+                            max_seen = seen if max_seen is None else max(max_seen, seen)
+                            self.position = Position(
+                                part.label, i, k, done, chunk.file, chunk.row_group, table.num_rows
+                            )
+                            await self._advance(
+                                out,
+                                self._candidate(part, max_seen),
+                                min(float(times[done]), suffix[k + 1], await later_bound()),
+                            )
                     top = chunk.max_time
                     if top is not None:
                         max_seen = top if max_seen is None else max(max_seen, top)
@@ -798,11 +863,24 @@ class LakeReader:
                     nxt = partitions[i + 1].start
                     if nxt is not None and nxt > part.end:
                         await self._advance(out, nxt - 1, await later_bound())
+                    # up to just before the next record (statistics): no gap between partitions
+                    # counts as lead of the next partition's first rows
+                    later = await later_bound()
+                    await self._advance(out, later, later)
                 self.metrics.partitions_done += 1
                 in_flight -= estimate[i]
         end = end_watermark() if callable(end_watermark) else end_watermark
         if end is not None:
             await self._advance(out, end, INF)
+
+    def _slice_end(self, times: np.ndarray | None, done: int, total: int) -> int:
+        """End of the next emitted slice: at most ``batch_rows`` rows and, for sorted rows when
+        ``max_span`` is set, at most that much event time (at least one row)."""
+        end = min(done + self.batch_rows, total)
+        if times is not None and self.max_span is not None:
+            limit = int(np.searchsorted(times, times[done] + self.max_span, side="right"))
+            end = min(end, max(done + 1, limit))
+        return end
 
     def _candidate(self, part: LakePartition, max_seen: int | None) -> float:
         if self.event_time_partitioned and part.end is not None:

@@ -106,6 +106,9 @@ class LakeSource(Source):
         self.max_bytes_in_flight = max_bytes_in_flight
         self.on_corrupt = on_corrupt
         self.batch_size = batch_size
+        # µs of event time one emitted batch of sorted rows may span (None: rows only); the
+        # lambda source sets it to its alignment's max_drift, so lake records stay in the bound
+        self.batch_span: int | None = None
         self._metrics = LakeMetrics()
         self._reader: LakeReader | None = None
         self._restored: Position | None = None
@@ -209,6 +212,7 @@ class LakeSource(Source):
             max_bytes_in_flight=self.max_bytes_in_flight,
             metrics=metrics,
             batch_rows=self.batch_size,
+            max_span=self.batch_span,
         )
         reader.restored = self._restored
         self._reader = reader
