@@ -342,3 +342,54 @@ async def test_inspect_shows_the_pinned_state_of_a_checkpoint(tmp_path: Path) ->
     assert "pinned lake state: commit sequence 1" in text
     assert "recorded offsets (topic clicks): 0:1500, 1:7" in text
     assert "lake position: partition" in text
+
+
+class Watch(Interrupt):
+    """Also checks the watermark rule on what is emitted: no row at or before the watermark,
+    and no batch spanning more than ``span`` ahead of it."""
+
+    def __init__(self, lake: LakeSource, after: int | None, span: int) -> None:
+        super().__init__(lake, after)
+        self.span = span
+        self.mark: int | None = None
+        self.worst_lead = 0
+
+    async def emit(self, batch: pa.RecordBatch, position: str | None = None) -> None:
+        await super().emit(batch, position)
+        times = pc.cast(batch.column(TIME), pa.int64()).to_numpy()
+        if self.mark is not None:
+            assert int(times.min()) > self.mark, "a lake row at or before the watermark"
+            self.worst_lead = max(self.worst_lead, int(times.max()) - self.mark)
+
+    async def emit_watermark(self, time: int, idle: bool = False) -> None:
+        self.mark = time
+
+
+async def test_overlapping_files_are_merged_by_time_and_resume_exactly(tmp_path: Path) -> None:
+    """Two files per partition covering the same hour (an archiver commit beside a backfill):
+    the reader merges them by time, emits slices of at most ``batch_span`` with a watermark
+    after each, and a restore at any point inside the merged partition is exact."""
+    table = events(6000, 8)
+    writer = ParquetLakeWriter(tmp_path, TIME, row_group_rows=100)
+    even = pc.equal(pc.bit_wise_and(table.column("event_id"), 1), 0)
+    writer.write(table.filter(even), offsets={0: 1}, topic="t")
+    writer.write(table.filter(pc.invert(even)), offsets={0: 2}, topic="t")
+    span = 10 * MINUTE
+
+    def lake() -> ls.ParquetLake:
+        source = ls.ParquetLake(tmp_path, TIME, batch_size=64)
+        source.batch_span = span
+        return source
+
+    source = lake()
+    whole = Watch(source, None, span)
+    await source.run(whole)
+    assert whole.seen == ids(table)
+    assert whole.worst_lead <= span
+    for after in (1, 5, 17, 40):
+        source = lake()
+        first = Watch(source, after, span)
+        with pytest.raises(Stop):
+            await source.run(first)
+        assert first.state["position"]["file"] in (None, "<files merged by time>")
+        assert first.seen + await read_all(lake(), first.state) == ids(table)
