@@ -17,14 +17,21 @@ Handoff (DESIGN §3, firm):
   beyond the recorded one, :class:`HandoffGapError` names partition and missing range, unless
   ``allow_gaps=True`` (then the missing offsets are counted in ``metrics()["missing_offsets"]``).
 
+Pinned lake state (DESIGN §3): ``run`` first pins the lake (:meth:`Lake.pin`) — the commit
+sequence, Iceberg snapshot or file list it reads — and takes the recorded offsets and the
+high-water mark from that same state; the lake's snapshot carries it, so a restore reads it again.
+
 Running: the stream opens before the lake is read (pre-warmed) and both run concurrently; each
 partition hands over on its own (no barrier between readers). The output watermark is the minimum
 over the lake (until it finishes) and the stream partitions that are neither idle nor finished, so
 it never passes the lake's progress, and it never regresses. With ``alignment`` every split (the
-lake, each partition) belongs to one :class:`AlignmentGroup`: a partition ahead of
-``global + max_drift`` is paused (``consumer.pause``), the lake's emits block (which stops its
-prefetch). ``alignment=None`` runs the same job unaligned: the stream is read as fast as it comes,
-so downstream buffers grow; ``max_lead_us`` / ``rows_beyond_drift`` make that visible.
+lake, each partition) belongs to one :class:`AlignmentGroup` and the bound holds per record: a
+stream row leaves only when its time is within ``global + max_drift + out_of_orderness`` (global
+never ahead of the watermark already emitted) — rows beyond it are held in their partition, which
+stays paused; a lake batch waits for the bound unless the lake holds the minimum itself, and lake
+batches of sorted rows span at most ``max_drift + out_of_orderness``. ``alignment=None`` runs the
+same job unaligned: the stream is read as fast as it comes, so downstream buffers grow;
+``max_lead_us`` / ``rows_beyond_drift`` make that visible.
 """
 
 from __future__ import annotations

@@ -16,7 +16,11 @@ watermark is the maximum event time read.
 
 The lambda source drives the same machinery: :meth:`KafkaStream.open` takes per-partition start
 overrides and a watermark floor, :meth:`KafkaStream.drive` takes a batch transform, an alignment
-group (partitions ahead are paused with ``consumer.pause``) and a progress callback.
+group and a progress callback. With a group, the rows of a fetch beyond its release bound are held
+in their split (see :mod:`.split`), which is paused (``consumer.pause``) until they are out; a
+split's state (position, held rows, max time seen) moves on only after the rows it emits are
+out, so a barrier or a watermark emitted meanwhile sees the state before the fetch. Snapshots
+are ``{"positions": {partition: next offset}, "held": {partition: rows + offsets}}``.
 """
 
 from __future__ import annotations
