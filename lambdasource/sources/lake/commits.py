@@ -145,22 +145,22 @@ def live_files(commits: list[CommitRecord]) -> set[str]:
     return added - removed
 
 
+def _merge_max(per_commit: list[dict[int, int]]) -> dict[int, int]:
+    merged: dict[int, int] = {}
+    for values in per_commit:
+        for partition, value in values.items():
+            merged[partition] = max(value, merged.get(partition, value))
+    return merged
+
+
 def merge_offsets(commits: list[CommitRecord]) -> dict[int, int]:
     """Per partition, the highest next-offset over all commits (commits only ever advance it)."""
-    merged: dict[int, int] = {}
-    for commit in commits:
-        for partition, offset in commit.offsets.items():
-            merged[partition] = max(offset, merged.get(partition, offset))
-    return merged
+    return _merge_max([c.offsets for c in commits])
 
 
 def merge_event_times(commits: list[CommitRecord]) -> dict[int, int]:
     """Per partition, the maximum event time archived over all commits."""
-    merged: dict[int, int] = {}
-    for commit in commits:
-        for partition, micros in commit.event_times.items():
-            merged[partition] = max(micros, merged.get(partition, micros))
-    return merged
+    return _merge_max([c.event_times for c in commits])
 
 
 def archived_high_watermark(event_times: dict[int, int], out_of_orderness: int) -> int | None:
