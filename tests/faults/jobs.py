@@ -42,7 +42,7 @@ import lambdasource as ls
 from lake.archiver import Archiver
 from lake.generator import generate_clickstream
 from lake.maintenance import CompactionResult, compact
-from lake.writer import ParquetLakeWriter
+from lake.writer import IcebergLakeWriter, ParquetLakeWriter
 from lambdasource.checkpoints import Checkpoints
 from lambdasource.embedded import create_topic
 from lambdasource.reference import sliding_changelog
@@ -52,6 +52,7 @@ from lambdasource.sinks.duckdb import DuckDBUpsert
 from lambdasource.sinks.postgres import PostgresUpsert
 from lambdasource.sources.alignment import Alignment
 from lambdasource.sources.kafka.stream import KafkaStream
+from lambdasource.sources.lake.iceberg import IcebergLake
 from lambdasource.sources.lake.parquet import ParquetLake
 from lambdasource.sources.lambda_source import LambdaSource
 from lambdasource.timeutil import MS, normalize_time_array, to_micros
@@ -80,6 +81,8 @@ HOURLY_KEY = [KEY, "window_end"]
 HOURLY_COLUMNS = [KEY, "window_start", "window_end", "n", "ids", "id_sum", "amount"]
 HOURLY_TYPES = {"n": pa.int64(), "ids": pa.int64(), "id_sum": pa.int64(), "amount": pa.float64()}
 LAKE_ROW_GROUP_ROWS = 256  # small row groups: many lake watermarks, many kill points
+ICEBERG = "iceberg:"  # a lake "iceberg:DIR": table ICEBERG_TABLE, SQLite catalog + warehouse in DIR
+ICEBERG_TABLE = "faults.clicks"
 
 
 @dataclass(frozen=True)
@@ -313,9 +316,47 @@ async def produce_parts(bootstrap: str, topic: str, parts: dict[int, pa.Table]) 
         await producer.stop()
 
 
-def lake_writer(lake: str, s3: S3Config | None = None) -> ParquetLakeWriter:
-    """The writer every archiver and compaction of the fault suite's lakes uses."""
+def iceberg_catalog(lake: str) -> dict[str, str]:
+    """pyiceberg SqlCatalog properties of a lake ``"iceberg:DIR"`` (SQLite + file warehouse)."""
+    root = Path(lake.removeprefix(ICEBERG))
+    warehouse = root / "warehouse"
+    warehouse.mkdir(parents=True, exist_ok=True)
+    return {
+        "name": "faults",
+        "type": "sql",
+        "uri": f"sqlite:///{root / 'catalog.db'}",
+        "warehouse": warehouse.as_uri(),
+    }
+
+
+def lake_writer(lake: str, s3: S3Config | None = None) -> ParquetLakeWriter | IcebergLakeWriter:
+    """The writer every archiver and compaction of the fault suite's lakes uses (``lake`` is a
+    Parquet lake's root, or ``"iceberg:DIR"``)."""
+    if lake.startswith(ICEBERG):
+        return IcebergLakeWriter(
+            ICEBERG_TABLE,
+            iceberg_catalog(lake),
+            "event_time",
+            s3=s3,
+            row_group_rows=LAKE_ROW_GROUP_ROWS,
+        )
     return ParquetLakeWriter(lake, "event_time", s3=s3, row_group_rows=LAKE_ROW_GROUP_ROWS)
+
+
+def write_lake_prefix(ds: HourlyDataset, lake: str, commit_rows: int = 500) -> int:
+    """Write ``ds``'s lake part (each partition's first ``ds.offsets[p]`` records) into another
+    lake as the archiver would: commits of about ``commit_rows`` records taking the next offsets
+    of every partition, each recording the offsets it completes. Returns the commits made."""
+    writer = lake_writer(lake)
+    partitions = ds.positions.column("partition").to_numpy()
+    parts = {p: ds.table.filter(pa.array(partitions == p)) for p in sorted(ds.offsets)}
+    commits = max(1, -(-ds.lake_rows // commit_rows))
+    for k in range(commits):
+        ends = {p: -(-n * (k + 1) // commits) for p, n in ds.offsets.items()}
+        starts = {p: -(-n * k // commits) for p, n in ds.offsets.items()}
+        rows = pa.concat_tables([parts[p].slice(starts[p], ends[p] - starts[p]) for p in parts])
+        writer.write(rows, offsets=ends, topic=ds.topic)
+    return commits
 
 
 def make_archiver(
@@ -348,7 +389,9 @@ async def archive(bootstrap: str, topic: str, lake: str, *, commit_rows: int = 5
 
 def compact_lake(lake: str) -> CompactionResult:
     """:func:`lake.maintenance.compact` on ``lake`` (every partition with >= 2 live files)."""
-    return compact(lake_writer(lake), min_files=2)
+    writer = lake_writer(lake)
+    assert isinstance(writer, ParquetLakeWriter), f"compaction needs a Parquet lake: {lake}"
+    return compact(writer, min_files=2)
 
 
 async def prepare_hourly(
@@ -472,7 +515,18 @@ def empty_hourly() -> pa.Table:
 
 def build(args: argparse.Namespace) -> tuple[ls.Pipeline, LambdaSource, Sink]:
     s3 = S3Config(endpoint_url=args.s3_endpoint, region="us-east-1") if args.s3_endpoint else None
-    lake = ParquetLake(args.lake, "event_time", schema=SCHEMA, batch_size=args.batch, s3=s3)
+    lake: ParquetLake | IcebergLake
+    if args.lake.startswith(ICEBERG):
+        lake = IcebergLake(
+            ICEBERG_TABLE,
+            iceberg_catalog(args.lake),
+            "event_time",
+            schema=SCHEMA,
+            batch_size=args.batch,
+            s3=s3,
+        )
+    else:
+        lake = ParquetLake(args.lake, "event_time", schema=SCHEMA, batch_size=args.batch, s3=s3)
     stream = KafkaStream(
         args.topic,
         args.bootstrap,

@@ -82,14 +82,29 @@ class Setup:
             )
         )
         self.baselines: dict[str, RunResult] = {}
+        self.iceberg_commits: int | None = None
 
-    def lake_for(self, name: str, scenario: str) -> str:
-        """The pristine lake, or a private copy when the scenario changes the lake."""
+    def lake_for(self, name: str, scenario: str, kind: str = "parquet") -> str:
+        """The pristine lake, or a private copy when the scenario changes the lake. Iceberg lakes
+        (their metadata holds absolute paths) are written anew, commit by commit, as the archiver
+        wrote the Parquet one."""
+        if kind == "iceberg":
+            if scenario == "plain":
+                return self.pristine_iceberg()
+            lake = f"{jobs.ICEBERG}{self.root / f'lake-{name}'}"
+            jobs.write_lake_prefix(self.dataset, lake)
+            return lake
         if scenario == "plain":
             return str(self.pristine)
         target = self.root / f"lake-{name}"
         shutil.copytree(self.pristine, target)
         return str(target)
+
+    def pristine_iceberg(self) -> str:
+        lake = f"{jobs.ICEBERG}{self.root / 'lake-iceberg'}"
+        if self.iceberg_commits is None:
+            self.iceberg_commits = jobs.write_lake_prefix(self.dataset, lake)
+        return lake
 
     def command(
         self, name: str, handoff: str, lake: str | None = None, dsn: str | None = None
@@ -107,13 +122,15 @@ class Setup:
             throttle_ms=THROTTLE_MS,
         )
 
-    def baseline(self, handoff: str) -> RunResult:
+    def baseline(self, handoff: str, kind: str = "parquet") -> RunResult:
         """The uninterrupted run (its progress lines place the kill points)."""
-        if handoff not in self.baselines:
-            result = run_job(self.command(f"baseline-{handoff}", handoff))
+        key = f"{kind}-{handoff}"
+        if key not in self.baselines:
+            lake = self.pristine_iceberg() if kind == "iceberg" else None
+            result = run_job(self.command(f"baseline-{key}", handoff, lake))
             assert result.done is not None, result.stderr[-3000:]
-            self.baselines[handoff] = result
-        return self.baselines[handoff]
+            self.baselines[key] = result
+        return self.baselines[key]
 
     def check(self, store: Any, label: str) -> oracle.HourlyCheck:
         return oracle.compare_hourly(
@@ -172,16 +189,17 @@ def trial(
     phase: str | None = None,
     max_kills: int = 3,
     postgres: PostgresService | None = None,
+    kind: str = "parquet",
 ) -> TrialResult:
     """One seeded trial checked against the oracle; the first kill's phase and the handoff
     default to :func:`first_kill`'s."""
     drawn_phase, drawn_handoff = first_kill(seed)
     handoff = handoff or drawn_handoff
     phase = phase or drawn_phase
-    name = f"{scenario}-{handoff}-{seed}" + ("-pg" if postgres else "")
-    lake = setup.lake_for(name, scenario)
+    name = f"{scenario}-{handoff}-{seed}" + ("-pg" if postgres else "") + f"-{kind}"
+    lake = setup.lake_for(name, scenario, kind)
     dsn = postgres.new_database() if postgres else None
-    lines = phase_lines(setup.baseline(handoff))
+    lines = phase_lines(setup.baseline(handoff, kind))
     result = run_trial(
         seed,
         setup.command(name, handoff, lake, dsn),
@@ -198,7 +216,7 @@ def trial(
     check = setup.check(store, name)
     final = result.final
     label = (
-        f"scenario={scenario} handoff={handoff} seed={seed} plans={[str(p) for p in result.plans]} "
+        f"lake={kind} scenario={scenario} handoff={handoff} seed={seed} plans={[str(p) for p in result.plans]} "
         f"kills={result.kill_phases} restored_from={[r.restored_from for r in result.runs[1:]]} "
         f"between={result.between} (job's own figures: late={final['late']} "
         f"dead_letters={final['dead_letters']} handoff={final.get('handoff')})"
@@ -220,7 +238,7 @@ def setup(kafka_broker: KafkaService, tmp_path_factory: pytest.TempPathFactory) 
 def test_uninterrupted_run_matches_input(setup: Setup, handoff: str) -> None:
     """No fault: the oracle itself must pass (else every trial's failure means nothing)."""
     run = setup.baseline(handoff)
-    store = jobs.read_hourly_duckdb(setup.root / f"baseline-{handoff}.duckdb")
+    store = jobs.read_hourly_duckdb(setup.root / f"baseline-parquet-{handoff}.duckdb")
     check = setup.check(store, f"baseline-{handoff}")
     print(f"FIGURES uninterrupted-{handoff}: {json.dumps(phase_lines(run))} {run.seconds:.2f}s")
     assert check.ok, check.message(f"uninterrupted run, handoff={handoff}")
@@ -302,3 +320,40 @@ def test_kill_restart_postgres(setup: Setup, postgres: PostgresService) -> None:
 def test_kill_restart_seeded_postgres(setup: Setup, postgres: PostgresService, seed: int) -> None:
     result = trial(setup, seed, postgres=postgres)
     report(f"kill-postgres-seed-{seed}", [result])
+
+
+# --- Iceberg lake ---------------------------------------------------------------------------------
+
+
+@pytest.mark.iceberg
+def test_kill_restart_iceberg(setup: Setup) -> None:
+    """The same trials over an Iceberg lake (hours(ts) partitions, SQLite catalog): uninterrupted,
+    a kill in the lake phase, and the archiver appending while the job is dead."""
+    run = setup.baseline("offsets", "iceberg")
+    store = jobs.read_hourly_duckdb(setup.root / "baseline-iceberg-offsets.duckdb")
+    check = setup.check(store, "baseline-iceberg")
+    assert check.ok, check.message("uninterrupted run over the Iceberg lake")
+    assert (setup.iceberg_commits or 0) > 1 and run.done is not None
+    results = [
+        trial(setup, 301, phase="lake", handoff="timestamp", max_kills=1, kind="iceberg"),
+        trial(
+            setup,
+            302,
+            scenario="archiver",
+            phase="stream",
+            handoff="offsets",
+            max_kills=1,
+            kind="iceberg",
+        ),
+    ]
+    report("kill-iceberg-default", results)
+
+
+@pytest.mark.iceberg
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SCENARIO_SEEDS, ids=[f"seed-{s}" for s in SCENARIO_SEEDS])
+def test_kill_restart_seeded_iceberg(setup: Setup, seed: int) -> None:
+    """Even seeds: plain kills; odd seeds: the archiver appends while the job is dead."""
+    scenario = "plain" if seed % 2 == 0 else "archiver"
+    result = trial(setup, seed, scenario=scenario, max_kills=2, kind="iceberg")
+    report(f"kill-iceberg-{scenario}-seed-{seed}", [result])
