@@ -26,7 +26,8 @@ import pytest
 import lambdasource as ls
 from lake.archiver import Archiver
 from lake.generator import generate_clickstream
-from lake.writer import ParquetLakeWriter
+from lake.writer import IcebergLakeWriter, ParquetLakeWriter
+from tests.services.iceberg import file_catalog_props
 from tests.services.kafka import KafkaService
 
 pytestmark = pytest.mark.kafka
@@ -87,7 +88,7 @@ def messages(rows: pa.Table) -> tuple[list[bytes], list[int]]:
 
 
 async def half_written_lake(
-    kafka: KafkaService, root: Path, seed: int
+    kafka: KafkaService, writer: Any, seed: int
 ) -> tuple[str, pa.Table, pa.Table, int]:
     table = generate_clickstream(3000, 1, 30, seed=seed, jitter="0s").select(COLUMNS)
     table = table.sort_by(TIME)
@@ -99,7 +100,6 @@ async def half_written_lake(
     topic = await asyncio.to_thread(kafka.new_topic, 1)
     values, stamps = messages(archived)
     await kafka.aproduce(topic, values, partition=0, timestamps_ms=stamps)
-    writer = ParquetLakeWriter(root, TIME, row_group_rows=200)
     await Archiver(
         kafka.bootstrap,
         topic,
@@ -122,12 +122,21 @@ async def wait_for(predicate: Any, seconds: float) -> bool:
 
 @pytest.mark.parametrize("handoff", ["timestamp", "offsets"])
 @pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("kind", ["parquet", pytest.param("iceberg", marks=pytest.mark.iceberg)])
 async def test_live_records_after_a_half_written_hour_are_not_late(
-    kafka: KafkaService, tmp_path: Path, handoff: str, aligned: bool
+    kafka: KafkaService, tmp_path: Path, handoff: str, aligned: bool, kind: str
 ) -> None:
-    topic, archived, rest, stop = await half_written_lake(kafka, tmp_path / "lake", seed=21)
+    lake: ls.Source
+    if kind == "parquet":
+        writer: Any = ParquetLakeWriter(tmp_path / "lake", TIME, row_group_rows=200)
+        lake = ls.ParquetLake(tmp_path / "lake", TIME)
+    else:
+        props = file_catalog_props(tmp_path / "ice")
+        writer = IcebergLakeWriter("db.half", props, TIME, row_group_rows=200)
+        lake = ls.IcebergLake("db.half", props, TIME)
+    topic, archived, rest, stop = await half_written_lake(kafka, writer, seed=21)
     source = ls.LambdaSource(
-        ls.ParquetLake(tmp_path / "lake", TIME),
+        lake,
         ls.KafkaStream(topic, kafka.bootstrap, time_column=TIME, schema=archived.schema),
         handoff=handoff,
         out_of_orderness="5m",
