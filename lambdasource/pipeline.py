@@ -18,6 +18,7 @@ nodes are a ``ConfigError`` asking for ``name=`` (a counter would depend on buil
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -519,6 +520,14 @@ class Stream:
             raise ConfigError(f"process: expected an ls.Operator subclass instance, got {op!r}")
         if not hasattr(op, "name"):
             raise ConfigError(f"process: {type(op).__name__}.__init__ must call super().__init__()")
+        hooks = ("open", "on_batch", "on_watermark", "on_timer", "on_end", "close")
+        for hook in hooks:
+            if inspect.iscoroutinefunction(getattr(type(op), hook, None)):
+                raise ConfigError(
+                    f"process: {type(op).__name__}.{hook} is `async def`; operator hooks are "
+                    "plain functions called on the event loop (a coroutine would never run and "
+                    "its records would be lost): write `def`, and do blocking work in a sink"
+                )
         schema = op.output_schema if op.output_schema is not None else self.schema
         kind = type(op).__name__
         return self._then(

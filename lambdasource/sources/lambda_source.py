@@ -177,6 +177,7 @@ class LambdaSource(Source):
         self.missing_offsets: dict[int, tuple[int, int]] = {}
         self.recorded: dict[int, int] = {}
         self.pinned: LakeState | None = None
+        self.lake_covers: int | None = None  # offsets handoff: the lake's high-water mark
         self.rows = {LAKE: 0, "stream": 0}
         self.max_lead = {LAKE: 0, "stream": 0}
         self.rows_beyond_drift = {LAKE: 0, "stream": 0}
@@ -268,6 +269,7 @@ class LambdaSource(Source):
                 f"stream reads topic={self.stream.topic}"
             )
         self.recorded = dict(record.offsets)
+        self.lake_covers = await lake.high_water_mark(self.out_of_orderness)
         starts: dict[int, PartitionStart] = {p: ("offset", o) for p, o in record.offsets.items()}
         return starts, ("earliest", 0), None
 
@@ -405,9 +407,14 @@ class LambdaSource(Source):
         return parse_duration(drift, name="max_drift")
 
     async def _lake_watermark(self, time: int) -> None:
+        """The lake's watermark never promises more than the lake covers: the cutoff
+        (timestamp handoff) or its high-water mark (offsets handoff: records after the recorded
+        offsets may have any time from there on, e.g. the rest of a half-written hour)."""
         if self.handoff == "timestamp":
             assert self.cutoff is not None
             time = min(time, self.cutoff - 1)
+        elif self.lake_covers is not None:
+            time = min(time, self.lake_covers - 1)
         async with self._lock:
             if self._lake_mark is None or time > self._lake_mark:
                 self._lake_mark = time

@@ -26,6 +26,7 @@ from .layout import Layout, classify, detect
 from .pinned import LakeState, follow_compactions, pinned_commits, pinned_live_files
 from .reader import (
     BATCH_ROWS,
+    END,
     Chunk,
     LakeFile,
     LakeMetrics,
@@ -147,6 +148,7 @@ class ParquetLake(LakeSource):
         present = {f.path: f for f in listed}
         result.commits = pinned_commits(all_commits, state)
         committed, retired, later = self._pinned_files(state, all_commits, present)
+        missing = sorted(f for f in committed or () if f not in present)
         data: list[StoredFile] = []
         for f in listed:
             reason = classify(f.path)
@@ -213,6 +215,8 @@ class ParquetLake(LakeSource):
             partitions.sort(key=lambda p: (p.files[0].min_time or 0, p.label))
         else:
             note_missing_partitions(partitions, metrics, name=self.name)
+        if missing:
+            self._check_missing(missing, partitions, layout, state)
         for p in partitions:
             p.files.sort(key=_file_order)
         metrics.partitions_total = len(partitions)
@@ -251,15 +255,33 @@ class ParquetLake(LakeSource):
         missing = {f for f in committed if f not in present}
         if missing:
             committed = follow_compactions(committed, after, missing)
-            gone = sorted(f for f in committed if f not in present)
-            if gone:
-                raise LakeStateError(
-                    f"lake={self.name}: file={gone[0]} of the pinned lake state "
-                    f"({state.describe()}) is missing and no compaction record maps it"
-                    + (f" ({len(gone)} files in all)" if len(gone) > 1 else "")
-                )
             later -= committed
         return committed, retired, later
+
+    def _check_missing(
+        self, missing: list[str], partitions: list[LakePartition], layout: Layout, state: LakeState
+    ) -> None:
+        """Pinned files that are gone (a compaction deleted them and its record cannot stand in
+        for them) are fine in partitions a restored position has passed; else the job would
+        read a different lake: :class:`LakeStateError` names the file."""
+        restored = self._restored
+        passed: int | None = None  # partitions starting before this were fully emitted
+        if restored is not None and restored.partition == END:
+            return
+        if restored is not None:
+            here = next((p for p in partitions if p.label == restored.partition), None)
+            passed = None if here is None else here.start
+        for path in missing:
+            key = None if layout.flat else layout.key(path)
+            if passed is not None and key is not None and key.start < passed:
+                continue
+            raise LakeStateError(
+                f"lake={self.name}: file={path} of the pinned lake state ({state.describe()}) is "
+                "missing and no compaction record can stand in for it (deleted with "
+                "delete_replaced/expire_replaced, or rewritten together with later commits); "
+                "the job has not yet read its partition: start the job fresh"
+                + (f" ({len(missing)} files in all)" if len(missing) > 1 else "")
+            )
 
     async def _choose_state(self) -> LakeState:
         async with self._storage() as storage:

@@ -120,10 +120,10 @@ def follow_compactions(
 
     Only directories (partitions) holding a ``missing`` pinned file are mapped. A compaction that
     rewrote exactly pinned files of a directory (its ``removed`` files there all pinned) holds the
-    same rows, so its new files replace them; one that also rewrote files committed after the pin
-    mixes in records the job reads from the stream, so it cannot be followed: that raises
-    :class:`LakeStateError` naming the file. Returns the mapped set (a restored position inside
-    a mapped directory names a file that is gone: the reader's position check rejects it).
+    same rows, so its new files replace them. One that also rewrote files committed after the pin
+    mixed in records the job reads from the stream: it is not followed, and the pinned files stay
+    in the set, missing — the caller decides whether the job still needs them (a restored
+    position past their partition does not) or fails naming them.
     """
     current = set(pinned)
     wanted = {directory_of(f) for f in missing}
@@ -137,19 +137,8 @@ def follow_compactions(
         for f in commit.removed:
             by_dir.setdefault(directory_of(f), set()).add(f)
         for directory, removed in by_dir.items():
-            if directory not in wanted or not (removed & current):
-                continue
-            if not removed <= current:
-                foreign = sorted(removed - current)[0]
-                gone = sorted(removed & current)[0]
-                raise LakeStateError(
-                    f"pinned lake file={gone} was rewritten by the compaction of commit "
-                    f"sequence={commit.sequence} together with file={foreign}, committed after "
-                    "the job pinned the lake: the pinned rows cannot be separated again. Keep "
-                    "replaced files until jobs restart (compact(..., delete_replaced=False)), or "
-                    "start the job fresh"
-                )
-            current = (current - removed) | set(added.get(directory, []))
+            if directory in wanted and removed & current and removed <= current:
+                current = (current - removed) | set(added.get(directory, []))
     return current
 
 

@@ -644,12 +644,14 @@ class LakeReader:
         metrics: LakeMetrics,
         batch_rows: int = BATCH_ROWS,
         max_span: int | None = None,
+        until: int | None = None,
     ) -> None:
         self.name = name
         self.time_column = time_column
         self.event_time_partitioned = event_time_partitioned
         self.out_of_orderness = out_of_orderness
         self.start = start
+        self.until = until
         self.prefetch = max(1, prefetch)
         self.max_bytes = max_bytes_in_flight
         self.metrics = metrics
@@ -661,6 +663,8 @@ class LakeReader:
 
     async def _advance(self, out: SourceOutput, candidate: float, bound: float) -> None:
         value = min(candidate, bound - 1)
+        if self.until is not None:  # a bounded read promises nothing beyond its bound
+            value = min(value, self.until - 1)
         if math.isinf(value):
             return
         w = int(value)

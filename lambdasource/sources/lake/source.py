@@ -213,6 +213,7 @@ class LakeSource(Source):
             metrics=metrics,
             batch_rows=self.batch_size,
             max_span=self.batch_span,
+            until=self.until,
         )
         reader.restored = self._restored
         self._reader = reader
