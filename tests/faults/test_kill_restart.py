@@ -196,7 +196,9 @@ def trial(
     drawn_phase, drawn_handoff = first_kill(seed)
     handoff = handoff or drawn_handoff
     phase = phase or drawn_phase
-    name = f"{scenario}-{handoff}-{seed}" + ("-pg" if postgres else "") + f"-{kind}"
+    # unique: a default-run and a slow trial may share a seed, never their store or checkpoints
+    name = f"{scenario}-{handoff}-{seed}-{kind}" + ("-pg" if postgres else "")
+    name += f"-{uuid.uuid4().hex[:6]}"
     lake = setup.lake_for(name, scenario, kind)
     dsn = postgres.new_database() if postgres else None
     lines = phase_lines(setup.baseline(handoff, kind))
