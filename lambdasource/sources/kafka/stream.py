@@ -502,14 +502,15 @@ class KafkaStream(Source):
         hooks: DriveHooks,
         aligner: AlignmentGroup,
     ) -> bool:
-        """Emit the held rows the alignment bound now covers (True if any); a split whose held
-        rows are all out and whose end is reached finishes here."""
+        """Emit the held rows the alignment bound now covers (True if any), step after step while
+        each release moves the bound on (sparse rows leave at once, not one per fetch round); a
+        split whose held rows are all out and whose end is reached finishes here."""
         released = False
         for split in live:
-            if split.held is None:
-                continue
-            due = split.due(aligner.release_bound(split.out_of_orderness), self.time_column)
-            if due is not None:
+            while split.held is not None:
+                due = split.due(aligner.release_bound(split.out_of_orderness), self.time_column)
+                if due is None:
+                    break
                 released = True
                 batch, offsets = split.taken(due)
                 await out.emit(
