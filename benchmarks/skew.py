@@ -2,22 +2,27 @@
 
 A lake holds ``lake_span`` of history; a Kafka topic holds the ``backlog`` that follows it (event
 time ``[lake_end, lake_end + backlog)``). ``LambdaSource(lake, stream, cutoff=lake_end)`` →
-``key_by(user_id)`` → ``Sliding(size, slide)`` count + sum → a counting sink. While the job runs, a
-sampler in the same event loop reads ``pipeline.metrics()`` and the process RSS every ~50 ms.
+:class:`Probe` → ``key_by(user_id)`` → ``Sliding(size, slide)`` (count + sum by default, any
+job-file aggregates) → a counting sink. While the job runs, a sampler in the same event loop reads
+``pipeline.metrics()`` every ~50 ms and a thread of its own reads the process RSS.
 
-Sampling: a timer task in the event loop, plus a pass-through :class:`Probe` operator chained
-before the window that reads just before each watermark passes (pending state is at a local peak
-then; a timer alone misses peaks in sub-second runs).
+What the next operator sees: the :class:`Probe`, a pass-through operator right after the source,
+records for every batch ``max(event time) − the last watermark it received`` (batches before the
+first watermark are measured against the first one), and counts the rows beyond that watermark
++ ``max_drift + out_of_orderness`` — alignment's bound, checked where a user sees records, not
+with the source's own counters (``source_max_lead_h`` is kept for comparison only).
 
-Mechanism (what the figures measure, nothing else): the window operator's output watermark is the
+Mechanism (what the figures measure, nothing else): the window operator's watermark is the
 minimum over the lake and the stream partitions, so it follows the lake. Unaligned, the stream is
 read as fast as it arrives: its records are ahead of the watermark, so the sliding engine keeps
-them as *pending slices* (one row per key × slice, ``_pending``) until the lake catches up — window
-state grows with the backlog. Aligned, a stream partition stops being read once its watermark is
-``max_drift`` ahead of the global one, so pending state stays bounded by drift (plus one fetch per
-partition and the lake's own partition granularity). ``state_rows``/``state_bytes`` (window state
-+ queues, ``metrics()["buffered"]``) are the direct signal; RSS is the operator's view and noisier
-(allocator pools, decoded Kafka batches, the interpreter).
+them as *pending slices* (one row per key × slice, ``_pending``, plus one per key × value × slice
+for ``count_distinct``) until the lake catches up — window state grows with the backlog, and when
+the lake ends the watermark jumps over the whole backlog at once. Aligned, a stream partition
+stops being read once its watermark is ``max_drift`` ahead of the global one, and no record
+leaves the source beyond the bound, so pending state stays bounded by drift.
+``state_rows``/``state_bytes`` (window state + queues, ``metrics()["buffered"]``) are the direct
+signal; RSS (``VmHWM``, reset before each run) is the operator's view and noisier (allocator
+pools, decoded Kafka batches, the interpreter).
 
 Every figure is also reported as a ratio against a baseline measured in the same run: unaligned /
 aligned peak state and RSS growth at the same backlog, aligned / unaligned throughput.
@@ -33,8 +38,10 @@ import asyncio
 import gc
 import math
 import os
+import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -117,6 +124,47 @@ def read_sample(metrics: dict[str, Any], t: float, rss_bytes: int | None) -> Sam
     )
 
 
+class RssWatcher:
+    """Reads the RSS every ``interval`` seconds from a thread of its own, so the readings go on
+    while the event loop is busy in one long step (a sampler inside the loop cannot see the peak
+    of, say, a window completing days of slides at once). ``with RssWatcher() as w:``; then
+    ``w.series`` is ``[(seconds since start, bytes)]``."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        if interval <= 0:
+            raise ValueError(f"RssWatcher: interval must be > 0, got {interval}")
+        self.interval = interval
+        self.series: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+
+    def _run(self) -> None:
+        while True:
+            rss = current_rss_bytes()
+            if rss is not None:
+                self.series.append((time.perf_counter() - self._t0, rss))
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> RssWatcher:
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="rss-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        rss = current_rss_bytes()
+        if rss is not None:
+            self.series.append((time.perf_counter() - self._t0, rss))
+
+    def peak(self) -> int:
+        return max((rss for _, rss in self.series), default=0)
+
+
 class Sampler:
     """Samples ``pipeline.metrics()`` and RSS every ``interval`` seconds in the running loop.
 
@@ -144,6 +192,10 @@ class Sampler:
         """Sample times count from now (call right before the job starts)."""
         self._t0 = time.perf_counter()
 
+    def elapsed(self) -> float:
+        """Seconds on the sampler's clock."""
+        return time.perf_counter() - self._t0
+
     async def run(self) -> None:
         while True:
             self.take()
@@ -156,14 +208,45 @@ class Sampler:
 
 
 class Probe(Operator):
-    """Pass-through operator (chained before the window) that takes a sampler reading just before
-    each watermark passes — when pending window state is at a local peak, which a timer alone can
-    miss in a short run — and at most every ``interval`` seconds on batches."""
+    """Pass-through operator right after the source: what the *next operator* sees.
 
-    def __init__(self, sampler: Sampler, min_gap: float = 0.005) -> None:
+    Lead: for every batch, ``max(event time) − the last watermark this operator received`` —
+    how far the source let records run ahead of the watermark it emitted, which is what
+    downstream state has to buffer. Batches that arrive before the first watermark are measured
+    against the first one when it comes. ``bound_us`` (``max_drift + out_of_orderness``) is the
+    yardstick: ``rows_beyond_bound`` counts rows whose time is beyond watermark + bound. Rows
+    before ``cutoff_us`` came from the lake, the others from the stream (the job hands over by
+    timestamp at the lake's end), so the lead is also kept per side.
+
+    Sampling: it takes a sampler reading just before each watermark passes (pending window state
+    is at a local peak then; a timer alone misses peaks in short runs) and at most every
+    ``sampler.interval`` seconds on batches.
+    """
+
+    stateful = False
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        bound_us: int,
+        cutoff_us: int | None = None,
+        time_column: str = "event_time",
+        min_gap: float = 0.005,
+    ) -> None:
         super().__init__()
         self.sampler = sampler
+        self.bound_us = bound_us
+        self.cutoff_us = cutoff_us
+        self.time_column = time_column
         self.min_gap = min_gap
+        self.watermark: int | None = None  # the last watermark received
+        self.first_watermark: int | None = None
+        self.watermarks = 0
+        self.rows = 0
+        self.max_lead_us: dict[str, int | None] = {"lake": None, "stream": None}
+        self.rows_beyond_bound: dict[str, int] = {"lake": 0, "stream": 0}
+        self.leads: list[tuple[float, int]] = []  # (seconds since start, batch lead µs)
+        self._early: list[tuple[float, np.ndarray]] = []  # batches before the first watermark
         self._last = 0.0
 
     def _maybe_take(self, gap: float) -> None:
@@ -172,13 +255,65 @@ class Probe(Operator):
             self._last = now
             self.sampler.take()
 
+    def _measure(self, t: float, times: np.ndarray, watermark: int) -> None:
+        """Account one batch's rows (``times``: µs) against ``watermark``."""
+        self.leads.append((t, int(times.max()) - watermark))
+        lake = times < self.cutoff_us if self.cutoff_us is not None else np.zeros(len(times), bool)
+        for side, rows in (("lake", times[lake]), ("stream", times[~lake])):
+            if not len(rows):
+                continue
+            lead = int(rows.max()) - watermark
+            old = self.max_lead_us[side]
+            self.max_lead_us[side] = lead if old is None else max(old, lead)
+            beyond = int(np.count_nonzero(rows > watermark + self.bound_us))
+            self.rows_beyond_bound[side] += beyond
+
     def on_batch(self, batch: pa.RecordBatch, ctx: Context) -> None:
         self._maybe_take(self.sampler.interval)
+        if batch.num_rows:
+            column = batch.column(self.time_column).cast(pa.int64())
+            times = np.asarray(column.drop_null().to_numpy(zero_copy_only=False), dtype=np.int64)
+            self.rows += batch.num_rows
+            if len(times):
+                t = self.sampler.elapsed()
+                if self.watermark is None:
+                    self._early.append((t, times))
+                else:
+                    self._measure(t, times, self.watermark)
         ctx.emit(batch)
 
     def on_watermark(self, watermark: int, ctx: Context) -> None:
         self._maybe_take(self.min_gap)
+        if self.watermark is None or watermark > self.watermark:
+            self.watermark = watermark
+            self.watermarks += 1
+        if self.first_watermark is None:
+            self.first_watermark = watermark
+            early, self._early = self._early, []
+            for t, times in early:
+                self._measure(t, times, watermark)
         ctx.emit_watermark(watermark)
+
+    def on_end(self, ctx: Context) -> None:
+        if self._early:  # no watermark ever came: nothing to measure against
+            self._early = []
+
+    def max_lead(self) -> int | None:
+        """The largest lead of any batch, lake or stream (µs; None: nothing measured)."""
+        known = [v for v in self.max_lead_us.values() if v is not None]
+        return max(known) if known else None
+
+    def lead_series(self, points: int = 4_000) -> list[tuple[float, float]]:
+        """``(seconds, lead hours)`` per batch, thinned to at most ``points`` (keeping, in each
+        stretch, the batch with the largest lead)."""
+        if not self.leads:
+            return []
+        step = max(1, math.ceil(len(self.leads) / points))
+        out = []
+        for i in range(0, len(self.leads), step):
+            t, lead = max(self.leads[i : i + step], key=lambda x: x[1])
+            out.append((t, lead / HOUR_US))
+        return out
 
 
 class CountingSink(Sink):
@@ -278,6 +413,24 @@ async def produce(bootstrap: str, topic: str, table: pa.Table) -> None:
 
 # --- one configuration ---------------------------------------------------------------------------
 
+DEFAULT_AGGREGATES = "clicks=count(),revenue=sum(amount)"
+
+
+def parse_aggregates(text: str) -> dict[str, Any]:
+    """``"clicks=count(),pages=count_distinct(page)"`` → ``{"clicks": kernel, …}`` (the job
+    file's aggregate syntax)."""
+    from lambdasource.job import parse_aggregate
+
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in re.split(r",(?![^(]*\))", text))):
+        name, sep, spec = item.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise ValueError(f"aggregate {item!r}: use name=kind(column)")
+        out[name.strip()] = parse_aggregate(spec.strip())
+    if not out:
+        raise ValueError("no aggregates given")
+    return out
+
 
 @dataclass
 class StudyEnv:
@@ -303,6 +456,7 @@ class StudyEnv:
     _own_dir: bool = False
     _events: pa.Table | None = None
     _lakes: dict[tuple[str, bool], Path] = field(default_factory=dict)
+    _lake_rows: int = 0
     _topics: dict[int, tuple[str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -344,8 +498,8 @@ class StudyEnv:
     def lake(self, granularity: str, sorted_partitions: bool) -> tuple[Path, int]:
         """The lake directory for this layout and its row count."""
         key = (granularity, sorted_partitions)
-        table = self._slice(to_micros(self.start), self.lake_end_us)
         if key not in self._lakes:
+            table = self._slice(to_micros(self.start), self.lake_end_us)
             assert self.workdir is not None
             root = (
                 self.workdir / f"lake-{granularity}-{'sorted' if sorted_partitions else 'unsorted'}"
@@ -353,7 +507,8 @@ class StudyEnv:
             shutil.rmtree(root, ignore_errors=True)
             write_lake(table, root, granularity, sorted_partitions, seed=self.seed)
             self._lakes[key] = root
-        return self._lakes[key], table.num_rows
+            self._lake_rows = table.num_rows
+        return self._lakes[key], self._lake_rows
 
     async def topic(self, backlog_us: int) -> tuple[str, int]:
         """The topic holding ``backlog_us`` of stream after the lake, and its row count."""
@@ -365,6 +520,23 @@ class StudyEnv:
             await produce(bootstrap, name, table)
             self._topics[backlog_us] = (name, table.num_rows)
         return self._topics[backlog_us]
+
+    async def prepare(self, backlogs: Sequence[str], layouts: Sequence[tuple[str, bool]]) -> None:
+        """Build every lake and topic a sweep needs now, then drop the generated events (so
+        the runs that follow start without them in memory)."""
+        spans = [parse_duration(b, name="backlog") for b in backlogs]
+        self.events(max(spans, default=0))
+        for granularity, sorted_partitions in layouts:
+            self.lake(granularity, sorted_partitions)
+        for span in spans:
+            await self.topic(span)
+        self.release_events()
+
+    def release_events(self) -> None:
+        """Forget the generated events (regenerated if a new lake or topic needs them)."""
+        self._events = None
+        self._hours = 0
+        gc.collect()
 
     def close(self) -> None:
         if self._broker is not None:
@@ -386,8 +558,12 @@ async def run_config_async(
     slide: str = "5m",
     interval: float = 0.05,
     max_batch_records: int = 2_000,
+    aggregates: str = DEFAULT_AGGREGATES,
 ) -> dict[str, Any]:
-    """Run one configuration in ``env`` and return its figures (plain data, one row)."""
+    """Run one configuration in ``env`` and return its figures (plain data, one row).
+
+    ``aggregates``: ``"name=kind(column),…"`` as in a job file (``count()``, ``sum(amount)``,
+    ``count_distinct(page)``, …)."""
     import lambdasource as ls
     from lake.generator import CLICKSTREAM_SCHEMA
 
@@ -421,17 +597,20 @@ async def run_config_async(
     sink = CountingSink()
     pipeline = ls.Pipeline()
     sampler = Sampler(pipeline, interval)
+    # the yardstick of the lead, aligned or not: max_drift + out_of_orderness (DESIGN §3)
+    bound_us = parse_duration(max_drift, name="max_drift") + parse_duration(env.jitter)
+    probe = Probe(sampler, bound_us, cutoff_us=env.lake_end_us)
     (
         pipeline.source(source)
-        .process(Probe(sampler), name="probe")
+        .process(probe, name="probe")
         .key_by("user_id")
         .window(ls.Sliding(size, slide), emit="latest")
-        .aggregate(clicks=ls.count(), revenue=ls.sum("amount"))
+        .aggregate(**parse_aggregates(aggregates))
         .sink(sink)
     )
     gc.collect()
     pa.default_memory_pool().release_unused()
-    with measure_phase() as memory:
+    with measure_phase() as memory, RssWatcher(interval) as watcher:
         sampler.reset_clock()
         started = time.perf_counter()
         sampling = asyncio.create_task(sampler.run())
@@ -450,13 +629,15 @@ async def run_config_async(
     lam = metrics["sources"][source.name]
     rows = lam["rows"]
     total = int(rows["lake"]) + int(rows["stream"])
-    if total != lake_rows + stream_rows:
+    if total != lake_rows + stream_rows or probe.rows != total:
         raise RuntimeError(
-            f"skew config backlog={backlog} aligned={aligned}: read {total:,} rows, expected "
-            f"{lake_rows:,} lake + {stream_rows:,} stream"
+            f"skew config backlog={backlog} aligned={aligned}: read {total:,} rows (probe saw "
+            f"{probe.rows:,}), expected {lake_rows:,} lake + {stream_rows:,} stream"
         )
     splits = lam["alignment"]["splits"]
     start_mb = memory.start_mb or 0.0
+    phases = lam.get("phases") or {}
+    lead = probe.max_lead()
     return {
         "backlog": backlog,
         "backlog_h": backlog_us / HOUR_US,
@@ -465,6 +646,7 @@ async def run_config_async(
         "granularity": granularity,
         "sorted": sorted_partitions,
         "window": f"Sliding({size}, {slide})",
+        "aggregates": aggregates,
         "lake_rows": lake_rows,
         "stream_rows": stream_rows,
         "seconds": elapsed,
@@ -475,16 +657,37 @@ async def run_config_async(
         "peak_rss_mb": memory.peak_mb,
         "rss_growth_mb": (memory.peak_mb or 0.0) - start_mb,
         "peak_sampled_rss_mb": sampler.peak("rss_bytes") / 2**20,
+        "peak_watched_rss_mb": watcher.peak() / 2**20,
+        "start_rss_mb": memory.start_mb,
         "rss_exact": memory.exact,
         "late": int(metrics.get("late", 0) or 0),
         "max_skew_h": int(lam["alignment"].get("max_skew_us", 0) or 0) / HOUR_US,
-        "max_lead_h": max(int(v or 0) for v in lam["max_lead_us"].values()) / HOUR_US,
-        "rows_beyond_drift": sum(int(v or 0) for v in lam["rows_beyond_drift"].values()),
+        # measured at the operator after the source (the Probe), against the watermark it got
+        "bound_h": bound_us / HOUR_US,
+        "max_lead_h": None if lead is None else lead / HOUR_US,
+        "max_lead_lake_h": _hours(probe.max_lead_us["lake"]),
+        "max_lead_stream_h": _hours(probe.max_lead_us["stream"]),
+        "lead_vs_bound": None if lead is None else lead / bound_us,
+        "rows_beyond_bound": sum(probe.rows_beyond_bound.values()),
+        "rows_beyond_bound_lake": probe.rows_beyond_bound["lake"],
+        "rows_beyond_bound_stream": probe.rows_beyond_bound["stream"],
+        "probe_rows": probe.rows,
+        "watermarks_at_probe": probe.watermarks,
+        # the source's own counter (against its global watermark), for comparison only
+        "source_max_lead_h": max(int(v or 0) for v in lam["max_lead_us"].values()) / HOUR_US,
         "held_s": sum(float(s.get("held_s", 0.0) or 0.0) for s in splits.values()),
+        "lake_s": phases.get("lake_s"),
+        "stream_after_lake_s": phases.get("stream_after_lake_s"),
         "rows_out": sink.rows,
         "samples": len(sampler.samples),
         "series": [asdict(s) for s in sampler.samples],
+        "lead_series": probe.lead_series(),
+        "rss_series": [(t, rss / 2**20) for t, rss in watcher.series],
     }
+
+
+def _hours(micros: int | None) -> float | None:
+    return None if micros is None else micros / HOUR_US
 
 
 def run_config(
@@ -522,14 +725,19 @@ def add_ratios(rows: Sequence[dict[str, Any]]) -> None:
     base: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
         if not row["aligned"]:
-            base[(row["backlog"], row["granularity"], row["sorted"], row["window"])] = row
+            base[_pair_key(row)] = row
     for row in rows:
-        ref = base.get((row["backlog"], row["granularity"], row["sorted"], row["window"]))
+        ref = base.get(_pair_key(row))
         if ref is None:
             continue
         row["state_vs_unaligned"] = _ratio(row["peak_state_bytes"], ref["peak_state_bytes"])
         row["rss_growth_vs_unaligned"] = _ratio(row["rss_growth_mb"], ref["rss_growth_mb"])
         row["throughput_vs_unaligned"] = _ratio(row["events_per_s"], ref["events_per_s"])
+
+
+def _pair_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    keys = ("backlog", "granularity", "sorted", "window", "aggregates")
+    return tuple(row.get(k) for k in keys)
 
 
 def _ratio(a: Any, b: Any) -> float | None:
@@ -553,7 +761,11 @@ COLUMNS = [
     ("rss_growth_vs_unaligned", "RSS ÷ unaligned"),
     ("events_per_s", "events/s"),
     ("throughput_vs_unaligned", "throughput ÷ unaligned"),
-    ("max_lead_h", "max lead h"),
+    ("lake_s", "lake phase s"),
+    ("stream_after_lake_s", "stream after lake s"),
+    ("max_lead_h", "max lead at next operator h"),
+    ("bound_h", "drift + ooo h"),
+    ("rows_beyond_bound", "rows beyond bound"),
     ("late", "late"),
 ]
 
@@ -577,6 +789,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--layouts",
         default="hour:sorted",
         help="lake layouts to sweep, granularity:sorted|unsorted, comma-separated (hour:sorted)",
+    )
+    parser.add_argument(
+        "--aggregates",
+        default=DEFAULT_AGGREGATES,
+        help=f"window aggregates, job-file syntax ({DEFAULT_AGGREGATES})",
     )
     parser.add_argument("--seed", type=int, default=0)
 
@@ -605,9 +822,10 @@ def run(args: argparse.Namespace) -> Report:
             "users": args.users,
             "kafka_partitions": args.partitions,
             "window": f"Sliding({args.window}, {args.slide})",
+            "aggregates": args.aggregates,
             "layouts": args.layouts,
-            "job": "LambdaSource(ParquetLake, KafkaStream json, handoff=timestamp) → key_by(user_id)"
-            " → Sliding count+sum emit=latest → counting sink",
+            "job": "LambdaSource(ParquetLake, KafkaStream json, handoff=timestamp) → probe → "
+            "key_by(user_id) → Sliding emit=latest → counting sink",
         },
     )
     env = StudyEnv(
@@ -619,8 +837,11 @@ def run(args: argparse.Namespace) -> Report:
     )
 
     async def sweep() -> None:
+        await env.prepare(backlogs, layouts)
         # warm-up (discarded): the first run in a process pays allocator and import growth
-        await run_config_async(env, backlogs[0], False, args.max_drift, *layouts[0])
+        await run_config_async(
+            env, backlogs[0], False, args.max_drift, *layouts[0], aggregates=args.aggregates
+        )
         for granularity, sorted_partitions in layouts:
             for backlog in backlogs:
                 for aligned in (False, True):  # unaligned first: the baseline of the pair
@@ -633,8 +854,11 @@ def run(args: argparse.Namespace) -> Report:
                         sorted_partitions,
                         size=args.window,
                         slide=args.slide,
+                        aggregates=args.aggregates,
                     )
                     row.pop("series")
+                    row.pop("lead_series")
+                    row.pop("rss_series")
                     report.rows.append(row)
 
     try:
@@ -646,7 +870,11 @@ def run(args: argparse.Namespace) -> Report:
         "one discarded warm-up run precedes the sweep; "
         "ratios are against the unaligned run of the same backlog and layout in this run: "
         "state ÷ unaligned = peak buffered state bytes (window state + queues), RSS ÷ unaligned = "
-        "peak RSS growth over the run's start, throughput ÷ unaligned = events/s"
+        "peak RSS growth over the run's start, throughput ÷ unaligned = events/s; "
+        "max lead = max over batches of (newest event time − last watermark received) at the "
+        "operator right after the source (batches before the first watermark measured against "
+        "it); rows beyond bound = rows later than that watermark + max_drift + out_of_orderness "
+        "(unaligned runs measured against the same yardstick)"
     )
     return report
 

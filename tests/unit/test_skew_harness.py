@@ -1,6 +1,8 @@
-"""The skew/memory study's harness pieces that need no broker: data, lakes, sampler, ratios.
+"""The skew/memory study's harness pieces that need no broker: data, lakes, sampler, probe,
+ratios.
 
-The sampler runs over a real pipeline (``MemorySource`` → sliding window → counting sink); lakes
+The sampler and the probe run over a real pipeline (``MemorySource`` → probe → sliding window →
+counting sink); the probe's lead is also checked call by call against hand-computed values; lakes
 written by the harness are read back with the real ``ParquetLake`` and compared with the input
 table (multiset of ``event_id``).
 """
@@ -20,10 +22,13 @@ from benchmarks.skew import (
     DEFAULT_START,
     HOUR_US,
     CountingSink,
+    Probe,
+    RssWatcher,
     Sampler,
     add_ratios,
     current_rss_bytes,
     generate_span,
+    parse_aggregates,
     parse_layouts,
     read_sample,
     write_lake,
@@ -200,3 +205,105 @@ def test_write_lake_rejects_unknown_granularity(tmp_path: Path) -> None:
     table = generate_span(1, 100, 10, seed=0, start=DEFAULT_START, jitter="30s")
     with pytest.raises(ValueError, match="granularity"):
         write_lake(table, tmp_path, "week", True)
+
+
+class _NoPipeline:
+    def metrics(self) -> dict[str, object]:
+        return {}
+
+
+class _Ctx:
+    """What the probe uses of an operator context: it passes everything through."""
+
+    def __init__(self) -> None:
+        self.batches: list[pa.RecordBatch] = []
+        self.watermarks: list[int] = []
+
+    def emit(self, batch: pa.RecordBatch) -> None:
+        self.batches.append(batch)
+
+    def emit_watermark(self, watermark: int) -> None:
+        self.watermarks.append(watermark)
+
+
+def _batch(*minutes: int) -> pa.RecordBatch:
+    times = pa.array([T0 + m * 60_000_000 for m in minutes], pa.int64()).cast(
+        pa.timestamp("us", tz="UTC")
+    )
+    return pa.RecordBatch.from_arrays([times], names=["event_time"])
+
+
+def test_probe_measures_the_lead_over_the_last_watermark_it_received() -> None:
+    minute = 60_000_000
+    # bound 30 min; rows before minute 100 are the lake's, later ones the stream's
+    probe = Probe(Sampler(_NoPipeline()), bound_us=30 * minute, cutoff_us=T0 + 100 * minute)
+    ctx = _Ctx()
+    probe.on_batch(_batch(5, 50), ctx)  # before any watermark: measured against the first
+    probe.on_batch(_batch(120), ctx)
+    assert probe.max_lead() is None and probe.rows == 3
+    probe.on_watermark(T0 + 10 * minute, ctx)
+    assert probe.max_lead_us == {"lake": 40 * minute, "stream": 110 * minute}
+    assert probe.rows_beyond_bound == {"lake": 1, "stream": 1}
+    probe.on_watermark(T0 + 5 * minute, ctx)  # never regresses
+    assert probe.watermark == T0 + 10 * minute
+    probe.on_watermark(T0 + 90 * minute, ctx)
+    probe.on_batch(_batch(95, 119, 121), ctx)  # leads 5, 29, 31 min: one beyond 30
+    assert probe.max_lead_us == {"lake": 40 * minute, "stream": 110 * minute}
+    assert probe.rows_beyond_bound == {"lake": 1, "stream": 2}
+    assert probe.max_lead() == 110 * minute
+    # everything passed through, in order
+    assert [b.num_rows for b in ctx.batches] == [2, 1, 3]
+    assert ctx.watermarks == [T0 + 10 * minute, T0 + 5 * minute, T0 + 90 * minute]
+    # per batch: the newest row's lead (3 batches), in hours
+    leads = [lead for _, lead in probe.lead_series()]
+    assert leads == pytest.approx([40 / 60, 110 / 60, 31 / 60])
+    assert [lead for _, lead in probe.lead_series(points=2)] == pytest.approx([110 / 60, 31 / 60])
+
+
+async def test_probe_in_a_running_pipeline_sees_every_row_within_the_sources_own_lead() -> None:
+    table = generate_span(6, 20_000, 200, seed=4, start=DEFAULT_START, jitter="30s")
+    pipeline = ls.Pipeline()
+    sampler = Sampler(pipeline, interval=0.001)
+    probe = Probe(sampler, bound_us=HOUR_US)
+    (
+        pipeline.source(
+            ls.MemorySource(
+                table, time_column="event_time", batch_size=2_000, out_of_orderness="1m"
+            )
+        )
+        .process(probe, name="probe")
+        .key_by("user_id")
+        .window(ls.Sliding("1h", "5m"), emit="latest")
+        .aggregate(clicks=ls.count())
+        .sink(CountingSink())
+    )
+    await pipeline.run()
+    assert probe.rows == table.num_rows
+    assert probe.watermarks > 1 and probe.first_watermark is not None
+    # the memory source emits max-seen − 1m after each 2,000-row batch, and rows come in
+    # arrival order (at most 30 s out of order): a batch leads its watermark by under an hour
+    lead = probe.max_lead()
+    assert lead is not None and 0 < lead < HOUR_US
+    assert probe.rows_beyond_bound == {"lake": 0, "stream": 0}
+    assert len(sampler.samples) > 0  # the probe took readings as watermarks passed
+
+
+def test_rss_watcher_reads_from_its_own_thread() -> None:
+    import time
+
+    with RssWatcher(interval=0.001) as watcher:
+        time.sleep(0.05)  # the caller is busy; the thread still reads
+    assert len(watcher.series) >= 3
+    assert watcher.peak() > 1 << 20
+    assert [t for t, _ in watcher.series] == sorted(t for t, _ in watcher.series)
+    with pytest.raises(ValueError, match="interval"):
+        RssWatcher(interval=0)
+
+
+def test_parse_aggregates_uses_the_job_file_syntax() -> None:
+    parsed = parse_aggregates("clicks=count(), revenue=sum(amount),pages=count_distinct(page)")
+    assert list(parsed) == ["clicks", "revenue", "pages"]
+    with pytest.raises(ValueError, match="name=kind"):
+        parse_aggregates("count()")
+    with pytest.raises(ValueError, match="no aggregates"):
+        parse_aggregates(" , ")
