@@ -422,6 +422,7 @@ class KafkaStream(Source):
                     name = f"{hooks.split_prefix}:{split.key}"
                     allowed = aligner.allowed(name) and split.held is None
                     if not allowed and not split.paused:
+                        await self._drain(split, out, hooks, now)
                         consumer.pause(self._tp(split.partition))
                         split.set_paused(True, now)
                         aligner.set_held(name, True)
@@ -485,6 +486,27 @@ class KafkaStream(Source):
             final = self.final_watermark()
             if final is not None:
                 await out.emit_watermark(final)
+
+    async def _drain(
+        self, split: PartitionSplit, out: SourceOutput, hooks: DriveHooks, now: float
+    ) -> None:
+        """Take what the consumer already fetched for a partition about to be paused (emitted or
+        held like any fetch, so held rows stay within one broker fetch): an undrained fetch
+        result of a paused partition would keep aiokafka from fetching for the others during its
+        prefetch backoff, a wall-clock cap on catch-up throughput."""
+        tp = self._tp(split.partition)
+        try:
+            buffered = await self._consumer_or_fail().getmany(tp, timeout_ms=0)
+        except KafkaError as exc:
+            raise StreamError(f"{self._where(split.partition)}: {exc!r}") from exc
+        records = buffered.get(tp, [])
+        if records:
+            await self._process(split, records, out, hooks, now)
+
+    def _consumer_or_fail(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise StreamError(f"{self._where()}: the stream is not open")
+        return self._consumer
 
     async def _progress(self, out: SourceOutput, hooks: DriveHooks) -> None:
         """Emit the watermark (the caller's combination when it drives the stream)."""
