@@ -23,17 +23,8 @@ import pytest
 import lambdasource as ls
 from lake.generator import generate_clickstream
 from lake.writer import ParquetLakeWriter
-
-TIME = "event_time"
-HOUR = 3_600_000_000
-SCHEMA = pa.schema(
-    [
-        pa.field(TIME, pa.timestamp("us", tz="UTC")),
-        pa.field("event_id", pa.int64()),
-        pa.field("user_id", pa.int64()),
-        pa.field("amount", pa.float64()),
-    ]
-)
+from lambdasource.timeutil import HOUR
+from tests.integration.ordered import SCHEMA, TIME
 
 
 def events(n: int = 3000, seed: int = 5) -> pa.Table:

@@ -34,18 +34,9 @@ import pytest
 
 import lambdasource as ls
 from lake.writer import ParquetLakeWriter
+from lambdasource.timeutil import HOUR, MINUTE
+from tests.integration.ordered import SCHEMA, TIME
 
-TIME = "event_time"
-HOUR = 3_600_000_000
-MINUTE = 60_000_000
-SCHEMA = pa.schema(
-    [
-        pa.field(TIME, pa.timestamp("us", tz="UTC")),
-        pa.field("event_id", pa.int64()),
-        pa.field("user_id", pa.int64()),
-        pa.field("amount", pa.float64()),
-    ]
-)
 T0 = 1_767_225_600_000_000
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,22 +22,12 @@ import pytest
 
 import lambdasource as ls
 from lake.writer import ParquetLakeWriter
-from tests.integration.test_attack_alignment import Recorder
+from lambdasource.timeutil import HOUR, MINUTE
+from tests.integration.ordered import SCHEMA, TIME, Recorder
 from tests.services.kafka import KafkaService
 
 pytestmark = pytest.mark.kafka
 
-TIME = "event_time"
-HOUR = 3_600_000_000
-MINUTE = 60_000_000
-SCHEMA = pa.schema(
-    [
-        pa.field(TIME, pa.timestamp("us", tz="UTC")),
-        pa.field("event_id", pa.int64()),
-        pa.field("user_id", pa.int64()),
-        pa.field("amount", pa.float64()),
-    ]
-)
 T0 = 1_767_225_600_000_000
 CUT = T0 + 8 * HOUR
 

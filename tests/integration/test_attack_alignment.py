@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
@@ -26,76 +25,11 @@ import pytest
 import lambdasource as ls
 from lake.generator import generate_clickstream
 from lake.writer import ParquetLakeWriter
+from lambdasource.timeutil import HOUR, MINUTE
+from tests.integration.ordered import SCHEMA, TIME, Recorder
 from tests.services.kafka import KafkaService
 
 pytestmark = pytest.mark.kafka
-
-TIME = "event_time"
-HOUR = 3_600_000_000
-MINUTE = 60_000_000
-SCHEMA = pa.schema(
-    [
-        pa.field(TIME, pa.timestamp("us", tz="UTC")),
-        pa.field("event_id", pa.int64()),
-        pa.field("user_id", pa.int64()),
-        pa.field("amount", pa.float64()),
-    ]
-)
-
-
-class Recorder(ls.Operator):
-    """Pass-through that logs batches and watermarks in the order this operator sees them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[tuple[str, Any]] = []
-
-    def on_batch(self, batch: pa.RecordBatch, ctx: Any) -> None:
-        if batch.num_rows:
-            self.events.append(("batch", batch))
-        ctx.emit(batch)
-
-    def on_watermark(self, watermark: int, ctx: Any) -> None:
-        self.events.append(("wm", watermark))
-        ctx.emit_watermark(watermark)
-
-    def ids(self) -> Counter[int]:
-        out: Counter[int] = Counter()
-        for kind, payload in self.events:
-            if kind == "batch":
-                out.update(payload.column("event_id").to_pylist())
-        return out
-
-    def late(self) -> list[tuple[int, int, int]]:
-        last: int | None = None
-        bad: list[tuple[int, int, int]] = []
-        for kind, payload in self.events:
-            if kind == "wm":
-                last = payload
-            elif last is not None:
-                t = pc.cast(payload.column(TIME), pa.int64()).to_numpy()
-                ids = payload.column("event_id").to_numpy()
-                bad += [(int(ids[i]), int(t[i]), last) for i in np.flatnonzero(t <= last)]
-        return bad
-
-    def worst_lead(self) -> int:
-        worst = -(2**62)
-        pending: list[pa.RecordBatch] = []
-        mark: int | None = None
-        for kind, payload in self.events:
-            if kind == "wm":
-                mark = payload
-                for b in pending:
-                    worst = max(
-                        worst, int(pc.max(pc.cast(b.column(TIME), pa.int64())).as_py()) - mark
-                    )
-                pending = []
-            elif mark is None:
-                pending.append(payload)
-            else:
-                t = int(pc.max(pc.cast(payload.column(TIME), pa.int64())).as_py())
-                worst = max(worst, t - mark)
-        return worst
 
 
 def shift(table: pa.Table, start: int, span: int, id_base: int) -> pa.Table:

@@ -24,22 +24,14 @@ import pytest
 
 import lambdasource as ls
 from lake.writer import ParquetLakeWriter
+from lambdasource.timeutil import HOUR
+from tests.integration.ordered import SCHEMA, TIME
 from tests.services.kafka import KafkaService
 
 pytestmark = pytest.mark.kafka
 
-TIME = "event_time"
-SCHEMA = pa.schema(
-    [
-        pa.field(TIME, pa.timestamp("us", tz="UTC")),
-        pa.field("event_id", pa.int64()),
-        pa.field("user_id", pa.int64()),
-        pa.field("amount", pa.float64()),
-    ]
-)
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z in µs
 T0_MS = T0 // 1000
-HOUR = 3_600_000_000
 
 
 def msg(event_id: int, time: Any, **extra: Any) -> bytes:

@@ -23,53 +23,9 @@ import pytest
 
 import lambdasource as ls
 from lake.generator import generate_clickstream
+from lambdasource.timeutil import HOUR, MINUTE
+from tests.integration.ordered import SCHEMA, TIME, OrderedSink
 from tests.services.kafka import KafkaService
-
-TIME = "event_time"
-HOUR = 3_600_000_000
-MINUTE = 60_000_000
-SCHEMA = pa.schema(
-    [
-        pa.field(TIME, pa.timestamp("us", tz="UTC")),
-        pa.field("event_id", pa.int64()),
-        pa.field("user_id", pa.int64()),
-        pa.field("amount", pa.float64()),
-    ]
-)
-
-
-class OrderedSink(ls.CollectSink):
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[tuple[str, Any]] = []
-
-    async def write(self, batch: pa.RecordBatch) -> None:
-        await super().write(batch)
-        if batch.num_rows:
-            self.events.append(("batch", batch))
-
-    async def on_watermark(self, watermark: int) -> None:
-        await super().on_watermark(watermark)
-        self.events.append(("wm", watermark))
-
-    def ids(self) -> Counter[int]:
-        out: Counter[int] = Counter()
-        for kind, payload in self.events:
-            if kind == "batch":
-                out.update(payload.column("event_id").to_pylist())
-        return out
-
-    def late(self) -> list[tuple[int, int, int]]:
-        last: int | None = None
-        bad: list[tuple[int, int, int]] = []
-        for kind, payload in self.events:
-            if kind == "wm":
-                last = payload
-            elif last is not None:
-                times = pc.cast(payload.column(TIME), pa.int64()).to_numpy()
-                ids = payload.column("event_id").to_numpy()
-                bad += [(int(ids[i]), int(times[i]), last) for i in np.flatnonzero(times <= last)]
-        return bad
 
 
 def events(n: int = 4000, seed: int = 3) -> pa.Table:

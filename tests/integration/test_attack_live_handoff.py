@@ -17,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,58 +26,14 @@ import lambdasource as ls
 from lake.archiver import Archiver
 from lake.generator import generate_clickstream
 from lake.writer import IcebergLakeWriter, ParquetLakeWriter
+from lambdasource.timeutil import HOUR, MINUTE, MS
+from tests.integration.ordered import TIME, OrderedSink
 from tests.services.iceberg import file_catalog_props
 from tests.services.kafka import KafkaService
 
 pytestmark = pytest.mark.kafka
 
-TIME = "event_time"
 COLUMNS = ["event_id", "event_time", "user_id", "amount"]
-HOUR = 3_600_000_000
-MINUTE = 60_000_000
-MS = 1000
-
-
-class OrderedSink(ls.CollectSink):
-    """Records the interleaving of batches and watermarks as the sink saw them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[tuple[str, Any]] = []
-
-    async def write(self, batch: pa.RecordBatch) -> None:
-        await super().write(batch)
-        if batch.num_rows:
-            self.events.append(("batch", batch))
-
-    async def on_watermark(self, watermark: int) -> None:
-        await super().on_watermark(watermark)
-        self.events.append(("wm", watermark))
-
-    def ids(self) -> Counter[int]:
-        out: Counter[int] = Counter()
-        for kind, payload in self.events:
-            if kind == "batch":
-                out.update(payload.column("event_id").to_pylist())
-        return out
-
-    def late(self) -> list[tuple[int, int, int]]:
-        """(event_id, time, watermark) of every row at or before an earlier watermark."""
-        last: int | None = None
-        bad: list[tuple[int, int, int]] = []
-        for kind, payload in self.events:
-            if kind == "wm":
-                last = payload if last is None else max(last, payload)
-            elif last is not None:
-                times = pc.cast(payload.column(TIME), pa.int64()).to_numpy()
-                ids = payload.column("event_id").to_numpy()
-                for i in np.flatnonzero(times <= last)[:5]:
-                    bad.append((int(ids[i]), int(times[i]), last))
-        return bad
-
-    def last_watermark(self) -> int | None:
-        marks = [p for k, p in self.events if k == "wm"]
-        return marks[-1] if marks else None
 
 
 def messages(rows: pa.Table) -> tuple[list[bytes], list[int]]:

@@ -24,18 +24,9 @@ import lambdasource as ls
 from lake.generator import generate_clickstream
 from lake.maintenance import compact, expire_replaced
 from lake.writer import ParquetLakeWriter
+from lambdasource.timeutil import HOUR
+from tests.integration.ordered import SCHEMA, TIME
 from tests.services.kafka import KafkaService
-
-TIME = "event_time"
-HOUR = 3_600_000_000
-SCHEMA = pa.schema(
-    [
-        pa.field(TIME, pa.timestamp("us", tz="UTC")),
-        pa.field("event_id", pa.int64()),
-        pa.field("user_id", pa.int64()),
-        pa.field("amount", pa.float64()),
-    ]
-)
 
 
 def events(n: int, seed: int) -> pa.Table:

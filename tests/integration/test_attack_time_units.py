@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
@@ -26,51 +25,11 @@ import pytest
 
 import lambdasource as ls
 from lake.generator import generate_clickstream
+from lambdasource.timeutil import HOUR, MINUTE
+from tests.integration.ordered import TIME, OrderedSink
 from tests.services.kafka import KafkaService
 
 pytestmark = pytest.mark.kafka
-
-TIME = "event_time"
-HOUR = 3_600_000_000
-MINUTE = 60_000_000
-
-
-class OrderedSink(ls.CollectSink):
-    def __init__(self, to_us: int) -> None:
-        super().__init__()
-        self.to_us = to_us  # factor from the output time column's int value to µs
-        self.events: list[tuple[str, Any]] = []
-
-    async def write(self, batch: pa.RecordBatch) -> None:
-        await super().write(batch)
-        if batch.num_rows:
-            self.events.append(("batch", batch))
-
-    async def on_watermark(self, watermark: int) -> None:
-        await super().on_watermark(watermark)
-        self.events.append(("wm", watermark))
-
-    def ids(self) -> Counter[int]:
-        out: Counter[int] = Counter()
-        for kind, payload in self.events:
-            if kind == "batch":
-                out.update(payload.column("event_id").to_pylist())
-        return out
-
-    def late(self) -> int:
-        last, late = None, 0
-        for kind, payload in self.events:
-            if kind == "wm":
-                last = payload
-            elif last is not None:
-                col = payload.column(TIME)
-                if pa.types.is_timestamp(col.type):
-                    col = pc.cast(col, pa.timestamp("us", tz="UTC"))
-                times = pc.cast(col, pa.int64()).to_numpy()
-                if not pa.types.is_timestamp(payload.column(TIME).type):
-                    times = times * self.to_us
-                late += int(np.count_nonzero(times <= last))
-        return late
 
 
 def events() -> pa.Table:
@@ -158,4 +117,4 @@ async def test_timestamp_handoff_with_any_time_unit(
         f"{sum((expected - got).values())}, duplicated {sum((got - expected).values())}"
     )
     assert source.cutoff == newest + 1 - 10 * MINUTE
-    assert sink.late() == 0
+    assert not sink.late()
