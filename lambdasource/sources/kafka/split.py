@@ -52,7 +52,7 @@ class PartitionSplit:
     confirm_window: float = 2.0  # seconds a fetch response vouches for "caught up"
     held: pa.RecordBatch | None = None  # rows kept back by alignment (already transformed)
     held_offsets: np.ndarray | None = None  # their Kafka offsets, row for row
-    held_min: int | None = None  # µs, earliest held time
+    held_times: np.ndarray | None = None  # their µs, ascending (held rows are sorted by time)
     _poll_stamp: int | None = None
     _emitted_watermark: int | None = None
 
@@ -96,41 +96,46 @@ class PartitionSplit:
         return self.position
 
     def hold(self, batch: pa.RecordBatch, offsets: np.ndarray, times: np.ndarray) -> None:
-        """Keep ``batch`` back (``times``: its µs, row for row)."""
+        """Keep ``batch`` back (``times``: its µs, row for row). Held rows are kept sorted by
+        time, so a release is a prefix."""
         if not batch.num_rows:
             return
-        if self.held is None or self.held_offsets is None:
-            self.held, self.held_offsets = batch, offsets
-        else:
-            self.held = pa.concat_batches([self.held, batch])
-            self.held_offsets = np.concatenate([self.held_offsets, offsets])
-        low = int(times.min())
-        self.held_min = low if self.held_min is None else min(self.held_min, low)
+        if self.held is not None and self.held_offsets is not None and self.held_times is not None:
+            batch = pa.concat_batches([self.held, batch])
+            offsets = np.concatenate([self.held_offsets, offsets])
+            times = np.concatenate([self.held_times, times])
+        order = np.argsort(times, kind="stable")
+        self.held = batch.take(pa.array(order))
+        self.held_offsets, self.held_times = offsets[order], times[order]
 
-    def due(self, bound: float, time_column: str) -> np.ndarray | None:
-        """Mask of the held rows with time <= ``bound`` (None: none). The caller emits them,
-        then calls :meth:`released`: the watermark (capped by the held rows) must not rise
-        before they are out."""
-        if self.held is None:
-            return None
-        mask = held_times(self.held, time_column) <= bound
-        return mask if mask.any() else None
+    @property
+    def held_min(self) -> int | None:
+        """µs of the earliest held row (None: nothing held)."""
+        return None if self.held_times is None else int(self.held_times[0])
 
-    def taken(self, mask: np.ndarray) -> tuple[pa.RecordBatch, np.ndarray]:
-        """The held rows (and offsets) ``mask`` selects."""
+    def due(self, bound: float) -> int:
+        """How many held rows (a prefix) have time <= ``bound``. The caller emits them
+        (:meth:`taken`), then calls :meth:`released`: the watermark, capped by the held rows,
+        must not rise before they are out."""
+        if self.held_times is None:
+            return 0
+        return int(np.searchsorted(self.held_times, bound, side="right"))
+
+    def taken(self, count: int) -> tuple[pa.RecordBatch, np.ndarray]:
+        """The first ``count`` held rows and their offsets."""
         assert self.held is not None and self.held_offsets is not None
-        return self.held.filter(pa.array(mask)), self.held_offsets[mask]
+        return self.held.slice(0, count), self.held_offsets[:count]
 
-    def released(self, mask: np.ndarray, time_column: str) -> None:
-        """Forget the held rows ``mask`` selected (they were emitted)."""
+    def released(self, count: int) -> None:
+        """Forget the first ``count`` held rows (they were emitted)."""
         assert self.held is not None and self.held_offsets is not None
-        rest = ~mask
-        if rest.any():
-            self.held = self.held.filter(pa.array(rest))
-            self.held_offsets = self.held_offsets[rest]
-            self.held_min = int(held_times(self.held, time_column).min())
+        assert self.held_times is not None
+        if count < self.held.num_rows:
+            self.held = self.held.slice(count)
+            self.held_offsets = self.held_offsets[count:]
+            self.held_times = self.held_times[count:]
         else:
-            self.held = self.held_offsets = self.held_min = None
+            self.held = self.held_offsets = self.held_times = None
 
     def saw(self, max_time: int | None, now: float) -> None:
         """Records arrived (``max_time``: their max event time, None if all null)."""

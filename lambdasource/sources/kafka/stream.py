@@ -530,8 +530,8 @@ class KafkaStream(Source):
         released = False
         for split in live:
             while split.held is not None:
-                due = split.due(aligner.release_bound(split.out_of_orderness), self.time_column)
-                if due is None:
+                due = split.due(aligner.release_bound(split.out_of_orderness))
+                if not due:
                     break
                 released = True
                 batch, offsets = split.taken(due)
@@ -540,7 +540,7 @@ class KafkaStream(Source):
                     position=f"{self._where(split.partition)} offsets={int(offsets.min())}-"
                     f"{int(offsets.max())} (held by alignment)",
                 )
-                split.released(due, self.time_column)  # only now may its watermark rise
+                split.released(due)  # only now may its watermark rise
                 self._report(split, hooks)
                 await self._progress(out, hooks)  # the next split's bound follows at once
             if (
