@@ -9,6 +9,7 @@ remove the row and leave a tombstone in ``<table>__deleted``. All DuckDB calls r
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import SchemaError
+from ..errors import SchemaError, SinkError
 from ..timeutil import Duration
 from .upsert import DELETED, TOMBSTONE_SUFFIX, ApplyResult, RetriableSinkError, UpsertSink
 
@@ -31,6 +32,26 @@ def quote(name: str) -> str:
 
 def quote_column(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def unwritable_reason(path: Path) -> str | None:
+    """Why ``path`` cannot be a writable database file (None when it looks fine).
+
+    Checks without side effects: the path itself, and the nearest existing ancestor of its
+    directory (which is created later when missing)."""
+    if path.is_dir():
+        return "the path is a directory, not a database file"
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{str(ancestor)!r} is not a directory (it is a file)"
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            return "the file is not writable (permission denied)"
+    elif not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"the directory {str(ancestor)!r} is not writable (permission denied)"
+    return None
 
 
 class DuckDBUpsert(UpsertSink):
@@ -71,13 +92,45 @@ class DuckDBUpsert(UpsertSink):
         self._optimistic_after = 0  # flush number from which a plain INSERT is tried first
 
     async def open(self) -> None:
-        self._con = await asyncio.to_thread(self._connect)
+        """Open (create) the database file; missing parent directories are created.
+
+        A path that cannot be a writable database (a directory, under a file, in a directory this
+        process cannot write, not a DuckDB file, locked by another process) raises a one-line
+        :class:`SinkError` naming the path and the cause, before the sink takes any record.
+        """
+        if self._con is None:
+            self._con = await asyncio.to_thread(self._connect)
+
+    def _cannot_open(self, problem: str) -> SinkError:
+        return SinkError(
+            f"sink={self.name} table={self.table} path={self.path!r}: cannot open the DuckDB "
+            f"database: {' '.join(problem.split())}"
+        )
 
     def _connect(self) -> Any:
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(self.path)
-        con.execute("SET TimeZone = 'UTC'")
+            problem = unwritable_reason(Path(self.path))
+            if problem is not None:
+                raise self._cannot_open(problem)
+            parent = Path(self.path).parent
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise self._cannot_open(
+                    f"cannot create the directory {str(parent)!r}: {exc.strerror or exc}"
+                ) from exc
+        try:
+            con = duckdb.connect(self.path)
+        except (OSError, duckdb.Error) as exc:
+            text = str(exc)
+            if "permission denied" in text.lower():
+                text = f"not writable (permission denied): {text}"
+            raise self._cannot_open(text) from exc
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+        except BaseException:
+            con.close()
+            raise
         return con
 
     async def close(self) -> None:
