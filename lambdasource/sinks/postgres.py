@@ -6,6 +6,12 @@ One flush is one transaction: the coalesced rows are written as CSV (pyarrow, ve
 has no deletions and the tombstone table ``<table>__deleted`` is empty this is one statement;
 otherwise a decision table marks rows older than the stored row or tombstone first. Connection
 loss, serialization failures and deadlocks are retried (reconnecting) with backoff.
+
+PostgreSQL cannot store the NUL character (``\\x00``) in text. By default (``nul_bytes="error"``)
+a flush holding one is refused before anything of it is written, with a :class:`SinkError` naming
+the table, each offending column and the keys of its rows; ``nul_bytes="strip"`` removes NUL
+characters from every text column (keys included, before coalescing) and counts the values it
+changed in ``metrics()["nul_bytes_stripped"]``.
 """
 
 from __future__ import annotations
@@ -13,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ..errors import SchemaError
+from ..errors import ConfigError, SchemaError, SinkError
 from ..timeutil import Duration
 from .duckdb import quote, quote_column
 from .upsert import DELETED, TOMBSTONE_SUFFIX, ApplyResult, RetriableSinkError, UpsertSink
@@ -57,6 +63,23 @@ def pg_type(dtype: pa.DataType, column: str, table: str) -> str:
         f"PostgresUpsert: table={table} column={column!r} has type {dtype}, which the sink "
         "cannot store (supported: integers, floats, booleans, strings, dates, timestamps, decimals)"
     )
+
+
+NUL = "\x00"
+NUL_BYTE_MODES = ("error", "strip")
+_SHOWN_KEYS = 5  # offending keys named per column in a NUL-byte error
+
+
+def _is_text(dtype: pa.DataType) -> bool:
+    if pa.types.is_dictionary(dtype):
+        return _is_text(dtype.value_type)
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+
+
+def _text_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_dictionary(column.type):
+        return column.cast(column.type.value_type)
+    return column
 
 
 def _is_transient_pg(exc: BaseException) -> bool:
@@ -115,8 +138,13 @@ class PostgresUpsert(UpsertSink):
         batch_rows: int = 100_000,
         flush_interval: Duration = "1s",
         retries: int = 5,
+        nul_bytes: Literal["error", "strip"] = "error",
         name: str | None = None,
     ) -> None:
+        if nul_bytes not in NUL_BYTE_MODES:
+            raise ConfigError(
+                f"PostgresUpsert: nul_bytes must be one of {NUL_BYTE_MODES}, got {nul_bytes!r}"
+            )
         super().__init__(
             table=table,
             key=key,
@@ -127,6 +155,8 @@ class PostgresUpsert(UpsertSink):
             name=name,
         )
         self.dsn = dsn
+        self.nul_bytes = nul_bytes
+        self._nul_stripped = 0
         self._conn: Any = None
         self._ready = False
 
@@ -153,6 +183,46 @@ class PostgresUpsert(UpsertSink):
     def _is_transient(self, exc: BaseException) -> bool:
         lost = self._conn is not None and self._conn.is_closed()
         return lost or _is_transient_pg(exc)
+
+    def metrics(self) -> dict[str, Any]:
+        return {**super().metrics(), "nul_bytes_stripped": self._nul_stripped}
+
+    # NUL bytes ------------------------------------------------------------------------------------
+
+    def _prepare(self, table: pa.Table) -> pa.Table:
+        return super()._prepare(self._without_nul_bytes(table))
+
+    def _without_nul_bytes(self, table: pa.Table) -> pa.Table:
+        """``table`` unchanged when no text value holds a NUL; else NULs stripped (counted) or a
+        :class:`SinkError` naming every offending column and the keys of its rows."""
+        offending: list[tuple[str, pa.Array]] = []
+        for index, field in enumerate(table.schema):
+            if not _is_text(field.type):
+                continue
+            values = _text_values(table.column(index))
+            has_nul = pc.fill_null(pc.match_substring(values, NUL), False)
+            if not pc.any(has_nul).as_py():
+                continue
+            if self.nul_bytes == "strip":
+                self._nul_stripped += int(pc.sum(has_nul.cast(pa.int64())).as_py())
+                stripped = pc.replace_substring(values, NUL, "")
+                table = table.set_column(index, pa.field(field.name, stripped.type), stripped)
+            else:
+                offending.append((field.name, pc.indices_nonzero(has_nul.combine_chunks())))
+        if offending:
+            where = "; ".join(self._nul_rows(table, column, rows) for column, rows in offending)
+            raise SinkError(
+                f"sink={self.name} table={self.table}: text holding a NUL byte (\\x00), which "
+                f"PostgreSQL cannot store: {where}; nothing of this flush was written "
+                "(nul_bytes='strip' removes NUL bytes)"
+            )
+        return table
+
+    def _nul_rows(self, table: pa.Table, column: str, rows: pa.Array) -> str:
+        keys = table.select(self.keys).take(rows[:_SHOWN_KEYS]).to_pylist()
+        named = ", ".join(" ".join(f"{k}={row[k]!r}" for k in self.keys) for row in keys)
+        more = f", and {len(rows) - _SHOWN_KEYS} more" if len(rows) > _SHOWN_KEYS else ""
+        return f"column={column!r} in {len(rows)} row(s), key {named}{more}"
 
     # schema ---------------------------------------------------------------------------------------
 
