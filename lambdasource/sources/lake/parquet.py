@@ -16,10 +16,11 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ...errors import ConfigError, LakeReadError, LakeStateError
 from ...s3 import S3Config
-from ...timeutil import Duration, parse_duration
+from ...timeutil import TIME_TYPE, Duration, parse_duration
 from ..base import SourceOutput
 from .commits import COMMITS_DIR, CommitRecord
 from .layout import Layout, classify, detect
@@ -38,6 +39,7 @@ from .reader import (
     quarantine_or_raise,
     reference_schema,
 )
+from .schema import union_schema
 from .source import LakeSource
 from .storage import FOOTER_PROBE, LocalStorage, Storage, StoredFile, open_storage
 
@@ -81,6 +83,16 @@ class ParquetLake(LakeSource):
     ``path``: local directory, ``file://`` or ``s3://bucket/prefix``. ``start``/``until`` select
     records with ``start <= time < until``. ``on_corrupt="quarantine"`` skips unreadable files
     (reported in ``metrics()["quarantined_files"]``) instead of raising :class:`LakeReadError`.
+
+    ``path_pruning``: partitions whose path lies outside ``[start, until)`` are pruned, but with
+    ``"verify"`` (default) a file there whose footer statistics overlap the range (or that has
+    none) is read anyway, so a row filed under the wrong hour is never lost (one footer read per
+    such file while planning; skipped for lakes with commit records, whose writer files every row
+    under its own hour). ``"trust"`` prunes by path alone.
+
+    Undeclared schema: the union over the files read (types widen where safe; a column a file
+    lacks reads as null there; types with no safe cast raise :class:`SchemaError` naming the
+    column and both files). A declared ``schema`` rules instead.
     """
 
     small_file_bytes = SMALL_FILE  # S3 files up to this size are fetched whole with the footer
@@ -104,9 +116,13 @@ class ParquetLake(LakeSource):
         on_corrupt: Literal["raise", "quarantine"] = "raise",
         name: str = "lake",
         batch_size: int = BATCH_ROWS,
+        path_pruning: Literal["verify", "trust"] = "verify",
     ) -> None:
         if partitioning not in ("hour", "day"):
             raise ConfigError(f"partitioning must be 'hour' or 'day', got {partitioning!r}")
+        if path_pruning not in ("verify", "trust"):
+            raise ConfigError(f"path_pruning must be 'verify' or 'trust', got {path_pruning!r}")
+        self.path_pruning = path_pruning
         super().__init__(
             name=name,
             time_column=time_column,
@@ -194,17 +210,19 @@ class ParquetLake(LakeSource):
                 merged.append(p)
         partitions = merged
         trust = self.event_time_partitioned and not layout.flat
+        in_range = partitions
         if trust:
-            kept = []
+            in_range, pruned = [], []
             for p in partitions:
                 assert p.start is not None and p.end is not None
                 if (self.until is not None and p.start >= self.until) or (
                     self.start is not None and p.end <= self.start
                 ):
-                    metrics.files_pruned += len(p.files)
-                    continue
-                kept.append(p)
-            partitions = kept
+                    pruned.append(p)
+                else:
+                    in_range.append(p)
+            rescued = await self._verify_pruned(storage, pruned, state)
+            partitions = sorted(in_range + rescued, key=lambda p: (p.start or 0, p.label))
         if read_footers or (read_footers is None and layout.flat):
             await self._read_footers(storage, partitions)
             result.footers_read = True
@@ -213,8 +231,8 @@ class ParquetLake(LakeSource):
             for p in partitions:
                 p.start = p.end = None
             partitions.sort(key=lambda p: (p.files[0].min_time or 0, p.label))
-        else:
-            note_missing_partitions(partitions, metrics, name=self.name)
+        else:  # partitions read for misplaced rows are no gap (nor their absence)
+            note_missing_partitions(in_range, metrics, name=self.name)
         if missing:
             self._check_missing(missing, partitions, layout, state)
         for p in partitions:
@@ -313,8 +331,36 @@ class ParquetLake(LakeSource):
                 ", ".join(metrics.orphan_files[:10]),
             )
 
+    async def _verify_pruned(
+        self, storage: Storage, pruned: list[LakePartition], state: LakeState
+    ) -> list[LakePartition]:
+        """Of the partitions outside ``[start, until)`` by their path, those still to read: a
+        file whose footer statistics overlap the range (or that has none) may hold rows filed
+        under the wrong hour. One footer read per file (concurrent), skipped when
+        ``path_pruning="trust"`` or the pinned state is made of commit records (the ``lake``
+        writer files every row under its own hour)."""
+        if not pruned:
+            return []
+        if self.path_pruning == "trust" or state.kind == "commits":
+            self._metrics.files_pruned += sum(len(p.files) for p in pruned)
+            return []
+        await self._read_footers(storage, pruned)
+        rescued = [p for p in pruned if p.files]
+        if rescued:
+            log.warning(
+                "lake=%s: %d partition(s) outside start/until by path hold rows inside it "
+                "(statistics), read as well: %s",
+                self.name,
+                len(rescued),
+                ", ".join(p.label for p in rescued[:10]),
+            )
+        return rescued
+
     async def _footer(self, storage: Storage, f: LakeFile, limit: asyncio.Semaphore) -> bool:
-        """Read ``f``'s footer and select its row groups; False if quarantined or all pruned."""
+        """Read ``f``'s footer and select its row groups; False if quarantined or all pruned
+        (a footer read before, while planning, is not read again)."""
+        if f.metadata is not None:
+            return bool(f.row_groups)
         metrics = self._metrics
         async with limit:
             try:
@@ -350,10 +396,14 @@ class ParquetLake(LakeSource):
         return True
 
     async def _read_footers(self, storage: Storage, partitions: list[LakePartition]) -> None:
+        """Footers of every file of ``partitions``, ``FOOTER_CONCURRENCY`` at a time across
+        partitions (one file per hour is common: per-partition batches would be serial)."""
         limit = asyncio.Semaphore(FOOTER_CONCURRENCY)
+        files = [f for p in partitions for f in p.files]
+        kept = await asyncio.gather(*(self._footer(storage, f, limit) for f in files))
+        ok = {id(f) for f, keep in zip(files, kept, strict=True) if keep}
         for p in partitions:
-            kept = await asyncio.gather(*(self._footer(storage, f, limit) for f in p.files))
-            p.files = [f for f, ok in zip(p.files, kept, strict=True) if ok]
+            p.files = [f for f in p.files if id(f) in ok]
         self._metrics.files_total = sum(len(p.files) for p in partitions)
 
     # reading ------------------------------------------------------------------------------------
@@ -408,18 +458,19 @@ class ParquetLake(LakeSource):
         schema_lock = asyncio.Lock()
 
         async def ensure_schema() -> None:
+            """Undeclared: the union over every file read (waits for all their footers)."""
             async with schema_lock:
                 if decoder.schema is not None:
                     return
-                for p in plan.partitions:
-                    for f in await files_of(p):
-                        if f.metadata is not None:
-                            decoder.schema = reference_schema(
-                                f.metadata.schema.to_arrow_schema(),
-                                self.columns,
-                                self.time_column,
-                            )
-                            return
+                schemas = [
+                    (storage.url(f.path), self._file_schema(f.metadata))
+                    for p in plan.partitions
+                    for f in await files_of(p)
+                    if f.metadata is not None
+                ]
+                union = union_schema(schemas)
+                if union is not None:
+                    decoder.schema = reference_schema(union, self.columns, self.time_column)
 
         async def load(partition: LakePartition) -> list[Chunk]:
             files = await files_of(partition)
@@ -438,6 +489,16 @@ class ParquetLake(LakeSource):
             return None if mark is None else mark - 1
 
         await reader.run(out, plan.partitions, load, end, ready=settle)
+
+    def _file_schema(self, metadata: pq.FileMetaData) -> pa.Schema:
+        """A file's Arrow schema with the time column as the engine's type (files differ in
+        time units and zones; the decoder normalises them, so they never conflict)."""
+        schema = metadata.schema.to_arrow_schema()
+        index = schema.get_field_index(self.time_column)
+        if index >= 0:
+            nullable = schema.field(index).nullable
+            schema = schema.set(index, pa.field(self.time_column, TIME_TYPE, nullable))
+        return schema.remove_metadata()
 
     # positions and lake facts -------------------------------------------------------------------
 

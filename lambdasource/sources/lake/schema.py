@@ -76,3 +76,61 @@ def unify(table: pa.Table, target: pa.Schema, *, where: str) -> pa.Table:
                 ) from exc
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=target)
+
+
+def _common_type(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
+    """The type both ``a`` and ``b`` convert to safely (the wider one), None when neither does.
+
+    Timestamps take the finer unit (and UTC when either has a zone: naive means UTC); string and
+    binary take their large variant when either is large — both directions are "safe" for them,
+    so the wider is chosen explicitly rather than by order.
+    """
+    if a == b:
+        return a
+    if pt.is_timestamp(a) and pt.is_timestamp(b):
+        order = ["s", "ms", "us", "ns"]
+        unit = max(a.unit, b.unit, key=order.index)
+        return pa.timestamp(unit, tz="UTC" if (a.tz or b.tz) else None)
+    if {a, b} <= {pa.string(), pa.large_string()} or {a, b} <= {pa.binary(), pa.large_binary()}:
+        return pa.large_string() if pt.is_string(a) or pt.is_large_string(a) else pa.large_binary()
+    if safe_cast_allowed(a, b):
+        return b
+    if safe_cast_allowed(b, a):
+        return a
+    return None
+
+
+def union_schema(schemas: list[tuple[str, pa.Schema]]) -> pa.Schema | None:
+    """One schema for every ``(where, schema)`` of a lake's files, in order of first appearance.
+
+    Invariants: every file's columns convert to it by :func:`unify`'s safe casts (types widen
+    where safe); a column some file lacks is nullable (its rows read as null there); two types
+    with no safe cast either way raise :class:`SchemaError` naming the column and both files.
+    None when there are no files.
+    """
+    if not schemas:
+        return None
+    fields: dict[str, pa.Field] = {}
+    origin: dict[str, str] = {}  # the file that set the column's current type
+    seen: dict[str, int] = {}
+    for where, schema in schemas:
+        for f in schema:
+            seen[f.name] = seen.get(f.name, 0) + 1
+            known = fields.get(f.name)
+            if known is None:
+                fields[f.name], origin[f.name] = f, where
+                continue
+            common = _common_type(known.type, f.type)
+            if common is None:
+                raise SchemaError(
+                    f"column {f.name!r} has type {known.type} in file={origin[f.name]} and "
+                    f"{f.type} in file={where}: no safe cast either way; declare schema= (and "
+                    "rewrite the files that do not fit it)"
+                )
+            if common != known.type:
+                origin[f.name] = where
+            fields[f.name] = pa.field(f.name, common, known.nullable or f.nullable)
+    n = len(schemas)
+    return pa.schema(
+        [f if seen[name] == n else f.with_nullable(True) for name, f in fields.items()]
+    )
