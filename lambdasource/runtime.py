@@ -219,7 +219,8 @@ class Node:
         self.out_idle = False
         self.counters = Counters()
         self.pending: list[tuple[Inbox, tuple[int, Message]]] = []
-        self._warned_ports: set[str] = set()
+        self.dropped_no_sink: dict[str, int] = {}
+        """Rows sent to a side output that has no sink (dropped), per output, over the run."""
 
     def port(self, name: str) -> list[Edge]:
         return self.outputs.setdefault(name, [])
@@ -246,17 +247,24 @@ class Node:
                 self.counters.late += rows
             elif port == "dead_letters":
                 self.counters.dead_letters += rows
-            if not self.outputs.get(port) and port != "main" and port not in self._warned_ports:
-                self._warned_ports.add(port)
-                log.warning(
-                    "%s: %d record(s) sent to the %r output, which has no sink (counted in "
-                    "metrics)",
-                    self.name,
-                    rows,
-                    port,
-                )
+            if rows and port != "main" and not self.outputs.get(port):
+                self._drop_no_sink(port, rows)
             if rows or port == "main":
                 self.send(port, batch)
+
+    def _drop_no_sink(self, port: str, rows: int) -> None:
+        """Count rows sent to a side output nobody sinks; warn at the first such batch (the
+        run's total per output is logged when the run ends: :meth:`Runtime.report_dropped`)."""
+        first = port not in self.dropped_no_sink
+        self.dropped_no_sink[port] = self.dropped_no_sink.get(port, 0) + rows
+        if first:
+            log.warning(
+                "%s: %d record(s) sent to the %r output, which has no sink: dropped, counted in "
+                "metrics as dropped_no_sink (the run's total is logged when it ends)",
+                self.name,
+                rows,
+                port,
+            )
 
     def emit_watermark(self, watermark: int, idle: bool = False) -> None:
         if self.out_watermark is not None and watermark <= self.out_watermark:
@@ -854,7 +862,22 @@ class Runtime:
             raise
         finally:
             self.finished = time.perf_counter()
+            self.report_dropped()
         self.status = "finished"
+
+    def report_dropped(self) -> None:
+        """Log, per node and side output without a sink, how many rows the run dropped there
+        (the log record carries ``node``, ``port`` and ``dropped_no_sink`` as attributes)."""
+        for node in [*self.sources, *self.operators]:
+            for port, rows in node.dropped_no_sink.items():
+                log.warning(
+                    "%s: %d record(s) in all were sent to the %r output, which has no sink, and "
+                    "dropped in this run",
+                    node.name,
+                    rows,
+                    port,
+                    extra={"node": node.name, "port": port, "dropped_no_sink": rows},
+                )
 
     # metrics ------------------------------------------------------------------------------------
 
@@ -867,6 +890,7 @@ class Runtime:
                 "records_out": s.counters.records_out,
                 "batches_out": s.counters.batches_out,
                 "dead_letters": s.counters.dead_letters,
+                "dropped_no_sink": dict(s.dropped_no_sink),
                 **s.source.metrics(),
             }
             for s in self.sources
@@ -890,6 +914,7 @@ class Runtime:
                 "records_out": node.counters.records_out,
                 "late": node.counters.late,
                 "dead_letters": node.counters.dead_letters,
+                "dropped_no_sink": dict(node.dropped_no_sink),
                 "watermark": node.gate.combined,
                 "idle": node.gate.all_idle,
                 "timers": len(node.ctx.timers),
@@ -925,6 +950,9 @@ class Runtime:
             },
             "late": sum(n.counters.late for n in self.operators),
             "dead_letters": sum(n.counters.dead_letters for n in [*self.sources, *self.operators]),
+            "dropped_no_sink": sum(
+                sum(n.dropped_no_sink.values()) for n in [*self.sources, *self.operators]
+            ),
             "buffered": {
                 "queue_messages": queue_messages,
                 "queue_rows": queue_rows,
