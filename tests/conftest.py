@@ -1,7 +1,8 @@
 """Test-suite wiring: real services come from ``tests/services`` (one plugin module per service).
 
-Markers (strict): ``kafka``, ``s3``, ``postgres``, ``iceberg`` for tests needing that service,
-``slow`` for long suites (deselected by the README's command: ``-m "not slow"``).
+Markers (strict): ``kafka`` (Tansu), ``apache_kafka`` (Apache Kafka 4), ``s3``, ``postgres``,
+``iceberg`` for tests needing that service, ``slow`` for long suites (deselected by the README's
+command: ``-m "not slow"``).
 """
 
 pytest_plugins = [
@@ -9,5 +10,6 @@ pytest_plugins = [
     "tests.services.s3",
     "tests.services.iceberg",
     "tests.services.kafka",
+    "tests.services.apache_kafka",
     "tests.services.postgres",
 ]
