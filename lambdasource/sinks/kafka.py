@@ -11,11 +11,19 @@ log order** (per key: the default partitioner sends a key to one partition, so i
 order); a consumer that wants version guarding compares the header. Compaction is a topic setting
 (``cleanup.policy=compact``) the sink does not create; the Tansu broker used in tests does not
 compact at all, so there every version stays in the log and the newest per key is the last one.
+
+Connecting: ``open()`` starts the producer within ``connect_timeout``; when that fails (broker
+down, refusing, or accepting TCP and never answering) the producer is stopped again and a one-line
+:class:`~lambdasource.errors.SinkError` names the broker(s) and the cause (a short TCP probe tells
+"refused" from "no answer"). Nothing stays open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -23,11 +31,50 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from ..errors import ConfigError
-from ..timeutil import Duration
+from ..errors import ConfigError, SinkError, close_after
+from ..timeutil import Duration, parse_duration
 from .upsert import DELETED, ApplyResult, RetriableSinkError, UpsertSink
 
 VERSION_HEADER = "lambdasource-version"
+PROBE_TIMEOUT = 2.0  # seconds per broker for the TCP probe that explains a failed connect
+
+
+def broker_addresses(bootstrap_servers: str | Sequence[str]) -> list[tuple[str, int]]:
+    """``"a:9092,[::1]:9093"`` (or a list of such) → ``[("a", 9092), ("::1", 9093)]``."""
+    items = [bootstrap_servers] if isinstance(bootstrap_servers, str) else list(bootstrap_servers)
+    found = []
+    for item in items:
+        for server in str(item).split(","):
+            host, _, port = server.strip().rpartition(":")
+            if host and port.isdigit():
+                found.append((host.strip("[]"), int(port)))
+    return found
+
+
+def os_reason(exc: OSError) -> str:
+    """``Connection refused`` rather than asyncio's ``Connect call failed ('h', 1)``."""
+    if isinstance(exc, socket.gaierror) or not exc.errno:
+        return str(exc.strerror or exc)
+    return os.strerror(exc.errno)
+
+
+async def probe_brokers(bootstrap_servers: str | Sequence[str]) -> str:
+    """Why TCP connections to the brokers fail (or that they do not), one phrase per broker."""
+
+    async def probe(host: str, port: int) -> str:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT)
+        except TimeoutError:
+            return f"{host}:{port}: no TCP answer within {PROBE_TIMEOUT:g}s"
+        except OSError as exc:
+            return f"{host}:{port}: {os_reason(exc)}"
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return f"{host}:{port} accepts TCP connections but did not answer as a Kafka broker"
+
+    addresses = broker_addresses(bootstrap_servers)
+    return "; ".join(await asyncio.gather(*(probe(h, p) for h, p in addresses)))
 
 
 def _json_default(value: Any) -> Any:
@@ -54,6 +101,7 @@ class KafkaUpsert(UpsertSink):
         flush_interval: Duration = "1s",
         retries: int = 5,
         producer_options: dict[str, Any] | None = None,
+        connect_timeout: Duration = "30s",
         name: str | None = None,
     ) -> None:
         if not topic:
@@ -70,16 +118,43 @@ class KafkaUpsert(UpsertSink):
         self.topic = topic
         self.bootstrap_servers = bootstrap_servers
         self.producer_options = dict(producer_options or {})
+        self.connect_timeout = parse_duration(connect_timeout, name="connect_timeout") / 1e6
         self._producer: Any = None
 
     async def open(self) -> None:
-        if self._producer is None:
-            from aiokafka import AIOKafkaProducer
+        """Start the producer; on failure stop it again and raise a one-line SinkError naming
+        the broker(s) and the cause (retriable when the connection may come back)."""
+        if self._producer is not None:
+            return
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.errors import KafkaError
 
-            options: dict[str, Any] = {"acks": "all", "linger_ms": 5, **self.producer_options}
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **options)
-            await producer.start()
-            self._producer = producer
+        options: dict[str, Any] = {"acks": "all", "linger_ms": 5, **self.producer_options}
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **options)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await producer.start()
+        except BaseException as exc:
+            await close_after("stopping the producer", producer.stop(), exc)
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the producer is stopped, nothing else to say
+            if isinstance(exc, TimeoutError):
+                what = f"no connection within connect_timeout={self.connect_timeout:g}s"
+            else:
+                what = f"aiokafka: {type(exc).__name__}"
+            retriable = isinstance(exc, TimeoutError | OSError) or (
+                isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+            )
+            error = RetriableSinkError if retriable else SinkError
+            raise error(
+                f"sink={self.name} topic={self.topic}: cannot connect to the Kafka broker(s) "
+                f"{self._servers()}: {await probe_brokers(self.bootstrap_servers)} ({what})"
+            ) from exc
+        self._producer = producer
+
+    def _servers(self) -> str:
+        servers = self.bootstrap_servers
+        return servers if isinstance(servers, str) else ",".join(servers)
 
     async def close(self) -> None:
         if self._producer is not None:
