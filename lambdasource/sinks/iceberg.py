@@ -27,9 +27,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import ConfigError, SchemaError
+from ..errors import ConfigError, SchemaError, SinkError
 from ..timeutil import Duration
 from .upsert import DELETED, TOMBSTONE_SUFFIX, ApplyResult, RetriableSinkError, UpsertSink
+from .urls import redact_url
 
 Lineage = Mapping[str, str] | Callable[[], Mapping[str, str]] | None
 
@@ -101,8 +102,32 @@ class IcebergUpsert(UpsertSink):
         self._checked = False
 
     async def open(self) -> None:
-        if self._catalog is None:
+        """Load the catalog; a failure (unreachable, misconfigured) is a one-line SinkError
+        naming the catalog (its ``uri``, secrets hidden) and the cause."""
+        if self._catalog is not None:
+            return
+        try:
             self._catalog = await asyncio.to_thread(load_catalog, self._catalog_arg)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            transient = isinstance(exc, ConnectionError | TimeoutError | OSError)
+            error = RetriableSinkError if transient else SinkError
+            raise error(
+                f"sink={self.name} table={self.identifier}: cannot load the Iceberg catalog "
+                f"{self._catalog_label()}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+            ) from exc
+
+    def _catalog_label(self) -> str:
+        arg = self._catalog_arg
+        if not isinstance(arg, Mapping):
+            return repr(getattr(arg, "name", type(arg).__name__))
+        label = f"name={str(arg.get('name', 'default'))!r}"
+        if "type" in arg:
+            label += f" type={arg['type']}"
+        if "uri" in arg:
+            label += f" uri={redact_url(str(arg['uri']))}"
+        return label
 
     def _is_transient(self, exc: BaseException) -> bool:
         from pyiceberg.exceptions import CommitFailedException

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -26,9 +27,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ..errors import ConfigError, SchemaError, SinkError
-from ..timeutil import Duration
+from ..timeutil import Duration, parse_duration
 from .duckdb import quote, quote_column
 from .upsert import DELETED, TOMBSTONE_SUFFIX, ApplyResult, RetriableSinkError, UpsertSink
+from .urls import redact_url
 
 
 def pg_type(dtype: pa.DataType, column: str, table: str) -> str:
@@ -139,6 +141,7 @@ class PostgresUpsert(UpsertSink):
         flush_interval: Duration = "1s",
         retries: int = 5,
         nul_bytes: Literal["error", "strip"] = "error",
+        connect_timeout: Duration = "30s",
         name: str | None = None,
     ) -> None:
         if nul_bytes not in NUL_BYTE_MODES:
@@ -155,16 +158,33 @@ class PostgresUpsert(UpsertSink):
             name=name,
         )
         self.dsn = dsn
+        self.connect_timeout = parse_duration(connect_timeout, name="connect_timeout") / 1e6
         self.nul_bytes = nul_bytes
         self._nul_stripped = 0
         self._conn: Any = None
         self._ready = False
 
     async def open(self) -> None:
+        """Connect (within ``connect_timeout``); a failure is a one-line SinkError naming the
+        server and database (password hidden) and the cause, retriable when it may pass."""
         import asyncpg
 
-        if self._conn is None:
-            self._conn = await asyncpg.connect(self.dsn)
+        if self._conn is not None:
+            return
+        try:
+            self._conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError):
+                cause = f"no connection within connect_timeout={self.connect_timeout:g}s"
+            elif isinstance(exc, OSError) and exc.errno:
+                cause = f"{type(exc).__name__}: {os.strerror(exc.errno)}"
+            else:
+                cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            error = RetriableSinkError if _is_transient_pg(exc) else SinkError
+            raise error(
+                f"sink={self.name} table={self.table}: cannot connect to PostgreSQL at "
+                f"{redact_url(self.dsn)}: {cause}"
+            ) from exc
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -20,10 +20,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlparse
+from urllib.parse import parse_qsl, unquote, urlencode, urlparse, urlsplit
 
 from ..errors import ConfigError
 from .base import Sink
+
+SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "key")
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe to show in messages: the password of its user info and query values whose
+    name suggests a secret (``password``, ``token``, ``secret_key`` …) become ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        hidden = [(k, "***" if any(w in k.lower() for w in SECRET_WORDS) else v) for k, v in pairs]
+        query = urlencode(hidden, safe="/:*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    rest = f"{netloc}{parts.path}" + (f"?{query}" if query else "")
+    rest += f"#{parts.fragment}" if parts.fragment else ""
+    return f"{parts.scheme}://{rest}" if "://" in url else rest
 
 
 def _duckdb_path(url: str) -> str:
