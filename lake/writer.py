@@ -670,13 +670,21 @@ class IcebergLakeWriter(LakeWriter):
         return self.catalog.load_table(self.identifier)
 
     def commits(self) -> list[CommitRecord]:
-        """Commits carried by the table's snapshots, by sequence (none when no table)."""
+        """Commits carried by the current snapshot's lineage, by sequence (none when no table).
+
+        Only the current snapshot and its ancestors count: after a rollback, the commits of the
+        snapshots it removed are not in the table, so the archiver resumes at the offsets the
+        remaining lineage recorded (and archives the rolled-back range again) and their dead
+        letters are not reported.
+        """
         table = self._load()
         return [] if table is None else self._commits(table)
 
     def _commits(self, table: Any) -> list[CommitRecord]:
+        from pyiceberg.table.snapshots import ancestors_of
+
         records = []
-        for snapshot in table.snapshots():
+        for snapshot in ancestors_of(table.current_snapshot(), table.metadata):
             summary = snapshot.summary
             props = dict(summary.additional_properties) if summary is not None else {}
             record = CommitRecord.from_snapshot_properties(
