@@ -18,6 +18,13 @@ Invariants (what the exact-offset handoff relies on, DESIGN §3):
   so far (``event_times``) and the lake's high-water mark: the minimum of those − the
   ``out_of_orderness`` of the topic's records, + 1µs — every record with an older time is in the
   lake, provided no partition delivers a record more than ``out_of_orderness`` behind its newest.
+- **Never past the topic.** A partition whose end is below the offset the lake recorded (the topic
+  was deleted and recreated, or the lake archived another cluster) stops the archiver with
+  :class:`~lambdasource.errors.StreamGapError` naming partition and offsets: appending would mix
+  two topics' offsets in one lake. The consumer never resets a position by itself.
+- **New partitions.** Unbounded, the archiver looks for partitions added to the topic every
+  ``partition_discovery`` (the consumer's metadata refresh) and archives them from their earliest
+  offset, with a warning (``metrics()["partitions_added"]``).
 - ``stop_at="latest"`` stops at the fetch highwater first seen per partition (the end when the
   archiver started); records at or beyond it are left for the next run. ``consumer.end_offsets``
   is never used (it lags on some brokers, DESIGN §6).
@@ -38,8 +45,9 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from aiokafka.errors import OffsetOutOfRangeError
 
-from lambdasource.errors import ConfigError, StreamError
+from lambdasource.errors import ConfigError, StreamError, StreamGapError
 from lambdasource.sources.kafka.decode import (
     RECORD_TIMESTAMP,
     Decoder,
@@ -115,7 +123,9 @@ class Archiver:
     archived offsets to that consumer group after each lake commit, for standard lag monitoring;
     the lake's commit records stay the source of truth for resuming. ``out_of_orderness``: how
     far behind its partition's newest record one may arrive (it lowers the recorded high-water
-    mark, which a timestamp handoff uses as its cutoff).
+    mark, which a timestamp handoff uses as its cutoff). ``max_ahead`` (default ``"1d"``, None
+    disables): a record whose event time is more than this after the wall clock is a dead
+    letter, as in :class:`~lambdasource.KafkaStream` (it would raise the high-water mark).
     """
 
     def __init__(
@@ -136,6 +146,8 @@ class Archiver:
         consumer_options: Mapping[str, Any] | None = None,
         topic_timeout: Duration = "10s",
         out_of_orderness: Duration = "5m",
+        partition_discovery: Duration | None = "30s",
+        max_ahead: Duration | None = "1d",
     ) -> None:
         if stop_at not in (None, "latest"):
             raise ConfigError(f"archive: stop_at must be None or 'latest', got {stop_at!r}")
@@ -168,6 +180,14 @@ class Archiver:
         self.consumer_options = dict(consumer_options or {})
         self.topic_timeout_s = parse_duration(topic_timeout, name="topic_timeout") / 1e6
         self.out_of_orderness = parse_duration(out_of_orderness, name="out_of_orderness")
+        # a record whose event time is beyond the wall clock + max_ahead is a dead letter
+        self.max_ahead = None if max_ahead is None else parse_duration(max_ahead, name="max_ahead")
+        self.discovery_s: float | None = (
+            None
+            if partition_discovery is None or stop_at is not None
+            else parse_duration(partition_discovery, name="partition_discovery") / 1e6
+        )
+        self.partitions_added: list[int] = []
         self._event_times: dict[int, int] = {}  # newest event time consumed, per partition
         self._after_files_written: Callable[[CommitRecord], None] | None = None
         self._stopping = asyncio.Event()
@@ -205,6 +225,7 @@ class Archiver:
             **self._metrics,
             "topic": self.topic,
             "lake": self.lake.describe(),
+            "partitions_added": list(self.partitions_added),
             "offsets": dict(sorted(self._committed.items())),
             "highwater": dict(sorted(self._highwater.items())),
             "lag": lag,
@@ -223,10 +244,12 @@ class Archiver:
             "bootstrap_servers": self.bootstrap_servers,
             "group_id": self.group_id,
             "enable_auto_commit": False,
-            "auto_offset_reset": "earliest",
+            "auto_offset_reset": "none",  # out of range: see _out_of_range
             "fetch_max_wait_ms": 200 if self.stop_at else 500,
             "max_partition_fetch_bytes": 4 * 1024 * 1024,
         }
+        if self.discovery_s is not None:
+            options["metadata_max_age_ms"] = max(100, int(self.discovery_s * 1000))
         options.update(self.consumer_options)
         consumer = AIOKafkaConsumer(**options)
         try:
@@ -314,6 +337,7 @@ class Archiver:
         self._next, self._committed, self._submitted = {}, {}, {}
         self._targets, self._highwater = {}, {}
         self._event_times = {}
+        self.partitions_added = []
         self._inflight = None
         for key in ("records", "rows", "dead_letters", "commits", "offset_gaps", "missing_offsets"):
             self._metrics[key] = 0
@@ -348,6 +372,8 @@ class Archiver:
                     break
                 remaining = self.commit_interval_s - (time.monotonic() - last_commit)
                 timeout_ms = int(max(10.0, min(remaining * 1000, 1000.0)))
+                if self.discovery_s is not None:
+                    await self._discover_partitions(consumer, tps)
                 fetch = asyncio.ensure_future(
                     consumer.getmany(
                         timeout_ms=timeout_ms, max_records=min(self.max_records, self.commit_rows)
@@ -364,7 +390,12 @@ class Archiver:
                         if not self._stopping.is_set():  # we were cancelled, not stopped
                             raise
                     break
-                await self._absorb(fetch.result(), consumer, tps)
+                try:
+                    fetched = fetch.result()
+                except OffsetOutOfRangeError as exc:
+                    await self._out_of_range(exc, consumer)
+                    continue
+                await self._absorb(fetched, consumer, tps)
                 if self._inflight is not None and self._inflight.done():
                     await self._wait_inflight()  # surfaces a failed commit promptly
                 now = time.monotonic()
@@ -407,6 +438,8 @@ class Archiver:
         for p, tp in tps.items():
             hw = consumer.highwater(tp)
             if hw is not None:
+                if hw < self._next.get(p, 0):
+                    self._beyond_end(p, self._next[p], hw)
                 self._highwater[p] = hw
                 if self.stop_at == "latest" and p not in self._targets:
                     self._targets[p] = hw
@@ -440,6 +473,58 @@ class Archiver:
             if target is not None and self._next[p] >= target and tp not in consumer.paused():
                 consumer.pause(tp)
 
+    def _beyond_end(self, partition: int, offset: int, end: int) -> None:
+        raise StreamGapError(
+            f"archive: topic={self.topic} partition={partition}: the lake is complete up to "
+            f"offset {offset}, but the partition ends at offset {end}: was the topic deleted and "
+            f"recreated? Its records are not the ones {self.lake.describe()} archived; archive "
+            "the new topic into a new lake"
+        )
+
+    async def _out_of_range(self, exc: OffsetOutOfRangeError, consumer: Any) -> None:
+        """A fetch position outside the partition: below its start, retention deleted records
+        never archived (continue at the earliest, the gap is counted by :meth:`_absorb`);
+        beyond its end, the topic was recreated (:meth:`_beyond_end`)."""
+        positions: dict[Any, int] = (
+            exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        )
+        if not positions:
+            raise StreamError(f"archive: topic={self.topic}: {exc!r}") from exc
+        begins = await consumer.beginning_offsets(list(positions))
+        for tp, offset in positions.items():
+            if offset < begins[tp]:
+                consumer.seek(tp, begins[tp])
+            else:
+                ends = await consumer.end_offsets([tp])
+                self._beyond_end(tp.partition, offset, ends[tp])
+
+    async def _discover_partitions(self, consumer: Any, tps: dict[int, Any]) -> None:
+        """Archive partitions added to the topic since the start, from their earliest offsets
+        (``tps`` is extended in place; assign() forgets positions, so every one is sought)."""
+        from aiokafka import TopicPartition
+
+        available = consumer.partitions_for_topic(self.topic) or set()
+        added = sorted(set(available) - set(tps))
+        if not added:
+            return
+        for p in added:
+            tps[p] = TopicPartition(self.topic, p)
+        consumer.assign(list(tps.values()))
+        for p in added:
+            await consumer.seek_to_beginning(tps[p])
+            self._next[p] = await consumer.position(tps[p])
+        for p, tp in tps.items():
+            if p not in added:
+                consumer.seek(tp, self._next[p])
+        self.partitions_added.extend(added)
+        log.warning(
+            "archive topic=%s: partition(s) %s were added to the topic; archiving them from "
+            "offsets %s",
+            self.topic,
+            added,
+            [self._next[p] for p in added],
+        )
+
     def _decode(self, partition: int, messages: list[Any]) -> None:
         values = [m.value for m in messages]
         timestamps = np.fromiter(
@@ -451,6 +536,7 @@ class Archiver:
             format=self.format,
             time_column=self.time_column,
             timestamps_ms=timestamps,
+            max_ahead=self.max_ahead,
         )
         for index, reason in decoded.errors:
             self._dead_letter(partition, messages[index], reason)
@@ -601,6 +687,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how far behind its partition's newest record one may arrive (lowers the recorded "
         "high-water mark; default 5m)",
     )
+    parser.add_argument(
+        "--max-ahead",
+        default="1d",
+        help="a record whose event time is more than this ahead of the wall clock is a dead "
+        "letter, not archived ('none' disables; default 1d)",
+    )
     parser.add_argument("--commit-rows", type=int, default=500_000)
     parser.add_argument("--group-id", default=None)
     parser.add_argument(
@@ -663,6 +755,7 @@ def command(args: argparse.Namespace) -> int:
         stop_at=args.stop_at,
         group_id=args.group_id,
         out_of_orderness=args.out_of_orderness,
+        max_ahead=None if str(args.max_ahead).lower() in ("none", "off") else args.max_ahead,
     )
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -23,6 +23,7 @@ from .errors import (
     SourceError,
     StateError,
     StreamError,
+    StreamGapError,
 )
 from .lead import LeadMeter
 from .messages import Barrier, End, Watermark
@@ -105,6 +106,7 @@ __all__ = [
     "StateError",
     "Stream",
     "StreamError",
+    "StreamGapError",
     "Timer",
     "Tumbling",
     "Watermark",

@@ -14,6 +14,7 @@ user needs to find the problem (``operator=window column=amount``, ``partition=3
     │   ├── LakeReadError      a lake file/partition is unreadable or corrupt
     │   │   └── LakeStateError a job's pinned lake state (or a position in it) cannot be read again
     │   ├── StreamError        the stream (Kafka) failed
+    │   │   └── StreamGapError offsets to read are gone (retention) or never existed (recreated topic)
     │   └── HandoffError       lake → stream handoff cannot be done correctly
     │       └── HandoffGapError  retention deleted offsets the handoff needs
     ├── OperatorError          a user function or operator failed while processing
@@ -66,6 +67,13 @@ class StreamError(SourceError):
     """The stream (Kafka) failed."""
 
     retriable = True
+
+
+class StreamGapError(StreamError):
+    """Offsets the stream must read next are out of the partition's range: retention deleted
+    them before they were read, or the topic was recreated (partition and offsets named)."""
+
+    retriable = False
 
 
 class HandoffError(SourceError):
@@ -147,4 +155,5 @@ __all__ = [
     "SourceError",
     "StateError",
     "StreamError",
+    "StreamGapError",
 ]

@@ -16,6 +16,9 @@ Handoff (DESIGN §3, firm):
   duplicate, no gap, whatever the event times. If a partition's earliest retained offset is
   beyond the recorded one, :class:`HandoffGapError` names partition and missing range, unless
   ``allow_gaps=True`` (then the missing offsets are counted in ``metrics()["missing_offsets"]``).
+  A recorded offset beyond the partition's end (the topic was deleted and recreated) is the same
+  error (``allow_gaps=True``: read the partition from its earliest offset, counted in
+  ``metrics()["recorded_beyond_end"]``).
 
 Pinned lake state (DESIGN §3): ``run`` first pins the lake (:meth:`Lake.pin`) — the commit
 sequence, Iceberg snapshot or file list it reads — and takes the recorded offsets and the
@@ -37,6 +40,7 @@ same job unaligned: the stream is read as fast as it comes, so downstream buffer
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Protocol, runtime_checkable
 
@@ -61,6 +65,8 @@ from .kafka.stream import DriveHooks, KafkaStream, PartitionStart
 from .lake.commits import CommitRecord
 from .lake.pinned import LakeState
 from .lake.source import LakeSource
+
+log = logging.getLogger("lambdasource.lambda_source")
 
 HANDOFFS = ("timestamp", "offsets")
 LAKE = "lake"
@@ -97,6 +103,53 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema, where: str) -> pa.RecordBa
                 ) from exc
         arrays.append(col)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _cast_one(col: pa.Array, dtype: pa.DataType) -> pa.Array:
+    return normalize_time_array(col) if dtype == TIME_TYPE else col.cast(dtype)
+
+
+def _failing_rows(col: pa.Array, dtype: pa.DataType, start: int = 0) -> list[tuple[int, str]]:
+    """(row, Arrow's message) of each value of ``col`` that does not cast to ``dtype``; casts
+    are element-wise, so halves are tried (a few casts per bad value, not one per row)."""
+    try:
+        _cast_one(col, dtype)
+        return []
+    except pa.ArrowInvalid as exc:
+        if len(col) == 1:
+            return [(start, str(exc))]
+    half = len(col) // 2
+    return _failing_rows(col.slice(0, half), dtype, start) + _failing_rows(
+        col.slice(half), dtype, start + half
+    )
+
+
+def cast_failures(batch: pa.RecordBatch, schema: pa.Schema) -> list[tuple[int, str]]:
+    """(row, reason) of every row of ``batch`` with a value :func:`conform` cannot cast to
+    ``schema`` (a string that is no number, an overflow, precision a cast would lose); the reason
+    names the column, the value and the target type. Types that cannot be cast at all are left to
+    :func:`conform`'s :class:`SchemaError` (a configuration error, not a bad record)."""
+    bad: dict[int, str] = {}
+    for f in schema:
+        if f.name not in batch.schema.names:
+            continue
+        col = batch.column(f.name)
+        if col.type == f.type:
+            continue
+        try:
+            _cast_one(col, f.type)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        except pa.ArrowNotImplementedError:
+            continue
+        for row, message in _failing_rows(col, f.type):
+            bad.setdefault(
+                row,
+                f"column {f.name!r}: cannot cast {col[row].as_py()!r} ({col.type}) to the "
+                f"lake's {f.type}: {message}",
+            )
+    return sorted(bad.items())
 
 
 class _LockedOutput:
@@ -175,6 +228,7 @@ class LambdaSource(Source):
         self.dropped_before_cutoff = 0
         self.lake_rows_at_or_after_cutoff = 0
         self.missing_offsets: dict[int, tuple[int, int]] = {}
+        self.beyond_end: dict[int, tuple[int, int]] = {}  # allow_gaps: (recorded, end)
         self.recorded: dict[int, int] = {}
         self.pinned: LakeState | None = None
         self.lake_covers: int | None = None  # offsets handoff: the lake's high-water mark
@@ -191,7 +245,9 @@ class LambdaSource(Source):
     @property
     def schema(self) -> pa.Schema | None:
         """The one schema both sides are unified to: the lake's declared schema, else the
-        stream's (missing columns null, safe casts; an impossible cast names the column)."""
+        stream's (missing columns null, safe casts; a stream value that does not cast is a dead
+        letter with its topic/partition/offset and column; a type that cannot cast at all is a
+        SchemaError naming the column)."""
         return self.lake.schema or self.stream.schema
 
     # running ------------------------------------------------------------------------------------
@@ -217,12 +273,21 @@ class LambdaSource(Source):
             floor=floor,
             out_of_orderness=self.out_of_orderness,
             idle_timeout=self.idle_timeout / 1e6,
+            check_offsets=self.handoff != "offsets",  # _check_gaps names the lake instead
         )
+        if self.handoff == "timestamp" and isinstance(lake, LakeSource):
+            # the stream re-reads (and dead-letters) the topic from its start offsets: the lake
+            # emits only the archived dead letters before them (a restored lake keeps its own)
+            if lake.dead_letters_below is None:
+                lake.dead_letters_below = {
+                    p: s.start for p, s in self.stream.splits.items() if s.start is not None
+                }
         try:
             if self.handoff == "offsets":
                 await self._check_gaps()
             hooks = DriveHooks(
                 transform=self._transform,
+                reject=self._uncastable,
                 aligner=self._group,
                 split_prefix="stream",
                 on_progress=self._progress,
@@ -274,13 +339,35 @@ class LambdaSource(Source):
         return starts, ("earliest", 0), None
 
     async def _check_gaps(self) -> None:
-        partitions = sorted(self.stream.splits)
-        begins = await self.stream.beginning_offsets(partitions)
-        for p in partitions:
-            start = self.stream.splits[p].start
-            need = self.recorded.get(p, 0) if start is None else start
-            begin = begins.get(p, 0)
-            if begin > need:
+        """Every partition must continue exactly where the lake stopped: a recorded offset
+        below the earliest retained one is a gap (retention), one beyond the partition's end
+        means the topic is not the one the lake archived (deleted and recreated)."""
+        for p, split in sorted(self.stream.splits.items()):
+            need = self.recorded.get(p, 0) if split.start is None else split.start
+            begin, end = self.stream.ranges[p]
+            if end is not None and need > end:
+                if not self.allow_gaps:
+                    raise HandoffGapError(
+                        f"source={self.name}: topic={self.stream.topic} partition={p}: the lake "
+                        f"is complete up to offset {need}, but the partition ends at offset "
+                        f"{end}: offsets {end}..{need - 1} do not exist (was the topic deleted "
+                        f"and recreated?), so its records {begin}..{end - 1} are not the ones "
+                        "the lake archived; pass allow_gaps=True to read the partition from "
+                        f"offset {begin}"
+                    )
+                log.warning(
+                    "source=%s topic=%s partition=%d: the lake recorded offset %d beyond the "
+                    "partition's end %d (topic recreated?); reading it from offset %d",
+                    self.name,
+                    self.stream.topic,
+                    p,
+                    need,
+                    end,
+                    begin,
+                )
+                self.beyond_end[p] = (need, end)
+                self.stream.seek(p, begin)
+            elif begin > need:
                 if not self.allow_gaps:
                     raise HandoffGapError(
                         f"source={self.name}: topic={self.stream.topic} partition={p}: offsets "
@@ -307,6 +394,13 @@ class LambdaSource(Source):
         return self._out
 
     # the two inputs -----------------------------------------------------------------------------
+
+    def _uncastable(self, batch: pa.RecordBatch) -> list[tuple[int, str]]:
+        """Stream rows the unified schema cannot take: dead letters with their position."""
+        schema = self.schema
+        if schema is None or batch.schema == schema:
+            return []
+        return cast_failures(batch, schema)
 
     def _transform(
         self, split: PartitionSplit, batch: pa.RecordBatch, offsets: np.ndarray
@@ -512,6 +606,9 @@ class LambdaSource(Source):
             "lake_rows_at_or_after_cutoff": self.lake_rows_at_or_after_cutoff,
             "recorded_offsets": dict(self.recorded),
             "pinned": None if self.pinned is None else self.pinned.to_dict(),
+            "recorded_beyond_end": {
+                p: {"recorded": need, "end": end} for p, (need, end) in self.beyond_end.items()
+            },
             "missing_offsets": {
                 p: {"from": lo, "to": hi, "count": hi - lo}
                 for p, (lo, hi) in self.missing_offsets.items()

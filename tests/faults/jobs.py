@@ -513,20 +513,23 @@ def empty_hourly() -> pa.Table:
 # --- the job -----------------------------------------------------------------------------------
 
 
-def build(args: argparse.Namespace) -> tuple[ls.Pipeline, LambdaSource, Sink]:
-    s3 = S3Config(endpoint_url=args.s3_endpoint, region="us-east-1") if args.s3_endpoint else None
-    lake: ParquetLake | IcebergLake
-    if args.lake.startswith(ICEBERG):
-        lake = IcebergLake(
+def lake_source(lake: str, batch: int, s3: S3Config | None = None) -> ParquetLake | IcebergLake:
+    """The reading side of :func:`lake_writer` (``lake``: a Parquet root or ``"iceberg:DIR"``)."""
+    if lake.startswith(ICEBERG):
+        return IcebergLake(
             ICEBERG_TABLE,
-            iceberg_catalog(args.lake),
+            iceberg_catalog(lake),
             "event_time",
             schema=SCHEMA,
-            batch_size=args.batch,
+            batch_size=batch,
             s3=s3,
         )
-    else:
-        lake = ParquetLake(args.lake, "event_time", schema=SCHEMA, batch_size=args.batch, s3=s3)
+    return ParquetLake(lake, "event_time", schema=SCHEMA, batch_size=batch, s3=s3)
+
+
+def build(args: argparse.Namespace) -> tuple[ls.Pipeline, LambdaSource, Sink]:
+    s3 = S3Config(endpoint_url=args.s3_endpoint, region="us-east-1") if args.s3_endpoint else None
+    lake = lake_source(args.lake, args.batch, s3)
     stream = KafkaStream(
         args.topic,
         args.bootstrap,

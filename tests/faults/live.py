@@ -19,7 +19,6 @@ from lake.generator import DEFAULT_START, generate_clickstream
 from lambdasource.checkpoints import Checkpoints
 from lambdasource.sources.alignment import Alignment
 from lambdasource.sources.kafka.stream import KafkaStream
-from lambdasource.sources.lake.parquet import ParquetLake
 from lambdasource.sources.lambda_source import LambdaSource
 from tests.faults import jobs
 from tests.faults.verify import VerifyingSink
@@ -54,7 +53,7 @@ class LiveJob:
     ) -> None:
         self.sink = VerifyingSink(expected)
         self.source = LambdaSource(
-            ParquetLake(lake, "event_time", schema=jobs.SCHEMA, batch_size=500),
+            jobs.lake_source(lake, 500),
             KafkaStream(
                 topic,
                 bootstrap,

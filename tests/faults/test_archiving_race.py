@@ -83,12 +83,16 @@ async def produce_paced(
     return stamps
 
 
-async def race_run(kafka: KafkaService, root: Path, seed: int) -> dict[str, Any]:
+async def race_run(
+    kafka: KafkaService, root: Path, seed: int, lake_kind: str = "parquet"
+) -> dict[str, Any]:
     """One run: produce + archive concurrently, start ``JOBS_PER_RUN`` fresh jobs meanwhile;
-    check each job's delivered ids against the input."""
+    check each job's delivered ids against the input. ``lake_kind``: parquet or iceberg."""
     rng = random.Random(seed)
     topic = f"race-{uuid.uuid4().hex[:8]}"
     lake = str(root / f"lake-{seed}")
+    if lake_kind == "iceberg":
+        lake = jobs.ICEBERG + lake
     table = jobs.clickstream(EVENTS, 1000 + seed)
     parts = jobs.split_partitions(table, PARTITIONS, seed)
     positions = pa.concat_tables(
@@ -197,14 +201,14 @@ def report(name: str, runs: list[dict[str, Any]]) -> None:
     assert not messages, "\n\n".join(messages)
 
 
-async def test_fresh_start_while_archiving(kafka: KafkaService, tmp_path: Path) -> None:
-    """One run (three job starts) in every test run."""
-    report("archiving-race-default", [await race_run(kafka, tmp_path, 100)])
-
-
 @pytest.mark.slow
+@pytest.mark.parametrize("lake_kind", ["parquet", "iceberg"])
 @pytest.mark.parametrize("seed", SLOW_SEEDS, ids=[f"seed-{s}" for s in SLOW_SEEDS])
 async def test_fresh_start_while_archiving_seeded(
-    kafka: KafkaService, tmp_path: Path, seed: int
+    kafka: KafkaService, tmp_path: Path, seed: int, lake_kind: str
 ) -> None:
-    report(f"archiving-race-seed-{seed}", [await race_run(kafka, tmp_path, seed)])
+    """One run per seed and lake kind (the default run's case is in tests/edges)."""
+    report(
+        f"archiving-race-{lake_kind}-seed-{seed}",
+        [await race_run(kafka, tmp_path, seed, lake_kind)],
+    )

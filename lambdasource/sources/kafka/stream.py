@@ -10,6 +10,19 @@ the stream's watermark is the minimum over partitions that are neither idle nor 
 §3: idle = caught up to the fetch highwater *and* quiet for ``idle_timeout``; a paused partition is
 never idle). When every live partition is idle the stream forwards their maximum, marked idle.
 
+Positions: an explicit start offset (a restored checkpoint, ``start={partition: offset}``, the lake's
+recorded offsets) is checked against the partition's retained range when the stream opens: one
+beyond the partition's end (the topic was deleted and recreated) or below its earliest retained
+offset (retention deleted records never read) raises :class:`StreamGapError` naming partition and
+offsets (``allow_gaps=True``: below the start, continue from the earliest offset, counted). The
+consumer never resets a position by itself (``auto_offset_reset="none"``): retention overtaking
+the reader mid-run is the same error, not a silent jump.
+
+Partition discovery: an unbounded stream over all of a topic's partitions looks for partitions
+added to the topic every ``partition_discovery`` (default 30 s, from the consumer's metadata
+refresh) and reads a new one from its earliest offset, logging a warning (``metrics()
+["partitions_added"]``); its split holds the stream's watermark back until it has data or idles.
+
 Bounded reads (``stop_at="latest"``): each partition stops before the end offset seen when the
 stream opened (the highwater of a fetch — ``end_offsets()`` lags on some brokers); the final
 watermark is the maximum event time read.
@@ -36,10 +49,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from aiokafka.structs import OffsetAndMetadata
 
-from ...errors import ConfigError, StreamError
+from ...errors import ConfigError, StreamError, StreamGapError
 from ...timeutil import MS, TIME_TYPE, Duration, parse_duration, to_micros
 from ..alignment import AlignmentGroup
 from ..base import Source, SourceOutput
@@ -93,6 +106,9 @@ class DriveHooks:
     aligner: AlignmentGroup | None = None  # partitions ahead are paused
     split_prefix: str = "stream"  # alignment split name: f"{prefix}:partition=N"
     on_progress: Callable[[], Awaitable[None]] | None = None  # replaces the own watermark
+    # rows of a decoded batch to dead-letter, as (row, reason): e.g. values the caller's schema
+    # cannot take; they leave with their raw message and position, before ``transform``
+    reject: Callable[[pa.RecordBatch], list[tuple[int, str]]] | None = None
 
 
 class KafkaStream(Source):
@@ -102,7 +118,9 @@ class KafkaStream(Source):
     ``"json"`` (needs ``schema``), ``"raw"`` (a ``value`` column) or a callable decoder.
     ``start``: ``"earliest"``, ``"latest"``, ``{partition: offset}`` (others: earliest) or a time
     (datetime or µs): the first record whose *record timestamp* is at or after it, found by a
-    verified lookup. ``stop_at="latest"`` makes the stream bounded.
+    verified lookup. ``stop_at="latest"`` makes the stream bounded. ``max_ahead`` (default
+    ``"1d"``, ``None`` disables): a record whose event time is more than this after the wall clock
+    when it is decoded is a dead letter, not a watermark jump that makes every later record late.
     """
 
     def __init__(
@@ -126,6 +144,9 @@ class KafkaStream(Source):
         commit_interval: Duration = "5s",
         consumer_options: dict[str, Any] | None = None,
         name: str = "stream",
+        allow_gaps: bool = False,
+        partition_discovery: Duration | None = "30s",
+        max_ahead: Duration | None = "1d",
     ) -> None:
         if stop_at not in (None, "latest"):
             raise ConfigError(f"KafkaStream: stop_at must be None or 'latest', got {stop_at!r}")
@@ -151,12 +172,26 @@ class KafkaStream(Source):
         self.idle_timeout = parse_duration(idle_timeout, name="idle_timeout") / 1e6
         self.max_batch_records = max_batch_records
         self.commit_interval = parse_duration(commit_interval, name="commit_interval") / 1e6
+        # a record whose event time is beyond the wall clock + max_ahead is a dead letter
+        self.max_ahead = None if max_ahead is None else parse_duration(max_ahead, name="max_ahead")
+        self.allow_gaps = allow_gaps
+        # new partitions are looked for only when the stream reads all of an unbounded topic
+        self.discovery: float | None = (
+            None
+            if partition_discovery is None or stop_at is not None or partitions is not None
+            else parse_duration(partition_discovery, name="partition_discovery") / 1e6
+        )
         self._consumer_options = {
             "fetch_max_wait_ms": fetch_max_wait_ms,
             # how soon the background fetcher notices resumed partitions (aiokafka: 200 ms)
             "consumer_timeout_ms": 20,
             "max_partition_fetch_bytes": max_partition_fetch_bytes,
             "fetch_max_bytes": fetch_max_bytes,
+            **(
+                {}
+                if self.discovery is None
+                else {"metadata_max_age_ms": max(100, int(self.discovery * 1000))}
+            ),
             **(consumer_options or {}),
         }
         self.name = name
@@ -166,6 +201,10 @@ class KafkaStream(Source):
         self._restored_held: dict[int, tuple[pa.RecordBatch, np.ndarray]] = {}
         self._last_commit = 0.0
         self.commit_failures = 0
+        self.ranges: dict[int, tuple[int, int | None]] = {}  # (earliest, end) seen at open
+        self.missing_offsets: dict[int, tuple[int, int]] = {}  # allow_gaps: skipped [lo, hi)
+        self.partitions_added: list[int] = []
+        self._split_options: dict[str, Any] = {}
         self.lookups: dict[int, dict[str, Any]] = {}  # per partition: start-time lookups
         self.lookup_probes = 0  # single-record reads spent verifying/searching them
         self.beginning_offsets: Callable[[list[int]], Awaitable[dict[int, int]]] = (
@@ -189,11 +228,12 @@ class KafkaStream(Source):
         return TopicPartition(self.topic, partition)
 
     def _new_consumer(self, **extra: Any) -> AIOKafkaConsumer:
+        """A consumer that never moves a position by itself: an offset out of range is an error
+        (:class:`StreamGapError`), never a silent reset (probe consumers pass their own)."""
         return AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **{**self._consumer_options, **extra},
+            **{"auto_offset_reset": "none", **self._consumer_options, **extra},
         )
 
     # opening ------------------------------------------------------------------------------------
@@ -214,12 +254,15 @@ class KafkaStream(Source):
         floor: int | None = None,
         out_of_orderness: int | None = None,
         idle_timeout: float | None = None,
+        check_offsets: bool = True,
     ) -> None:
         """Connect, assign partitions and seek each to its start.
 
         Per partition the start is, in order of precedence: a restored snapshot, ``starts``,
         ``default_start``, the constructor's ``start``. ``floor`` raises every partition's
-        watermark (the lambda source's ``cutoff − 1µs``).
+        watermark (the lambda source's ``cutoff − 1µs``). ``check_offsets=False`` leaves the
+        check of explicit start offsets against :attr:`ranges` to the caller (the lambda source
+        names the lake in its error).
         """
         consumer = self._new_consumer(group_id=self.group_id)
         self._consumer = consumer
@@ -247,12 +290,15 @@ class KafkaStream(Source):
         idle = self.idle_timeout if idle_timeout is None else idle_timeout
         # a fetch response vouches for "caught up" for this long (responses come every fetch wait)
         window = max(2.0, 20 * int(self._consumer_options["fetch_max_wait_ms"]) / 1000)
-        self.splits = {
-            p: PartitionSplit(self.topic, p, ooo, idle, floor=floor, confirm_window=window)
-            for p in partitions
+        self._split_options = {
+            "out_of_orderness": ooo,
+            "idle_timeout": idle,
+            "floor": floor,
+            "confirm_window": window,
         }
+        self.splits = {p: PartitionSplit(self.topic, p, **self._split_options) for p in partitions}
         try:
-            await self._seek_starts(partitions, starts or {}, default_start)
+            await self._seek_starts(partitions, starts or {}, default_start, check_offsets)
         except BaseException:
             await self.close()
             raise
@@ -269,6 +315,7 @@ class KafkaStream(Source):
         partitions: list[int],
         starts: dict[int, PartitionStart],
         default_start: PartitionStart | None,
+        check_offsets: bool,
     ) -> None:
         assert self._consumer is not None
         plan: dict[int, PartitionStart] = {}
@@ -284,13 +331,16 @@ class KafkaStream(Source):
         begins = await self.beginning_offsets(partitions)
         # the end offsets (for "latest" and stop_at) come from the highwater of a probe fetch
         need_probe = self.stop_at == "latest" or any(
-            k in ("latest", "time") for k, _ in plan.values()
+            k in ("latest", "time", "offset") for k, _ in plan.values()
         )
         ends: dict[int, int] = {}
         resolved: dict[int, int] = {}
         if need_probe:
             probe_consumer = self._new_consumer(
-                fetch_max_wait_ms=5, max_partition_fetch_bytes=64 * 1024, retry_backoff_ms=5
+                fetch_max_wait_ms=5,
+                max_partition_fetch_bytes=64 * 1024,
+                retry_backoff_ms=5,
+                auto_offset_reset="earliest",  # a probe reads what is there (it checks offsets)
             )
             try:
                 await probe_consumer.start()
@@ -333,6 +383,11 @@ class KafkaStream(Source):
                 ) from exc
             finally:
                 await probe_consumer.stop()
+        self.ranges = {p: (begins[p], ends.get(p)) for p in partitions}
+        if check_offsets:
+            for p, (kind, value) in plan.items():
+                if kind == "offset" and (moved := self._check_start(p, value)) is not None:
+                    plan[p] = ("offset", moved)
         self._consumer.assign([self._tp(p) for p in partitions])
         for p in partitions:
             kind, value = plan[p]
@@ -352,6 +407,34 @@ class KafkaStream(Source):
                 split.stop_offset = ends[p]
                 split.finished = offset >= ends[p]
             self._consumer.seek(self._tp(p), offset)
+
+    def _check_start(self, partition: int, offset: int) -> int | None:
+        """Raise :class:`StreamGapError` when ``offset`` lies outside the partition's retained
+        range; with ``allow_gaps``, the offset to continue from instead of a deleted one."""
+        begin, end = self.ranges[partition]
+        if end is not None and offset > end:
+            raise StreamGapError(
+                f"{self._where(partition)}: start offset {offset} is beyond the partition's end "
+                f"offset {end}: offsets {end}..{offset - 1} do not exist (was the topic deleted "
+                "and recreated?); start it elsewhere (restore=None, or start='earliest')"
+            )
+        if offset >= begin:
+            return None
+        if not self.allow_gaps:
+            raise StreamGapError(
+                f"{self._where(partition)}: offsets {offset}..{begin - 1} ({begin - offset} "
+                f"records) were deleted (retention) before they were read; the earliest "
+                f"retained offset is {begin}; pass allow_gaps=True to continue from there"
+            )
+        log.warning(
+            "%s: offsets %d..%d were deleted before they were read; continuing at %d",
+            self._where(partition),
+            offset,
+            begin - 1,
+            begin,
+        )
+        self.missing_offsets[partition] = (offset, begin)
+        return begin
 
     def seek(self, partition: int, offset: int) -> None:
         """Move an opened partition to ``offset`` before :meth:`drive` (e.g. past a gap)."""
@@ -415,6 +498,9 @@ class KafkaStream(Source):
             if not live:
                 break
             now = time.monotonic()
+            if self.discovery is not None:
+                await self._discover_partitions(hooks)
+                live = [s for s in self.splits.values() if not s.finished]
             released = False
             if aligner is not None:
                 released = await self._release_held(live, out, hooks, aligner)
@@ -443,6 +529,13 @@ class KafkaStream(Source):
                     timeout_ms=max(1, int(self._consumer_options["fetch_max_wait_ms"])),
                     max_records=self.max_batch_records,
                 )
+            except OffsetOutOfRangeError as exc:
+                where = ", ".join(f"partition={s.partition} offset={s.position}" for s in readable)
+                raise StreamGapError(
+                    f"topic={self.topic}: the next offsets to read ({where}) are out of the "
+                    "partition's range: retention deleted records before they were read, or the "
+                    f"topic was recreated: {exc!r}"
+                ) from exc
             except KafkaError as exc:
                 where = ", ".join(f"partition={s.partition} offset={s.position}" for s in readable)
                 raise StreamError(f"topic={self.topic} fetch failed at {where}: {exc!r}") from exc
@@ -486,6 +579,38 @@ class KafkaStream(Source):
             final = self.final_watermark()
             if final is not None:
                 await out.emit_watermark(final)
+
+    async def _discover_partitions(self, hooks: DriveHooks) -> None:
+        """Read partitions added to the topic since it opened, from their earliest offsets (the
+        consumer refreshes its metadata every ``partition_discovery``)."""
+        consumer = self._consumer_or_fail()
+        available = consumer.partitions_for_topic(self.topic) or set()
+        added = sorted(set(available) - set(self.splits))
+        if not added:
+            return
+        begins = await self.beginning_offsets(added)
+        for p in added:
+            split = PartitionSplit(self.topic, p, **self._split_options)
+            split.start = split.position = begins[p]
+            self.splits[p] = split
+        consumer.assign([self._tp(p) for p in sorted(self.splits)])
+        for split in self.splits.values():  # assign() forgets positions and pauses
+            tp = self._tp(split.partition)
+            consumer.seek(tp, split.position if split.position is not None else 0)
+            if split.paused or split.finished:
+                consumer.pause(tp)
+        if hooks.aligner is not None:
+            for p in added:
+                hooks.aligner.register(f"{hooks.split_prefix}:{self.splits[p].key}")
+                self._report(self.splits[p], hooks)
+        self.partitions_added.extend(added)
+        log.warning(
+            "%s: partition(s) %s were added to the topic; reading them from their earliest "
+            "offsets %s",
+            self._where(),
+            added,
+            [begins[p] for p in added],
+        )
 
     async def _drain(
         self, split: PartitionSplit, out: SourceOutput, hooks: DriveHooks, now: float
@@ -582,6 +707,7 @@ class KafkaStream(Source):
             format=self.format,
             time_column=self.event_time_column,
             timestamps_ms=stamps,
+            max_ahead=self.max_ahead,
         )
         for index, reason in decoded.errors:
             record = records[index]
@@ -602,14 +728,16 @@ class KafkaStream(Source):
                 )
             split.dead_letters += len(rows)
             batch = batch.filter(pa.array(~null))
-        max_time: int | None = None
-        if batch.num_rows:
-            top = pc.max(batch.column(self.time_column))
-            max_time = None if not top.is_valid else int(top.cast(pa.int64()).as_py())
         offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=n)
         offsets = offsets[decoded.row_indices(n)]
         if times.null_count:
             offsets = offsets[~null]
+        if hooks.reject is not None and batch.num_rows:
+            batch, offsets = await self._reject(split, records, batch, offsets, hooks.reject, out)
+        max_time: int | None = None
+        if batch.num_rows:
+            top = pc.max(batch.column(self.time_column))
+            max_time = None if not top.is_valid else int(top.cast(pa.int64()).as_py())
         if hooks.transform is not None and batch.num_rows:
             batch, offsets = hooks.transform(split, batch, offsets)
         held: tuple[pa.RecordBatch, np.ndarray, np.ndarray] | None = None
@@ -635,6 +763,30 @@ class KafkaStream(Source):
         split.saw(max_time, now)
         split.records += n
         split.position = records[-1].offset + 1
+
+    async def _reject(
+        self,
+        split: PartitionSplit,
+        records: list[ConsumerRecord[Any, Any]],
+        batch: pa.RecordBatch,
+        offsets: np.ndarray,
+        reject: Callable[[pa.RecordBatch], list[tuple[int, str]]],
+        out: SourceOutput,
+    ) -> tuple[pa.RecordBatch, np.ndarray]:
+        """Dead-letter the rows ``reject`` names (raw message, reason, position); the rest."""
+        rejected = reject(batch)
+        if not rejected:
+            return batch, offsets
+        by_offset = {r.offset: r for r in records}
+        keep = np.ones(batch.num_rows, dtype=bool)
+        for row, reason in rejected:
+            keep[row] = False
+            offset = int(offsets[row])
+            await out.dead_letter(
+                self._raw_batch(by_offset[offset]), reason, self._where(split.partition, offset)
+            )
+        split.dead_letters += int((~keep).sum())
+        return batch.filter(pa.array(keep)), offsets[keep]
 
     def _raw_batch(self, record: ConsumerRecord[Any, Any]) -> pa.RecordBatch:
         return pa.RecordBatch.from_arrays(
@@ -737,6 +889,8 @@ class KafkaStream(Source):
             "commit_failures": self.commit_failures,
             "start_lookups": dict(self.lookups),
             "start_lookup_probes": self.lookup_probes,
+            "partitions_added": list(self.partitions_added),
+            "missing_offsets": {p: list(r) for p, r in self.missing_offsets.items()},
             "partitions": {p: s.metrics() for p, s in self.splits.items()},
         }
 
