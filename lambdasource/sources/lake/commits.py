@@ -28,6 +28,16 @@ import orjson
 from ...errors import LakeReadError
 
 COMMITS_DIR = "_lambdasource/commits"
+# the archiver's dead letters of commit n: <root>/_lambdasource/dead_letters/<n:020d>.parquet
+# (Iceberg: under the table location); only files of committed sequences count
+DEAD_LETTERS_DIR = "_lambdasource/dead_letters"
+
+
+def dead_letters_path(sequence: int) -> str:
+    """Where the dead letters of commit ``sequence`` live, relative to the lake root."""
+    return f"{DEAD_LETTERS_DIR}/{sequence:020d}.parquet"
+
+
 FORMAT_VERSION = 1
 
 PROP_TOPIC = "lambdasource.kafka.topic"

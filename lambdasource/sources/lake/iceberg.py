@@ -31,7 +31,7 @@ from ...errors import ConfigError, LakeReadError, LakeStateError, SchemaError
 from ...s3 import S3Config
 from ...timeutil import DAY, HOUR, Duration, parse_duration
 from ..base import SourceOutput
-from .commits import CommitRecord
+from .commits import CommitRecord, dead_letters_path
 from .pinned import LakeState
 from .reader import (
     BATCH_ROWS,
@@ -247,9 +247,11 @@ class IcebergLake(LakeSource):
             self._end_of_run()
 
     async def _run(self, out: SourceOutput) -> None:
-        await self.pin()
+        state = await self.pin()
         metrics = self._metrics = LakeMetrics()
         planned = await asyncio.to_thread(self._plan_sync)
+        archived = await asyncio.to_thread(self._archived_dead_letters_sync, state)
+        await self._emit_archived_dead_letters(out, archived)
         trust = planned.event_time_partitioned
         metrics.partitions_total = len(planned.partitions)
         metrics.files_total = sum(len(p.files) for p in planned.partitions)
@@ -341,6 +343,40 @@ class IcebergLake(LakeSource):
 
     async def _choose_state(self) -> LakeState:
         return await asyncio.to_thread(self._choose_state_sync)
+
+    def _archived_dead_letters_sync(self, state: LakeState) -> list[tuple[int, pa.Table, str]]:
+        """The archiver's dead letters of the commits in the pinned snapshot's lineage, stored
+        under the table location (see :mod:`lake.writer`), by commit sequence."""
+        if state.snapshot_id is None or state.sequence is None:
+            return []  # an empty table, or no archiver commits
+        table = self._table()
+        sequences = []
+        snapshot = table.snapshot_by_id(state.snapshot_id)
+        while snapshot is not None:
+            sid, props, rows = _summary(snapshot)
+            commit = CommitRecord.from_snapshot_properties(
+                props, where=f"table={self.identifier} snapshot={sid}", rows=rows
+            )
+            if commit is not None:
+                sequences.append(commit.sequence)
+            parent = snapshot.parent_snapshot_id
+            snapshot = None if parent is None else table.snapshot_by_id(parent)
+        root = table.location().rstrip("/")
+        out = []
+        for sequence in sorted(sequences):
+            where = f"{root}/{dead_letters_path(sequence)}"
+            try:
+                stored = table.io.new_input(where)
+                if not stored.exists():
+                    continue
+                with stored.open() as f:
+                    data = f.read()
+                out.append((sequence, pq.read_table(pa.BufferReader(data)), where))
+            except (OSError, pa.ArrowException, ValueError) as exc:
+                raise LakeReadError(
+                    f"unreadable archived dead letters file={where}: {exc}"
+                ) from exc
+        return out
 
     def _check_state_kind(self, state: LakeState) -> None:
         if state.kind != "snapshot":

@@ -22,7 +22,7 @@ from ...errors import ConfigError, LakeReadError, LakeStateError
 from ...s3 import S3Config
 from ...timeutil import TIME_TYPE, Duration, parse_duration
 from ..base import SourceOutput
-from .commits import COMMITS_DIR, CommitRecord
+from .commits import COMMITS_DIR, CommitRecord, dead_letters_path
 from .layout import Layout, classify, detect
 from .pinned import LakeState, follow_compactions, pinned_commits, pinned_live_files
 from .reader import (
@@ -58,6 +58,7 @@ class LakePlan:
         self.commits: list[CommitRecord] = []
         self.layout: Layout | None = None
         self.footers_read = False
+        self.dead_letter_files: list[tuple[int, str]] = []  # (sequence, path) of pinned commits
 
 
 def _file_order(f: LakeFile) -> tuple[int, str]:
@@ -163,6 +164,11 @@ class ParquetLake(LakeSource):
         state = await self.pin()
         present = {f.path: f for f in listed}
         result.commits = pinned_commits(all_commits, state)
+        result.dead_letter_files = [
+            (c.sequence, dead_letters_path(c.sequence))
+            for c in result.commits
+            if dead_letters_path(c.sequence) in present
+        ]
         committed, retired, later = self._pinned_files(state, all_commits, present)
         missing = sorted(f for f in committed or () if f not in present)
         data: list[StoredFile] = []
@@ -433,6 +439,18 @@ class ParquetLake(LakeSource):
         """Footers are read in the background (overlapping the first loads) unless planning
         already did; a partition's load waits for its own files' footers only."""
         assert plan.layout is not None
+        archived = []
+        for sequence, path in plan.dead_letter_files:
+            where = storage.url(path)
+            data = await storage.read(path)
+            try:
+                table = await asyncio.to_thread(pq.read_table, pa.BufferReader(data))
+            except (pa.ArrowException, OSError) as exc:
+                raise LakeReadError(
+                    f"unreadable archived dead letters file={where}: {exc}"
+                ) from exc
+            archived.append((sequence, table, where))
+        await self._emit_archived_dead_letters(out, archived)
         trust = self.event_time_partitioned and not plan.layout.flat
         decoder = self._decoder(trust)
         metrics = self._metrics

@@ -174,6 +174,7 @@ class LakeMetrics:
     missing_partition_labels: list[str] = field(default_factory=list)
     rows_outside_partition: int = 0
     dead_letters: int = 0
+    archived_dead_letters: int = 0  # of them: the archiver's, emitted from the pinned commits
     skipped_files: list[dict[str, str]] = field(default_factory=list)
     orphan_files: list[str] = field(default_factory=list)
     files_after_pin: int = 0  # committed after the pinned state: the stream holds their records
@@ -195,6 +196,7 @@ class LakeMetrics:
             "missing_partition_labels": list(self.missing_partition_labels),
             "rows_outside_partition": self.rows_outside_partition,
             "dead_letters": self.dead_letters,
+            "archived_dead_letters": self.archived_dead_letters,
             "skipped_files": [dict(s) for s in self.skipped_files],
             "orphan_files": list(self.orphan_files),
             "files_after_pin": self.files_after_pin,

@@ -4,7 +4,18 @@ and the pinned lake state (:mod:`.pinned`) a run reads.
 Pinning lifecycle: :meth:`LakeSource.pin` chooses the state once per run (or takes the one a
 checkpoint restored) and every later call in that run — planning, ``recorded_offsets()``,
 ``high_water_mark()`` — returns the same; a new ``run()`` without a restore pins afresh.
-``snapshot()`` is ``{"state": pinned state, "position": reader position}``.
+``snapshot()`` is ``{"state": pinned state, "position": reader position,
+"archived_dead_letters": {"emitted": n, "below": {partition: offset} | None}}`` (older checkpoints
+without the last key read as nothing emitted yet).
+
+Archived dead letters: messages the ``lake`` archiver could not decode are stored per commit
+(:func:`~.commits.dead_letters_path`). A run emits those of its pinned commits to the job's
+dead-letter output before the first row — the Kafka stream's dead-letter columns, the original
+reason, and the position ``topic=… partition=… offset=… (archived: lake=… commit=…)`` — in a fixed
+order (commit, partition, offset), so the count emitted (in the snapshot) is exactly what a
+restore skips. ``dead_letters_below`` (set by a lambda source whose stream re-reads part of the
+archived range, the timestamp handoff) leaves a partition's dead letters at or beyond that offset
+to the stream, which dead-letters them itself.
 
 ``ParquetLake`` and ``IcebergLake`` differ only in how they *plan* (list a directory vs scan an
 Iceberg table) and where files live; once partitions are planned, both hand them to one
@@ -24,7 +35,7 @@ import pyarrow.parquet as pq
 from ...errors import ConfigError, LakeReadError, LakeStateError
 from ...s3 import S3Config
 from ...timeutil import TIME_TYPE, Duration, parse_duration
-from ..base import Source
+from ..base import Source, SourceOutput
 from .commits import CommitRecord
 from .pinned import LakeState
 from .reader import (
@@ -41,6 +52,39 @@ from .reader import (
     time_bound,
 )
 from .storage import Storage
+
+ARCHIVED_DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        pa.field("value", pa.binary()),
+        pa.field("key", pa.binary()),
+        pa.field("topic", pa.string()),
+        pa.field("partition", pa.int32()),
+        pa.field("offset", pa.int64()),
+        pa.field("timestamp", TIME_TYPE),
+    ]
+)
+"""An archived dead letter's columns: those of the Kafka stream's own dead letters (the runtime
+appends ``_error`` and ``_position``), so one dead-letter sink takes both."""
+
+
+def archived_dead_letter_rows(table: pa.Table, where: str) -> pa.Table:
+    """A stored dead-letter file as :data:`ARCHIVED_DEAD_LETTER_SCHEMA` plus ``reason``, sorted
+    by (partition, offset)."""
+    try:
+        rows = pa.table(
+            {
+                "value": table.column("value").cast(pa.binary()),
+                "key": table.column("key").cast(pa.binary()),
+                "topic": table.column("topic").cast(pa.string()),
+                "partition": table.column("partition").cast(pa.int32()),
+                "offset": table.column("offset").cast(pa.int64()),
+                "timestamp": table.column("timestamp").cast(TIME_TYPE),
+                "reason": table.column("reason").cast(pa.string()),
+            }
+        )
+    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise LakeReadError(f"unreadable archived dead letters file={where}: {exc}") from exc
+    return rows.sort_by([("partition", "ascending"), ("offset", "ascending")])
 
 
 def declared_schema(
@@ -115,6 +159,10 @@ class LakeSource(Source):
         self._restored_state: LakeState | None = None
         self._pinned: LakeState | None = None
         self._pin_active = False  # the pin of the current run is chosen
+        # archived dead letters: per Kafka partition, leave offsets >= this to the stream
+        self.dead_letters_below: dict[int, int] | None = None
+        self._dead_emitted = 0  # archived dead letters emitted by this job (the checkpoint's)
+        self._restored_dead = 0
 
     @property
     def schema(self) -> pa.Schema | None:
@@ -144,6 +192,8 @@ class LakeSource(Source):
         self._pin_active = False
         self._restored_state = None
         self._restored = None
+        self._restored_dead = 0
+        self.dead_letters_below = None
 
     async def _choose_state(self) -> LakeState:
         raise NotImplementedError
@@ -164,9 +214,14 @@ class LakeSource(Source):
         state = self._pinned if self._pinned is not None else self._restored_state
         if position is None and state is None:
             return None
+        below = self.dead_letters_below
         return {
             "state": None if state is None else state.to_dict(),
             "position": None if position is None else position.to_dict(),
+            "archived_dead_letters": {
+                "emitted": self._dead_emitted,
+                "below": None if below is None else {str(p): o for p, o in sorted(below.items())},
+            },
         }
 
     def restore(self, state: Any) -> None:
@@ -175,6 +230,8 @@ class LakeSource(Source):
         self._restored = None
         self._restored_state = None
         self._pin_active = False
+        self._restored_dead = self._dead_emitted = 0
+        self.dead_letters_below = None
         if state is None:
             return
         if not isinstance(state, dict):
@@ -186,8 +243,56 @@ class LakeSource(Source):
             self._restored = Position.from_dict(state["position"])
         if state.get("state") is not None:
             self._restored_state = LakeState.from_dict(state["state"])
+        dead = state.get("archived_dead_letters")
+        if isinstance(dead, dict):
+            self._restored_dead = self._dead_emitted = int(dead.get("emitted", 0))
+            if dead.get("below") is not None:
+                self.dead_letters_below = {int(p): int(o) for p, o in dead["below"].items()}
 
     # reading ------------------------------------------------------------------------------------
+
+    async def _emit_archived_dead_letters(
+        self, out: SourceOutput, archived: list[tuple[int, pa.Table, str]]
+    ) -> None:
+        """Emit the archiver's dead letters of the pinned commits ``(sequence, table, where)``
+        (in sequence order), skipping the ones a restored checkpoint already emitted; counted in
+        ``metrics()["dead_letters"]`` and ``["archived_dead_letters"]``."""
+        below = self.dead_letters_below
+        skip = self._restored_dead
+        self._dead_emitted = index = skip
+        seen = 0
+        for sequence, table, where in archived:
+            rows = archived_dead_letter_rows(table, where)
+            if below:
+                limits = pa.array(
+                    [below.get(p, 2**62) for p in rows.column("partition").to_pylist()], pa.int64()
+                )
+                rows = rows.filter(pc.less(rows.column("offset"), limits))
+            for i in range(rows.num_rows):
+                seen += 1
+                if seen <= skip:
+                    continue
+                row = rows.slice(i, 1)
+                topic, partition, offset = (
+                    row.column(c)[0].as_py() for c in ("topic", "partition", "offset")
+                )
+                reason = row.column("reason")[0].as_py() or "dead-lettered by the archiver"
+                position = (
+                    f"topic={topic} partition={partition} offset={offset} "
+                    f"(archived: lake={self.name} commit={sequence})"
+                )
+                batch = row.drop_columns(["reason"]).combine_chunks().to_batches()[0]
+                await out.dead_letter(batch, reason, position)
+                index += 1
+                self._dead_emitted = index
+                self._metrics.dead_letters += 1
+                self._metrics.archived_dead_letters += 1
+        if seen < skip:
+            raise LakeStateError(
+                f"lake={self.name}: the checkpoint emitted {skip} archived dead letters, but the "
+                f"pinned lake state holds only {seen}: its dead-letter files changed; start the "
+                "job fresh"
+            )
 
     def _decoder(self, trust: bool) -> Decoder:
         return Decoder(
