@@ -275,13 +275,17 @@ class LambdaSource(Source):
             idle_timeout=self.idle_timeout / 1e6,
             check_offsets=self.handoff != "offsets",  # _check_gaps names the lake instead
         )
-        if self.handoff == "timestamp" and isinstance(lake, LakeSource):
-            # the stream re-reads (and dead-letters) the topic from its start offsets: the lake
-            # emits only the archived dead letters before them (a restored lake keeps its own)
-            if lake.dead_letters_below is None:
-                lake.dead_letters_below = {
-                    p: s.start for p, s in self.stream.splits.items() if s.start is not None
-                }
+        # timestamp handoff: the stream re-reads (and dead-letters) the topic from its start
+        # offsets, so the lake emits only the archived dead letters before them (a restored
+        # lake keeps the limits of its first run)
+        if (
+            self.handoff == "timestamp"
+            and isinstance(lake, LakeSource)
+            and lake.dead_letters_below is None
+        ):
+            lake.dead_letters_below = {
+                p: s.start for p, s in self.stream.splits.items() if s.start is not None
+            }
         try:
             if self.handoff == "offsets":
                 await self._check_gaps()
