@@ -1,0 +1,278 @@
+"""A validated job → components → a :class:`~lambdasource.pipeline.Pipeline` and its sink.
+
+Before anything runs, the job's filter and the columns it names (``select``, the window key, the
+aggregates, a raw-row sink's key) are checked against the schema the source will emit: declared
+(a stream's schema), or learnt from the lake's first file when the lake declares none. A filter
+that would fail on every record (a misspelt column, a string compared with a number) is a
+SchemaError naming the column and the columns there are, not a run that dead-letters everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from ..errors import ConfigError
+from ..expressions import check_filter, parse_filter, unknown_column
+from .model import JobModel, LakeSection, SourceSection, StreamSection, validate_section
+from .outcome import DeadLetterLog
+from .text import aggregate_column, parse_aggregate, parse_schema
+
+if TYPE_CHECKING:
+    from ..pipeline import Pipeline
+    from ..sinks.base import Sink
+    from ..sources.base import Source
+    from ..sources.kafka.stream import KafkaStream
+    from ..sources.lake.source import LakeSource
+    from .spec import JobSpec
+
+log = logging.getLogger("lambdasource")
+
+
+@contextlib.contextmanager
+def _section(name: str) -> Iterator[None]:
+    """Prefix a ConfigError of the Python API with the job-file section it came from."""
+    try:
+        yield
+    except ConfigError as exc:
+        if str(exc).startswith("["):
+            raise
+        raise type(exc)(f"[{name}] {exc}") from exc
+
+
+# --- schemas -------------------------------------------------------------------------------------
+
+
+def _lake_file_schema(lake: Any) -> pa.Schema:
+    """The lake's file schema (Iceberg: the table's; Parquet: the first file's, no partition
+    columns). Raises whatever reading it raises."""
+    from ..sources.lake.iceberg import IcebergLake
+
+    if isinstance(lake, IcebergLake):
+        return lake._table().schema().as_arrow()
+    import pyarrow.dataset as ds
+
+    path = str(lake.path)
+    if path.startswith("s3://"):
+        from ..s3 import S3Config
+
+        fs = (lake.s3 or S3Config()).pyarrow_filesystem()  # default: the AWS environment
+        path, options = path[5:], {"filesystem": fs}
+    else:
+        path, options = path.removeprefix("file://"), {}
+    try:
+        dataset = ds.dataset(path, format="parquet", partitioning="hive", **options)
+        schema = dataset.schema
+    except (OSError, pa.ArrowInvalid):  # a file that is no Parquet: skip the invalid ones
+        dataset = ds.dataset(
+            path, format="parquet", partitioning="hive", exclude_invalid_files=True, **options
+        )
+        schema = dataset.schema
+    partition_columns = {"dt", "hour", "year", "month", "day"}
+    return pa.schema([f for f in schema if f.name not in partition_columns])
+
+
+def learn_schema(source: Source) -> tuple[pa.Schema | None, str]:
+    """The schema ``source`` will emit and what to call the source in messages.
+
+    Declared schemas come first; a lake without one is read for it (its first file, as the
+    reader does). None when it cannot be known before running (empty or unreadable lake: the
+    run itself reports those).
+    """
+    from ..sources.lake.iceberg import IcebergLake
+    from ..sources.lake.parquet import ParquetLake
+    from ..sources.lake.reader import reference_schema
+    from ..sources.lambda_source import LambdaSource
+
+    if isinstance(source, LambdaSource):
+        return source.schema, "the source"
+    if not isinstance(source, ParquetLake | IcebergLake):
+        return source.schema, "the stream" if source.schema is not None else "the source"
+    if source.schema is not None:
+        return source.schema, "the lake"
+    try:
+        files = _lake_file_schema(source)
+    except Exception as exc:  # best effort: the run reads the lake and reports the real error
+        log.debug("lake schema not learnt before the run: %r", exc)
+        return None, "the lake"
+    if source.time_column not in files.names:
+        return None, "the lake"
+    return reference_schema(files, source.columns, source.time_column), "the lake"
+
+
+def check_columns(
+    columns: Sequence[str], available: Sequence[str], *, label: str, source: str
+) -> None:
+    """SchemaError naming the first of ``columns`` not in ``available`` (with a suggestion)."""
+    for column in columns:
+        if column not in available:
+            raise unknown_column(label, column, available, source)
+
+
+def _check_job(job: JobModel, schema: pa.Schema, source: str) -> None:
+    """Check the filter and every column the job names against ``schema``."""
+    if job.transform.where is not None:
+        try:
+            check_filter(job.transform.where, schema, source=source)
+        except ConfigError as exc:
+            raise type(exc)(f"[transform] where: {exc}") from None
+    available = list(schema.names)
+    if job.transform.select is not None:
+        check_columns(job.transform.select, available, label="[transform] select", source=source)
+        available, source = list(job.transform.select), "[transform] select"
+    if job.window is not None:
+        check_columns(job.window.key, available, label="[window] key", source=source)
+        for name, text in job.window.aggregates.items():
+            column = aggregate_column(text)
+            if column is not None:
+                check_columns(
+                    [column], available, label=f"[window] aggregates.{name}", source=source
+                )
+    else:
+        key = job.sink.key or []
+        version = [job.sink.version] if job.sink.version else []
+        check_columns([*key, *version], available, label="[sink] key/version", source=source)
+
+
+# --- components ----------------------------------------------------------------------------------
+
+
+def build_lake(spec: Mapping[str, Any] | LakeSection, base: Path) -> LakeSource:
+    """``[lake]`` → ``ParquetLake`` (``path``) or ``IcebergLake`` (``identifier`` + ``catalog``)."""
+    from ..s3 import S3Config
+    from ..sources.lake.iceberg import IcebergLake
+    from ..sources.lake.parquet import ParquetLake
+
+    section = spec if isinstance(spec, LakeSection) else validate_section("lake", spec)
+    options = section.options()
+    endpoint = options.pop("s3_endpoint", None)
+    s3 = S3Config(endpoint_url=endpoint) if endpoint else None
+    with _section("lake"):
+        if section.identifier is not None:
+            identifier = options.pop("identifier")
+            return IcebergLake(identifier, catalog=options.pop("catalog"), s3=s3, **options)
+        path = str(options.pop("path"))
+        if "://" not in path and not Path(path).is_absolute():
+            path = str(base / path)
+        return ParquetLake(path, s3=s3, **options)
+
+
+def build_stream(spec: Mapping[str, Any] | StreamSection, lake: Any | None) -> KafkaStream:
+    """``[stream]`` → ``KafkaStream``; ``schema = "lake"`` takes the lake's schema."""
+    from ..sources.kafka.stream import KafkaStream
+
+    section = spec if isinstance(spec, StreamSection) else validate_section("stream", spec)
+    options = section.options()
+    schema = options.pop("schema", None)
+    with _section("stream"):
+        if schema == "lake":
+            if lake is None:
+                raise ConfigError('schema = "lake" needs a [lake] section')
+            try:
+                options["schema"] = _lake_file_schema(lake)
+            except Exception as exc:
+                raise ConfigError(
+                    f'schema = "lake": cannot read the lake\'s schema: {exc}'
+                ) from exc
+        elif schema is not None:
+            options["schema"] = parse_schema(schema)
+        return KafkaStream(options.pop("topic"), options.pop("bootstrap_servers"), **options)
+
+
+def _source(job: JobModel, base: Path) -> Source:
+    """The job's source: its lake, its stream, or the lambda source of both."""
+    lake = build_lake(job.lake, base) if job.lake is not None else None
+    stream = build_stream(job.stream, lake) if job.stream is not None else None
+    if stream is None:
+        assert lake is not None  # the model requires a lake or a stream
+        return lake
+    if lake is None:
+        return stream
+    from ..sources.alignment import Alignment
+    from ..sources.lambda_source import LambdaSource
+
+    section = job.source or SourceSection()
+    options = section.options()
+    options.pop("alignment", None)
+    alignment = section.alignment  # unset: the default {max_drift = "30m"}; false: None
+    aligned = None if alignment is None else Alignment(**alignment.options())
+    with _section("source"):
+        return LambdaSource(lake, stream, alignment=aligned, **options)
+
+
+@dataclass
+class BuiltJob:
+    """A built job: the pipeline, its sink, and the log of its dead letters."""
+
+    pipeline: Pipeline
+    sink: Sink
+    dead_letters: DeadLetterLog
+
+
+def build_job(spec: JobSpec) -> BuiltJob:
+    """Validate ``spec``, check it against the source's schema, and build it."""
+    from ..checkpoints import Checkpoints
+    from ..pipeline import Pipeline
+    from ..sinks.urls import sink_from_url
+    from ..windows.assigners import Session, Sliding, Tumbling
+
+    job = spec.validate()
+    source = _source(job, spec.base)
+    schema, described = learn_schema(source)
+    if schema is not None:
+        _check_job(job, schema, described)
+    pipeline = Pipeline()
+    if job.checkpoints is not None:
+        with _section("checkpoints"):
+            pipeline = Pipeline(checkpoints=Checkpoints(**job.checkpoints.options()))
+    dead_letters = DeadLetterLog()
+    flow = pipeline.source(source)
+    watched = [flow]
+    if job.transform.where is not None:
+        with _section("transform"):
+            flow = flow.filter(parse_filter(job.transform.where))
+        watched.append(flow)
+    if job.transform.select is not None:
+        columns = list(job.transform.select)
+        flow = flow.map(lambda batch: batch.select(columns), name="select")
+        watched.append(flow)
+    key = job.sink.key
+    if job.window is not None:
+        window = job.window
+        assigner: Sliding | Session
+        if window.kind == "sliding":
+            assigner = Sliding(window.size or "", window.slide or "")
+        elif window.kind == "tumbling":
+            assigner = Tumbling(window.size or "")
+        else:
+            assigner = Session(window.gap or "")
+        with _section("window"):
+            flow = (
+                flow.key_by(*window.key)
+                .window(assigner, allowed_lateness=window.allowed_lateness, emit=window.emit)
+                .aggregate(**{n: parse_aggregate(t) for n, t in window.aggregates.items()})
+            )
+        # latest: one row per key; changes/every are histories, keyed by key + window end
+        key = key or (window.key if window.emit == "latest" else [*window.key, "window_end"])
+    assert key is not None  # the model requires a sink key for raw rows
+    version = job.sink.version
+    if version is None and job.window is None:
+        version = source.time_column
+    with _section("sink"):
+        sink = sink_from_url(job.sink.url, table=job.sink.table, key=key, version=version)
+        flow.sink(sink)
+    for stream in watched:
+        dead_letters.watch(stream)
+    return BuiltJob(pipeline, sink, dead_letters)
+
+
+def build(spec: JobSpec) -> tuple[Pipeline, Sink]:
+    """The job as a ``(Pipeline, sink)`` pair, ready for ``await pipeline.run()``."""
+    built = build_job(spec)
+    return built.pipeline, built.sink
