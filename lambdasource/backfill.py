@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import ConfigError, SchemaError
+from .expressions import check_filter, parse_filter
 from .pipeline import Pipeline
 from .sinks.base import Sink
 from .sinks.upsert import UpsertSink, as_key_list
@@ -46,7 +47,11 @@ class BackfillProgress:
 @dataclass(frozen=True)
 class BackfillSummary:
     """What a backfill did: rows read from the source, written to the store (inserted/updated),
-    skipped as older than the stored version, deletions applied, dead letters."""
+    skipped as older than the stored version, deletions applied, dead letters.
+
+    ``all_dead_lettered``: the source read records and every one went to dead letters (the CLI
+    exits non-zero then; the Python API only reports it). ``first_dead_letter``: the first one's
+    reason and position."""
 
     rows_read: int
     rows_written: int
@@ -55,6 +60,8 @@ class BackfillSummary:
     dead_letters: int
     elapsed_s: float
     rows_per_s: float
+    all_dead_lettered: bool = False
+    first_dead_letter: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,8 +118,12 @@ async def backfill(
     ``key`` must match the sink's key when given; ``version`` (default: the source's time column)
     is set on an upsert sink that has none. ``select`` keeps those columns (plus the key, version
     and time columns); ``where`` is a pyarrow expression (``lambdasource.expressions.parse_filter``
-    turns text into one).
+    turns text into one). Before anything runs, ``where`` and ``select`` are checked against the
+    source's schema (a lake without a declared one is read for it): SchemaError names the column.
     """
+    from .jobfile.build import learn_schema
+    from .jobfile.outcome import DeadLetterLog, all_dead_lettered
+
     if not getattr(source, "bounded", True):
         raise ConfigError(f"backfill: source {source.name!r} is unbounded; backfills need an end")
     required = [source.time_column]
@@ -126,12 +137,18 @@ async def backfill(
         if into.version is None:
             into.version = version or source.time_column
         required += [*into.keys, into.version]
+    known, described = learn_schema(source)
+    if where is not None and known is not None:
+        check_filter(where, known, source=described)
     pipeline = Pipeline(name="backfill")
+    dead_letters = DeadLetterLog()
     stream = pipeline.source(source)
+    watched = [stream]
     if where is not None:
         stream = stream.filter(where)
+        watched.append(stream)
     if select:
-        columns = _selection(select, required, stream.schema)
+        columns = _selection(select, required, stream.schema or known)
         schema = (
             pa.schema([stream.schema.field(c) for c in columns])
             if stream.schema is not None
@@ -142,7 +159,10 @@ async def backfill(
             return batch.select(columns)
 
         stream = stream.map(project, schema=schema, name="select")
+        watched.append(stream)
     stream.sink(into)
+    for node in watched:
+        dead_letters.watch(node)
     sink_name = into.name
     started = time.perf_counter()
 
@@ -171,6 +191,8 @@ async def backfill(
         dead_letters=int(metrics.get("dead_letters") or 0),
         elapsed_s=elapsed,
         rows_per_s=read / elapsed if elapsed > 0 else 0.0,
+        all_dead_lettered=all_dead_lettered(metrics),
+        first_dead_letter=dead_letters.first,
     )
 
 
@@ -236,7 +258,8 @@ def command(args: argparse.Namespace) -> int:
     """``lambdasource backfill``: returns the exit code (0 on success)."""
     from rich.console import Console
 
-    from .expressions import parse_filter
+    from .cli import CliError
+    from .jobfile.build import learn_schema
     from .sinks.urls import sink_from_url
     from .timeutil import format_time
 
@@ -249,7 +272,17 @@ def command(args: argparse.Namespace) -> int:
     sink = sink_from_url(
         args.into, table=args.table, key=keys, version=version, batch_rows=args.batch_rows
     )
-    where = parse_filter(args.where) if args.where else None
+    where = None
+    if args.where:
+        schema, described = learn_schema(source)
+        try:
+            where = (
+                check_filter(args.where, schema, source=described)
+                if schema is not None
+                else parse_filter(args.where)
+            )
+        except ConfigError as exc:
+            raise type(exc)(f"--where: {exc}") from None
     select = _split(args.select) or None
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -295,4 +328,9 @@ def command(args: argparse.Namespace) -> int:
         f"{summary.dead_letters:,} dead letters in {summary.elapsed_s:.1f}s "
         f"({summary.rows_per_s:,.0f} rows/s) → {args.table}"
     )
+    if summary.all_dead_lettered:
+        raise CliError(
+            f"all {summary.dead_letters:,} input records went to dead letters, nothing was "
+            f"written (first: {summary.first_dead_letter})"
+        )
     return 0

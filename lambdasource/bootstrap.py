@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .job import JobSpec, WindowSpec, build
+from .job import JobSpec, WindowSpec, all_dead_lettered, all_dead_lettered_message, build_job
 from .progress import ProgressPanel, events_seen
 from .timeutil import format_time
 
@@ -147,11 +147,13 @@ def to_toml(spec: JobSpec) -> str:
 
 
 def run_job(spec: JobSpec, *, quiet: bool = False) -> dict[str, Any]:
-    """Run a job with a live progress display; returns the final metrics."""
+    """Run a job with a live progress display; returns the final metrics, plus
+    ``first_dead_letter`` (the first dead letter's reason and position, or None)."""
     from rich.console import Console
     from rich.live import Live
 
-    pipeline, _ = build(spec)
+    built = build_job(spec)
+    pipeline = built.pipeline
     console = Console(highlight=False, stderr=True)
     panel = ProgressPanel()
     started = time.monotonic()
@@ -176,13 +178,16 @@ def run_job(spec: JobSpec, *, quiet: bool = False) -> dict[str, Any]:
     except KeyboardInterrupt:
         interrupted = True
     metrics: dict[str, Any] = pipeline.metrics()
+    metrics["first_dead_letter"] = built.dead_letters.first
     elapsed = time.monotonic() - started
     seen = events_seen(metrics)
     written = sum(int(s.get("rows_written") or 0) for s in (metrics.get("sinks") or {}).values())
     console.print(
         f"{'interrupted' if interrupted else 'done'}: {seen:,} events in {elapsed:.1f}s "
         f"({seen / max(elapsed, 1e-9):,.0f} ev/s), {written:,} rows written, "
-        f"late {int(metrics.get('late') or 0):,}, watermark {format_time(metrics.get('global_watermark'))}"
+        f"late {int(metrics.get('late') or 0):,}, "
+        f"dead letters {int(metrics.get('dead_letters') or 0):,}, "
+        f"watermark {format_time(metrics.get('global_watermark'))}"
     )
     if interrupted:
         raise KeyboardInterrupt
@@ -240,8 +245,16 @@ def command(args: argparse.Namespace) -> int:
     if args.print_job:
         print(to_toml(spec), end="")
         return 0
-    run_job(spec, quiet=args.quiet)
+    _succeeded(run_job(spec, quiet=args.quiet))
     return 0
+
+
+def _succeeded(metrics: dict[str, Any]) -> None:
+    """A run whose every input record went to dead letters is a failure (CliError)."""
+    from .cli import CliError
+
+    if all_dead_lettered(metrics):
+        raise CliError(all_dead_lettered_message(metrics, metrics.get("first_dead_letter")))
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -255,9 +268,8 @@ def run_command(args: argparse.Namespace) -> int:
     """``lambdasource run JOB.toml``."""
     spec = JobSpec.from_toml(args.job)
     if args.check:
-        spec.validate()
-        build(spec)
+        build_job(spec)  # validates every key and checks the job against the source's schema
         print(f"{args.job}: ok")
         return 0
-    run_job(spec, quiet=args.quiet)
+    _succeeded(run_job(spec, quiet=args.quiet))
     return 0
