@@ -22,7 +22,7 @@ from ...errors import ConfigError, LakeReadError, LakeStateError
 from ...s3 import S3Config
 from ...timeutil import TIME_TYPE, Duration, parse_duration
 from ..base import SourceOutput
-from .commits import COMMITS_DIR, CommitRecord, dead_letters_path
+from .commits import COMMITS_DIR, DEAD_LETTERS_DIR, CommitRecord, dead_letters_path
 from .layout import Layout, classify, detect
 from .pinned import LakeState, follow_compactions, pinned_commits, pinned_live_files
 from .reader import (
@@ -175,7 +175,7 @@ class ParquetLake(LakeSource):
         for f in listed:
             reason = classify(f.path)
             if reason is not None:
-                if not f.path.startswith(COMMITS_DIR + "/"):
+                if not f.path.startswith((COMMITS_DIR + "/", DEAD_LETTERS_DIR + "/")):
                     metrics.skipped_files.append({"file": f.path, "reason": reason})
                 continue
             if f.path in retired:
