@@ -3,7 +3,9 @@
 Invariant: inside the engine every time is an ``int`` (or int64 array) of **microseconds since the
 Unix epoch, UTC**. Time columns are normalised once, at the source edge, to
 ``pa.timestamp("us", tz="UTC")``; accepted inputs are Arrow timestamps of any unit, with or without a
-time zone (naive means UTC), and int64 epoch milliseconds.
+time zone (naive means UTC), and int64 epoch milliseconds. Text times (:func:`parse_iso_times`) are
+ISO-8601 / RFC 3339: any number of fractional digits (beyond 6 floored to the µs), date-only
+(midnight UTC), ``T``/``Z`` in either case, naive = UTC.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def to_micros(value: datetime | int | str) -> int:
         return value
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            value = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
         except ValueError as exc:
             raise ConfigError(f"cannot parse time {value!r} (use ISO-8601)") from exc
     if isinstance(value, datetime):
@@ -114,6 +116,45 @@ def format_time(micros: int | None) -> str:
     if micros is None:
         return "-"
     return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_ISO_ZONE = r"(?:Z|[+-]\d\d(?::?\d\d)?)$"
+_ISO_DATE_ONLY = r"^(\d{4}-\d\d-\d\d)$"
+_ISO_BEYOND_MICROS = r"(:\d\d\.\d{6})\d+"
+_MAX_MICROS = float(2**63)
+
+
+def parse_iso_times(strings: pa.Array) -> pa.Array:
+    """ISO-8601 strings → ``timestamp[us, UTC]``; raise ``pa.ArrowInvalid`` if any is not one.
+
+    Accepted beyond Arrow's own parser: more than 6 fractional digits (Java ``Instant``, Go
+    ``RFC3339Nano``) — truncated to the µs, which floors the instant, also before 1970; a date
+    alone (midnight UTC); lowercase ``t``/``z``; no offset (UTC). Element-wise: the result for one
+    string does not depend on the others (a failure names the first bad string)."""
+    try:
+        return strings.cast(TIME_TYPE)  # every string has a zone and ≤ 6 digits (the common case)
+    except pa.ArrowInvalid:
+        pass
+    text = pc.utf8_upper(strings)
+    text = pc.replace_substring_regex(text, _ISO_DATE_ONLY, r"\1T00:00:00")
+    text = pc.replace_substring_regex(text, _ISO_BEYOND_MICROS, r"\1")
+    zoned = pc.match_substring_regex(text, _ISO_ZONE)
+    text = pc.if_else(zoned, text, pc.binary_join_element_wise(text, "Z", ""))
+    return text.cast(TIME_TYPE)
+
+
+def float_ms_to_micros(ms: pa.Array) -> pa.Array:
+    """Float epoch milliseconds → ``timestamp[us, UTC]``, rounded to the nearest µs; raise
+    ``pa.ArrowInvalid`` naming the first value that is NaN, infinite or beyond the µs range."""
+    valid = np.asarray(ms.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    values = np.asarray(ms.to_numpy(zero_copy_only=False), dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        micros = np.rint(np.where(valid, values, 0.0) * MS)
+        fits = np.isfinite(micros) & (np.abs(micros) < _MAX_MICROS)
+    if not fits.all():
+        first = float(values[np.flatnonzero(~fits)[0]])
+        raise pa.ArrowInvalid(f"epoch milliseconds {first!r} is not a time in range")
+    return pa.array(micros.astype(np.int64), mask=~valid).cast(TIME_TYPE)
 
 
 def check_time_type(dtype: pa.DataType, *, column: str, where: str) -> None:

@@ -2,22 +2,28 @@
 
 ``decode_records`` is the one decoding path of the stream reader and the ``lake`` archiver.
 JSON needs one ``orjson.loads`` per message (unavoidable); everything after that is columnar:
-one ``RecordBatch.from_pylist`` builds all columns in C++ (time fields read as all-string or
-all-int), and time fields are converted as whole arrays (epoch-millisecond ints and ISO-8601
-strings, naive = UTC). A per-message slow path runs only when a batch holds a malformed message
-or mixed time encodings, to name exactly which ones; both paths give the same rows (the unit
-tests compare them with a per-message reference). Measured alternative: Arrow's C++ JSON reader
-over the newline-joined messages was no faster single-threaded and is stricter/looser in corner
-cases (NaN, duplicate keys), so it is not used.
+per schema field one Python list of the messages' values and one ``pa.array`` call (what
+``RecordBatch.from_pylist`` does internally), and time fields are converted as whole arrays
+(ISO-8601 strings, epoch-millisecond ints or floats). A column that fails as a whole is converted
+again per value to name exactly which messages are bad. Measured alternative: Arrow's C++ JSON
+reader over the newline-joined messages was no faster single-threaded and is stricter/looser in
+corner cases (NaN, duplicate keys), so it is not used.
 
 Invariants: every input index appears exactly once, either as a row of ``batch`` (in input order)
-or in ``errors``; nothing is dropped silently.
+or in ``errors``; nothing is dropped silently. One decision per message: whether a message is a
+row or an error, its values and its reason depend on that message alone (and on ``now_us`` for
+``max_ahead``), never on the other messages of the fetch — decoding a list equals decoding any
+split of it. Only exact conversions pass: Arrow's own conversion truncates ``3.7`` into an integer
+column, so integer columns accept an integral float (``3.0`` → 3) and nothing else that changes.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -26,7 +32,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...errors import ConfigError, SchemaError
-from ...timeutil import MS, TIME_TYPE
+from ...timeutil import (
+    MS,
+    TIME_TYPE,
+    float_ms_to_micros,
+    format_duration,
+    format_span,
+    format_time,
+    normalize_time_array,
+    parse_iso_times,
+)
 
 RECORD_TIMESTAMP = "timestamp"
 """Column holding the Kafka record timestamp when ``time_column is None``."""
@@ -36,8 +51,6 @@ RAW_SCHEMA = pa.schema([pa.field("value", pa.binary())])
 
 Decoder = Callable[[list[bytes | None]], pa.RecordBatch]
 """A user decoder: the raw values of one fetch → a RecordBatch with one row per value."""
-
-_ZONE = r"(?:[zZ]|[+-]\d\d(?::?\d\d)?)$"
 
 
 @dataclass(frozen=True)
@@ -99,163 +112,189 @@ def _record_times(timestamps_ms: Sequence[int] | np.ndarray, rows: np.ndarray) -
     return pa.array(ms * MS, pa.int64()).cast(TIME_TYPE)
 
 
-def _parse_strings(strings: pa.Array) -> pa.Array:
-    """ISO-8601 strings → timestamp[us, UTC]; strings without a zone are UTC."""
-    try:
-        return strings.cast(TIME_TYPE)  # every string has a zone (the common case)
-    except pa.ArrowInvalid:
-        pass
-    zoned = pc.match_substring_regex(strings, _ZONE)
-    fixed = pc.if_else(zoned, strings, pc.binary_join_element_wise(strings, "Z", ""))
-    return fixed.cast(TIME_TYPE)
+_CONVERT_ERRORS = (
+    pa.ArrowInvalid,
+    pa.ArrowTypeError,
+    pa.ArrowNotImplementedError,
+    TypeError,
+    ValueError,
+    OverflowError,
+)
 
 
-def _convert_time_values(raw: list[Any]) -> tuple[pa.Array, dict[int, str]]:
-    """Time values (epoch-ms ints, ISO strings, None) → (µs timestamps, {position: reason})."""
+def _times(values: list[Any]) -> pa.Array:
+    """Non-null JSON time values of one kind → µs; raise when any is not a time."""
+    arr = pa.array(values)  # type inference: str / int64 / double / null, else not a time
+    kind = arr.type
+    if pa.types.is_string(kind):
+        return parse_iso_times(arr)
+    if pa.types.is_int64(kind):
+        return pc.multiply_checked(arr, MS).cast(TIME_TYPE)
+    if pa.types.is_floating(kind):
+        if any(type(v) is bool for v in values):  # inference reads true as 1.0 among floats
+            raise TypeError("a boolean is not a time")
+        return float_ms_to_micros(arr)
+    if pa.types.is_null(kind):
+        return pa.nulls(len(arr), TIME_TYPE)
+    raise TypeError(f"not a time: {kind}")
+
+
+def _time_column(values: list[Any]) -> tuple[pa.Array, dict[int, str]]:
+    """JSON time values (ISO strings, epoch-ms ints or floats, None) → (µs, {position: reason}).
+
+    Each value's outcome depends on that value alone: on a failure the values are converted per
+    Python type (one array call each), and per value only within a failing type."""
     try:
-        arr = pa.array(raw)
-        if pa.types.is_null(arr.type):
-            return pa.nulls(len(raw), TIME_TYPE), {}
-        if pa.types.is_integer(arr.type):
-            return pc.multiply_checked(arr.cast(pa.int64()), MS).cast(TIME_TYPE), {}
-        if pa.types.is_string(arr.type):
-            return _parse_strings(arr), {}
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        return _times(values), {}
+    except _CONVERT_ERRORS:
         pass
-    # slow path: mixed or bad values; find each bad one
+    micros = np.zeros(len(values), dtype=np.int64)
+    valid = np.zeros(len(values), dtype=bool)
     bad: dict[int, str] = {}
-    micros = np.zeros(len(raw), dtype=np.int64)
-    valid = np.zeros(len(raw), dtype=bool)
-    for i, value in enumerate(raw):
-        if value is None:
-            continue
+    by_kind: dict[type, list[int]] = {}
+    for i, value in enumerate(values):
+        if value is not None:
+            by_kind.setdefault(type(value), []).append(i)
+    for positions in by_kind.values():
         try:
-            if isinstance(value, bool) or not isinstance(value, int | str):
-                raise TypeError(f"expected ISO-8601 string or epoch ms, got {value!r}")
-            if isinstance(value, int):
-                micros[i] = pc.multiply_checked(pa.scalar(value, pa.int64()), MS).as_py()
-            else:
-                micros[i] = _parse_strings(pa.array([value])).cast(pa.int64())[0].as_py()
-            valid[i] = True
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-            bad[i] = f"unparseable time {value!r} (expected ISO-8601 or epoch milliseconds)"
+            parts = [(positions, _times([values[i] for i in positions]))]
+        except _CONVERT_ERRORS:
+            parts = []
+            for i in positions:
+                try:
+                    parts.append(([i], _times([values[i]])))
+                except _CONVERT_ERRORS:
+                    bad[i] = (
+                        f"unparseable time {values[i]!r} (expected ISO-8601 or epoch milliseconds)"
+                    )
+        for where, arr in parts:
+            micros[where] = np.asarray(arr.cast(pa.int64()).to_numpy(zero_copy_only=False))
+            valid[where] = True
     return pa.array(micros, mask=~valid).cast(TIME_TYPE), bad
 
 
-def _plain_columns(
-    objs: list[dict[str, Any]], schema: pa.Schema
-) -> tuple[pa.RecordBatch, set[int]]:
-    """Non-time columns via ``from_pylist``; on a type error, find the offending objects."""
+def _exact_value(value: Any, dtype: pa.DataType) -> Any:
+    """``value`` as ``dtype`` takes it without change: an integral float becomes an int for an
+    integer column (3.0 → 3), a float a Decimal of its shortest repr for a decimal column;
+    ValueError for a float that is not an integer (3.7, 1e300 is one but will not fit)."""
+    if type(value) is float:
+        if pa.types.is_integer(dtype):
+            if not value.is_integer():
+                raise ValueError("not an integer")
+            return int(value)
+        if pa.types.is_decimal(dtype):
+            return Decimal(repr(value))
+    return value
+
+
+def _exact_array(values: list[Any], dtype: pa.DataType) -> pa.Array:
+    """``values`` as ``dtype``, or raise when any would change (Arrow truncates floats into
+    integer columns: integer columns are inferred, and only all-int input is cast, safely)."""
+    if pa.types.is_integer(dtype):
+        arr = pa.array(values)
+        if not (pa.types.is_int64(arr.type) or pa.types.is_null(arr.type)):
+            raise TypeError(f"not all integers: {arr.type}")
+        return arr.cast(dtype)  # safe: out of range raises
+    return pa.array(values, dtype)
+
+
+def _plain_column(values: list[Any], dtype: pa.DataType) -> tuple[pa.Array, dict[int, str]]:
+    """JSON values → ``dtype`` exactly, (array, {position: reason}); bad positions are null."""
     try:
-        return pa.RecordBatch.from_pylist(objs, schema=schema), set()
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        return _exact_array(values, dtype), {}
+    except _CONVERT_ERRORS:
         pass
-    bad: set[int] = set()
-    for i, obj in enumerate(objs):
+    fixed: list[Any] = []
+    bad: dict[int, str] = {}
+    for i, value in enumerate(values):
         try:
-            pa.RecordBatch.from_pylist([obj], schema=schema)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-            bad.add(i)
-    good = [o for i, o in enumerate(objs) if i not in bad]
-    return pa.RecordBatch.from_pylist(good, schema=schema), bad
-
-
-def _type_error(obj: dict[str, Any], schema: pa.Schema) -> str:
-    for f in schema:
-        try:
-            pa.array([obj.get(f.name)], f.type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as exc:
-            return f"column {f.name!r}: cannot convert {obj.get(f.name)!r} to {f.type}: {exc}"
-    return "type mismatch"
-
-
-_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError)
-
-
-def _columns_fast(
-    objs: list[dict[str, Any]], plain: pa.Schema, time_fields: list[pa.Field]
-) -> dict[str, pa.Array] | None:
-    """All columns with one ``from_pylist`` (time fields read as all-string or all-int);
-    None when any value does not fit, so the caller takes the per-message path."""
-    kinds = [pa.string(), pa.int64()] if time_fields else [pa.null()]
-    for kind in kinds:
-        fields = [pa.field(f.name, kind) for f in time_fields] + list(plain)
-        try:
-            batch = pa.RecordBatch.from_pylist(objs, schema=pa.schema(fields))
-            columns: dict[str, pa.Array] = {}
-            for f in time_fields:
-                col = batch.column(f.name)
-                columns[f.name] = (
-                    _parse_strings(col)
-                    if kind == pa.string()
-                    else pc.multiply_checked(col, MS).cast(TIME_TYPE)
-                )
-        except _ARROW_ERRORS:
-            continue
-        for f in plain:
-            columns[f.name] = batch.column(f.name)
-        return columns
-    return None
+            exact = _exact_value(value, dtype)
+            pa.array([exact], dtype)
+            fixed.append(exact)
+        except _CONVERT_ERRORS as exc:
+            bad[i] = f"cannot convert {value!r} to {dtype}: {exc}"
+            fixed.append(None)
+    return pa.array(fixed, dtype), bad
 
 
 def _decode_json(
     values: Sequence[bytes | None], schema: pa.Schema, time_column: str | None
 ) -> tuple[dict[str, pa.Array], np.ndarray, list[tuple[int, str]]]:
-    time_fields = [f for f in schema if _is_time_field(f, time_column)]
-    plain = pa.schema([f for f in schema if not _is_time_field(f, time_column)])
+    """Columns of the good messages, their input indices, and (index, reason) of the others.
+
+    One decision per message: a message's outcome depends on its own bytes only (never on the
+    other messages of the fetch); a bad value's reason names the first bad column in schema
+    order."""
     loads = orjson.loads
-    try:  # fast path: every message a well-formed object of the right types
+    objs: list[dict[str, Any]] = []
+    index: list[int] | None = None
+    errors: list[tuple[int, str]] = []
+    try:  # every message a JSON object (the common case)
         parsed = list(map(loads, values))  # type: ignore[arg-type]
         if all(type(o) is dict for o in parsed):
-            fast = _columns_fast(parsed, plain, time_fields)
-            if fast is not None:
-                return fast, np.arange(len(parsed), dtype=np.int64), []
+            objs = parsed
     except (orjson.JSONDecodeError, TypeError):
         pass
-    objs: list[dict[str, Any]] = []
-    index: list[int] = []
-    errors: list[tuple[int, str]] = []
-    for i, value in enumerate(values):
-        if value is None:
-            errors.append((i, "null message value (tombstone)"))
-            continue
-        try:
-            obj = loads(value)
-        except orjson.JSONDecodeError as exc:
-            errors.append((i, f"malformed JSON: {exc}"))
-            continue
-        if type(obj) is not dict:
-            errors.append((i, f"expected a JSON object, got {type(obj).__name__}"))
-            continue
-        objs.append(obj)
-        index.append(i)
+    if len(objs) != len(values):
+        objs, index = [], []
+        for i, value in enumerate(values):
+            if value is None:
+                errors.append((i, "null message value (tombstone)"))
+                continue
+            try:
+                obj = loads(value)
+            except orjson.JSONDecodeError as exc:
+                errors.append((i, f"malformed JSON: {exc}"))
+                continue
+            if type(obj) is not dict:
+                errors.append((i, f"expected a JSON object, got {type(obj).__name__}"))
+                continue
+            objs.append(obj)
+            index.append(i)
+    rows = np.arange(len(objs), dtype=np.int64) if index is None else np.asarray(index, np.int64)
     bad: dict[int, str] = {}
     columns: dict[str, pa.Array] = {}
-    for f in time_fields:
+    get = dict.get
+    for f in schema:
         name = f.name
-        arr, bad_times = _convert_time_values([o.get(name) for o in objs])
-        for pos, reason in bad_times.items():
+        raw = list(map(get, objs, repeat(name)))  # the C loop of [o.get(name) for o in objs]
+        if _is_time_field(f, time_column):
+            arr, bad_here = _time_column(raw)
+        else:
+            arr, bad_here = _plain_column(raw, f.type)
+        for pos, reason in bad_here.items():
             bad.setdefault(pos, f"column {name!r}: {reason}")
         columns[name] = arr
-    batch, bad_plain = _plain_columns(objs, plain)
-    for pos in bad_plain:
-        bad.setdefault(pos, _type_error(objs[pos], plain))
-    keep = np.ones(len(objs), dtype=bool)
     if bad:
+        keep = np.ones(len(objs), dtype=bool)
         keep[list(bad)] = False
-        errors.extend((index[pos], reason) for pos, reason in bad.items())
+        errors.extend((int(rows[pos]), reason) for pos, reason in bad.items())
         errors.sort()
         mask = pa.array(keep)
         columns = {k: v.filter(mask) for k, v in columns.items()}
-        if bad_plain:  # ``batch`` already lacks the rows bad in plain columns
-            keep_plain = np.array([i not in bad_plain for i in range(len(objs))], dtype=bool)
-            batch = batch.filter(pa.array(keep[keep_plain]))
-        else:
-            batch = batch.filter(mask)
-    for f in plain:
-        columns[f.name] = batch.column(f.name)
-    rows = np.asarray(index, dtype=np.int64)[keep]
+        rows = rows[keep]
     return columns, rows, errors
+
+
+def _ahead_errors(
+    times: pa.Array, rows: np.ndarray, name: str, max_ahead: int, now_us: int
+) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Rows whose time is more than ``max_ahead`` after ``now_us``: (keep mask, errors)."""
+    micros = np.asarray(times.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False))
+    ahead = micros > now_us + max_ahead
+    if not ahead.any():
+        return ~ahead, []
+    bound = format_duration(max_ahead)
+    errors = [
+        (
+            int(rows[i]),
+            f"event time {format_time(int(micros[i]))} in {name!r} is "
+            f"{format_span(int(micros[i]) - now_us)} ahead of the wall clock "
+            f"(max_ahead={bound})",
+        )
+        for i in np.flatnonzero(ahead).tolist()
+    ]
+    return ~ahead, errors
 
 
 def decode_records(
@@ -265,21 +304,32 @@ def decode_records(
     format: str | Decoder = "json",
     time_column: str | None,
     timestamps_ms: Sequence[int] | np.ndarray,
+    max_ahead: int | None = None,
+    now_us: int | None = None,
 ) -> Decoded:
     """Decode ``values`` (one fetch of one partition, in offset order) into one RecordBatch.
 
     - ``format="json"``: one JSON object per message; fields of ``schema`` are read by name
-      (missing → null, unknown → ignored). The time column and every timestamp-typed field accept
-      ISO-8601 strings (naive = UTC) or epoch-millisecond ints and become ``timestamp[us, UTC]``.
+      (missing → null, unknown → ignored). Values convert only exactly: an integral float fits an
+      integer column (``3.0`` → 3), ``3.7``, out-of-range numbers and ``true`` do not. The time
+      column and every timestamp-typed field accept ISO-8601 strings (see
+      :func:`~lambdasource.timeutil.parse_iso_times`: naive = UTC, date-only = midnight UTC,
+      more than 6 fractional digits floored to the µs, ``t``/``z`` in either case) or epoch
+      milliseconds, ints or finite floats (rounded to the µs), and become ``timestamp[us, UTC]``.
     - ``format="raw"``: a ``value: binary`` column.
     - a callable: ``format(values) -> RecordBatch`` with one row per value; if it raises, every
       message of the call is an error (the reason names the exception).
     - ``time_column is None``: the Kafka record timestamp (``timestamps_ms``) is appended as a
       ``timestamp`` column (``timestamp[us, UTC]``).
+    - ``max_ahead`` (µs, None = no bound): a record whose event time (the time column, or the
+      record timestamp when ``time_column is None``) is more than ``max_ahead`` after ``now_us``
+      (default: the wall clock at the call) is an error — one implausible time would otherwise
+      move the watermark so far that every later record is late.
 
     Malformed messages (null value for JSON, invalid JSON, not an object, a value that does not
-    fit its column, an unparseable time) are returned in ``errors`` as (index into ``values``,
-    reason); the batch holds the others, in input order, with schema :func:`output_schema`.
+    fit its column, an unparseable time, a time too far ahead) are returned in ``errors`` as
+    (index into ``values``, reason), sorted by index; the batch holds the others, in input order,
+    with schema :func:`output_schema`.
     """
     target = output_schema(schema, format=format, time_column=time_column)
     n = len(values)
@@ -308,8 +358,6 @@ def decode_records(
         for f in user.schema:
             col = user.column(f.name)
             if _is_time_field(f, time_column) and col.type != TIME_TYPE:
-                from ...timeutil import normalize_time_array
-
                 col = normalize_time_array(col)
             columns[f.name] = col
         if target is None:
@@ -336,4 +384,14 @@ def decode_records(
                 ) from exc
         arrays.append(col)
     batch = pa.RecordBatch.from_arrays(arrays, schema=target)
+    time_name = time_column or RECORD_TIMESTAMP
+    if max_ahead is not None and batch.num_rows and time_name in target.names:
+        times = batch.column(time_name)
+        if times.type == TIME_TYPE:
+            now = int(time.time() * 1e6) if now_us is None else now_us
+            keep, ahead = _ahead_errors(times, rows, time_name, max_ahead, now)
+            if ahead:
+                batch = batch.filter(pa.array(keep))
+                rows = rows[keep]
+                errors = sorted(errors + ahead)
     return Decoded(batch, errors, None if len(rows) == n else rows)
