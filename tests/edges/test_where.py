@@ -314,3 +314,44 @@ def test_deep_where_on_the_cli_is_one_clear_line(
 def test_number_literal_out_of_range_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="out of range"):
         parse_filter("a = 99999999999999999999999")
+
+
+@pytest.mark.iceberg
+def test_an_iceberg_lake_is_checked_too(
+    tmp_path: Path,
+    events: pa.Table,
+    iceberg_catalog_props: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.services.iceberg import load
+
+    catalog = load(iceberg_catalog_props)
+    catalog.create_namespace_if_not_exists("db")
+    catalog.create_table("db.events", schema=events.schema).append(events)
+    iceberg = [
+        "--iceberg", "db.events",
+        "--catalog-uri", iceberg_catalog_props["uri"],
+        "--warehouse", iceberg_catalog_props["warehouse"],
+        "--catalog-name", iceberg_catalog_props["name"],
+    ]  # fmt: skip
+    db = tmp_path / "out.duckdb"
+    for command in ("backfill", "bootstrap"):
+        argv = (_backfill_argv if command == "backfill" else _bootstrap_argv)(
+            Path("unused"), db, "kidn = 'click'"
+        )
+        argv[1:3] = iceberg
+        code, err = _run(argv, capsys)
+        assert code == 1, err
+        assert "unknown column 'kidn'" in err and "did you mean 'kind'" in err, err
+    assert _tables(db) == []
+    argv = _backfill_argv(Path("unused"), db, "kind = 'click'")
+    argv[1:3] = iceberg
+    code, err = _run(argv, capsys)
+    assert code == 0, err
+    con = duckdb.connect(str(db))
+    got = sorted(r[0] for r in con.sql("SELECT event_id FROM t").fetchall())
+    con.close()
+    ref = sorted(
+        r[0] for r in duckdb.sql("SELECT event_id FROM events WHERE kind = 'click'").fetchall()
+    )
+    assert got == ref and len(ref) > 100
