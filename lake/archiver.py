@@ -54,6 +54,7 @@ from lambdasource.sources.kafka.decode import (
     decode_records,
     output_schema,
 )
+from lambdasource.sources.kafka.positions import topic_partitions
 from lambdasource.sources.lake.commits import (
     CommitRecord,
     archived_high_watermark,
@@ -316,11 +317,9 @@ class Archiver:
     async def _partitions(self, consumer: Any) -> list[int]:
         deadline = time.monotonic() + self.topic_timeout_s
         while True:
-            topics = await consumer.topics()
-            if self.topic in topics:
-                partitions = consumer.partitions_for_topic(self.topic)
-                if partitions:
-                    return sorted(partitions)
+            partitions = await topic_partitions(consumer, self.topic)
+            if partitions:
+                return sorted(partitions)
             if time.monotonic() > deadline:
                 raise StreamError(
                     f"archive: topic={self.topic} not found at "

@@ -67,6 +67,18 @@ class OffsetProber:
         return self.consumer.highwater(TopicPartition(self.topic, partition))
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int] | None:
+    """The partitions of ``topic`` from a fresh metadata request (None: no such topic).
+
+    ``consumer.partitions_for_topic`` answers from the consumer's own view, which on Apache Kafka
+    covers only the topics it already tracks (Tansu answers every topic), so it cannot tell
+    whether a topic exists before it is assigned.
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    partitions: set[int] | None = cluster.partitions_for_topic(topic)
+    return partitions
+
+
 async def end_offset(prober: OffsetProber, partition: int, begin: int) -> int:
     """The partition's end offset, from the highwater of a fetch at ``begin``."""
     hw = None

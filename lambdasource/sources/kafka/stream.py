@@ -57,7 +57,7 @@ from ...timeutil import MS, TIME_TYPE, Duration, parse_duration, to_micros
 from ..alignment import AlignmentGroup
 from ..base import Source, SourceOutput
 from .decode import RECORD_TIMESTAMP, Decoder, decode_records, output_schema
-from .positions import OffsetProber, end_offset, offset_for_time
+from .positions import OffsetProber, end_offset, offset_for_time, topic_partitions
 from .split import PartitionSplit, held_times
 
 log = logging.getLogger("lambdasource.kafka")
@@ -269,8 +269,7 @@ class KafkaStream(Source):
         self._last_commit = time.monotonic()  # first periodic commit after one interval
         try:
             await consumer.start()
-            await consumer.topics()
-            available = consumer.partitions_for_topic(self.topic)
+            available = await topic_partitions(consumer, self.topic)
         except KafkaError as exc:
             await self.close()
             raise StreamError(
