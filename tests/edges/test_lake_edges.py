@@ -368,3 +368,71 @@ def test_planning_cost_over_s3(tmp_path: Path, s3: Any) -> None:
         f"1-hour range verified {verified * 1000:.0f} ms, trusted {trusted * 1000:.0f} ms"
     )
     assert every < 30 and verified < 30
+
+
+async def test_restore_with_partitions_read_for_misplaced_rows(tmp_path: Path) -> None:
+    """Positions stay exact when partitions outside ``[start, until)`` are read for their
+    misplaced rows: a run cancelled after checkpoints, restored, delivers with what the first
+    run delivered before the restored checkpoint every row in range once."""
+    tables = []
+    for h in range(8):
+        rows = table_of([BASE + h * HOUR + m * MINUTE for m in range(60)], 100 * h)
+        if h in (0, 7):  # misplaced into hours 0 and 7: rows of hours 3 and 4
+            extra = table_of(
+                [BASE + 3 * HOUR + h * MINUTE, BASE + 4 * HOUR + h * MINUTE], 5_000 + h * 10
+            )
+            rows = pa.concat_tables([rows, extra])
+        write_hour(tmp_path / "lake", h, "f", rows.sort_by(TIME), row_group_size=8)
+        tables.append(rows)
+    everything = pa.concat_tables(tables)
+    start, until = BASE + 2 * HOUR, BASE + 6 * HOUR
+    expected = ids_in(everything, start, until)
+    url = (tmp_path / "ckpt").as_uri()
+
+    class Logged(ls.CollectSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.log: list[tuple[str, Any]] = []
+
+        async def write(self, batch: pa.RecordBatch) -> None:
+            await super().write(batch)
+            self.log.append(("batch", batch))
+
+        async def flush(self) -> None:
+            self.log.append(("flush", None))
+
+    def slow(batch: pa.RecordBatch) -> pa.RecordBatch:
+        time.sleep(0.02)
+        return batch
+
+    def make(sink: Logged) -> ls.Pipeline:
+        lake = ls.ParquetLake(tmp_path / "lake", TIME, start=start, until=until, batch_size=1)
+        p = ls.Pipeline(checkpoints=ls.Checkpoints(url, interval="30ms", keep=100))
+        p.source(lake).map(slow).sink(sink)
+        return p
+
+    first = Logged()
+    task = asyncio.create_task(make(first).run())
+    try:
+        for _ in range(500):
+            await asyncio.sleep(0.02)
+            if task.done() or sum(1 for k, _ in first.log if k == "flush") >= 2:
+                break
+        assert not task.done(), "the first run ended before it could be cancelled"
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    second = Logged()
+    await asyncio.wait_for(make(second).run(), 60)
+    after = Counter(second.table().column("event_id").to_pylist())
+    prefixes: list[Counter[int]] = [Counter()]
+    seen: Counter[int] = Counter()
+    for kind, payload in first.log:
+        if kind == "flush":
+            prefixes.append(Counter(seen))
+        else:
+            seen.update(payload.column("event_id").to_pylist())
+    assert any(prefix + after == expected for prefix in prefixes[1:]), (
+        f"restored run delivered {sum(after.values())}, expected {sum(expected.values())}"
+    )
