@@ -121,7 +121,7 @@ async def backfill(
     turns text into one). Before anything runs, ``where`` and ``select`` are checked against the
     source's schema (a lake without a declared one is read for it): SchemaError names the column.
     """
-    from .jobfile.build import learn_schema
+    from .jobfile.build import check_against_source
     from .jobfile.outcome import DeadLetterLog, all_dead_lettered
 
     if not getattr(source, "bounded", True):
@@ -137,9 +137,14 @@ async def backfill(
         if into.version is None:
             into.version = version or source.time_column
         required += [*into.keys, into.version]
-    known, described = learn_schema(source)
-    if where is not None and known is not None:
-        check_filter(where, known, source=described)
+
+    def check(schema: pa.Schema, described: str) -> None:
+        if where is not None:
+            check_filter(where, schema, source=described)
+        if select:
+            _selection(select, required, schema)
+
+    await asyncio.to_thread(check_against_source, source, check)
     pipeline = Pipeline(name="backfill")
     dead_letters = DeadLetterLog()
     stream = pipeline.source(source)
@@ -148,7 +153,7 @@ async def backfill(
         stream = stream.filter(where)
         watched.append(stream)
     if select:
-        columns = _selection(select, required, stream.schema or known)
+        columns = _selection(select, required, stream.schema)
         schema = (
             pa.schema([stream.schema.field(c) for c in columns])
             if stream.schema is not None
@@ -259,7 +264,7 @@ def command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .cli import CliError
-    from .jobfile.build import learn_schema
+    from .jobfile.build import check_against_source
     from .sinks.urls import sink_from_url
     from .timeutil import format_time
 
@@ -274,12 +279,11 @@ def command(args: argparse.Namespace) -> int:
     )
     where = None
     if args.where:
-        schema, described = learn_schema(source)
+        text = args.where
         try:
-            where = (
-                check_filter(args.where, schema, source=described)
-                if schema is not None
-                else parse_filter(args.where)
+            where = parse_filter(text)
+            check_against_source(
+                source, lambda s, described: check_filter(text, s, source=described)
             )
         except ConfigError as exc:
             raise type(exc)(f"--where: {exc}") from None

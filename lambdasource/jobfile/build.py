@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +49,22 @@ def _section(name: str) -> Iterator[None]:
 # --- schemas -------------------------------------------------------------------------------------
 
 
+def _dataset(lake: Any, **extra: Any) -> Any:
+    """A pyarrow dataset over a Parquet lake's files (hive partition columns parsed)."""
+    import pyarrow.dataset as ds
+
+    path = str(lake.path)
+    options: dict[str, Any] = {}
+    if path.startswith("s3://"):
+        from ..s3 import S3Config
+
+        path = path[5:]
+        options["filesystem"] = (lake.s3 or S3Config()).pyarrow_filesystem()  # default: AWS env
+    else:
+        path = path.removeprefix("file://")
+    return ds.dataset(path, format="parquet", partitioning="hive", **options, **extra)
+
+
 def _lake_file_schema(lake: Any) -> pa.Schema:
     """The lake's file schema (Iceberg: the table's; Parquet: the first file's, no partition
     columns). Raises whatever reading it raises."""
@@ -56,34 +72,22 @@ def _lake_file_schema(lake: Any) -> pa.Schema:
 
     if isinstance(lake, IcebergLake):
         return lake._table().schema().as_arrow()
-    import pyarrow.dataset as ds
-
-    path = str(lake.path)
-    if path.startswith("s3://"):
-        from ..s3 import S3Config
-
-        fs = (lake.s3 or S3Config()).pyarrow_filesystem()  # default: the AWS environment
-        path, options = path[5:], {"filesystem": fs}
-    else:
-        path, options = path.removeprefix("file://"), {}
     try:
-        dataset = ds.dataset(path, format="parquet", partitioning="hive", **options)
-        schema = dataset.schema
+        schema = _dataset(lake).schema
     except (OSError, pa.ArrowInvalid):  # a file that is no Parquet: skip the invalid ones
-        dataset = ds.dataset(
-            path, format="parquet", partitioning="hive", exclude_invalid_files=True, **options
-        )
-        schema = dataset.schema
+        schema = _dataset(lake, exclude_invalid_files=True).schema
     partition_columns = {"dt", "hour", "year", "month", "day"}
     return pa.schema([f for f in schema if f.name not in partition_columns])
 
 
 def learn_schema(source: Source) -> tuple[pa.Schema | None, str]:
-    """The schema ``source`` will emit and what to call the source in messages.
+    """The schema ``source`` will emit (as far as is known cheaply) and what to call the source
+    in messages.
 
-    Declared schemas come first; a lake without one is read for it (its first file, as the
-    reader does). None when it cannot be known before running (empty or unreadable lake: the
-    run itself reports those).
+    Declared schemas come first; a lake without one is read for it: an Iceberg table's schema,
+    or a Parquet lake's first file (the reader takes the union over all files:
+    :func:`check_against_source` reads them all before it reports a problem). None when it
+    cannot be known before running (empty or unreadable lake: the run reports those itself).
     """
     from ..sources.lake.iceberg import IcebergLake
     from ..sources.lake.parquet import ParquetLake
@@ -104,6 +108,51 @@ def learn_schema(source: Source) -> tuple[pa.Schema | None, str]:
     if source.time_column not in files.names:
         return None, "the lake"
     return reference_schema(files, source.columns, source.time_column), "the lake"
+
+
+def _union_schema(source: Source) -> pa.Schema | None:
+    """A Parquet lake's schema as its reader makes it: the union over every file (None for
+    other sources, declared schemas, or when the files cannot be read now)."""
+    import pyarrow.parquet as pq
+
+    from ..sources.lake.parquet import ParquetLake
+    from ..sources.lake.reader import reference_schema
+    from ..sources.lake.schema import union_schema
+
+    if not isinstance(source, ParquetLake) or source.schema is not None:
+        return None
+    try:
+        dataset = _dataset(source, exclude_invalid_files=True)
+        schemas = []
+        for path in dataset.files:
+            with dataset.filesystem.open_input_file(path) as f:
+                schemas.append((path, source._file_schema(pq.read_metadata(f))))
+        union = union_schema(schemas)
+    except Exception as exc:  # best effort, as in learn_schema
+        log.debug("lake schema union not learnt before the run: %r", exc)
+        return None
+    if union is None or source.time_column not in union.names:
+        return None
+    return reference_schema(union, source.columns, source.time_column)
+
+
+def check_against_source(source: Source, check: Callable[[pa.Schema, str], object]) -> None:
+    """Run ``check(schema, described)`` against the schema ``source`` will emit, before running.
+
+    Cheap first (:func:`learn_schema`); when that fails for a Parquet lake without a declared
+    schema, again against the union over all its files (what the reader emits), and only a
+    failure there is raised. Nothing is checked when the schema cannot be known in advance.
+    """
+    schema, described = learn_schema(source)
+    if schema is None:
+        return
+    try:
+        check(schema, described)
+    except ConfigError:
+        union = _union_schema(source)
+        if union is None or union.equals(schema):
+            raise
+        check(union, described)
 
 
 def check_columns(
@@ -175,7 +224,7 @@ def build_stream(spec: Mapping[str, Any] | StreamSection, lake: Any | None) -> K
             if lake is None:
                 raise ConfigError('schema = "lake" needs a [lake] section')
             try:
-                options["schema"] = _lake_file_schema(lake)
+                options["schema"] = _lake_file_schema(lake)  # as before: the first file's
             except Exception as exc:
                 raise ConfigError(
                     f'schema = "lake": cannot read the lake\'s schema: {exc}'
@@ -224,9 +273,7 @@ def build_job(spec: JobSpec) -> BuiltJob:
 
     job = spec.validate()
     source = _source(job, spec.base)
-    schema, described = learn_schema(source)
-    if schema is not None:
-        _check_job(job, schema, described)
+    check_against_source(source, lambda schema, source_name: _check_job(job, schema, source_name))
     pipeline = Pipeline()
     if job.checkpoints is not None:
         with _section("checkpoints"):

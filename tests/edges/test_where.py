@@ -355,3 +355,29 @@ def test_an_iceberg_lake_is_checked_too(
         r[0] for r in duckdb.sql("SELECT event_id FROM events WHERE kind = 'click'").fetchall()
     )
     assert got == ref and len(ref) > 100
+
+
+def test_a_column_only_later_files_have_passes_the_check(
+    tmp_path: Path, events: pa.Table, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reader's schema is the union over the lake's files: a filter on a column added in
+    later files is valid (the check reads every footer before refusing it)."""
+    root = tmp_path / "lake"
+    old, new = events.slice(0, 1_500), events.slice(1_500)
+    campaign = pa.array([["a", "b", "c"][i % 3] for i in range(new.num_rows)])
+    new = new.append_column("campaign", campaign)
+    writer = ParquetLakeWriter(root, "event_time")
+    writer.write(old)
+    writer.write(new)
+    db = tmp_path / "out.duckdb"
+    code, err = _run(_backfill_argv(root, db, "campaign = 'a'"), capsys)
+    assert code == 0, err
+    con = duckdb.connect(str(db))
+    got = sorted(r[0] for r in con.sql("SELECT event_id FROM t").fetchall())
+    con.close()
+    ref = sorted(
+        r[0] for r in duckdb.sql("SELECT event_id FROM new WHERE campaign = 'a'").fetchall()
+    )
+    assert got == ref and len(ref) > 100
+    code, err = _run(_backfill_argv(root, tmp_path / "o2.duckdb", "campagin = 'a'"), capsys)
+    assert code == 1 and "did you mean 'campaign'" in err, err
