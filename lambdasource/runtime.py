@@ -603,6 +603,7 @@ class SinkNode:
         self.runtime = runtime
         self.counters = Counters()
         self.watermark: int | None = None
+        self.opened = False
 
     async def _do(self, what: str, coro: Any) -> None:
         try:
@@ -612,10 +613,16 @@ class SinkNode:
         except Exception as exc:
             raise SinkError(f"sink={self.name} failed in {what}: {exc!r}") from exc
 
-    async def run(self) -> None:
-        """Open the sink, apply messages until ``End``, close it (also after errors: a failing
-        ``close`` then is logged, the first error stays the one raised)."""
+    async def open(self) -> None:
         await self._do("open", self.sink.open())
+        self.opened = True
+
+    async def run(self) -> None:
+        """Open the sink (unless :meth:`Runtime.run` did), apply messages until ``End``, close
+        it (also after errors: a failing ``close`` then is logged, the first error stays the one
+        raised)."""
+        if not self.opened:
+            await self.open()
         try:
             await self._loop()
         except BaseException as error:
@@ -840,6 +847,13 @@ class Runtime:
                 raise
 
         try:
+            await self._open_sinks()
+        except BaseException as exc:
+            self.status = "failed"
+            self.error = exc
+            self.finished = time.perf_counter()
+            raise
+        try:
             async with asyncio.TaskGroup() as tg:
                 for sink in self.sinks:
                     tg.create_task(supervised(sink.run()), name=f"sink:{sink.name}")
@@ -864,6 +878,22 @@ class Runtime:
             self.finished = time.perf_counter()
             self.report_dropped()
         self.status = "finished"
+
+    async def _open_sinks(self) -> None:
+        """Open every sink before any source reads: a store that cannot be used fails the run
+        before a record is read (the sinks already opened are closed again)."""
+        results = await asyncio.gather(
+            *(sink.open() for sink in self.sinks), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if not errors:
+            return
+        for sink in self.sinks:
+            if sink.opened:
+                await close_after(f"closing sink={sink.name}", sink.sink.close(), errors[0])
+        for other in errors[1:]:
+            log_suppressed(other, errors[0], during="opening another sink")
+        raise errors[0]
 
     def report_dropped(self) -> None:
         """Log, per node and side output without a sink, how many rows the run dropped there

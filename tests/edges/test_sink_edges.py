@@ -152,6 +152,28 @@ async def test_unwritable_duckdb_path_is_named_when_the_sink_opens(
     assert sink.metrics()["rows_in"] == 0
 
 
+async def test_every_sink_opens_before_a_source_reads(tmp_path: Path) -> None:
+    """Two sinks, one unusable: the run fails before the source emitted a record, and the sink
+    that did open is closed again. Before: sinks opened while the sources ran, so operators had
+    already processed records when the error came."""
+    path, cause = _bad_duckdb_path("path is a directory", tmp_path)
+    seen: list[int] = []
+
+    def count(batch: pa.RecordBatch) -> pa.RecordBatch:
+        seen.append(batch.num_rows)
+        return batch
+
+    good = ls.CollectSink()
+    p = ls.Pipeline()
+    stream = p.source(ls.MemorySource(rows_table(50), "v", batch_size=5)).map(count)
+    stream.sink(good)
+    stream.sink(ls.DuckDBUpsert(path, table="t", key="k", version="v", name="store"))
+    with pytest.raises(SinkError, match=cause):
+        await p.run()
+    assert seen == []
+    assert good.table().num_rows == 0
+
+
 async def test_missing_duckdb_directory_is_still_created(tmp_path: Path) -> None:
     """Not an error: the parent directories of a new database are created (as documented)."""
     path = tmp_path / "a" / "b" / "store.duckdb"
