@@ -219,6 +219,10 @@ def _bootstrap(args: argparse.Namespace, bootstrap: str, report: Report) -> None
             return LambdaSource(
                 lake(),
                 _stream(bootstrap, topic, args.max_records),
+                # the data is split at `cut`; the default cutoff (the lake's high-water mark,
+                # its newest time − out_of_orderness) would leave the lake's last 5 min to a
+                # stream that does not hold them
+                cutoff=cut,
                 out_of_orderness="5m",
                 idle_timeout="1s",
             )
