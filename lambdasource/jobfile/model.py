@@ -246,6 +246,9 @@ class StreamSection(Section):
     start: StreamStart = "earliest"
     out_of_orderness: Duration | None = None
     idle_timeout: Duration | None = None
+    max_ahead: Duration | Literal[False] | None = None  # false: no plausibility bound
+    partition_discovery: Duration | Literal[False] | None = None  # false: no discovery
+    allow_gaps: bool | None = None
 
     @model_validator(mode="after")
     def _json_needs_a_schema(self) -> StreamSection:
