@@ -219,9 +219,6 @@ def build_stream(spec: Mapping[str, Any] | StreamSection, lake: Any | None) -> K
     section = spec if isinstance(spec, StreamSection) else validate_section("stream", spec)
     options = section.options()
     schema = options.pop("schema", None)
-    for switch in ("max_ahead", "partition_discovery"):  # `false` in the file turns it off
-        if options.get(switch) is False:
-            options[switch] = None
     with _section("stream"):
         if schema == "lake":
             if lake is None:

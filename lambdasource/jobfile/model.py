@@ -161,7 +161,12 @@ def _alignment(value: object) -> object:
     raise _fail('expected a table {max_drift = "30m"} or false (no alignment)')
 
 
+def _duration_or_off(value: object) -> str | None:
+    return None if value is False else _duration(value)
+
+
 Duration = Annotated[str, PlainValidator(_duration)]
+DurationOrOff = Annotated[str | None, PlainValidator(_duration_or_off)]  # false: None (off)
 Time = Annotated[datetime, PlainValidator(_time)]
 Columns = Annotated[list[str], PlainValidator(_column_list)]
 Key = Annotated[list[str], PlainValidator(_key_columns)]
@@ -246,8 +251,8 @@ class StreamSection(Section):
     start: StreamStart = "earliest"
     out_of_orderness: Duration | None = None
     idle_timeout: Duration | None = None
-    max_ahead: Duration | Literal[False] | None = None  # false: no plausibility bound
-    partition_discovery: Duration | Literal[False] | None = None  # false: no discovery
+    max_ahead: DurationOrOff = None  # false: no plausibility bound
+    partition_discovery: DurationOrOff = None  # false: no discovery
     allow_gaps: bool | None = None
 
     @model_validator(mode="after")

@@ -107,6 +107,8 @@ DURATION_KEYS = [
     ("lake", "out_of_orderness"),
     ("stream", "out_of_orderness"),
     ("stream", "idle_timeout"),
+    ("stream", "max_ahead"),
+    ("stream", "partition_discovery"),
     ("source", "out_of_orderness"),
     ("source", "idle_timeout"),
     ("source", "alignment.max_drift"),
@@ -115,6 +117,24 @@ DURATION_KEYS = [
     ("window", "allowed_lateness"),
     ("checkpoints", "interval"),
 ]
+
+
+def test_stream_edge_options_from_a_job_file() -> None:
+    """``max_ahead`` and ``partition_discovery`` take a duration or ``false`` (off)."""
+    from lambdasource.jobfile.build import build_stream
+
+    section = {
+        "topic": "clicks",
+        "bootstrap_servers": "127.0.0.1:1",
+        "schema": {"event_time": "timestamp[us, UTC]"},
+        "time_column": "event_time",
+    }
+    on = build_stream({**section, "max_ahead": "2h", "partition_discovery": "5s"}, None)
+    assert (on.max_ahead, on.discovery, on.allow_gaps) == (7_200_000_000, 5.0, False)
+    off = build_stream(
+        {**section, "max_ahead": False, "partition_discovery": False, "allow_gaps": True}, None
+    )
+    assert (off.max_ahead, off.discovery, off.allow_gaps) == (None, None, True)
 
 
 def _set(data: dict[str, Any], section: str, key: str, value: Any) -> None:
