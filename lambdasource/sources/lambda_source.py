@@ -60,6 +60,7 @@ from ..timeutil import (
 )
 from .alignment import Alignment, AlignmentGroup
 from .base import Source, SourceOutput
+from .conform import cast_failures, conform
 from .kafka.split import PartitionSplit
 from .kafka.stream import DriveHooks, KafkaStream, PartitionStart
 from .lake.commits import CommitRecord
@@ -83,73 +84,6 @@ class Lake(Protocol):
     async def high_water_mark(self, out_of_orderness: Duration = 0) -> int | None: ...
 
     async def recorded_offsets(self) -> CommitRecord | None: ...
-
-
-def conform(batch: pa.RecordBatch, schema: pa.Schema, where: str) -> pa.RecordBatch:
-    """``batch`` with exactly ``schema``'s columns: missing → null, others cast safely."""
-    arrays = []
-    for f in schema:
-        if f.name not in batch.schema.names:
-            arrays.append(pa.nulls(batch.num_rows, f.type))
-            continue
-        col = batch.column(f.name)
-        if col.type != f.type:
-            try:
-                col = normalize_time_array(col) if f.type == TIME_TYPE else col.cast(f.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise SchemaError(
-                    f"{where}: column {f.name!r} of type {col.type} cannot be cast to the lake's "
-                    f"{f.type}: {exc}"
-                ) from exc
-        arrays.append(col)
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def _cast_one(col: pa.Array, dtype: pa.DataType) -> pa.Array:
-    return normalize_time_array(col) if dtype == TIME_TYPE else col.cast(dtype)
-
-
-def _failing_rows(col: pa.Array, dtype: pa.DataType, start: int = 0) -> list[tuple[int, str]]:
-    """(row, Arrow's message) of each value of ``col`` that does not cast to ``dtype``; casts
-    are element-wise, so halves are tried (a few casts per bad value, not one per row)."""
-    try:
-        _cast_one(col, dtype)
-        return []
-    except pa.ArrowInvalid as exc:
-        if len(col) == 1:
-            return [(start, str(exc))]
-    half = len(col) // 2
-    return _failing_rows(col.slice(0, half), dtype, start) + _failing_rows(
-        col.slice(half), dtype, start + half
-    )
-
-
-def cast_failures(batch: pa.RecordBatch, schema: pa.Schema) -> list[tuple[int, str]]:
-    """(row, reason) of every row of ``batch`` with a value :func:`conform` cannot cast to
-    ``schema`` (a string that is no number, an overflow, precision a cast would lose); the reason
-    names the column, the value and the target type. Types that cannot be cast at all are left to
-    :func:`conform`'s :class:`SchemaError` (a configuration error, not a bad record)."""
-    bad: dict[int, str] = {}
-    for f in schema:
-        if f.name not in batch.schema.names:
-            continue
-        col = batch.column(f.name)
-        if col.type == f.type:
-            continue
-        try:
-            _cast_one(col, f.type)
-            continue
-        except pa.ArrowInvalid:
-            pass
-        except pa.ArrowNotImplementedError:
-            continue
-        for row, message in _failing_rows(col, f.type):
-            bad.setdefault(
-                row,
-                f"column {f.name!r}: cannot cast {col[row].as_py()!r} ({col.type}) to the "
-                f"lake's {f.type}: {message}",
-            )
-    return sorted(bad.items())
 
 
 class _LockedOutput:

@@ -19,6 +19,8 @@ column, so integer columns accept an integral float (``3.0`` → 3) and nothing 
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -173,29 +175,95 @@ def _time_column(values: list[Any]) -> tuple[pa.Array, dict[int, str]]:
     return pa.array(micros, mask=~valid).cast(TIME_TYPE), bad
 
 
+_FLOAT_MAX = {16: 65504.0, 32: 3.4028234663852886e38}  # the largest finite value by width
+
+
+def _nested(dtype: pa.DataType) -> bool:
+    types = pa.types
+    return (
+        types.is_struct(dtype)
+        or types.is_list(dtype)
+        or types.is_large_list(dtype)
+        or types.is_fixed_size_list(dtype)
+        or types.is_map(dtype)
+    )
+
+
+def _nested_time(value: Any, dtype: pa.TimestampType) -> int:
+    """A JSON time inside a nested value (ISO string or epoch ms) as ``dtype``'s integer."""
+    if type(value) is str:  # the forms the time column accepts
+        micros = parse_iso_times(pa.array([value])).cast(pa.int64())[0].as_py()
+    elif type(value) is int:
+        micros = value * MS
+    elif type(value) is float:
+        micros = float_ms_to_micros(pa.array([value])).cast(pa.int64())[0].as_py()
+    else:
+        raise TypeError(f"{value!r} is not a time (expected ISO-8601 or epoch milliseconds)")
+    per_unit = {"s": 1_000_000, "ms": 1000, "us": 1}.get(dtype.unit)
+    if per_unit is None:  # ns
+        return micros * 1000
+    if micros % per_unit:
+        raise ValueError(f"{value!r} does not fit {dtype} without losing precision")
+    return micros // per_unit
+
+
 def _exact_value(value: Any, dtype: pa.DataType) -> Any:
     """``value`` as ``dtype`` takes it without change: an integral float becomes an int for an
-    integer column (3.0 → 3), a float a Decimal of its shortest repr for a decimal column;
-    ValueError for a float that is not an integer (3.7, 1e300 is one but will not fit)."""
+    integer column (3.0 → 3), a float a Decimal of its shortest repr for a decimal column, a
+    time inside a nested value µs-exact (ISO string or epoch ms); recursively into structs,
+    lists and maps. ValueError for a float that is not an integer (3.7; 1e300 is one but will
+    not fit) or one beyond a narrow float's range (1e39 is no float32)."""
+    if value is None:
+        return None
+    types = pa.types
+    if types.is_struct(dtype):
+        if type(value) is not dict:
+            raise TypeError(f"expected an object for {dtype}, got {type(value).__name__}")
+        return {f.name: _exact_value(value.get(f.name), f.type) for f in dtype}
+    if types.is_list(dtype) or types.is_large_list(dtype) or types.is_fixed_size_list(dtype):
+        if type(value) is not list:
+            raise TypeError(f"expected an array for {dtype}, got {type(value).__name__}")
+        return [_exact_value(item, dtype.value_type) for item in value]
+    if types.is_map(dtype):
+        if type(value) is not dict:
+            raise TypeError(f"expected an object for {dtype}, got {type(value).__name__}")
+        return [
+            (_exact_value(k, dtype.key_type), _exact_value(v, dtype.item_type))
+            for k, v in value.items()
+        ]
+    if types.is_timestamp(dtype):
+        return _nested_time(value, dtype)
     if type(value) is float:
-        if pa.types.is_integer(dtype):
+        if types.is_integer(dtype):
             if not value.is_integer():
                 raise ValueError("not an integer")
             return int(value)
-        if pa.types.is_decimal(dtype):
+        if types.is_decimal(dtype):
             return Decimal(repr(value))
+        limit = _FLOAT_MAX.get(dtype.bit_width) if types.is_floating(dtype) else None
+        if limit is not None and math.isfinite(value) and abs(value) > limit:
+            raise ValueError(f"out of {dtype}'s range")
     return value
 
 
 def _exact_array(values: list[Any], dtype: pa.DataType) -> pa.Array:
     """``values`` as ``dtype``, or raise when any would change (Arrow truncates floats into
-    integer columns: integer columns are inferred, and only all-int input is cast, safely)."""
+    integer columns: integer columns are inferred, and only all-int input is cast, safely;
+    nested values are converted value by value; a narrow float column must not overflow)."""
     if pa.types.is_integer(dtype):
         arr = pa.array(values)
         if not (pa.types.is_int64(arr.type) or pa.types.is_null(arr.type)):
             raise TypeError(f"not all integers: {arr.type}")
         return arr.cast(dtype)  # safe: out of range raises
-    return pa.array(values, dtype)
+    if _nested(dtype):
+        return pa.array([_exact_value(v, dtype) for v in values], dtype)
+    arr = pa.array(values, dtype)
+    if dtype in (pa.float32(), pa.float16()):
+        overflow = pc.and_(pc.invert(pc.is_finite(arr)), pc.invert(pc.is_nan(arr)))
+        if pc.any(pc.fill_null(overflow, False)).as_py():
+            for value in values:  # an input that was itself infinite passes
+                _exact_value(value, dtype)
+    return arr
 
 
 def _plain_column(values: list[Any], dtype: pa.DataType) -> tuple[pa.Array, dict[int, str]]:
@@ -297,6 +365,43 @@ def _ahead_errors(
     return ~ahead, errors
 
 
+def _call_decoder(decoder: Decoder, values: list[bytes | None]) -> pa.RecordBatch:
+    batch = decoder(values)
+    if not isinstance(batch, pa.RecordBatch) or batch.num_rows != len(values):
+        raise TypeError(
+            f"decoder must return a RecordBatch with {len(values)} rows, got "
+            f"{type(batch).__name__}"
+            + (f" with {batch.num_rows} rows" if isinstance(batch, pa.RecordBatch) else "")
+        )
+    return batch
+
+
+def _user_decoded(
+    decoder: Decoder, values: Sequence[bytes | None]
+) -> tuple[pa.RecordBatch | None, np.ndarray, list[tuple[int, str]]]:
+    """A user decoder over the fetch; when it fails, over each message alone, so one bad message
+    is one error and the others pass, whatever the fetch holds: (batch of the good messages or
+    None, their indices, (index, reason) of the others)."""
+    with contextlib.suppress(Exception):
+        return _call_decoder(decoder, list(values)), np.arange(len(values), dtype=np.int64), []
+    good: list[pa.RecordBatch] = []
+    rows: list[int] = []
+    errors: list[tuple[int, str]] = []
+    for i, value in enumerate(values):
+        try:
+            good.append(_call_decoder(decoder, [value]))
+            rows.append(i)
+        except Exception as exc:
+            errors.append((i, f"decoder failed: {exc!r}"))
+    if not good:
+        return None, np.zeros(0, dtype=np.int64), errors
+    try:
+        table = pa.concat_tables([pa.Table.from_batches([b]) for b in good])
+    except pa.ArrowInvalid as exc:  # the decoder's batches disagree with each other
+        raise SchemaError(f"the decoder returned batches of different schemas: {exc}") from exc
+    return table.combine_chunks().to_batches()[0], np.asarray(rows, dtype=np.int64), errors
+
+
 def decode_records(
     values: Sequence[bytes | None],
     schema: pa.Schema | None,
@@ -317,8 +422,9 @@ def decode_records(
       more than 6 fractional digits floored to the µs, ``t``/``z`` in either case) or epoch
       milliseconds, ints or finite floats (rounded to the µs), and become ``timestamp[us, UTC]``.
     - ``format="raw"``: a ``value: binary`` column.
-    - a callable: ``format(values) -> RecordBatch`` with one row per value; if it raises, every
-      message of the call is an error (the reason names the exception).
+    - a callable: ``format(values) -> RecordBatch`` with one row per value; if it raises (or
+      returns something else), it is called again for each message alone: the messages it
+      fails on are errors (the reason names the exception), the others pass.
     - ``time_column is None``: the Kafka record timestamp (``timestamps_ms``) is appended as a
       ``timestamp`` column (``timestamp[us, UTC]``).
     - ``max_ahead`` (µs, None = no bound): a record whose event time (the time column, or the
@@ -341,25 +447,16 @@ def decode_records(
         rows = np.arange(n, dtype=np.int64)
         columns = {"value": pa.array(list(values), pa.binary())}
     elif callable(format):
-        try:
-            user = format(list(values))
-            if not isinstance(user, pa.RecordBatch) or user.num_rows != n:
-                raise TypeError(
-                    f"decoder must return a RecordBatch with {n} rows, got {type(user).__name__}"
-                    + (f" with {user.num_rows} rows" if isinstance(user, pa.RecordBatch) else "")
-                )
-        except Exception as exc:
-            reason = f"decoder failed: {exc!r}"
-            empty = target.empty_table().to_batches() if target is not None else []
-            batch = empty[0] if empty else pa.RecordBatch.from_pylist([], schema=target)
-            return Decoded(batch, [(i, reason) for i in range(n)], np.zeros(0, dtype=np.int64))
-        rows = np.arange(n, dtype=np.int64)
+        user, rows, errors = _user_decoded(format, values)
         columns = {}
-        for f in user.schema:
-            col = user.column(f.name)
-            if _is_time_field(f, time_column) and col.type != TIME_TYPE:
-                col = normalize_time_array(col)
-            columns[f.name] = col
+        if user is not None:
+            for f in user.schema:
+                col = user.column(f.name)
+                if _is_time_field(f, time_column) and col.type != TIME_TYPE:
+                    col = normalize_time_array(col)
+                columns[f.name] = col
+        elif target is None:  # nothing decoded and no declared schema: just the time column
+            target = pa.schema([pa.field(time_column or RECORD_TIMESTAMP, TIME_TYPE)])
         if target is None:
             fields = [pa.field(k, v.type) for k, v in columns.items()]
             if time_column is None:
