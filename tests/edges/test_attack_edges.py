@@ -104,6 +104,22 @@ async def test_float32_out_of_range_becomes_infinity(kafka: KafkaService) -> Non
 
 
 @pytest.mark.kafka
+async def test_fractional_days_are_not_truncated_into_a_date(kafka: KafkaService) -> None:
+    """A ``date32`` column (days since the epoch) given ``20000.5`` stored 2024-10-04 (the
+    fraction truncated, uncounted). Expected: a dead letter; ``20000.0`` and ``20000`` pass."""
+    schema = pa.schema(
+        [pa.field(TIME, TS), pa.field("event_id", pa.int64()), pa.field("day", pa.date32())]
+    )
+    values = [msg(0, day=20000), msg(1, day=20000.0), msg(2, day=20000.5)]
+    rows, dead, placed = await stream_rows_and_dead(kafka, schema, values)
+    assert {i: r["day"].isoformat() for i, r in rows.items()} == {
+        0: "2024-10-04",
+        1: "2024-10-04",
+    }
+    assert set(dead) == {placed[2][1]}
+
+
+@pytest.mark.kafka
 async def test_nested_timestamp_epoch_ms_is_read_as_microseconds(kafka: KafkaService) -> None:
     """README: JSON times are "ISO-8601 … epoch milliseconds as integers or floats", and the
     decoder's docstring says "every timestamp-typed field" accepts them. A timestamp inside a

@@ -178,6 +178,17 @@ def _time_column(values: list[Any]) -> tuple[pa.Array, dict[int, str]]:
 _FLOAT_MAX = {16: 65504.0, 32: 3.4028234663852886e38}  # the largest finite value by width
 
 
+def _counts(dtype: pa.DataType) -> bool:
+    """Types that hold whole numbers (Arrow truncates a float into them)."""
+    types = pa.types
+    return (
+        types.is_integer(dtype)
+        or types.is_date(dtype)
+        or types.is_time(dtype)
+        or types.is_duration(dtype)
+    )
+
+
 def _nested(dtype: pa.DataType) -> bool:
     types = pa.types
     return (
@@ -234,7 +245,7 @@ def _exact_value(value: Any, dtype: pa.DataType) -> Any:
     if types.is_timestamp(dtype):
         return _nested_time(value, dtype)
     if type(value) is float:
-        if types.is_integer(dtype):
+        if _counts(dtype):
             if not value.is_integer():
                 raise ValueError("not an integer")
             return int(value)
@@ -255,6 +266,8 @@ def _exact_array(values: list[Any], dtype: pa.DataType) -> pa.Array:
         if not (pa.types.is_int64(arr.type) or pa.types.is_null(arr.type)):
             raise TypeError(f"not all integers: {arr.type}")
         return arr.cast(dtype)  # safe: out of range raises
+    if _counts(dtype) and any(type(v) is float for v in values):
+        raise TypeError("floats for a column of whole units")  # per value: exact ones pass
     if _nested(dtype):
         return pa.array([_exact_value(v, dtype) for v in values], dtype)
     arr = pa.array(values, dtype)
