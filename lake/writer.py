@@ -696,6 +696,21 @@ class IcebergLakeWriter(LakeWriter):
                 records.append(record)
         return sorted(records, key=lambda r: r.sequence)
 
+    def _next_sequence(self, table: Any) -> int:
+        """One more than any commit the table ever carried, rolled-back snapshots included: a
+        sequence (and the dead-letter file stored under it) is never reused, so a job pinned
+        to a snapshot a rollback removed still reads its own dead letters on restore."""
+        highest = 0
+        for snapshot in table.snapshots():
+            summary = snapshot.summary
+            props = dict(summary.additional_properties) if summary is not None else {}
+            record = CommitRecord.from_snapshot_properties(
+                props, where=f"table={self.identifier} snapshot={snapshot.snapshot_id}"
+            )
+            if record is not None:
+                highest = max(highest, record.sequence)
+        return highest + 1
+
     def _dead_letter_root(self, table: Any) -> _Root:
         location: str = table.location()
         if urlparse(location).scheme in ("s3", "s3a") and self.s3 is None:
@@ -754,7 +769,7 @@ class IcebergLakeWriter(LakeWriter):
                 aligned = aligned.cast(target)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise SchemaError(f"{where}: data does not fit the table schema: {exc}") from exc
-            sequence = max((r.sequence for r in self._commits(table)), default=0) + 1
+            sequence = self._next_sequence(table)
             record = CommitRecord(
                 sequence=sequence,
                 offsets=dict(offsets or {}),
