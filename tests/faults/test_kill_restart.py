@@ -269,13 +269,27 @@ def test_kill_restart_default(setup: Setup) -> None:
 
 
 def test_kill_lake_changes_while_dead_default(setup: Setup) -> None:
-    """One archiver and one compaction between kill and restart, resumed from a checkpoint."""
-    results = [
-        trial(setup, 2, scenario="archiver", phase="stream", handoff="offsets", max_kills=1),
-        trial(setup, 5, scenario="compaction", phase="stream", handoff="timestamp", max_kills=1),
-    ]
+    """One archiver and one compaction between kill and restart, resumed from a checkpoint.
+
+    A kill point is a progress line of an uninterrupted run; on a loaded machine the job can
+    finish before it (every trial is still checked by the oracle): then the next seed is
+    tried, until a kill with the lake change between really happened (three seeds at most)."""
+    results = []
+    landed = []
+    for scenario, handoff, seeds in (
+        ("archiver", "offsets", (2, 12, 22)),
+        ("compaction", "timestamp", (5, 15, 25)),
+    ):
+        for seed in seeds:
+            result = trial(
+                setup, seed, scenario=scenario, phase="stream", handoff=handoff, max_kills=1
+            )
+            results.append(result)
+            if result.kills == 1 and result.between:
+                landed.append(scenario)
+                break
     report("kill-lake-changes-default", results)
-    assert all(r.kills == 1 and r.between for r in results), [r.between for r in results]
+    assert landed == ["archiver", "compaction"], [(r.seed, r.between) for r in results]
 
 
 # --- slow: seeded trials -------------------------------------------------------------------------
