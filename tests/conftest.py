@@ -2,7 +2,8 @@
 
 Markers (strict): ``kafka`` (Tansu), ``apache_kafka`` (Apache Kafka 4), ``s3``, ``postgres``,
 ``iceberg`` for tests needing that service, ``slow`` for long suites (deselected by the README's
-command: ``-m "not slow"``).
+command: ``-m "not slow"``). ``broker`` (tests/services/brokers.py) runs a test on both Kafka
+brokers, ids ``[apache]`` / ``[tansu]``.
 """
 
 pytest_plugins = [
@@ -11,5 +12,6 @@ pytest_plugins = [
     "tests.services.iceberg",
     "tests.services.kafka",
     "tests.services.apache_kafka",
+    "tests.services.brokers",
     "tests.services.postgres",
 ]

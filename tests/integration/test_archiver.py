@@ -1,4 +1,5 @@
-"""The archiver against the real (Tansu) broker: exactly-once lakes, resume, crashes, bad input.
+"""The archiver against both real brokers (Apache Kafka in the default run, Tansu in -m slow):
+exactly-once lakes, resume, crashes, bad input.
 
 The reference is what the test produced (the generator's rows, by unique ``event_id``) and the
 (partition, offset) the broker acknowledged for each record; the lake is read back with
@@ -35,11 +36,11 @@ from lambdasource.sources.lake.commits import PROP_OFFSETS, PROP_TOPIC, CommitRe
 from lambdasource.sources.lake.parquet import ParquetLake
 from lambdasource.timeutil import HOUR
 from tests.integration.test_lake_writer import check_parquet_lake, micros, read_with_parquet_lake
+from tests.services.brokers import Broker, both_brokers
 from tests.services.iceberg import load
-from tests.services.kafka import KafkaService
 from tests.services.s3 import S3Service
 
-pytestmark = pytest.mark.kafka
+broker = both_brokers(default=("apache",))
 
 TIME = "event_time"
 SCHEMA = pa.schema(
@@ -75,7 +76,7 @@ def encode(table: pa.Table) -> list[bytes]:
 
 
 async def produce(
-    kafka: KafkaService, topic: str, table: pa.Table, partitions: list[int]
+    broker: Broker, topic: str, table: pa.Table, partitions: list[int]
 ) -> dict[int, list[int]]:
     """Produce ``table`` spread over ``partitions`` (by event_id); returns event ids per partition."""
     values = encode(table)
@@ -84,7 +85,7 @@ async def produce(
     for i, p in enumerate(partitions):
         chosen = [j for j in range(len(values)) if j % len(partitions) == i]
         if chosen:
-            await kafka.aproduce(topic, [values[j] for j in chosen], partition=p)
+            await broker.aproduce(topic, [values[j] for j in chosen], partition=p)
         by_partition[p] = [event_ids[j] for j in chosen]
     return by_partition
 
@@ -103,18 +104,18 @@ def ids(table: pa.Table) -> Counter[int]:
     return Counter(table.column("event_id").to_pylist())
 
 
-def archiver(kafka: KafkaService, topic: str, lake: Any, **kwargs: Any) -> Archiver:
+def archiver(broker: Broker, topic: str, lake: Any, **kwargs: Any) -> Archiver:
     kwargs.setdefault("stop_at", "latest")
     kwargs.setdefault("commit_interval", "60s")
-    return Archiver(kafka.bootstrap, topic, lake, TIME, format="json", schema=SCHEMA, **kwargs)
+    return Archiver(broker.bootstrap, topic, lake, TIME, format="json", schema=SCHEMA, **kwargs)
 
 
-async def test_archive_exactly_once_then_incremental(kafka: KafkaService, tmp_path: Path) -> None:
-    topic = await asyncio.to_thread(kafka.new_topic, 4)
+async def test_archive_exactly_once_then_incremental(broker: Broker, tmp_path: Path) -> None:
+    topic = await asyncio.to_thread(broker.new_topic, 4)
     first = rows(3_000)
-    await produce(kafka, topic, first, [0, 1, 2])  # partition 3 stays empty
+    await produce(broker, topic, first, [0, 1, 2])  # partition 3 stays empty
     lake = ParquetLakeWriter(tmp_path / "lake", TIME, row_group_rows=128)
-    summary = await archiver(kafka, topic, lake, commit_rows=700).run()
+    summary = await archiver(broker, topic, lake, commit_rows=700).run()
     assert summary.records == summary.rows == 3_000
     assert summary.dead_letters == 0
     assert summary.commits >= 4  # commit_rows forces several commits
@@ -128,9 +129,9 @@ async def test_archive_exactly_once_then_incremental(kafka: KafkaService, tmp_pa
 
     # produce more (including late records for hours already archived) and run again
     second = rows(1_000, seed=7, first_id=100_000)
-    await produce(kafka, topic, second, [1, 3])
+    await produce(broker, topic, second, [1, 3])
     before = len(lake.commits())
-    summary2 = await archiver(kafka, topic, lake).run()
+    summary2 = await archiver(broker, topic, lake).run()
     assert summary2.records == 1_000
     assert lake.offsets() == {0: 1_000, 1: 1_500, 2: 1_000, 3: 500}
     assert len(lake.commits()) == before + 1
@@ -150,15 +151,15 @@ async def test_archive_exactly_once_then_incremental(kafka: KafkaService, tmp_pa
     assert (recorded.offsets, recorded.topic) == (lake.offsets(), topic)
 
     # nothing new: a third run commits nothing new and adds no rows
-    summary3 = await archiver(kafka, topic, lake).run()
+    summary3 = await archiver(broker, topic, lake).run()
     assert summary3.records == 0
     assert ids(lake_table(lake)) == ids(everything)
 
 
-async def test_crash_between_files_and_commit_record(kafka: KafkaService, tmp_path: Path) -> None:
-    topic = await asyncio.to_thread(kafka.new_topic, 3)
+async def test_crash_between_files_and_commit_record(broker: Broker, tmp_path: Path) -> None:
+    topic = await asyncio.to_thread(broker.new_topic, 3)
     table = rows(2_400)
-    await produce(kafka, topic, table, [0, 1, 2])
+    await produce(broker, topic, table, [0, 1, 2])
     lake = ParquetLakeWriter(tmp_path / "lake", TIME)
     calls = 0
 
@@ -168,7 +169,7 @@ async def test_crash_between_files_and_commit_record(kafka: KafkaService, tmp_pa
         if calls == 2:
             raise RuntimeError("simulated crash after data files")
 
-    first = archiver(kafka, topic, lake, commit_rows=500)
+    first = archiver(broker, topic, lake, commit_rows=500)
     first._after_files_written = crash_on_second
     with pytest.raises(RuntimeError, match="simulated crash"):
         await first.run()
@@ -179,21 +180,21 @@ async def test_crash_between_files_and_commit_record(kafka: KafkaService, tmp_pa
     }
     assert on_disk - committed, "the crashed commit should have left orphan files"
 
-    summary = await archiver(kafka, topic, ParquetLakeWriter(tmp_path / "lake", TIME)).run()
+    summary = await archiver(broker, topic, ParquetLakeWriter(tmp_path / "lake", TIME)).run()
     assert summary.records == 2_400 - lake.commits()[0].rows
     assert ids(lake_table(lake)) == ids(table)  # no duplicate, no loss
     assert lake.offsets() == {0: 800, 1: 800, 2: 800}
     assert ids(await asyncio.to_thread(read_with_parquet_lake, str(lake.root.base))) == ids(table)
 
 
-async def test_cancel_during_commit_is_all_or_nothing(kafka: KafkaService, tmp_path: Path) -> None:
+async def test_cancel_during_commit_is_all_or_nothing(broker: Broker, tmp_path: Path) -> None:
     """Cancelling the task while a commit is in flight: the commit finishes (or never starts),
     then CancelledError propagates; a restart completes the lake exactly once."""
     import threading
 
-    topic = await asyncio.to_thread(kafka.new_topic, 2)
+    topic = await asyncio.to_thread(broker.new_topic, 2)
     table = rows(2_000)
-    await produce(kafka, topic, table, [0, 1])
+    await produce(broker, topic, table, [0, 1])
     lake = ParquetLakeWriter(tmp_path / "lake", TIME)
     in_commit = threading.Event()
     release = threading.Event()
@@ -202,7 +203,7 @@ async def test_cancel_during_commit_is_all_or_nothing(kafka: KafkaService, tmp_p
         in_commit.set()
         release.wait(10)
 
-    arch = archiver(kafka, topic, lake, commit_rows=300)
+    arch = archiver(broker, topic, lake, commit_rows=300)
     arch._after_files_written = hold
     task = asyncio.create_task(arch.run())
     assert await asyncio.to_thread(in_commit.wait, 30)
@@ -213,7 +214,7 @@ async def test_cancel_during_commit_is_all_or_nothing(kafka: KafkaService, tmp_p
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(lake.commits()) == 1
-    await archiver(kafka, topic, ParquetLakeWriter(tmp_path / "lake", TIME)).run()
+    await archiver(broker, topic, ParquetLakeWriter(tmp_path / "lake", TIME)).run()
     assert ids(lake_table(lake)) == ids(table)
 
 
@@ -244,16 +245,16 @@ CRASH_SCRIPT = textwrap.dedent(
 )
 
 
-async def test_kill_9_between_files_and_commit(kafka: KafkaService, tmp_path: Path) -> None:
-    topic = await asyncio.to_thread(kafka.new_topic, 3)
+async def test_kill_9_between_files_and_commit(broker: Broker, tmp_path: Path) -> None:
+    topic = await asyncio.to_thread(broker.new_topic, 3)
     table = rows(3_000)
-    await produce(kafka, topic, table, [0, 1, 2])
+    await produce(broker, topic, table, [0, 1, 2])
     root = tmp_path / "lake"
     script = tmp_path / "crash.py"
     script.write_text(CRASH_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(  # noqa: ASYNC220 - a process we kill -9, not await
-        [sys.executable, str(script), kafka.bootstrap, topic, str(root)],
+        [sys.executable, str(script), broker.bootstrap, topic, str(root)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -269,15 +270,15 @@ async def test_kill_9_between_files_and_commit(kafka: KafkaService, tmp_path: Pa
     lake = ParquetLakeWriter(root, TIME)
     assert [c.sequence for c in lake.commits()] == [1, 2]
     assert len(list(root.rglob("part-00000000000000000003-*.parquet"))) > 0  # orphans
-    summary = await archiver(kafka, topic, lake).run()
+    summary = await archiver(broker, topic, lake).run()
     assert summary.records == 3_000 - sum(c.rows for c in lake.commits()[:2])
     assert ids(lake_table(lake)) == ids(table)
     assert lake.offsets() == {0: 1_000, 1: 1_000, 2: 1_000}
     assert ids(await asyncio.to_thread(read_with_parquet_lake, str(root))) == ids(table)
 
 
-async def test_malformed_messages_are_dead_lettered(kafka: KafkaService, tmp_path: Path) -> None:
-    topic = await asyncio.to_thread(kafka.new_topic, 2)
+async def test_malformed_messages_are_dead_lettered(broker: Broker, tmp_path: Path) -> None:
+    topic = await asyncio.to_thread(broker.new_topic, 2)
     good = rows(200)
     good_values = encode(good)
     bad_values = [
@@ -288,10 +289,10 @@ async def test_malformed_messages_are_dead_lettered(kafka: KafkaService, tmp_pat
         orjson.dumps({"event_id": 999_002}),  # no event time at all
     ]
     mixed = good_values[:100] + bad_values + good_values[100:]
-    placed = await kafka.aproduce(topic, mixed, partition=1)
-    await kafka.aproduce(topic, good_values[:0] or [orjson.dumps({"event_id": 5})], partition=0)
+    placed = await broker.aproduce(topic, mixed, partition=1)
+    await broker.aproduce(topic, good_values[:0] or [orjson.dumps({"event_id": 5})], partition=0)
     lake = ParquetLakeWriter(tmp_path / "lake", TIME)
-    arch = archiver(kafka, topic, lake)
+    arch = archiver(broker, topic, lake)
     summary = await arch.run()
     assert summary.records == 206
     assert summary.dead_letters == 6
@@ -311,12 +312,12 @@ async def test_malformed_messages_are_dead_lettered(kafka: KafkaService, tmp_pat
     assert lake.offsets() == {0: 1, 1: 205}
 
 
-async def test_graceful_stop_commits_and_returns(kafka: KafkaService, tmp_path: Path) -> None:
-    topic = await asyncio.to_thread(kafka.new_topic, 2)
+async def test_graceful_stop_commits_and_returns(broker: Broker, tmp_path: Path) -> None:
+    topic = await asyncio.to_thread(broker.new_topic, 2)
     table = rows(500)
-    await produce(kafka, topic, table, [0, 1])
+    await produce(broker, topic, table, [0, 1])
     lake = ParquetLakeWriter(tmp_path / "lake", TIME)
-    arch = archiver(kafka, topic, lake, stop_at=None, commit_interval="1h")
+    arch = archiver(broker, topic, lake, stop_at=None, commit_interval="1h")
     task = asyncio.create_task(arch.run())
     for _ in range(600):
         if arch.metrics()["records"] >= 500:
@@ -330,21 +331,21 @@ async def test_graceful_stop_commits_and_returns(kafka: KafkaService, tmp_path: 
     assert lake.offsets() == {0: 250, 1: 250}
 
 
-async def test_rerun_same_instance_and_group_offsets(kafka: KafkaService, tmp_path: Path) -> None:
+async def test_rerun_same_instance_and_group_offsets(broker: Broker, tmp_path: Path) -> None:
     """One Archiver run twice (fresh per-run state); ``group_id`` mirrors the lake's offsets."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    topic = await asyncio.to_thread(kafka.new_topic, 2)
-    await produce(kafka, topic, rows(200), [0, 1])
+    topic = await asyncio.to_thread(broker.new_topic, 2)
+    await produce(broker, topic, rows(200), [0, 1])
     lake = ParquetLakeWriter(tmp_path / "lake", TIME)
     group = f"archiver-{topic}"
-    arch = archiver(kafka, topic, lake, group_id=group)
+    arch = archiver(broker, topic, lake, group_id=group)
     assert (await arch.run()).records == 200
-    await produce(kafka, topic, rows(100, first_id=5_000), [1])
+    await produce(broker, topic, rows(100, first_id=5_000), [1])
     second = await arch.run()
     assert (second.records, second.rows, second.commits) == (100, 100, 1)
     assert lake.offsets() == {0: 100, 1: 200}
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group)
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group)
     await consumer.start()
     try:
         committed = {p: await consumer.committed(TopicPartition(topic, p)) for p in (0, 1)}
@@ -353,19 +354,19 @@ async def test_rerun_same_instance_and_group_offsets(kafka: KafkaService, tmp_pa
     assert committed == {0: 100, 1: 200}
 
 
-async def test_commit_interval_commits_periodically(kafka: KafkaService, tmp_path: Path) -> None:
-    topic = await asyncio.to_thread(kafka.new_topic, 1)
+async def test_commit_interval_commits_periodically(broker: Broker, tmp_path: Path) -> None:
+    topic = await asyncio.to_thread(broker.new_topic, 1)
     lake = ParquetLakeWriter(tmp_path / "lake", TIME)
-    arch = archiver(kafka, topic, lake, stop_at=None, commit_interval="200ms")
+    arch = archiver(broker, topic, lake, stop_at=None, commit_interval="200ms")
     task = asyncio.create_task(arch.run())
     try:
-        await kafka.aproduce(topic, encode(rows(100)), partition=0)
+        await broker.aproduce(topic, encode(rows(100)), partition=0)
         for _ in range(200):
             if lake.offsets().get(0) == 100:
                 break
             await asyncio.sleep(0.05)
         assert lake.offsets() == {0: 100}
-        await kafka.aproduce(topic, encode(rows(50, first_id=1_000)), partition=0)
+        await broker.aproduce(topic, encode(rows(50, first_id=1_000)), partition=0)
         for _ in range(200):
             if lake.offsets().get(0) == 150:
                 break
@@ -378,26 +379,29 @@ async def test_commit_interval_commits_periodically(kafka: KafkaService, tmp_pat
     assert lake_table(lake).num_rows == 150
 
 
-async def test_wrong_topic_and_missing_topic(kafka: KafkaService, tmp_path: Path) -> None:
-    topic = await asyncio.to_thread(kafka.new_topic, 1)
+async def test_wrong_topic_and_missing_topic(broker: Broker, tmp_path: Path) -> None:
+    topic = await asyncio.to_thread(broker.new_topic, 1)
     lake = ParquetLakeWriter(tmp_path / "lake", TIME)
     lake.write(rows(10), offsets={0: 10}, topic="another-topic")
     with pytest.raises(ConfigError, match="another-topic"):
-        await archiver(kafka, topic, lake).run()
+        await archiver(broker, topic, lake).run()
     with pytest.raises(StreamError, match="not found"):
         await archiver(
-            kafka, "no-such-topic-xyz", ParquetLakeWriter(tmp_path / "l2", TIME), topic_timeout="1s"
+            broker,
+            "no-such-topic-xyz",
+            ParquetLakeWriter(tmp_path / "l2", TIME),
+            topic_timeout="1s",
         ).run()
 
 
 @pytest.mark.s3
-async def test_archive_to_s3_lake(kafka: KafkaService, s3: S3Service) -> None:
-    topic = await asyncio.to_thread(kafka.new_topic, 2)
+async def test_archive_to_s3_lake(broker: Broker, s3: S3Service) -> None:
+    topic = await asyncio.to_thread(broker.new_topic, 2)
     table = rows(1_000)
-    await produce(kafka, topic, table, [0, 1])
+    await produce(broker, topic, table, [0, 1])
     bucket = await asyncio.to_thread(s3.new_bucket, "archive")
     lake = ParquetLakeWriter(f"s3://{bucket}/clicks", TIME, s3=s3.config())
-    summary = await archiver(kafka, topic, lake, commit_rows=400).run()
+    summary = await archiver(broker, topic, lake, commit_rows=400).run()
     assert summary.offsets == {0: 500, 1: 500}
     assert ids(lake_table(lake)) == ids(table)
     fs = s3.config().pyarrow_filesystem()
@@ -405,19 +409,19 @@ async def test_archive_to_s3_lake(kafka: KafkaService, s3: S3Service) -> None:
 
 
 async def test_archive_raw_values_with_record_timestamps(
-    kafka: KafkaService, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``time_column=None``: the Kafka record timestamp is the event time (out of order here)."""
-    topic = await asyncio.to_thread(kafka.new_topic, 1)
+    topic = await asyncio.to_thread(broker.new_topic, 1)
     base = 1_767_225_600_000  # 2026-01-01T00:00Z, ms
     stamps = [base + ((i * 7_919) % 50) * 600_000 for i in range(50)]  # 10-min steps, shuffled
     values = [b"v%d" % i for i in range(50)]
-    await kafka.aproduce(topic, values, partition=0, timestamps_ms=stamps)
+    await broker.aproduce(topic, values, partition=0, timestamps_ms=stamps)
     lake = ParquetLakeWriter(tmp_path / "lake", "timestamp")
     with pytest.raises(ConfigError, match="record timestamp"):
-        Archiver(kafka.bootstrap, topic, ParquetLakeWriter(tmp_path, TIME), None, format="raw")
+        Archiver(broker.bootstrap, topic, ParquetLakeWriter(tmp_path, TIME), None, format="raw")
     arch = Archiver(
-        kafka.bootstrap, topic, lake, None, format="raw", stop_at="latest", progress_interval=0
+        broker.bootstrap, topic, lake, None, format="raw", stop_at="latest", progress_interval=0
     )
     with caplog.at_level(logging.INFO, logger="lake.archiver"):
         summary = await arch.run()
@@ -438,20 +442,22 @@ async def test_archive_raw_values_with_record_timestamps(
 @pytest.mark.iceberg
 @pytest.mark.parametrize("warehouse", ["file", pytest.param("s3", marks=pytest.mark.s3)])
 async def test_iceberg_archiver_records_offsets(
-    kafka: KafkaService, warehouse: str, request: pytest.FixtureRequest
+    broker: Broker, warehouse: str, request: pytest.FixtureRequest
 ) -> None:
     iceberg_catalog_props = request.getfixturevalue(
         "iceberg_catalog_props" if warehouse == "file" else "iceberg_s3_catalog_props"
     )
-    topic = await asyncio.to_thread(kafka.new_topic, 3)
+    topic = await asyncio.to_thread(broker.new_topic, 3)
     first = rows(1_500)
-    await produce(kafka, topic, first, [0, 1, 2])
+    await produce(broker, topic, first, [0, 1, 2])
     writer = IcebergLakeWriter("db.archive", iceberg_catalog_props, TIME)
-    await archiver(kafka, topic, writer, commit_rows=600).run()
+    await archiver(broker, topic, writer, commit_rows=600).run()
     assert writer.offsets() == {0: 500, 1: 500, 2: 500}
     second = rows(300, seed=4, first_id=50_000)
-    await produce(kafka, topic, second, [2])
-    await archiver(kafka, topic, IcebergLakeWriter("db.archive", iceberg_catalog_props, TIME)).run()
+    await produce(broker, topic, second, [2])
+    await archiver(
+        broker, topic, IcebergLakeWriter("db.archive", iceberg_catalog_props, TIME)
+    ).run()
     table = load(iceberg_catalog_props).load_table("db.archive")
     got = table.scan().to_arrow()
     assert ids(got) == ids(pa.concat_tables([first, second]))
@@ -466,20 +472,18 @@ async def test_iceberg_archiver_records_offsets(
         assert np.all(np.diff(t) >= 0) and len(np.unique(t // HOUR)) == 1
 
 
-def test_cli_command(
-    kafka: KafkaService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_command(broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    topic = kafka.new_topic(2)
+    topic = broker.new_topic(2)
     table = rows(400)
-    asyncio.run(produce(kafka, topic, table, [0, 1]))
+    asyncio.run(produce(broker, topic, table, [0, 1]))
     parser = argparse.ArgumentParser(prog="lambdasource archive")
     add_arguments(parser)
     schema = ",".join(f"{f.name}:{f.type}" for f in SCHEMA)
     args = parser.parse_args(
         [
-            "--bootstrap-servers", kafka.bootstrap,
+            "--bootstrap-servers", broker.bootstrap,
             "--topic", topic,
             "--lake", str(tmp_path / "lake"),
             "--time-column", TIME,
@@ -494,11 +498,11 @@ def test_cli_command(
     assert ids(lake_table(lake)) == ids(table)
     # --schema-from a Parquet file of the lake itself
     more = rows(100, first_id=9_000)
-    asyncio.run(produce(kafka, topic, more, [1]))
+    asyncio.run(produce(broker, topic, more, [1]))
     a_file = f"{lake.root.base}/{lake.commits()[0].files[0]}"
     args = parser.parse_args(
         [
-            "--bootstrap-servers", kafka.bootstrap,
+            "--bootstrap-servers", broker.bootstrap,
             "--topic", topic,
             "--lake", str(tmp_path / "lake"),
             "--time-column", TIME,
@@ -511,17 +515,17 @@ def test_cli_command(
 
 
 @pytest.mark.iceberg
-def test_cli_command_iceberg(kafka: KafkaService, iceberg_catalog_props: dict[str, str]) -> None:
+def test_cli_command_iceberg(broker: Broker, iceberg_catalog_props: dict[str, str]) -> None:
     import argparse
 
-    topic = kafka.new_topic(1)
+    topic = broker.new_topic(1)
     table = rows(300)
-    asyncio.run(produce(kafka, topic, table, [0]))
+    asyncio.run(produce(broker, topic, table, [0]))
     parser = argparse.ArgumentParser(prog="lambdasource archive")
     add_arguments(parser)
     args = parser.parse_args(
         [
-            "--bootstrap-servers", kafka.bootstrap,
+            "--bootstrap-servers", broker.bootstrap,
             "--topic", topic,
             "--iceberg", "db.cli",
             "--catalog-uri", iceberg_catalog_props["uri"],
@@ -542,11 +546,11 @@ def test_cli_command_iceberg(kafka: KafkaService, iceberg_catalog_props: dict[st
 
 @pytest.mark.iceberg
 async def test_iceberg_archiver_crash_before_append(
-    kafka: KafkaService, iceberg_catalog_props: dict[str, str]
+    broker: Broker, iceberg_catalog_props: dict[str, str]
 ) -> None:
-    topic = await asyncio.to_thread(kafka.new_topic, 2)
+    topic = await asyncio.to_thread(broker.new_topic, 2)
     table = rows(1_200)
-    await produce(kafka, topic, table, [0, 1])
+    await produce(broker, topic, table, [0, 1])
     calls = 0
 
     def crash_on_second(record: CommitRecord) -> None:
@@ -556,13 +560,13 @@ async def test_iceberg_archiver_crash_before_append(
             raise RuntimeError("simulated crash before the snapshot")
 
     first = archiver(
-        kafka, topic, IcebergLakeWriter("db.crash", iceberg_catalog_props, TIME), commit_rows=400
+        broker, topic, IcebergLakeWriter("db.crash", iceberg_catalog_props, TIME), commit_rows=400
     )
     first._after_files_written = crash_on_second
     with pytest.raises(RuntimeError, match="simulated crash"):
         await first.run()
     writer = IcebergLakeWriter("db.crash", iceberg_catalog_props, TIME)
     assert len(writer.commits()) == 1
-    await archiver(kafka, topic, writer).run()
+    await archiver(broker, topic, writer).run()
     assert ids(writer.table().scan().to_arrow()) == ids(table)
     assert writer.offsets() == {0: 600, 1: 600}

@@ -27,9 +27,9 @@ from lake.generator import generate_clickstream
 from lake.writer import ParquetLakeWriter
 from lambdasource.timeutil import HOUR, MINUTE
 from tests.integration.ordered import SCHEMA, TIME, Recorder
-from tests.services.kafka import KafkaService
+from tests.services.brokers import Broker, both_brokers
 
-pytestmark = pytest.mark.kafka
+broker = both_brokers(default=("apache",))
 
 
 def shift(table: pa.Table, start: int, span: int, id_base: int) -> pa.Table:
@@ -61,14 +61,14 @@ def jsons(rows: pa.Table) -> tuple[list[bytes], list[int]]:
 @pytest.mark.parametrize("handoff", ["timestamp", "offsets"])
 @pytest.mark.parametrize("drift", ["0s", "10m"])
 async def test_sparse_and_skewed_partitions_stay_within_the_bound(
-    kafka: KafkaService, tmp_path: Path, handoff: str, drift: str
+    broker: Broker, tmp_path: Path, handoff: str, drift: str
 ) -> None:
     lake_rows, parts, end = data()
-    topic = await asyncio.to_thread(kafka.new_topic, 3)
+    topic = await asyncio.to_thread(broker.new_topic, 3)
     for p, rows in parts.items():
         if rows.num_rows:
             vals, stamps = jsons(rows)
-            await kafka.aproduce(topic, vals, partition=p, timestamps_ms=stamps)
+            await broker.aproduce(topic, vals, partition=p, timestamps_ms=stamps)
     ParquetLakeWriter(tmp_path / "lake", TIME, row_group_rows=100).write(
         lake_rows, offsets={0: 0, 1: 0, 2: 0}, topic=topic
     )
@@ -77,7 +77,7 @@ async def test_sparse_and_skewed_partitions_stay_within_the_bound(
         ls.ParquetLake(tmp_path / "lake", TIME, schema=SCHEMA, batch_size=200),
         ls.KafkaStream(
             topic,
-            kafka.bootstrap,
+            broker.bootstrap,
             time_column=TIME,
             schema=SCHEMA,
             stop_at="latest",

@@ -1,4 +1,4 @@
-"""KafkaStream against the real (Tansu) broker: decoding, dead letters, start positions, bounded
+"""KafkaStream against both real brokers (Apache Kafka in the default run, Tansu in -m slow): decoding, dead letters, start positions, bounded
 reads, idleness, snapshot/restore and error translation."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import lambdasource as ls
 from lambdasource.errors import StreamError
 from lambdasource.sources.kafka.stream import KafkaStream
 from lambdasource.timeutil import MS
-from tests.services.kafka import KafkaService
+from tests.services.brokers import Broker, both_brokers
 
-pytestmark = pytest.mark.kafka
+broker = both_brokers(default=("apache",))
 
 SCHEMA = pa.schema(
     [
@@ -31,10 +31,12 @@ SCHEMA = pa.schema(
     ]
 )
 BASE_MS = 1_700_000_000_000
+# a verified time start on one partition: the end offset's fetch + the answer's check
+VERIFIED_LOOKUP_PROBES = 3
 
 
-async def new_topic(kafka: KafkaService, partitions: int = 1) -> str:
-    return await asyncio.to_thread(kafka.new_topic, partitions)
+async def new_topic(broker: Broker, partitions: int = 1) -> str:
+    return await asyncio.to_thread(broker.new_topic, partitions)
 
 
 async def run_bounded(source: ls.Source) -> tuple[pa.Table, pa.Table, ls.CollectSink, ls.Pipeline]:
@@ -56,8 +58,8 @@ def event(i: int, t_ms: int, *, iso: bool) -> bytes:
     return orjson.dumps({"event_time": when, "user_id": i, "kind": "click", "amount": i * 0.25})
 
 
-async def test_decode_iso_and_epoch_times_nulls_and_dead_letters(kafka: KafkaService) -> None:
-    topic = await new_topic(kafka)
+async def test_decode_iso_and_epoch_times_nulls_and_dead_letters(broker: Broker) -> None:
+    topic = await new_topic(broker)
     values = [
         event(0, BASE_MS, iso=True),
         event(1, BASE_MS + 1000, iso=False),
@@ -68,9 +70,9 @@ async def test_decode_iso_and_epoch_times_nulls_and_dead_letters(kafka: KafkaSer
         b'{"user_id": 6}',  # offset 6: null event time
         b"[1, 2]",  # offset 7: not an object
     ]
-    await kafka.aproduce(topic, values, partition=0)
+    await broker.aproduce(topic, values, partition=0)
     stream = KafkaStream(
-        topic, kafka.bootstrap, time_column="event_time", schema=SCHEMA, stop_at="latest"
+        topic, broker.bootstrap, time_column="event_time", schema=SCHEMA, stop_at="latest"
     )
     table, dead, _, p = await run_bounded(stream)
     assert table.column("user_id").to_pylist() == [0, 1, 2]
@@ -104,11 +106,11 @@ async def test_decode_iso_and_epoch_times_nulls_and_dead_letters(kafka: KafkaSer
     assert metrics["partitions"][0]["dead_letters"] == 5
 
 
-async def test_raw_format_and_record_timestamps(kafka: KafkaService) -> None:
-    topic = await new_topic(kafka)
+async def test_raw_format_and_record_timestamps(broker: Broker) -> None:
+    topic = await new_topic(broker)
     stamps = [BASE_MS + 10 * i for i in range(20)]
-    await kafka.aproduce(topic, [b"v%d" % i for i in range(20)], partition=0, timestamps_ms=stamps)
-    stream = KafkaStream(topic, kafka.bootstrap, format="raw", stop_at="latest")
+    await broker.aproduce(topic, [b"v%d" % i for i in range(20)], partition=0, timestamps_ms=stamps)
+    stream = KafkaStream(topic, broker.bootstrap, format="raw", stop_at="latest")
     table, dead, sink, _ = await run_bounded(stream)
     assert table.column("value").to_pylist() == [b"v%d" % i for i in range(20)]
     assert table.column("timestamp").cast(pa.int64()).to_pylist() == [s * MS for s in stamps]
@@ -116,16 +118,16 @@ async def test_raw_format_and_record_timestamps(kafka: KafkaService) -> None:
     assert sink.watermarks[-1] == stamps[-1] * MS  # bounded end: max time read
 
 
-async def test_start_positions_explicit_offsets_and_latest(kafka: KafkaService) -> None:
-    topic = await new_topic(kafka, 2)
-    await kafka.aproduce(topic, [b"a%d" % i for i in range(10)], partition=0)
-    await kafka.aproduce(topic, [b"b%d" % i for i in range(5)], partition=1)
-    stream = KafkaStream(topic, kafka.bootstrap, format="raw", stop_at="latest", start={0: 7})
+async def test_start_positions_explicit_offsets_and_latest(broker: Broker) -> None:
+    topic = await new_topic(broker, 2)
+    await broker.aproduce(topic, [b"a%d" % i for i in range(10)], partition=0)
+    await broker.aproduce(topic, [b"b%d" % i for i in range(5)], partition=1)
+    stream = KafkaStream(topic, broker.bootstrap, format="raw", stop_at="latest", start={0: 7})
     table, _, _, _ = await run_bounded(stream)
     assert sorted(table.column("value").to_pylist()) == sorted(
         [b"a7", b"a8", b"a9"] + [b"b%d" % i for i in range(5)]
     )
-    latest = KafkaStream(topic, kafka.bootstrap, format="raw", stop_at="latest", start="latest")
+    latest = KafkaStream(topic, broker.bootstrap, format="raw", stop_at="latest", start="latest")
     table, _, _, _ = await run_bounded(latest)
     assert table.num_rows == 0
 
@@ -140,7 +142,7 @@ async def test_start_positions_explicit_offsets_and_latest(kafka: KafkaService) 
     pick=st.floats(-0.1, 1.1),
 )
 def test_timestamp_start_is_verified_or_searched(
-    kafka: KafkaService, gaps: list[int], pick: float
+    broker: Broker, gaps: list[int], pick: float
 ) -> None:
     """Start at a time: the first record read is the first whose record timestamp is >= it,
     whatever the broker's offsets_for_times says (Tansu's answer is wrong for old times)."""
@@ -150,10 +152,12 @@ def test_timestamp_start_is_verified_or_searched(
         t += gap
         stamps.append(t)
     target_ms = int(stamps[0] + pick * (stamps[-1] - stamps[0]))
-    topic = kafka.new_topic(1)
-    kafka.produce(topic, [b"%d" % i for i in range(len(stamps))], partition=0, timestamps_ms=stamps)
+    topic = broker.new_topic(1)
+    broker.produce(
+        topic, [b"%d" % i for i in range(len(stamps))], partition=0, timestamps_ms=stamps
+    )
     stream = KafkaStream(
-        topic, kafka.bootstrap, format="raw", stop_at="latest", start=target_ms * MS
+        topic, broker.bootstrap, format="raw", stop_at="latest", start=target_ms * MS
     )
     table, _, _, _ = asyncio.run(run_bounded(stream))
     expected = [b"%d" % i for i, s in enumerate(stamps) if s >= target_ms]
@@ -162,16 +166,16 @@ def test_timestamp_start_is_verified_or_searched(
     assert lookup["offset"] == len(stamps) - len(expected)
 
 
-async def test_stop_at_latest_reads_exactly_what_was_there(kafka: KafkaService) -> None:
-    topic = await new_topic(kafka, 3)
+async def test_stop_at_latest_reads_exactly_what_was_there(broker: Broker) -> None:
+    topic = await new_topic(broker, 3)
     for partition, n in ((0, 300), (1, 0), (2, 57)):  # partition 1 stays empty
         if n:
-            await kafka.aproduce(
+            await broker.aproduce(
                 topic, [event(i, BASE_MS + i, iso=False) for i in range(n)], partition=partition
             )
     stream = KafkaStream(
         topic,
-        kafka.bootstrap,
+        broker.bootstrap,
         time_column="event_time",
         schema=SCHEMA,
         stop_at="latest",
@@ -185,16 +189,16 @@ async def test_stop_at_latest_reads_exactly_what_was_there(kafka: KafkaService) 
     assert all(v["finished"] and v["lag"] == 0 for v in parts.values())
 
 
-async def test_idle_partition_does_not_stall_the_watermark(kafka: KafkaService) -> None:
+async def test_idle_partition_does_not_stall_the_watermark(broker: Broker) -> None:
     """Partition 1 never gets data: once caught up and quiet for idle_timeout it stops holding
     the watermark back; partition 0's watermark goes through."""
-    topic = await new_topic(kafka, 2)
-    await kafka.aproduce(
+    topic = await new_topic(broker, 2)
+    await broker.aproduce(
         topic, [event(i, BASE_MS + i * 1000, iso=False) for i in range(100)], partition=0
     )
     stream = KafkaStream(
         topic,
-        kafka.bootstrap,
+        broker.bootstrap,
         time_column="event_time",
         schema=SCHEMA,
         out_of_orderness="2s",
@@ -214,7 +218,7 @@ async def test_idle_partition_does_not_stall_the_watermark(kafka: KafkaService) 
         parts = stream.metrics()["partitions"]
         assert parts[1]["idle"] and parts[1]["watermark"] is None
         # data arriving later on the idle partition makes it active again
-        await kafka.aproduce(topic, [event(1000, BASE_MS + 500_000, iso=False)], partition=1)
+        await broker.aproduce(topic, [event(1000, BASE_MS + 500_000, iso=False)], partition=1)
         for _ in range(50):
             await asyncio.sleep(0.1)
             if stream.metrics()["partitions"][1]["records"]:
@@ -227,68 +231,78 @@ async def test_idle_partition_does_not_stall_the_watermark(kafka: KafkaService) 
             await task
 
 
-async def test_snapshot_and_restore_resume_exactly(kafka: KafkaService) -> None:
-    topic = await new_topic(kafka, 2)
-    await kafka.aproduce(topic, [b"x%d" % i for i in range(40)], partition=0)
-    await kafka.aproduce(topic, [b"y%d" % i for i in range(10)], partition=1)
-    first = KafkaStream(topic, kafka.bootstrap, format="raw", stop_at="latest")
+async def test_snapshot_and_restore_resume_exactly(broker: Broker) -> None:
+    topic = await new_topic(broker, 2)
+    await broker.aproduce(topic, [b"x%d" % i for i in range(40)], partition=0)
+    await broker.aproduce(topic, [b"y%d" % i for i in range(10)], partition=1)
+    first = KafkaStream(topic, broker.bootstrap, format="raw", stop_at="latest")
     table1, _, _, _ = await run_bounded(first)
     state = first.snapshot()
     assert state == {"positions": {0: 40, 1: 10}, "held": {}}
-    await kafka.aproduce(topic, [b"x%d" % i for i in range(40, 55)], partition=0)
-    await kafka.aproduce(topic, [b"y%d" % i for i in range(10, 12)], partition=1)
-    second = KafkaStream(topic, kafka.bootstrap, format="raw", stop_at="latest")
+    await broker.aproduce(topic, [b"x%d" % i for i in range(40, 55)], partition=0)
+    await broker.aproduce(topic, [b"y%d" % i for i in range(10, 12)], partition=1)
+    second = KafkaStream(topic, broker.bootstrap, format="raw", stop_at="latest")
     second.restore(state)
     table2, _, _, _ = await run_bounded(second)
     got = table1.column("value").to_pylist() + table2.column("value").to_pylist()
     assert sorted(got) == sorted([b"x%d" % i for i in range(55)] + [b"y%d" % i for i in range(12)])
     assert second.snapshot() == {"positions": {0: 55, 1: 12}, "held": {}}
     # the older form (positions only) still restores
-    third = KafkaStream(topic, kafka.bootstrap, format="raw", stop_at="latest")
+    third = KafkaStream(topic, broker.bootstrap, format="raw", stop_at="latest")
     third.restore({0: 55, 1: 12})
     assert (await run_bounded(third))[0].num_rows == 0
 
 
-async def test_errors_name_the_topic(kafka: KafkaService) -> None:
-    stream = KafkaStream("no-such-topic-xyz", kafka.bootstrap, format="raw", stop_at="latest")
+async def test_errors_name_the_topic(broker: Broker) -> None:
+    stream = KafkaStream("no-such-topic-xyz", broker.bootstrap, format="raw", stop_at="latest")
     with pytest.raises(StreamError, match="topic=no-such-topic-xyz"):
         await run_bounded(stream)
-    topic = await new_topic(kafka, 1)
-    bad = KafkaStream(topic, kafka.bootstrap, format="raw", partitions=[3], stop_at="latest")
+    topic = await new_topic(broker, 1)
+    bad = KafkaStream(topic, broker.bootstrap, format="raw", partitions=[3], stop_at="latest")
     with pytest.raises(StreamError, match=r"partition\(s\) \[3\]"):
         await run_bounded(bad)
 
 
-async def test_wrong_offsets_for_times_answer_is_replaced_by_a_search(kafka: KafkaService) -> None:
-    """Tansu answers offsets_for_times from broker write time (offset 0 for old timestamps):
-    the answer fails verification and a binary search over record timestamps replaces it."""
-    topic = await new_topic(kafka)
+async def test_offsets_for_times_answer_is_verified_or_replaced_by_a_search(broker: Broker) -> None:
+    """Apache Kafka's offsets_for_times answer passes verification and is used; Tansu answers
+    from broker write time (offset 0 for old timestamps): its answer fails verification and a
+    binary search over record timestamps replaces it."""
+    topic = await new_topic(broker)
     stamps = [BASE_MS + 1000 * i for i in range(200)]
-    await kafka.aproduce(topic, [b"%d" % i for i in range(200)], partition=0, timestamps_ms=stamps)
+    await broker.aproduce(topic, [b"%d" % i for i in range(200)], partition=0, timestamps_ms=stamps)
     stream = KafkaStream(
-        topic, kafka.bootstrap, format="raw", stop_at="latest", start=(BASE_MS + 150_500) * MS
+        topic, broker.bootstrap, format="raw", stop_at="latest", start=(BASE_MS + 150_500) * MS
     )
     table, _, _, _ = await run_bounded(stream)
     assert table.column("value").to_pylist()[0] == b"151"
     lookup = stream.lookups[0]
     assert lookup["offset"] == 151
-    assert lookup["broker_answer"] != 151 and lookup["verified"] is False
-    assert stream.lookup_probes <= 2 * 8 + 4  # logarithmic, not a scan
+    if broker.is_apache:
+        assert lookup["broker_answer"] == 151 and lookup["verified"] is True
+        assert stream.lookup_probes == VERIFIED_LOOKUP_PROBES
+    else:
+        assert lookup["broker_answer"] != 151 and lookup["verified"] is False
+        assert stream.lookup_probes <= 2 * 8 + 4  # logarithmic, not a scan
 
 
-async def test_group_id_commits_positions_for_observability(kafka: KafkaService) -> None:
+async def test_group_id_commits_positions_for_observability(broker: Broker) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    topic = await new_topic(kafka, 2)
-    await kafka.aproduce(topic, [b"a"] * 7, partition=0)
-    await kafka.aproduce(topic, [b"b"] * 3, partition=1)
+    topic = await new_topic(broker, 2)
+    await broker.aproduce(topic, [b"a"] * 7, partition=0)
+    await broker.aproduce(topic, [b"b"] * 3, partition=1)
     group = f"g-{topic}"
     stream = KafkaStream(
-        topic, kafka.bootstrap, format="raw", stop_at="latest", group_id=group, commit_interval="1h"
+        topic,
+        broker.bootstrap,
+        format="raw",
+        stop_at="latest",
+        group_id=group,
+        commit_interval="1h",
     )
     await run_bounded(stream)
     assert stream.commit_failures == 0
-    probe = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group)
+    probe = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group)
     await probe.start()
     try:
         committed = {p: await probe.committed(TopicPartition(topic, p)) for p in (0, 1)}
@@ -297,18 +311,17 @@ async def test_group_id_commits_positions_for_observability(kafka: KafkaService)
     assert committed == {0: 7, 1: 3}
 
 
-@pytest.mark.kafka
 async def test_completed_checkpoints_commit_their_offsets_to_the_group(
-    kafka: KafkaService, tmp_path: Any
+    broker: Broker, tmp_path: Any
 ) -> None:
     """With checkpoints, the group's committed offsets are those of a completed checkpoint
     (what a restart resumes from), not merely what was read."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    topic = await asyncio.to_thread(kafka.new_topic, 2)
+    topic = await asyncio.to_thread(broker.new_topic, 2)
     values = [orjson.dumps({"t": 1_700_000_000_000 + i, "v": i}) for i in range(4_000)]
-    await kafka.aproduce(topic, values[:2_000], partition=0)
-    await kafka.aproduce(topic, values[2_000:], partition=1)
+    await broker.aproduce(topic, values[:2_000], partition=0)
+    await broker.aproduce(topic, values[2_000:], partition=1)
     group = f"g-{topic}"
     taken: list[dict[int, int]] = []
 
@@ -320,7 +333,7 @@ async def test_completed_checkpoints_commit_their_offsets_to_the_group(
 
     stream = Recording(
         topic,
-        kafka.bootstrap,
+        broker.bootstrap,
         time_column="t",
         schema=pa.schema([("t", pa.int64()), ("v", pa.int64())]),
         group_id=group,
@@ -329,7 +342,7 @@ async def test_completed_checkpoints_commit_their_offsets_to_the_group(
     p = ls.Pipeline(checkpoints=ls.Checkpoints(str(tmp_path / "ckpt"), interval="50ms"))
     p.source(stream).sink(ls.CollectSink())
     task = asyncio.create_task(p.run(restore=None))
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group)
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group)
     await consumer.start()
     try:
         committed: dict[int, int | None] = {}

@@ -1,5 +1,6 @@
-"""LambdaSource on a real Parquet lake and the real (Tansu) broker: timestamp and exact-offset
-handoff, gap detection, watermarks, idleness and alignment.
+"""LambdaSource on a real Parquet lake and both real brokers (Apache Kafka in the default run,
+Tansu in -m slow): timestamp and exact-offset handoff, gap detection, watermarks, idleness and
+alignment.
 
 Reference: the expected output is computed independently with pyarrow over the generated table
 (lake rows with time < cutoff + stream rows with time >= cutoff, or every produced row once) and
@@ -32,9 +33,9 @@ from lambdasource.sources.lake.commits import CommitRecord
 from lambdasource.sources.lake.parquet import ParquetLake
 from lambdasource.sources.lambda_source import LambdaSource
 from lambdasource.timeutil import HOUR, MINUTE, MS, to_micros
-from tests.services.kafka import KafkaService
+from tests.services.brokers import Broker, both_brokers
 
-pytestmark = pytest.mark.kafka
+broker = both_brokers(default=("apache",))
 
 T0 = to_micros(DEFAULT_START)
 SCHEMA = pa.schema(
@@ -126,7 +127,7 @@ def arrival_ms(table: pa.Table) -> list[int]:
 
 
 async def produce_partitioned(
-    kafka: KafkaService, topic: str, table: pa.Table, weights: list[float]
+    broker: Broker, topic: str, table: pa.Table, weights: list[float]
 ) -> dict[int, pa.Table]:
     """Spread rows over partitions with the given weights (0 → empty); returns rows per partition."""
     rng = np.random.default_rng(7)
@@ -137,14 +138,14 @@ async def produce_partitioned(
         rows = table.filter(pa.array(assign == p))
         parts[p] = rows
         if rows.num_rows:
-            await kafka.aproduce(topic, to_json(rows), partition=p, timestamps_ms=arrival_ms(rows))
+            await broker.aproduce(topic, to_json(rows), partition=p, timestamps_ms=arrival_ms(rows))
     return parts
 
 
-def stream_for(kafka: KafkaService, topic: str, **kw: Any) -> KafkaStream:
+def stream_for(broker: Broker, topic: str, **kw: Any) -> KafkaStream:
     return KafkaStream(
         topic,
-        kafka.bootstrap,
+        broker.bootstrap,
         time_column="event_time",
         schema=SCHEMA,
         stop_at=kw.pop("stop_at", "latest"),
@@ -161,15 +162,15 @@ async def run(source: LambdaSource) -> tuple[OrderedSink, ls.Pipeline]:
     return sink, p
 
 
-async def new_topic(kafka: KafkaService, partitions: int) -> str:
-    return await asyncio.to_thread(kafka.new_topic, partitions)
+async def new_topic(broker: Broker, partitions: int) -> str:
+    return await asyncio.to_thread(broker.new_topic, partitions)
 
 
 # --- timestamp handoff ------------------------------------------------------------------------
 
 
 async def check_timestamp_handoff(
-    kafka: KafkaService,
+    broker: Broker,
     root: Path,
     *,
     events: int,
@@ -187,13 +188,13 @@ async def check_timestamp_handoff(
     # the stream holds everything that arrived after (lake_end - overlap), in arrival order
     arrival = np.maximum.accumulate(times)
     stream_rows = table.filter(pa.array(arrival >= lake_end - overlap_hours * HOUR))
-    topic = await new_topic(kafka, len(weights))
-    parts = await produce_partitioned(kafka, topic, stream_rows, weights)
+    topic = await new_topic(broker, len(weights))
+    parts = await produce_partitioned(broker, topic, stream_rows, weights)
 
     lake = ParquetLake(root, "event_time", schema=SCHEMA)
     source = LambdaSource(
         lake,
-        stream_for(kafka, topic),
+        stream_for(broker, topic),
         cutoff=cutoff,
         out_of_orderness="10m",
         idle_timeout="200ms",
@@ -228,10 +229,10 @@ async def check_timestamp_handoff(
     ids=["one-partition", "four-skewed-one-empty"],
 )
 async def test_timestamp_handoff_union_is_lake_before_and_stream_after(
-    kafka: KafkaService, tmp_path: Path, weights: list[float]
+    broker: Broker, tmp_path: Path, weights: list[float]
 ) -> None:
     _, source = await check_timestamp_handoff(
-        kafka, tmp_path, events=4000, seed=3, lake_hours=14, overlap_hours=2, weights=weights
+        broker, tmp_path, events=4000, seed=3, lake_hours=14, overlap_hours=2, weights=weights
     )
     m = source.metrics()
     assert m["dropped_before_cutoff"] > 0  # the overlap was really there
@@ -248,14 +249,14 @@ async def test_timestamp_handoff_union_is_lake_before_and_stream_after(
     seed=st.integers(0, 100),
 )
 def test_timestamp_handoff_property(
-    kafka: KafkaService, lake_hours: int, overlap_hours: int, cut_shift_min: int, seed: int
+    broker: Broker, lake_hours: int, overlap_hours: int, cut_shift_min: int, seed: int
 ) -> None:
     """Any lake end, overlap and explicit cutoff (at or before the lake's end)."""
     cutoff = T0 + lake_hours * HOUR + cut_shift_min * MINUTE
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(
             check_timestamp_handoff(
-                kafka,
+                broker,
                 Path(tmp),
                 events=1500,
                 seed=seed,
@@ -268,7 +269,7 @@ def test_timestamp_handoff_property(
 
 
 async def test_idle_partition_does_not_stall_the_lambda_watermark(
-    kafka: KafkaService, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     """Unbounded: an empty partition becomes idle (caught up + quiet) and the output watermark
     reaches the busy partition's max − out_of_orderness."""
@@ -277,13 +278,13 @@ async def test_idle_partition_does_not_stall_the_lambda_watermark(
     lake_end = T0 + 10 * HOUR
     write_lake(tmp_path, table.filter(pa.array(times < lake_end)))
     stream_rows = table.filter(pa.array(times >= lake_end))
-    topic = await new_topic(kafka, 2)
-    await kafka.aproduce(
+    topic = await new_topic(broker, 2)
+    await broker.aproduce(
         topic, to_json(stream_rows), partition=0, timestamps_ms=arrival_ms(stream_rows)
     )
     source = LambdaSource(
         ParquetLake(tmp_path, "event_time", schema=SCHEMA),
-        stream_for(kafka, topic, stop_at=None),
+        stream_for(broker, topic, stop_at=None),
         cutoff=lake_end,  # the lake is complete up to its last partition's end
         out_of_orderness="10m",
         idle_timeout="300ms",
@@ -314,15 +315,15 @@ async def test_idle_partition_does_not_stall_the_lambda_watermark(
 
 
 async def offset_setup(
-    kafka: KafkaService, root: Path, weights: list[float], *, archive_fraction: float
+    broker: Broker, root: Path, weights: list[float], *, archive_fraction: float
 ) -> tuple[str, pa.Table, dict[int, int]]:
     """Produce part 1, archive it (lake files + commit with the offsets produced), produce part 2.
     Partition 0's archive stops in the middle; the last partition is never archived."""
     table = clickstream(3000, 11, jitter="5m")
     n1 = int(table.num_rows * archive_fraction)
     first, second = table.slice(0, n1), table.slice(n1)
-    topic = await new_topic(kafka, len(weights))
-    parts = await produce_partitioned(kafka, topic, first, weights)
+    topic = await new_topic(broker, len(weights))
+    parts = await produce_partitioned(broker, topic, first, weights)
     archived, offsets = [], {}
     for p, rows in parts.items():
         if p == len(weights) - 1 and len(weights) > 1:
@@ -336,7 +337,7 @@ async def offset_setup(
         lake_rows,
         commit=CommitRecord(sequence=1, offsets=offsets, topic=topic, high_watermark=None),
     )
-    await produce_partitioned(kafka, topic, second, weights)
+    await produce_partitioned(broker, topic, second, weights)
     return topic, table, offsets
 
 
@@ -346,12 +347,12 @@ async def offset_setup(
     ids=["one-partition", "four-skewed-one-empty-one-unarchived"],
 )
 async def test_offset_handoff_delivers_every_record_exactly_once(
-    kafka: KafkaService, tmp_path: Path, weights: list[float]
+    broker: Broker, tmp_path: Path, weights: list[float]
 ) -> None:
-    topic, table, offsets = await offset_setup(kafka, tmp_path, weights, archive_fraction=0.6)
+    topic, table, offsets = await offset_setup(broker, tmp_path, weights, archive_fraction=0.6)
     source = LambdaSource(
         ParquetLake(tmp_path, "event_time", schema=SCHEMA),
-        stream_for(kafka, topic),
+        stream_for(broker, topic),
         handoff="offsets",
         out_of_orderness="10m",
         idle_timeout="200ms",
@@ -365,13 +366,13 @@ async def test_offset_handoff_delivers_every_record_exactly_once(
     assert starts == {k: offsets.get(k, 0) for k in range(len(weights))}
 
 
-async def test_offset_handoff_detects_retention_gaps(kafka: KafkaService, tmp_path: Path) -> None:
+async def test_offset_handoff_detects_retention_gaps(broker: Broker, tmp_path: Path) -> None:
     """Retention simulated by a fake beginning-offsets lookup: the stream 'starts' 5 past the
     recorded offset of partition 0."""
-    topic, table, offsets = await offset_setup(kafka, tmp_path, [1.0, 1.0], archive_fraction=0.5)
+    topic, table, offsets = await offset_setup(broker, tmp_path, [1.0, 1.0], archive_fraction=0.5)
 
     def make(allow_gaps: bool) -> LambdaSource:
-        stream = stream_for(kafka, topic)
+        stream = stream_for(broker, topic)
 
         async def retained_from(partitions: list[int]) -> dict[int, int]:
             return {p: offsets[0] + 5 if p == 0 else 0 for p in partitions}
@@ -402,13 +403,13 @@ async def test_offset_handoff_detects_retention_gaps(kafka: KafkaService, tmp_pa
     assert sum(missing.values()) == 5 and not (got - everything)
 
 
-async def test_offset_handoff_needs_recorded_offsets(kafka: KafkaService, tmp_path: Path) -> None:
+async def test_offset_handoff_needs_recorded_offsets(broker: Broker, tmp_path: Path) -> None:
     table = clickstream(200, 1, jitter="1m")
     write_lake(tmp_path, table)
-    topic = await new_topic(kafka, 1)
+    topic = await new_topic(broker, 1)
     source = LambdaSource(
         ParquetLake(tmp_path, "event_time", schema=SCHEMA),
-        stream_for(kafka, topic),
+        stream_for(broker, topic),
         handoff="offsets",
     )
     with pytest.raises(HandoffError, match="no commit records"):
@@ -450,7 +451,7 @@ def leads(sink: OrderedSink, stream_ids: set[int]) -> dict[str, int]:
 
 
 async def alignment_job(
-    kafka: KafkaService,
+    broker: Broker,
     root: Path,
     topic: str,
     alignment: Alignment | None,
@@ -461,7 +462,7 @@ async def alignment_job(
 ) -> tuple[OrderedSink, LambdaSource]:
     source = LambdaSource(
         ParquetLake(root, "event_time", schema=SCHEMA),
-        stream_for(kafka, topic, max_batch_records=max_batch_records),
+        stream_for(broker, topic, max_batch_records=max_batch_records),
         handoff=handoff,
         cutoff=cutoff,
         out_of_orderness="1m",
@@ -475,7 +476,7 @@ async def alignment_job(
 @pytest.mark.parametrize("handoff", ["timestamp", "offsets"])
 @pytest.mark.parametrize("max_batch_records", [50, 5000], ids=["small-fetch", "whole-topic-fetch"])
 async def test_alignment_bounds_every_record_at_the_next_operator(
-    kafka: KafkaService, tmp_path: Path, handoff: str, max_batch_records: int
+    broker: Broker, tmp_path: Path, handoff: str, max_batch_records: int
 ) -> None:
     """A 20-hour lake and a stream whose partitions open at the handoff: aligned, no stream
     record reaches the next operator more than max_drift + out_of_orderness ahead of the
@@ -487,8 +488,8 @@ async def test_alignment_bounds_every_record_at_the_next_operator(
     cut = T0 + 20 * HOUR
     lake_rows = table.filter(pa.array(times < cut))
     stream_rows = table.filter(pa.array(times >= cut))
-    topic = await new_topic(kafka, 2)
-    parts = await produce_partitioned(kafka, topic, stream_rows, [1.0, 1.0])
+    topic = await new_topic(broker, 2)
+    parts = await produce_partitioned(broker, topic, stream_rows, [1.0, 1.0])
     offsets = {p: rows.num_rows for p, rows in parts.items()} if handoff == "offsets" else None
     commit = None
     if offsets is not None:  # the lake archived nothing of the topic: the stream starts at 0
@@ -500,7 +501,7 @@ async def test_alignment_bounds_every_record_at_the_next_operator(
 
     drift = 30 * MINUTE
     sink, aligned = await alignment_job(
-        kafka,
+        broker,
         tmp_path,
         topic,
         Alignment(max_drift="30m"),
@@ -517,7 +518,7 @@ async def test_alignment_bounds_every_record_at_the_next_operator(
     assert any(s["holds"] > 0 for n, s in splits.items() if n.startswith("stream:"))
 
     sink2, _ = await alignment_job(
-        kafka,
+        broker,
         tmp_path,
         topic,
         None,
@@ -550,7 +551,7 @@ class BarrierSink(OrderedSink):
 
 @pytest.mark.parametrize("fetch", [50, 5000], ids=["small-fetch", "held-rows-in-checkpoint"])
 async def test_restore_from_a_checkpoint_delivers_the_rest_exactly_once(
-    kafka: KafkaService, tmp_path: Path, fetch: int
+    broker: Broker, tmp_path: Path, fetch: int
 ) -> None:
     """A checkpoint mid-lake, restored into a new source: every record once. With whole-topic
     fetches the checkpoint holds the rows alignment kept back, and the restore emits them."""
@@ -558,14 +559,14 @@ async def test_restore_from_a_checkpoint_delivers_the_rest_exactly_once(
     times = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
     cut = T0 + 12 * HOUR
     write_lake(tmp_path, table.filter(pa.array(times < cut)))
-    topic = await new_topic(kafka, 2)
-    await produce_partitioned(kafka, topic, table.filter(pa.array(times >= cut)), [1.0, 2.0])
+    topic = await new_topic(broker, 2)
+    await produce_partitioned(broker, topic, table.filter(pa.array(times >= cut)), [1.0, 2.0])
     expected = Counter(table.column("event_id").to_pylist())
 
     def make(stop_at: str | None) -> LambdaSource:
         return LambdaSource(
             ParquetLake(tmp_path, "event_time", schema=SCHEMA, batch_size=100),
-            stream_for(kafka, topic, stop_at=stop_at, max_batch_records=fetch),
+            stream_for(broker, topic, stop_at=stop_at, max_batch_records=fetch),
             cutoff=cut,  # the lake is complete up to its last partition's end
             out_of_orderness="5m",
             idle_timeout="200ms",
@@ -607,7 +608,7 @@ async def test_restore_from_a_checkpoint_delivers_the_rest_exactly_once(
     assert before + after.ids() == expected
 
 
-async def test_lake_and_stream_schemas_are_unified(kafka: KafkaService, tmp_path: Path) -> None:
+async def test_lake_and_stream_schemas_are_unified(broker: Broker, tmp_path: Path) -> None:
     """The lake has a column the stream lacks (nulls on the stream side) and stores user_id as
     int32 (cast to the declared int64)."""
     table = clickstream(800, 4, jitter="1m")
@@ -618,12 +619,12 @@ async def test_lake_and_stream_schemas_are_unified(kafka: KafkaService, tmp_path
     lake_rows = lake_rows.set_column(2, "user_id", lake_rows.column("user_id").cast(pa.int32()))
     write_lake(tmp_path, lake_rows)
     stream_rows = table.filter(pa.array(times >= cut))
-    topic = await new_topic(kafka, 1)
-    await produce_partitioned(kafka, topic, stream_rows, [1.0])
+    topic = await new_topic(broker, 1)
+    await produce_partitioned(broker, topic, stream_rows, [1.0])
     declared = SCHEMA.append(pa.field("country", pa.string()))
     source = LambdaSource(
         ParquetLake(tmp_path, "event_time", schema=declared),
-        stream_for(kafka, topic),
+        stream_for(broker, topic),
         cutoff=cut,  # the lake is complete up to its last partition's end
         idle_timeout="200ms",
     )

@@ -1,4 +1,5 @@
-"""KafkaUpsert against the embedded broker: keyed records, JSON values, tombstones, version header."""
+"""KafkaUpsert against both brokers (Tansu in the default run, Apache Kafka in -m slow): keyed
+records, JSON values, tombstones, version header."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pytest
 
 from lambdasource.sinks.kafka import VERSION_HEADER, KafkaUpsert
 from tests.integration.test_sinks_common import batch, reference_state, write_all
+from tests.services.brokers import Broker, both_brokers
 
-pytestmark = pytest.mark.kafka
+broker = both_brokers(default=("tansu",))
 
 
 async def read_topic(bootstrap: str, topic: str, expected: int) -> list[Any]:
@@ -35,15 +36,15 @@ async def read_topic(bootstrap: str, topic: str, expected: int) -> list[Any]:
         await consumer.stop()
 
 
-async def test_keyed_records_and_tombstones(kafka: Any) -> None:
-    topic = await asyncio.to_thread(kafka.new_topic, 1)
+async def test_keyed_records_and_tombstones(broker: Broker) -> None:
+    topic = await asyncio.to_thread(broker.new_topic, 1)
     batches = [
         batch([1, 2, 1, 3], [1, 1, 2, 1], ["a1", "b1", "a2", "c1"]),
         batch([3, 2], [2, 2], [None, "b2"], deleted=[True, False]),
     ]
-    sink = KafkaUpsert(topic, key="k", bootstrap_servers=kafka.bootstrap, version="v")
+    sink = KafkaUpsert(topic, key="k", bootstrap_servers=broker.bootstrap, version="v")
     await write_all(sink, batches)
-    records = await read_topic(kafka.bootstrap, topic, 5)
+    records = await read_topic(broker.bootstrap, topic, 5)
     assert len(records) == 5  # 3 keys after coalescing the first flush, then 2
     # newest per key = last record per key in log order (what compaction would keep)
     last: dict[int, Any] = {}
@@ -58,8 +59,8 @@ async def test_keyed_records_and_tombstones(kafka: Any) -> None:
     assert (m["rows_written"], m["deletes"], m["coalesced"]) == (4, 1, 1)
 
 
-async def test_composite_key_and_timestamps(kafka: Any) -> None:
-    topic = await asyncio.to_thread(kafka.new_topic, 1)
+async def test_composite_key_and_timestamps(broker: Broker) -> None:
+    topic = await asyncio.to_thread(broker.new_topic, 1)
     data = pa.table(
         {
             "user": [1, 1],
@@ -68,8 +69,8 @@ async def test_composite_key_and_timestamps(kafka: Any) -> None:
             "n": [3, 4],
         }
     )
-    await write_all(KafkaUpsert(topic, ["user", "page"], kafka.bootstrap), [data])
-    records = await read_topic(kafka.bootstrap, topic, 2)
+    await write_all(KafkaUpsert(topic, ["user", "page"], broker.bootstrap), [data])
+    records = await read_topic(broker.bootstrap, topic, 2)
     assert sorted(orjson.loads(r.key) for r in records) == [[1, "/"], [1, "/a"]]
     value = orjson.loads(records[0].value)
     assert value["window_end"].startswith("1970-01-01T00:00:01")
