@@ -1,9 +1,18 @@
 """Start positions of a Kafka partition, and a trustworthy timestamp → offset lookup.
 
-``offsets_for_times`` is not trusted (Tansu answers from broker write time and returns 0 for old
-timestamps; DESIGN §6). :func:`offset_for_time` checks the broker's answer by reading the records
-around it and, when it is wrong, binary-searches the record timestamps instead. End offsets come
-from a fetch's highwater, never from ``end_offsets()`` (which lags on Tansu).
+Broker answers are used and verified, never trusted (tests/integration/test_broker_differences.py):
+
+* ``offsets_for_times``: Apache Kafka answers right; Tansu answers from broker write time and
+  returns 0 for old timestamps (DESIGN §6). :func:`offset_for_time` checks the answer with one
+  fetch (the records just before and at it) and, when it is wrong, binary-searches the record
+  timestamps instead.
+* ``end_offsets()``: Apache Kafka answers right; Tansu lags (the last batch's base offset + 1).
+  :func:`end_offset` fetches the record just before the answer: the fetch's highwater is the end
+  (right on both brokers), the answer only picks where to fetch, and the record read there is
+  kept, so the check before a lookup's end costs no second fetch.
+
+Every record a probe fetch returns is cached by offset for the prober's life (one stream open):
+``probes`` counts fetches, not records asked for.
 
 Result contract: the first offset whose record timestamp is ``>= ts`` (the end offset when none
 is), assuming record timestamps are non-decreasing in offset order (CreateTime set by a
@@ -30,17 +39,33 @@ class Probe:
 
 
 class OffsetProber:
-    """Reads single records at given offsets with a dedicated consumer (no group, no commits)."""
+    """Reads records at given offsets with a dedicated consumer (no group, no commits).
+
+    Invariant: ``seen[(partition, offset)]`` is the record a fetch returned at exactly that
+    offset (offsets are immutable while the prober lives), so a probe there needs no fetch.
+    """
 
     def __init__(self, consumer: AIOKafkaConsumer, topic: str) -> None:
         self.consumer = consumer
         self.topic = topic
-        self.probes = 0
+        self.probes = 0  # fetches made
+        self.seen: dict[tuple[int, int], Probe] = {}
+        self.end_answers: dict[int, tuple[int | None, int]] = {}  # partition: (answer, highwater)
 
     async def read(
-        self, partition: int, offset: int, timeout_ms: int = 2000, max_records: int = 2000
+        self,
+        partition: int,
+        offset: int,
+        timeout_ms: int = 2000,
+        max_records: int = 2000,
+        *,
+        until_response: bool = False,
     ) -> list[Probe]:
-        """The records of one fetch from offset ``>= offset`` (empty at the end)."""
+        """The records of one fetch from offset ``>= offset`` (empty at the end).
+
+        ``until_response``: return as soon as a fetch response came (the highwater is known),
+        even without records, instead of waiting ``timeout_ms`` for records at the end.
+        """
         tp = TopicPartition(self.topic, partition)
         self.probes += 1
         try:
@@ -49,19 +74,44 @@ class OffsetProber:
                 # fetch by aiokafka's prefetch backoff (100 ms per probe)
                 self.consumer.assign([tp])
             self.consumer.seek(tp, offset)
-            records = await self.consumer.getmany(
-                tp, timeout_ms=timeout_ms, max_records=max_records
-            )
+            if not until_response:
+                records = await self.consumer.getmany(
+                    tp, timeout_ms=timeout_ms, max_records=max_records
+                )
+            else:
+                records = {}
+                for _ in range(max(1, timeout_ms // 20)):  # one seek, polls until a response
+                    records = await self.consumer.getmany(
+                        tp, timeout_ms=20, max_records=max_records
+                    )
+                    if records.get(tp) or self.consumer.highwater(tp) is not None:
+                        break
         except KafkaError as exc:
             raise StreamError(
                 f"reading topic={self.topic} partition={partition} offset={offset} failed: {exc!r}"
             ) from exc
-        return [Probe(r.offset, r.timestamp) for r in records.get(tp, [])]
+        got = [Probe(r.offset, r.timestamp) for r in records.get(tp, [])]
+        self.seen.update(((partition, r.offset), r) for r in got)
+        return got
 
     async def probe(self, partition: int, offset: int, timeout_ms: int = 2000) -> Probe | None:
-        """The first record at offset ``>= offset``, or None when there is none (the end)."""
-        got = await self.read(partition, offset, timeout_ms, max_records=1)
+        """The first record at offset ``>= offset``, or None when there is none (the end).
+
+        One fetch returns the record after it too (kept in :attr:`seen`)."""
+        if (partition, offset) in self.seen:
+            return self.seen[partition, offset]
+        got = await self.read(partition, offset, timeout_ms, max_records=2)
         return got[0] if got else None
+
+    async def listed_end(self, partition: int) -> int | None:
+        """The broker's ``end_offsets()`` answer (unverified; None when the request failed)."""
+        tp = TopicPartition(self.topic, partition)
+        try:
+            got = await self.consumer.end_offsets([tp])
+        except KafkaError:
+            return None
+        answer: int | None = got.get(tp)
+        return answer
 
     def highwater(self, partition: int) -> int | None:
         return self.consumer.highwater(TopicPartition(self.topic, partition))
@@ -80,10 +130,17 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int] |
 
 
 async def end_offset(prober: OffsetProber, partition: int, begin: int) -> int:
-    """The partition's end offset, from the highwater of a fetch at ``begin``."""
+    """The partition's end offset: the highwater of one fetch, made at the record just before
+    the broker's ``end_offsets()`` answer (at ``begin`` when the answer says empty or failed).
+
+    The answer is verified, not trusted: the highwater decides (``prober.end_answers`` keeps
+    both; they differ on Tansu, whose answer lags, or when records arrived in between).
+    """
+    answer = await prober.listed_end(partition)
+    at = answer - 1 if answer is not None and answer > begin else begin
     hw = None
-    for _ in range(100):  # an empty partition returns no record: poll until a response came
-        await prober.probe(partition, begin, timeout_ms=20)
+    for _ in range(2):  # a second fetch only if the first saw no response within 2 s
+        await prober.read(partition, at, max_records=2, until_response=True)
         hw = prober.highwater(partition)
         if hw is not None:
             break
@@ -91,6 +148,7 @@ async def end_offset(prober: OffsetProber, partition: int, begin: int) -> int:
         raise StreamError(
             f"topic={prober.topic} partition={partition}: no fetch response to learn the end offset"
         )
+    prober.end_answers[partition] = (answer, hw)
     return max(hw, begin)
 
 
