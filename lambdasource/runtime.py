@@ -646,11 +646,22 @@ class SinkNode:
                     await self._do("on_watermark", self.sink.on_watermark(msg.time))
             elif isinstance(msg, Barrier):
                 await self._do("flush", self.sink.flush())
-                self.runtime.sink_barrier(msg.checkpoint_id, self.name)
+                state = await self._snapshot(msg.checkpoint_id)
+                self.runtime.sink_barrier(msg.checkpoint_id, self.name, state)
             elif isinstance(msg, End):
                 await self._do("flush", self.sink.flush())
+                await self._do("on_end", self.sink.on_end())
                 self.runtime.sink_ended(self.name)
                 return
+
+    async def _snapshot(self, checkpoint_id: int) -> Any:
+        try:
+            state = await self.sink.snapshot(checkpoint_id)
+        except (LambdaSourceError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise SinkError(f"sink={self.name} failed in snapshot: {exc!r}") from exc
+        return None if state is None else self.runtime.capture(state, False)
 
     async def _next(self) -> Message | None:
         """The next message, or None when the sink's ``idle_deadline()`` passes first."""
@@ -662,6 +673,11 @@ class SinkNode:
                 return (await self.mailbox.get())[1]
         except TimeoutError:
             return None
+
+
+def sink_state_key(sink: str) -> str:
+    """Where a checkpoint keeps a sink's snapshot (apart from source/operator names)."""
+    return f"sink={sink}"
 
 
 def _flatten(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -689,6 +705,7 @@ class Runtime:
         self._next_checkpoint = 1
         self.snapshots: dict[int, dict[str, Any]] = {}
         self._sinks_done: dict[int, set[str]] = {}
+        self._sink_states: dict[int, dict[str, Any]] = {}  # checkpoint → sink → its snapshot
         self.completed_checkpoints: list[int] = []
         self._checkpoint_started: dict[int, float] = {}  # pending: requested, not complete
         self.checkpoint_durations: dict[int, float] = {}
@@ -737,6 +754,9 @@ class Runtime:
                 ) from exc
         for node in self.stateful_operators:
             node.restore_state(states[node.name])
+        for sink in self.sinks:
+            if sink_state_key(sink.name) in states:
+                sink.sink.restore(thaw(states[sink_state_key(sink.name)]))
         self._next_checkpoint = max(self._next_checkpoint, checkpoint_id + 1)
 
     def has_live_sources(self) -> bool:
@@ -751,6 +771,7 @@ class Runtime:
         self._checkpoint_started.pop(checkpoint_id, None)
         self.snapshots.pop(checkpoint_id, None)
         self._sinks_done.pop(checkpoint_id, None)
+        self._sink_states.pop(checkpoint_id, None)
 
     def request_checkpoint(self) -> int:
         checkpoint_id = self._next_checkpoint
@@ -781,9 +802,13 @@ class Runtime:
         for checkpoint_id in list(self._checkpoint_started):
             self._maybe_complete(checkpoint_id)
 
-    def sink_barrier(self, checkpoint_id: int, sink: str) -> None:
+    def sink_barrier(self, checkpoint_id: int, sink: str, state: Any = None) -> None:
+        """``sink`` flushed at barrier ``checkpoint_id``; ``state`` (its snapshot, when not
+        None) goes into the checkpoint under :func:`sink_state_key`."""
         if checkpoint_id not in self._checkpoint_started:
             return
+        if state is not None:
+            self._sink_states.setdefault(checkpoint_id, {})[sink] = state
         self._sinks_done.setdefault(checkpoint_id, set()).add(sink)
         self._maybe_complete(checkpoint_id)
 
@@ -814,6 +839,8 @@ class Runtime:
                 states[node.name] = self.final_states[node.name]
             else:
                 return
+        for sink, state in self._sink_states.pop(checkpoint_id, {}).items():
+            states[sink_state_key(sink)] = state
         del self._checkpoint_started[checkpoint_id]
         self._sinks_done.pop(checkpoint_id, None)
         self.snapshots[checkpoint_id] = states

@@ -8,8 +8,10 @@ collected states to :meth:`CheckpointCoordinator.completed` — synchronously an
 are immutable: engines share never-mutated arrays, everything else was frozen into bytes at
 capture). Serialising and writing happen here, in the coordinator's task and worker threads, so
 the pipeline keeps running while a checkpoint is written. Only after the manifest is written is
-the checkpoint complete: sources' ``on_checkpoint_complete`` runs, old checkpoints of the run's
-own lineage are pruned (never those of other lineages, see ``lineage.py``).
+the checkpoint complete: sinks' ``on_checkpoint_complete`` runs (a two-phase sink commits what
+it pre-committed at the barrier; its error fails the run), then sources', and old checkpoints of
+the run's own lineage are pruned (never those of other lineages, see ``lineage.py``). A checkpoint
+abandoned or not written is reported to the sinks (``on_checkpoint_failed``).
 
 At most one checkpoint is in progress; a trigger due meanwhile waits for it. A checkpoint that
 does not complete within ``timeout`` is abandoned and counted as failed.
@@ -27,7 +29,13 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CheckpointError, IncompatibleStateError, LambdaSourceError, close_after
+from ..errors import (
+    CheckpointError,
+    IncompatibleStateError,
+    LambdaSourceError,
+    SinkError,
+    close_after,
+)
 from .format import FORMAT_VERSION, decode, encode
 from .lineage import MARKER_FORMAT, Inventory
 
@@ -314,6 +322,7 @@ class CheckpointCoordinator:
             for checkpoint_id, started in pending.items():
                 if now - started > timeout:
                     runtime.abandon_checkpoint(checkpoint_id)
+                    await self._sinks_failed(checkpoint_id)
                     self.failed += 1
                     self.abandoned += 1
                     log.warning(
@@ -366,6 +375,7 @@ class CheckpointCoordinator:
             self.failed += 1
             self._consecutive_failures += 1
             log.error("checkpoints: writing %s failed: %r", where, exc)
+            await self._sinks_failed(checkpoint_id)
             if self._consecutive_failures > self.config.tolerable_failures:
                 if isinstance(exc, LambdaSourceError):
                     raise
@@ -383,6 +393,15 @@ class CheckpointCoordinator:
         self.max_duration = max(self.max_duration, duration)
         self.last_size = encoded.size
         self.last_write_s = end - t0
+        for sink in runtime.sinks:
+            try:
+                await sink.sink.on_checkpoint_complete(checkpoint_id)
+            except (LambdaSourceError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                raise SinkError(
+                    f"sink={sink.name}: on_checkpoint_complete({checkpoint_id}) failed: {exc!r}"
+                ) from exc
         for node in runtime.sources:
             try:
                 await node.source.on_checkpoint_complete(checkpoint_id)
@@ -401,6 +420,19 @@ class CheckpointCoordinator:
             raise
         except Exception as exc:
             log.warning("checkpoints: pruning %s failed: %r", self.store.url, exc)
+
+    async def _sinks_failed(self, checkpoint_id: int) -> None:
+        """Tell every sink that ``checkpoint_id`` will never complete (errors fail the run)."""
+        assert self.runtime is not None
+        for sink in self.runtime.sinks:
+            try:
+                await sink.sink.on_checkpoint_failed(checkpoint_id)
+            except (LambdaSourceError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                raise SinkError(
+                    f"sink={sink.name}: on_checkpoint_failed({checkpoint_id}) failed: {exc!r}"
+                ) from exc
 
     # metrics ------------------------------------------------------------------------------------
 
