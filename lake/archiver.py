@@ -47,7 +47,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from aiokafka.errors import OffsetOutOfRangeError
 
+from lambdasource import kafka_security
 from lambdasource.errors import ConfigError, StreamError, StreamGapError
+from lambdasource.kafka_security import KafkaSecurity, diagnose_connect_failure
 from lambdasource.sources.kafka.decode import (
     RECORD_TIMESTAMP,
     Decoder,
@@ -127,6 +129,8 @@ class Archiver:
     mark, which a timestamp handoff uses as its cutoff). ``max_ahead`` (default ``"1d"``, None
     disables): a record whose event time is more than this after the wall clock is a dead
     letter, as in :class:`~lambdasource.KafkaStream` (it would raise the high-water mark).
+    ``security``: TLS/SASL (:class:`~lambdasource.KafkaSecurity`); a consumer that does not
+    connect within ``connect_timeout`` is a one-line StreamError naming the broker and the cause.
     """
 
     def __init__(
@@ -149,6 +153,8 @@ class Archiver:
         out_of_orderness: Duration = "5m",
         partition_discovery: Duration | None = "30s",
         max_ahead: Duration | None = "1d",
+        security: KafkaSecurity | None = None,
+        connect_timeout: Duration = "30s",
     ) -> None:
         if stop_at not in (None, "latest"):
             raise ConfigError(f"archive: stop_at must be None or 'latest', got {stop_at!r}")
@@ -179,6 +185,8 @@ class Archiver:
         self.progress_interval_s = parse_duration(progress_interval, name="progress_interval") / 1e6
         self.max_records = max_records
         self.consumer_options = dict(consumer_options or {})
+        self.security = security
+        self.connect_timeout_s = parse_duration(connect_timeout, name="connect_timeout") / 1e6
         self.topic_timeout_s = parse_duration(topic_timeout, name="topic_timeout") / 1e6
         self.out_of_orderness = parse_duration(out_of_orderness, name="out_of_orderness")
         # a record whose event time is beyond the wall clock + max_ahead is a dead letter
@@ -251,14 +259,29 @@ class Archiver:
         }
         if self.discovery_s is not None:
             options["metadata_max_age_ms"] = max(100, int(self.discovery_s * 1000))
+        if self.security is not None:
+            options.update(self.security.client_options())
         options.update(self.consumer_options)
         consumer = AIOKafkaConsumer(**options)
         try:
-            await consumer.start()
-        except KafkaError as exc:
-            raise StreamError(
-                f"archive: cannot connect to bootstrap_servers={self.bootstrap_servers}: {exc}"
-            ) from exc
+            async with asyncio.timeout(self.connect_timeout_s):
+                await consumer.start()
+        except (KafkaError, TimeoutError) as exc:
+            await consumer.stop()
+            diagnosis = await diagnose_connect_failure(
+                self.bootstrap_servers, self.security, self.connect_timeout_s
+            )
+            what = (
+                f"no connection within connect_timeout={self.connect_timeout_s:g}s"
+                if isinstance(exc, TimeoutError)
+                else f"aiokafka: {type(exc).__name__}"
+            )
+            error = StreamError(
+                f"archive: topic={self.topic}: cannot connect to the Kafka broker(s) "
+                f"{self.bootstrap_servers}: {diagnosis} ({what})"
+            )
+            error.retriable = not diagnosis.permanent
+            raise error from exc
         try:
             partitions = await self._partitions(consumer)
             tps = {p: TopicPartition(self.topic, p) for p in partitions}
@@ -697,6 +720,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--s3-endpoint-url", default=None, help="S3 endpoint (default: AWS environment)"
     )
+    parser.add_argument(
+        "--connect-timeout", default="30s", help="give up connecting to Kafka after this"
+    )
+    kafka_security.add_arguments(parser)
 
 
 def _schema_from_args(args: argparse.Namespace) -> pa.Schema | None:
@@ -755,6 +782,8 @@ def command(args: argparse.Namespace) -> int:
         group_id=args.group_id,
         out_of_orderness=args.out_of_orderness,
         max_ahead=None if str(args.max_ahead).lower() in ("none", "off") else args.max_ahead,
+        security=kafka_security.from_args(args),
+        connect_timeout=args.connect_timeout,
     )
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -25,6 +25,7 @@ from .errors import (
     StreamError,
     StreamGapError,
 )
+from .kafka_security import KafkaSecurity
 from .lead import LeadMeter
 from .messages import Barrier, End, Watermark
 from .operator import Context, Operator, Timer
@@ -79,6 +80,7 @@ __all__ = [
     "IcebergLake",
     "IcebergUpsert",
     "IncompatibleStateError",
+    "KafkaSecurity",
     "KafkaStream",
     "KafkaUpsert",
     "LakeReadError",

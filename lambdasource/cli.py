@@ -102,7 +102,10 @@ COMMANDS: tuple[Command, ...] = (
         "examples:\n"
         "  lambdasource archive --bootstrap-servers 127.0.0.1:9092 --topic clicks \\\n"
         "      --lake data/clicks --time-column event_time --format json \\\n"
-        "      --schema 'event_time:timestamp[ms, UTC],user_id:int64,kind:string' --stop-at latest",
+        "      --schema 'event_time:timestamp[ms, UTC],user_id:int64,kind:string' --stop-at latest\n"
+        "  KAFKA_PASSWORD=… lambdasource archive --bootstrap-servers kafka.example.com:9096 \\\n"
+        "      --security-protocol SASL_SSL --sasl-mechanism SCRAM-SHA-512 --sasl-username archiver \\\n"
+        "      --sasl-password-env KAFKA_PASSWORD --ssl-ca-file ca.pem --topic clicks ...",
     ),
     Command(
         "backfill",

@@ -25,6 +25,7 @@ from .outcome import DeadLetterLog
 from .text import aggregate_column, parse_aggregate, parse_schema
 
 if TYPE_CHECKING:
+    from ..kafka_security import KafkaSecurity
     from ..pipeline import Pipeline
     from ..sinks.base import Sink
     from ..sources.base import Source
@@ -212,7 +213,18 @@ def build_lake(spec: Mapping[str, Any] | LakeSection, base: Path) -> LakeSource:
         return ParquetLake(path, s3=s3, **options)
 
 
-def build_stream(spec: Mapping[str, Any] | StreamSection, lake: Any | None) -> KafkaStream:
+def build_security(options: Mapping[str, Any] | None, base: Path) -> KafkaSecurity | None:
+    """A ``security`` table → ``KafkaSecurity`` (relative files taken from ``base``)."""
+    if options is None:
+        return None
+    from ..kafka_security import KafkaSecurity, resolve_paths
+
+    return KafkaSecurity(**resolve_paths(options, base))
+
+
+def build_stream(
+    spec: Mapping[str, Any] | StreamSection, lake: Any | None, base: Path | None = None
+) -> KafkaStream:
     """``[stream]`` → ``KafkaStream``; ``schema = "lake"`` takes the lake's schema."""
     from ..sources.kafka.stream import KafkaStream
 
@@ -220,6 +232,9 @@ def build_stream(spec: Mapping[str, Any] | StreamSection, lake: Any | None) -> K
     options = section.options()
     schema = options.pop("schema", None)
     with _section("stream"):
+        security = build_security(options.pop("security", None), base or Path.cwd())
+        if security is not None:
+            options["security"] = security
         if schema == "lake":
             if lake is None:
                 raise ConfigError('schema = "lake" needs a [lake] section')
@@ -237,7 +252,7 @@ def build_stream(spec: Mapping[str, Any] | StreamSection, lake: Any | None) -> K
 def _source(job: JobModel, base: Path) -> Source:
     """The job's source: its lake, its stream, or the lambda source of both."""
     lake = build_lake(job.lake, base) if job.lake is not None else None
-    stream = build_stream(job.stream, lake) if job.stream is not None else None
+    stream = build_stream(job.stream, lake, base) if job.stream is not None else None
     if stream is None:
         assert lake is not None  # the model requires a lake or a stream
         return lake
@@ -312,7 +327,10 @@ def build_job(spec: JobSpec) -> BuiltJob:
     if version is None and job.window is None:
         version = source.time_column
     with _section("sink"):
-        sink = sink_from_url(job.sink.url, table=job.sink.table, key=key, version=version)
+        options = job.sink.options()
+        security = build_security(options.get("security"), spec.base)
+        extra = {} if security is None else {"security": security}
+        sink = sink_from_url(job.sink.url, table=job.sink.table, key=key, version=version, **extra)
         flow.sink(sink)
     for stream in watched:
         dead_letters.watch(stream)

@@ -238,6 +238,53 @@ class LakeSection(Section):
         return self
 
 
+class SecuritySection(Section):
+    """``security = {…}`` of ``[stream]`` / ``[sink]``: ``KafkaSecurity(…)``. The password is
+    named by ``password_env`` / ``password_file``, never written here: a ``password`` key (or any
+    unknown key) is refused without echoing its value."""
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    key_password_env: str | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret_in_the_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        problems = []
+        for key in data:
+            if key in cls.model_fields:
+                continue
+            if "password" in str(key).lower() or "secret" in str(key).lower():
+                problems.append(
+                    (
+                        str(key),
+                        'a secret never goes in a job file: use password_env = "VAR" '
+                        '(an environment variable) or password_file = "path"',
+                    )
+                )
+            else:
+                allowed = ", ".join(cls.model_fields)
+                problems.append((str(key), f"unknown key; allowed: {allowed}"))
+        _rules(problems)
+        return data
+
+    @model_validator(mode="after")
+    def _fits_the_protocol(self) -> SecuritySection:
+        from ..kafka_security import structure_problems
+
+        _rules(structure_problems(self.model_dump()))
+        return self
+
+
 class StreamSection(Section):
     """``[stream]``: ``KafkaStream(topic, bootstrap_servers, …)``."""
 
@@ -254,6 +301,8 @@ class StreamSection(Section):
     max_ahead: DurationOrOff = None  # false: no plausibility bound
     partition_discovery: DurationOrOff = None  # false: no discovery
     allow_gaps: bool | None = None
+    connect_timeout: Duration | None = None
+    security: SecuritySection | None = None
 
     @model_validator(mode="after")
     def _json_needs_a_schema(self) -> StreamSection:
@@ -332,11 +381,14 @@ class SinkSection(Section):
     table: str
     key: Key | None = None
     version: str | None = None
+    security: SecuritySection | None = None  # kafka:// only
 
     @model_validator(mode="after")
     def _url_is_a_url(self) -> SinkSection:
         if "://" not in self.url:
             _rules([("url", "expected a store URL: duckdb:///file.db, postgresql://…, …")])
+        if self.security is not None and not self.url.lower().startswith("kafka://"):
+            _rules([("security", "applies to kafka:// sinks only")])
         return self
 
 

@@ -12,16 +12,16 @@ order); a consumer that wants version guarding compares the header. Compaction i
 (``cleanup.policy=compact``) the sink does not create; the Tansu broker used in tests does not
 compact at all, so there every version stays in the log and the newest per key is the last one.
 
-Connecting: ``open()`` starts the producer within ``connect_timeout``; when that fails (broker
-down, refusing, or accepting TCP and never answering) the producer is stopped again and a one-line
-:class:`~lambdasource.errors.SinkError` names the broker(s) and the cause (a short TCP probe tells
-"refused" from "no answer"). Nothing stays open.
+Connecting: ``open()`` starts the producer within ``connect_timeout`` (``security``: TLS/SASL, a
+:class:`~lambdasource.KafkaSecurity`); when that fails (broker down, refusing, accepting TCP and
+never answering, an untrusted certificate, a wrong password) the producer is stopped again and a
+one-line :class:`~lambdasource.errors.SinkError` names the broker(s) and the cause
+(:func:`~lambdasource.kafka_security.diagnose_connect_failure`). Nothing stays open.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from collections.abc import Sequence
@@ -32,6 +32,7 @@ import orjson
 import pyarrow as pa
 
 from ..errors import ConfigError, SinkError, close_after
+from ..kafka_security import KafkaSecurity, diagnose_connect_failure
 from ..timeutil import Duration, parse_duration
 from .upsert import DELETED, ApplyResult, RetriableSinkError, UpsertSink
 
@@ -56,25 +57,6 @@ def os_reason(exc: OSError) -> str:
     if isinstance(exc, socket.gaierror) or not exc.errno:
         return str(exc.strerror or exc)
     return os.strerror(exc.errno)
-
-
-async def probe_brokers(bootstrap_servers: str | Sequence[str]) -> str:
-    """Why TCP connections to the brokers fail (or that they do not), one phrase per broker."""
-
-    async def probe(host: str, port: int) -> str:
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT)
-        except TimeoutError:
-            return f"{host}:{port}: no TCP answer within {PROBE_TIMEOUT:g}s"
-        except OSError as exc:
-            return f"{host}:{port}: {os_reason(exc)}"
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return f"{host}:{port} accepts TCP connections but did not answer as a Kafka broker"
-
-    addresses = broker_addresses(bootstrap_servers)
-    return "; ".join(await asyncio.gather(*(probe(h, p) for h, p in addresses)))
 
 
 def _json_default(value: Any) -> Any:
@@ -102,6 +84,7 @@ class KafkaUpsert(UpsertSink):
         retries: int = 5,
         producer_options: dict[str, Any] | None = None,
         connect_timeout: Duration = "30s",
+        security: KafkaSecurity | None = None,
         name: str | None = None,
     ) -> None:
         if not topic:
@@ -118,6 +101,7 @@ class KafkaUpsert(UpsertSink):
         self.topic = topic
         self.bootstrap_servers = bootstrap_servers
         self.producer_options = dict(producer_options or {})
+        self.security = security
         self.connect_timeout = parse_duration(connect_timeout, name="connect_timeout") / 1e6
         self._producer: Any = None
 
@@ -129,7 +113,12 @@ class KafkaUpsert(UpsertSink):
         from aiokafka import AIOKafkaProducer
         from aiokafka.errors import KafkaError
 
-        options: dict[str, Any] = {"acks": "all", "linger_ms": 5, **self.producer_options}
+        options: dict[str, Any] = {
+            "acks": "all",
+            "linger_ms": 5,
+            **(self.security.client_options() if self.security else {}),
+            **self.producer_options,
+        }
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **options)
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -142,13 +131,17 @@ class KafkaUpsert(UpsertSink):
                 what = f"no connection within connect_timeout={self.connect_timeout:g}s"
             else:
                 what = f"aiokafka: {type(exc).__name__}"
-            retriable = isinstance(exc, TimeoutError | OSError) or (
-                isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+            diagnosis = await diagnose_connect_failure(
+                self.bootstrap_servers, self.security, self.connect_timeout
+            )
+            retriable = not diagnosis.permanent and (
+                isinstance(exc, TimeoutError | OSError)
+                or (isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False)))
             )
             error = RetriableSinkError if retriable else SinkError
             raise error(
                 f"sink={self.name} topic={self.topic}: cannot connect to the Kafka broker(s) "
-                f"{self._servers()}: {await probe_brokers(self.bootstrap_servers)} ({what})"
+                f"{self._servers()}: {diagnosis} ({what})"
             ) from exc
         self._producer = producer
 

@@ -253,7 +253,7 @@ def test_unknown_keys_and_sections_name_the_section(tmp_path: Path, lake: Path) 
     lines = _error(data, tmp_path).splitlines()
     assert lines[0].endswith("3 problems:")
     assert sorted(lines[1:]) == [
-        '[sink] keys = ["user_id"]: unknown key; allowed: url, table, key, version',
+        '[sink] keys = ["user_id"]: unknown key; allowed: url, table, key, version, security',
         '[window] sizes = "1h": unknown key; allowed: key, kind, size, slide, gap, emit, '
         "allowed_lateness, aggregates",
         "job: unknown section [transforms]; allowed: [lake], [stream], [source], [transform], "

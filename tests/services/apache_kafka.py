@@ -234,11 +234,19 @@ class ApacheKafkaService:
 
     @classmethod
     def start(
-        cls, version: str = KAFKA_VERSION, overrides: Mapping[str, str] | None = None
+        cls,
+        version: str = KAFKA_VERSION,
+        overrides: Mapping[str, str] | None = None,
+        *,
+        listeners: Mapping[str, tuple[str, int]] | None = None,
+        format_args: Sequence[str] = (),
     ) -> ApacheKafkaService:
         """Fetch (once), format and start a broker; return when a metadata request succeeds.
 
-        ``overrides`` are extra ``server.properties`` entries (e.g. ``log.cleaner.backoff.ms``).
+        ``overrides`` are extra ``server.properties`` entries (e.g. ``log.cleaner.backoff.ms``);
+        ``listeners`` adds named listeners ``{name: (security protocol, port)}`` next to
+        PLAINTEXT (their ``listener.name.<name>.*`` settings go in ``overrides``);
+        ``format_args`` go to ``StorageTool format`` (e.g. ``--add-scram`` to create SASL users).
         """
         major = _java_major()
         if major < 17:
@@ -252,16 +260,20 @@ class ApacheKafkaService:
         port, controller_port = free_port(), free_port()
         while controller_port == port:
             controller_port = free_port()
+        extra = "".join(f",{n}://127.0.0.1:{p}" for n, (_, p) in (listeners or {}).items())
+        protocols = "".join(f",{n}:{kind}" for n, (kind, _) in (listeners or {}).items())
         root = Path(tempfile.mkdtemp(prefix="ls-apache-kafka-"))
         try:
             props = {
                 "process.roles": "broker,controller",
                 "node.id": "1",
-                "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+                "listeners": f"PLAINTEXT://127.0.0.1:{port}{extra}"
+                f",CONTROLLER://127.0.0.1:{controller_port}",
+                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}{extra}",
                 "controller.listener.names": "CONTROLLER",
                 "inter.broker.listener.name": "PLAINTEXT",
-                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "listener.security.protocol.map": f"PLAINTEXT:PLAINTEXT{protocols}"
+                ",CONTROLLER:PLAINTEXT",
                 "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
                 "log.dirs": str(root / "data"),
                 "num.partitions": "1",
@@ -296,6 +308,7 @@ class ApacheKafkaService:
                     _cluster_id(),
                     "--config",
                     str(config),
+                    *format_args,
                 ],
                 capture_output=True,
                 text=True,

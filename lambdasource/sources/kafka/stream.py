@@ -38,6 +38,7 @@ are ``{"positions": {partition: next offset}, "held": {partition: rows + offsets
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,6 +54,7 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from aiokafka.structs import OffsetAndMetadata
 
 from ...errors import ConfigError, StreamError, StreamGapError
+from ...kafka_security import KafkaSecurity, diagnose_connect_failure
 from ...timeutil import MS, TIME_TYPE, Duration, parse_duration, to_micros
 from ..alignment import AlignmentGroup
 from ..base import Source, SourceOutput
@@ -121,6 +123,8 @@ class KafkaStream(Source):
     verified lookup. ``stop_at="latest"`` makes the stream bounded. ``max_ahead`` (default
     ``"1d"``, ``None`` disables): a record whose event time is more than this after the wall clock
     when it is decoded is a dead letter, not a watermark jump that makes every later record late.
+    ``security``: TLS/SASL (:class:`~lambdasource.KafkaSecurity`); a consumer that does not
+    connect within ``connect_timeout`` is a one-line StreamError naming the broker and the cause.
     """
 
     def __init__(
@@ -147,6 +151,8 @@ class KafkaStream(Source):
         allow_gaps: bool = False,
         partition_discovery: Duration | None = "30s",
         max_ahead: Duration | None = "1d",
+        security: KafkaSecurity | None = None,
+        connect_timeout: Duration = "30s",
     ) -> None:
         if stop_at not in (None, "latest"):
             raise ConfigError(f"KafkaStream: stop_at must be None or 'latest', got {stop_at!r}")
@@ -156,6 +162,8 @@ class KafkaStream(Source):
             )
         self.topic = topic
         self.bootstrap_servers = bootstrap_servers
+        self.security = security
+        self.connect_timeout = parse_duration(connect_timeout, name="connect_timeout") / 1e6
         self.event_time_column = time_column
         self.time_column = time_column or RECORD_TIMESTAMP
         self.format = format
@@ -230,11 +238,30 @@ class KafkaStream(Source):
     def _new_consumer(self, **extra: Any) -> AIOKafkaConsumer:
         """A consumer that never moves a position by itself: an offset out of range is an error
         (:class:`StreamGapError`), never a silent reset (probe consumers pass their own)."""
+        security = self.security.client_options() if self.security else {}
         return AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             enable_auto_commit=False,
-            **{"auto_offset_reset": "none", **self._consumer_options, **extra},
+            **{"auto_offset_reset": "none", **security, **self._consumer_options, **extra},
         )
+
+    async def _connect_error(self, exc: BaseException) -> StreamError:
+        """A one-line StreamError naming the broker(s) and why the consumer did not start
+        (not retriable when the cause is permanent: credentials, certificates, TLS)."""
+        diagnosis = await diagnose_connect_failure(
+            self.bootstrap_servers, self.security, self.connect_timeout
+        )
+        what = (
+            f"no connection within connect_timeout={self.connect_timeout:g}s"
+            if isinstance(exc, TimeoutError)
+            else f"aiokafka: {type(exc).__name__}"
+        )
+        error = StreamError(
+            f"{self._where()}: cannot connect to the Kafka broker(s) {self.bootstrap_servers}: "
+            f"{diagnosis} ({what})"
+        )
+        error.retriable = not diagnosis.permanent
+        return error
 
     # opening ------------------------------------------------------------------------------------
 
@@ -268,7 +295,12 @@ class KafkaStream(Source):
         self._consumer = consumer
         self._last_commit = time.monotonic()  # first periodic commit after one interval
         try:
-            await consumer.start()
+            async with asyncio.timeout(self.connect_timeout):
+                await consumer.start()
+        except (KafkaError, TimeoutError) as exc:
+            await self.close()
+            raise await self._connect_error(exc) from exc
+        try:
             available = await topic_partitions(consumer, self.topic)
         except KafkaError as exc:
             await self.close()
