@@ -12,6 +12,19 @@ order); a consumer that wants version guarding compares the header. Compaction i
 (``cleanup.policy=compact``) the sink does not create; the Tansu broker used in tests does not
 compact at all, so there every version stays in the log and the newest per key is the last one.
 
+Delivery: the producer is idempotent by default (``idempotent=None``: retried sends are never
+duplicated in the log) where the broker grants producer ids; a broker that refuses InitProducerId
+(Tansu) gets a plain producer, a logged warning and ``metrics()["idempotent"] = False``
+(``idempotent=True`` makes that an error, ``False`` never asks). ``exactly_once=True`` (or a
+``transactional_id``) ties Kafka transactions to checkpoints — a completed checkpoint commits the
+rows before its barrier — so a ``read_committed`` consumer sees every row exactly once across
+kill -9 and restore (protocol and proof: ``kafka_transactions.py``). It needs checkpoints (without
+them, rows commit only when a bounded run ends) and a broker with transactions (Apache Kafka, not
+Tansu); ``transaction_timeout`` must exceed the longest restart, or the broker aborts the
+pre-committed rows and recovery fails loudly. Consumers must read with
+``isolation_level="read_committed"``: ``read_uncommitted`` also shows rows of aborted
+transactions (the dead run's rows after its last checkpoint, produced again by the replay).
+
 Connecting: ``open()`` starts the producer within ``connect_timeout`` (``security``: TLS/SASL, a
 :class:`~lambdasource.KafkaSecurity`); when that fails (broker down, refusing, accepting TCP and
 never answering, an untrusted certificate, a wrong password) the producer is stopped again and a
@@ -22,6 +35,7 @@ one-line :class:`~lambdasource.errors.SinkError` names the broker(s) and the cau
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import Sequence
@@ -34,7 +48,10 @@ import pyarrow as pa
 from ..errors import ConfigError, SinkError, close_after
 from ..kafka_security import KafkaSecurity, diagnose_connect_failure
 from ..timeutil import Duration, parse_duration
+from .kafka_transactions import CheckpointTransactions, await_producer_id
 from .upsert import DELETED, ApplyResult, RetriableSinkError, UpsertSink
+
+log = logging.getLogger("lambdasource.sinks")
 
 VERSION_HEADER = "lambdasource-version"
 PROBE_TIMEOUT = 2.0  # seconds per broker for the TCP probe that explains a failed connect
@@ -85,6 +102,10 @@ class KafkaUpsert(UpsertSink):
         producer_options: dict[str, Any] | None = None,
         connect_timeout: Duration = "30s",
         security: KafkaSecurity | None = None,
+        idempotent: bool | None = None,
+        exactly_once: bool = False,
+        transactional_id: str | None = None,
+        transaction_timeout: Duration = "15min",
         name: str | None = None,
     ) -> None:
         if not topic:
@@ -104,12 +125,81 @@ class KafkaUpsert(UpsertSink):
         self.security = security
         self.connect_timeout = parse_duration(connect_timeout, name="connect_timeout") / 1e6
         self._producer: Any = None
+        self.idempotent = idempotent
+        self._idempotence: bool | None = None  # what the broker granted (None: not asked yet)
+        self._transactions: CheckpointTransactions | None = None
+        if exactly_once or transactional_id is not None:
+            timeout_ms = parse_duration(transaction_timeout, name="transaction_timeout") // 1000
+            self._transactions = CheckpointTransactions(
+                transactional_id=transactional_id or f"lambdasource-{topic}-{self.name}",
+                topic=topic,
+                sink=self.name,
+                transaction_timeout_ms=int(timeout_ms),
+                start_producer=self._start_producer,
+                client_options=self._client_options,
+                timeout=self.connect_timeout,
+            )
+
+    @property
+    def exactly_once(self) -> bool:
+        return self._transactions is not None
+
+    def _client_options(self) -> dict[str, Any]:
+        """Connection options for a plain aiokafka client or admin client."""
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            **(self.security.client_options() if self.security else {}),
+        }
 
     async def open(self) -> None:
-        """Start the producer; on failure stop it again and raise a one-line SinkError naming
-        the broker(s) and the cause (retriable when the connection may come back)."""
+        """Start the producer (idempotent where granted; transactional with ``exactly_once``,
+        after settling a restored checkpoint's transaction); on failure stop it again and raise a
+        one-line SinkError naming the broker(s) and the cause (retriable when the connection may
+        come back)."""
+        if self._transactions is not None:
+            await self._transactions.open()
+            return
         if self._producer is not None:
             return
+        user_chose = "enable_idempotence" in self.producer_options
+        if self.idempotent is False or user_chose or self._idempotence is False:
+            self._producer = await self._start_producer({})
+            return
+        from aiokafka.errors import BrokerResponseError
+
+        try:
+            producer = await self._start_producer({"enable_idempotence": True})
+            try:
+                await await_producer_id(producer, self.connect_timeout)
+            except BaseException:
+                await producer.stop()
+                raise
+        except Exception as exc:
+            refusal = exc if isinstance(exc, BrokerResponseError) else exc.__cause__
+            if not isinstance(refusal, BrokerResponseError):
+                raise  # not an answer to InitProducerId: the connection failed
+            if self.idempotent:
+                raise SinkError(
+                    f"sink={self.name} topic={self.topic}: idempotent=True, but the broker(s) "
+                    f"{self._servers()} refused a producer id: {type(refusal).__name__}"
+                ) from exc
+            log.warning(
+                "sink=%s topic=%s: the broker(s) %s refused a producer id (%s); producing "
+                "without idempotence (a retried send may be duplicated in the log)",
+                self.name,
+                self.topic,
+                self._servers(),
+                type(refusal).__name__,
+            )
+            self._idempotence = False
+            self._producer = await self._start_producer({})
+            return
+        self._idempotence = True
+        self._producer = producer
+
+    async def _start_producer(self, extra: dict[str, Any]) -> Any:
+        """A started producer with the sink's options plus ``extra``; on failure it is stopped
+        again and a one-line SinkError names the broker(s) and the cause."""
         from aiokafka import AIOKafkaProducer
         from aiokafka.errors import KafkaError
 
@@ -118,6 +208,7 @@ class KafkaUpsert(UpsertSink):
             "linger_ms": 5,
             **(self.security.client_options() if self.security else {}),
             **self.producer_options,
+            **extra,
         }
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **options)
         try:
@@ -143,13 +234,15 @@ class KafkaUpsert(UpsertSink):
                 f"sink={self.name} topic={self.topic}: cannot connect to the Kafka broker(s) "
                 f"{self._servers()}: {diagnosis} ({what})"
             ) from exc
-        self._producer = producer
+        return producer
 
     def _servers(self) -> str:
         servers = self.bootstrap_servers
         return servers if isinstance(servers, str) else ",".join(servers)
 
     async def close(self) -> None:
+        if self._transactions is not None:
+            await self._transactions.close()
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await producer.stop()
@@ -160,12 +253,49 @@ class KafkaUpsert(UpsertSink):
     def _is_transient(self, exc: BaseException) -> bool:
         from aiokafka.errors import KafkaError
 
+        if self._transactions is not None:
+            return False  # a new producer would abort the open transaction: fail, restore
         if isinstance(exc, KafkaError):
             return bool(getattr(exc, "retriable", False))
         return isinstance(exc, RetriableSinkError | ConnectionError | TimeoutError)
 
+    # checkpoint hooks (exactly_once) --------------------------------------------------------------
+
+    async def snapshot(self, checkpoint_id: int) -> Any:
+        if self._transactions is None:
+            return None
+        return await self._transactions.precommit(checkpoint_id)
+
+    def restore(self, state: Any) -> None:
+        if self._transactions is not None:
+            self._transactions.restore(state)
+
+    async def on_checkpoint_complete(self, checkpoint_id: int) -> None:
+        if self._transactions is not None:
+            await self._transactions.checkpoint_complete(checkpoint_id)
+
+    async def on_checkpoint_failed(self, checkpoint_id: int) -> None:
+        if self._transactions is not None:
+            self._transactions.checkpoint_failed(checkpoint_id)
+
+    async def on_end(self) -> None:
+        if self._transactions is not None:
+            await self._transactions.finish()
+
+    def metrics(self) -> dict[str, Any]:
+        figures = super().metrics()
+        figures["idempotent"] = self.exactly_once or self._idempotence
+        figures["exactly_once"] = self.exactly_once
+        if self._transactions is not None:
+            figures.update(self._transactions.metrics())
+        return figures
+
     async def _apply(self, table: pa.Table) -> ApplyResult:
-        await self.open()
+        if self._transactions is not None:
+            producer = await self._transactions.producer_for_rows()
+        else:
+            await self.open()
+            producer = self._producer
         assert self.version is not None
         cols = self.stored_columns
         keys = table.select(self.keys).to_pylist()
@@ -182,7 +312,7 @@ class KafkaUpsert(UpsertSink):
             payload = None if gone else orjson.dumps(value, default=_json_default)
             header = orjson.dumps(version, default=_json_default)
             futures.append(
-                await self._producer.send(
+                await producer.send(
                     self.topic, payload, key=key_bytes, headers=[(VERSION_HEADER, header)]
                 )
             )
