@@ -351,14 +351,14 @@ async def _diagnose(
             f"within {handshake_timeout:g}s (does this listener speak {protocol}?)",
             False,
         )
-    except KafkaConnectionError:
+    except (KafkaConnectionError, ConnectionError):  # closed or reset by the broker
         return (
             f"{where}: the broker closed the connection during the {protocol} handshake "
             "(a client certificate required: cert_file/key_file? another security_protocol?)",
             False,
         )
     except OSError as exc:
-        return f"{where}: {os_reason(exc)}", False
+        return f"{where}: {os_reason(exc) or type(exc).__name__}", False
     except KafkaError as exc:
         return f"{where}: {type(exc).__name__}: {_one_line(exc)}", False
     conn.close()

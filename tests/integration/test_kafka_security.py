@@ -3,9 +3,10 @@ an mTLS listener and certificates made by the test (tests/services/apache_kafka_
 
 Proven over SASL_SSL: KafkaStream reads, KafkaUpsert writes, the archiver (through the CLI)
 archives and a job file runs — each checked record by record. A wrong password, an untrusted
-certificate, a refused or silent broker and a missing client certificate each give a one-line
-error naming the broker and the cause within a bounded time. The password never appears in a
-repr, an error or a log record (aiokafka's DEBUG logs included).
+certificate, a refused or silent broker, TLS to a plaintext listener and a missing client
+certificate each give a one-line error naming the broker and the cause within a bounded time,
+for the stream, the sink and the archiver. The password never appears in a repr, an error or a
+log record (aiokafka's DEBUG logs included).
 """
 
 from __future__ import annotations
@@ -490,6 +491,11 @@ async def _connect(
             id="silent",
         ),
         pytest.param(
+            "plaintext listener",
+            "closed the connection during the SASL_SSL handshake",
+            id="tls-to-plaintext-listener",
+        ),
+        pytest.param(
             "no client certificate",
             "closed the connection during the SSL handshake (a client certificate required",
             id="no-client-certificate",
@@ -519,6 +525,8 @@ async def test_connect_failures_are_one_line_naming_broker_and_cause(
         listener, port = _silent_listener()
         address, permanent, timeout = f"127.0.0.1:{port}", False, "1s"
         bound = 1 + 1 + FAILURE_BOUND_S / 2  # connect_timeout + diagnosing handshake + slack
+    elif case == "plaintext listener":
+        address, permanent = secured.service.bootstrap, False
     else:
         address, permanent = secured.mtls, False
         security = ls.KafkaSecurity(security_protocol="SSL", ca_file=secured.certificates.ca)
