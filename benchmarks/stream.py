@@ -1,6 +1,7 @@
 """Stream benchmark: KafkaStream decode + watermarks vs raw aiokafka consume of the same topic.
 
-A Tansu broker is started by the benchmark; ``--events`` clickstream events are produced as JSON
+A broker is started by the benchmark (``--broker``: embedded Tansu, Apache Kafka 4 through
+tests/services/apache_kafka.py, or both one after the other, each with its own ratios); ``--events`` clickstream events are produced as JSON
 (one object per message, ISO event times) over ``--partitions`` partitions. Then, alternating,
 ``--repeat`` times each, in the same process:
 
