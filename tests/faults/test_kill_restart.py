@@ -16,6 +16,9 @@ and the stream phase; the first kill's phase and the handoff are chosen from the
 combination is covered. Replay one trial with e.g.
 ``pytest tests/faults/test_kill_restart.py -m slow -k "archiver and seed-3"``.
 
+Brokers: every test runs per broker (ids ``[tansu]`` / ``[apache]``, one data set each): Tansu in
+the default run, Apache Kafka in -m slow.
+
 Figures per test (``FIGURES name: {...}``, ``-s`` to see them): trials, kills, phases hit,
 recovery time (restart → caught up), checkpoint durations.
 """
@@ -43,10 +46,8 @@ from tests.faults.harness import (
     run_trial,
     summarize,
 )
-from tests.services.kafka import KafkaService
+from tests.services.brokers import Broker, broker_params, session_broker
 from tests.services.postgres import PostgresService
-
-pytestmark = pytest.mark.kafka
 
 EVENTS = 12_000
 THROTTLE_MS = 8
@@ -66,14 +67,15 @@ class Setup:
     """One data set (archiver-written lake + topic) shared by a module's trials; scenarios that
     change the lake work on a copy of it."""
 
-    def __init__(self, kafka: KafkaService, root: Path, seed: int = 5) -> None:
-        self.kafka = kafka
+    def __init__(self, broker: Broker, root: Path, seed: int = 5) -> None:
+        self.broker = broker
         self.root = root
         self.topic = f"faults-{uuid.uuid4().hex[:8]}"
+        broker.create_topic(self.topic, 2)  # on Apache Kafka without time retention
         self.pristine = root / "lake"
         self.dataset = asyncio.run(
             jobs.prepare_hourly(
-                kafka.bootstrap,
+                broker.bootstrap,
                 self.topic,
                 str(self.pristine),
                 events=EVENTS,
@@ -114,7 +116,7 @@ class Setup:
             handoff=handoff,
             lake=lake or str(self.pristine),
             topic=self.topic,
-            bootstrap=self.kafka.bootstrap,
+            bootstrap=self.broker.bootstrap,
             checkpoints=(self.root / f"ckpt-{name}").as_uri(),
             duckdb=None if dsn else str(self.root / f"{name}.duckdb"),
             postgres=dsn,
@@ -150,7 +152,7 @@ def between_kills(scenario: str, setup: Setup, lake: str) -> Callable[[int], Any
         if kill > 0:
             return None
         if scenario == "archiver":
-            summary = asyncio.run(jobs.archive(setup.kafka.bootstrap, setup.topic, lake))
+            summary = asyncio.run(jobs.archive(setup.broker.bootstrap, setup.topic, lake))
             # the whole topic is in the lake now
             assert summary.commits > 0 and summary.offsets == partition_sizes(setup), summary
             return {"archived_rows": summary.rows, "commits": summary.commits}
@@ -231,9 +233,11 @@ def trial(
 # --- the uninterrupted runs -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def setup(kafka_broker: KafkaService, tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    return Setup(kafka_broker, tmp_path_factory.mktemp("kill"))
+@pytest.fixture(scope="module", params=broker_params(default=("tansu",)))
+def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    """One data set per broker: Tansu in the default run, Apache Kafka in -m slow."""
+    broker = session_broker(request)
+    return Setup(broker, tmp_path_factory.mktemp(f"kill-{broker.name}"))
 
 
 @pytest.mark.parametrize("handoff", HANDOFFS)

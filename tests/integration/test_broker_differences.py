@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, RecordsToDelete
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaConnectionError, KafkaError
 
 import lambdasource as ls
+from lambdasource.embedded import create_topic
 from lambdasource.sources.kafka.positions import topic_partitions
 from lambdasource.sources.kafka.stream import KafkaStream
 from tests.services.brokers import Broker
@@ -181,3 +182,45 @@ async def test_idempotent_producer(broker: Broker) -> None:
         assert not isinstance(outcome, KafkaError) and outcome.offset == 0
     else:
         assert isinstance(outcome, KafkaError), outcome
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_time_retention_by_record_timestamp(broker: Broker) -> None:
+    """Apache Kafka deletes records by time retention measured on their record timestamps: a
+    record stamped 2023 is past the default 7 days at once, and the next retention check (every
+    5 min by default, the first 30 s after the broker started; every 1 s on the dedicated broker
+    here) deletes the whole partition, the active segment included. Tansu has no retention. Hence test topics on Apache Kafka are created with
+    ``retention.ms=-1`` (tests/services/brokers.py)."""
+    if broker.is_apache:
+        from tests.services.apache_kafka import ApacheKafkaService
+
+        service: Any = await asyncio.to_thread(
+            ApacheKafkaService.start, overrides={"log.retention.check.interval.ms": "1000"}
+        )
+        target = Broker("apache", service)
+    else:
+        service, target = None, broker
+    try:
+        kept = await asyncio.to_thread(target.new_topic, 1)  # retention.ms=-1 on Apache Kafka
+        default = f"default-{kept}"
+        await create_topic(target.bootstrap, default)  # the broker's default retention
+        for topic in (kept, default):
+            await target.aproduce(topic, [b"old"] * 10, partition=0, timestamps_ms=[BASE_MS] * 10)
+        tps = [TopicPartition(kept, 0), TopicPartition(default, 0)]
+        c = await consumer(target)
+        try:
+            # Apache Kafka's first retention check runs 30 s after its start (measured: the
+            # records went 29.6 s after producing); Tansu never deletes them
+            for _ in range(60 if target.is_apache else 3):
+                earliest = await c.beginning_offsets(tps)
+                if earliest[tps[1]] > 0:
+                    break
+                await asyncio.sleep(1.0)
+        finally:
+            await c.stop()
+        assert earliest[tps[0]] == 0  # retention.ms=-1 keeps them on both
+        assert earliest[tps[1]] == (10 if target.is_apache else 0)
+    finally:
+        if service is not None:
+            await asyncio.to_thread(service.stop)

@@ -15,20 +15,32 @@ Which brokers run where is chosen per test module::
 A broker outside ``default`` gets ``pytest.mark.slow``, so the default run (``-m "not slow"``)
 runs the module on the ``default`` brokers and ``-m slow`` (or no ``-m``) adds the others.
 Modules that do not assign their own ``broker`` get the plugin's: both brokers in the default run.
+
+Topics made through :class:`Broker` keep their records forever on Apache Kafka
+(``retention.ms=-1``): the tests produce records with historical timestamps, which the broker's
+default 7-day time retention deletes at its next check (every 5 minutes), whole partitions at
+once. Tansu has no retention.
+A module-scoped fixture takes ``params=broker_params(...)`` and builds its broker with
+:func:`session_broker` (tests/faults/test_kill_restart.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import pytest
 
+from lambdasource.embedded import create_topic
+
 BrokerName = Literal["apache", "tansu"]
 BROKERS: tuple[BrokerName, ...] = ("apache", "tansu")
 MARKS = {"apache": pytest.mark.apache_kafka, "tansu": pytest.mark.kafka}
 SERVICE_FIXTURES = {"apache": "apache_kafka", "tansu": "kafka"}
+SESSION_FIXTURES = {"apache": "apache_kafka_broker", "tansu": "kafka_broker"}
+KEEP_FOREVER = {"retention.ms": "-1"}  # Apache Kafka topic config: no time retention
 
 
 class BrokerService(Protocol):
@@ -76,7 +88,18 @@ class Broker:
         return self.name == "apache"
 
     def new_topic(self, partitions: int = 1, prefix: str = "t") -> str:
+        """A uniquely named topic, created and ready (never deleted by time retention)."""
+        if self.is_apache:
+            return str(self.service.new_topic(partitions, prefix, config=KEEP_FOREVER))
         return str(self.service.new_topic(partitions, prefix))
+
+    def create_topic(self, name: str, partitions: int = 1) -> None:
+        """Create ``name`` (for code that names its own topics; creating it again is a no-op
+        there, as aiokafka's admin returns the error instead of raising)."""
+        if self.is_apache:
+            asyncio.run(self.service.acreate_topic(name, partitions, KEEP_FOREVER))
+        else:
+            asyncio.run(create_topic(self.bootstrap, name, partitions))
 
     def produce(
         self,
@@ -121,6 +144,13 @@ def broker_params(default: Sequence[BrokerName] = BROKERS) -> list[Any]:
         )
         for name in BROKERS
     ]
+
+
+def session_broker(request: pytest.FixtureRequest) -> Broker:
+    """The session's broker named by ``request.param`` (for module- or session-scoped fixtures
+    parametrised with :func:`broker_params`)."""
+    name: BrokerName = request.param
+    return Broker(name, request.getfixturevalue(SESSION_FIXTURES[name]))
 
 
 def both_brokers(default: Sequence[BrokerName] = BROKERS) -> Callable[..., Broker]:
