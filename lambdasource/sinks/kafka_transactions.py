@@ -29,8 +29,11 @@ after checkpoint ``n``), which the replay from ``n`` produces again. Hence every
 one committed transaction: rows up to barrier ``n`` are committed by ``n`` (or by recovery),
 rows after it are aborted and replayed.
 
-A run whose input ends commits its last transaction in ``on_end`` (rows after the last
-checkpoint: restoring that checkpoint *after* a finished run produces them again). On an error the
+A run whose input ends commits its last transaction in ``on_end`` with an *end marker* (offset
+``last checkpoint id + 1``, metadata ``"end"``): no checkpoint covers those rows, so a run that
+restores a checkpoint older than the end marker (a kill between that commit and the exit, or
+running a finished job again) would produce them twice — it fails at ``open`` instead, saying so.
+On an error the
 open transaction is aborted unless it awaits its checkpoint (then recovery decides). Retries of a
 failed write would need a new producer, which aborts the transaction: errors fail the run instead.
 """
@@ -49,6 +52,7 @@ from ..errors import SinkError
 log = logging.getLogger("lambdasource.sinks")
 
 RETRY_SECONDS = 0.2
+END = "end"  # commit-marker metadata of a run's last transaction (no checkpoint covers it)
 # EndTxn answers that mean "ask again shortly"
 _RETRY_CODES = {
     14: "COORDINATOR_LOAD_IN_PROGRESS",
@@ -132,7 +136,8 @@ class CheckpointTransactions:
         self._pending: tuple[int, TransactionHandle] | None = None  # pre-committed, awaiting n
         self._outcome: asyncio.Future[None] | None = None
         self._given_up: set[int] = set()  # checkpoints reported failed (maybe before their barrier)
-        self._restored: tuple[int, TransactionHandle] | None = None
+        self._restored: tuple[int, TransactionHandle | None] | None = None
+        self._last_checkpoint = 0  # the newest checkpoint id this run saw (or restored)
         self.committed = 0
         self.aborted = 0
         self.recovery: str | None = None
@@ -140,9 +145,11 @@ class CheckpointTransactions:
     # restore / open -----------------------------------------------------------------------------
 
     def restore(self, state: Any) -> None:
-        """Take the handle checkpoint ``state["checkpoint"]`` pre-committed (None: nothing)."""
-        if state:
-            self._restored = (int(state["checkpoint"]), TransactionHandle(**state["transaction"]))
+        """Take the handle checkpoint ``state["checkpoint"]`` pre-committed (if any)."""
+        transaction = state.get("transaction")
+        handle = TransactionHandle(**transaction) if transaction else None
+        self._restored = (int(state["checkpoint"]), handle)
+        self._last_checkpoint = int(state["checkpoint"])
 
     async def open(self) -> None:
         """Settle the restored checkpoint's transaction, then start the producer (fencing)."""
@@ -150,7 +157,16 @@ class CheckpointTransactions:
             return
         if self._restored is not None:
             checkpoint_id, handle = self._restored
-            self.recovery = await self._recover(checkpoint_id, handle)
+            if handle is not None:
+                self.recovery = await self._recover(checkpoint_id, handle)
+            marker, metadata = await self._marker()
+            if metadata == END and marker is not None and marker > checkpoint_id:
+                raise SinkError(
+                    f"sink={self.sink} topic={self.topic}: a run already ended after checkpoint "
+                    f"{checkpoint_id} and committed its output (end marker {marker}); restoring "
+                    "it would write those rows twice. Start fresh (restore=None) to produce "
+                    "everything again"
+                )
             self._restored = None
             log.info(
                 "sink=%s: transaction of checkpoint %d: %s", self.sink, checkpoint_id, self.recovery
@@ -195,11 +211,13 @@ class CheckpointTransactions:
             self._in_transaction = True
         return self._producer
 
-    async def precommit(self, checkpoint_id: int) -> dict[str, Any] | None:
-        """Barrier ``checkpoint_id`` (rows flushed): add the commit marker and return the handle
-        the checkpoint stores (None when no row was written since the last commit)."""
+    async def precommit(self, checkpoint_id: int) -> dict[str, Any]:
+        """Barrier ``checkpoint_id`` (rows flushed): add the commit marker and return what the
+        checkpoint stores (its id; the handle, None when no row was written since the last
+        commit)."""
+        self._last_checkpoint = max(self._last_checkpoint, checkpoint_id)
         if not self._in_transaction or checkpoint_id in self._given_up:
-            return None
+            return {"checkpoint": checkpoint_id, "transaction": None}
         from aiokafka import TopicPartition
 
         producer = self._producer
@@ -242,6 +260,12 @@ class CheckpointTransactions:
         if self._outcome is not None:
             await asyncio.shield(self._outcome)
         if self._in_transaction:
+            from aiokafka import TopicPartition
+
+            await self._producer.send_offsets_to_transaction(
+                {TopicPartition(self.topic, 0): (self._last_checkpoint + 1, END)},
+                marker_group(self.transactional_id),
+            )
             await self._producer.commit_transaction()
             self.committed += 1
             self._in_transaction = False
@@ -292,7 +316,7 @@ class CheckpointTransactions:
                 await asyncio.sleep(RETRY_SECONDS)
         finally:
             await client.close()
-        marker = await self._marker()
+        marker, _ = await self._marker()
         if marker is not None and marker >= checkpoint_id:
             return f"already committed ({_ENDED_CODES[code]}; commit marker {marker})"
         raise SinkError(
@@ -303,21 +327,33 @@ class CheckpointTransactions:
             "older checkpoint (its later rows are produced again) or rebuild the topic"
         )
 
-    async def _marker(self) -> int | None:
+    async def _marker(self) -> tuple[int | None, str]:
+        """The commit marker: (offset, metadata), (None, "") when none was committed."""
         from aiokafka import TopicPartition
         from aiokafka.admin import AIOKafkaAdminClient
+        from aiokafka.errors import KafkaError
 
         admin = AIOKafkaAdminClient(**self._client_options())
         await admin.start()
+        deadline = time.monotonic() + self.timeout
+        tp = TopicPartition(self.topic, 0)
         try:
-            tp = TopicPartition(self.topic, 0)
-            offsets = await admin.list_consumer_group_offsets(
-                marker_group(self.transactional_id), partitions=[tp]
-            )
+            while True:
+                try:
+                    offsets = await admin.list_consumer_group_offsets(
+                        marker_group(self.transactional_id), partitions=[tp]
+                    )
+                    break
+                except KafkaError as exc:  # e.g. the offsets topic is still being created
+                    if not exc.retriable or time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(RETRY_SECONDS)
         finally:
             await admin.close()
         found = offsets.get(tp)
-        return None if found is None or found.offset < 0 else int(found.offset)
+        if found is None or found.offset < 0:
+            return None, ""
+        return int(found.offset), found.metadata or ""
 
     def metrics(self) -> dict[str, Any]:
         return {

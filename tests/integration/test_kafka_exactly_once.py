@@ -51,9 +51,34 @@ def eos_sink(bootstrap: str, topic: str, tid: str) -> KafkaUpsert:
     return sink
 
 
-async def read_topic(bootstrap: str, topic: str, isolation: str) -> list[tuple[Any, Any]]:
+async def settled_end(bootstrap: str, consumer: Any, tp: Any, isolation: str) -> int:
+    """The end offset to read to; for read_committed, once no transaction is open or still
+    writing its markers (a commit returns before its markers are written: until then the last
+    stable offset lags the high watermark)."""
+    from aiokafka import AIOKafkaConsumer
+
+    end = int((await consumer.end_offsets([tp]))[tp])
+    if isolation != "read_committed":
+        return end
+    plain = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_uncommitted")
+    await plain.start()
+    try:
+        deadline = time.monotonic() + 20
+        while end < (high := int((await plain.end_offsets([tp]))[tp])):
+            assert time.monotonic() < deadline, f"{tp}: a transaction stays open below {high}"
+            await asyncio.sleep(0.1)
+            end = int((await consumer.end_offsets([tp]))[tp])
+    finally:
+        await plain.stop()
+    return end
+
+
+async def read_topic(
+    bootstrap: str, topic: str, isolation: str, settle: bool = False
+) -> list[tuple[Any, Any]]:
     """Every record of partition 0 as (key, value) decoded from JSON, up to the end the
-    isolation level allows (the last stable offset for read_committed)."""
+    isolation level allows (the last stable offset for read_committed; ``settle``: once every
+    transaction has ended)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     tp = TopicPartition(topic, 0)
@@ -64,7 +89,10 @@ async def read_topic(bootstrap: str, topic: str, isolation: str) -> list[tuple[A
     try:
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
+        if settle:
+            end = await settled_end(bootstrap, consumer, tp, isolation)
+        else:
+            end = int((await consumer.end_offsets([tp]))[tp])
         out: list[tuple[Any, Any]] = []
         deadline = time.monotonic() + 20
         while await consumer.position(tp) < end:
@@ -180,6 +208,12 @@ def test_restore_commits_precommitted_transaction_once_and_fences_later_rows(
         assert versions_of(committed) == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 3), (6, 3)]
         # the aborted rows of the dead run 2 (5 and 6 once more) only read_uncommitted sees
         assert versions_of(uncommitted) == sorted([*versions_of(committed), (5, 3), (6, 3)])
+        # running the finished job again from checkpoint 2 would write 5 and 6 twice: refused
+        again = eos_sink(bootstrap, topic, tid)
+        again.restore(state2)
+        with pytest.raises(SinkError, match="already ended after checkpoint 2"):
+            await again.open()
+        await again.close()
         zombie_producer = run2._transactions._producer  # type: ignore[union-attr]
         with pytest.raises(Exception, match=r"(?i)fenced|epoch"):  # the zombie is fenced
             await zombie_producer.commit_transaction()
