@@ -330,6 +330,9 @@ def build_job(spec: JobSpec) -> BuiltJob:
         options = job.sink.options()
         security = build_security(options.get("security"), spec.base)
         extra = {} if security is None else {"security": security}
+        for kafka_option in ("exactly_once", "transactional_id"):
+            if kafka_option in options:
+                extra[kafka_option] = options[kafka_option]
         sink = sink_from_url(job.sink.url, table=job.sink.table, key=key, version=version, **extra)
         flow.sink(sink)
     for stream in watched:

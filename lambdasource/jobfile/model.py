@@ -382,13 +382,20 @@ class SinkSection(Section):
     key: Key | None = None
     version: str | None = None
     security: SecuritySection | None = None  # kafka:// only
+    exactly_once: bool | None = None  # kafka:// only: transactions tied to checkpoints
+    transactional_id: str | None = None  # kafka:// only (implies exactly_once)
 
     @model_validator(mode="after")
     def _url_is_a_url(self) -> SinkSection:
         if "://" not in self.url:
             _rules([("url", "expected a store URL: duckdb:///file.db, postgresql://…, …")])
-        if self.security is not None and not self.url.lower().startswith("kafka://"):
-            _rules([("security", "applies to kafka:// sinks only")])
+        if not self.url.lower().startswith("kafka://"):
+            kafka_only = [
+                (key, "applies to kafka:// sinks only")
+                for key in ("security", "exactly_once", "transactional_id")
+                if getattr(self, key) is not None
+            ]
+            _rules(kafka_only)
         return self
 
 

@@ -137,6 +137,17 @@ def test_stream_edge_options_from_a_job_file() -> None:
     assert (off.max_ahead, off.discovery, off.allow_gaps) == (None, None, True)
 
 
+def test_exactly_once_into_kafka_from_a_job_file(tmp_path: Path, lake: Path) -> None:
+    """``[sink] exactly_once`` / ``transactional_id`` reach KafkaUpsert; other stores refuse them."""
+    data = full_job(lake, tmp_path)
+    data["sink"] = {"url": "kafka://127.0.0.1:1/out", "table": "t", "exactly_once": True}
+    _, sink = build(JobSpec.from_dict(data, base=tmp_path))
+    assert getattr(sink, "exactly_once", None) is True
+    data = full_job(lake, tmp_path)
+    data["sink"]["exactly_once"] = True
+    assert _error(data, tmp_path) == "[sink] exactly_once = true: applies to kafka:// sinks only"
+
+
 def _set(data: dict[str, Any], section: str, key: str, value: Any) -> None:
     target = data[section]
     *parents, last = key.split(".")
@@ -253,7 +264,8 @@ def test_unknown_keys_and_sections_name_the_section(tmp_path: Path, lake: Path) 
     lines = _error(data, tmp_path).splitlines()
     assert lines[0].endswith("3 problems:")
     assert sorted(lines[1:]) == [
-        '[sink] keys = ["user_id"]: unknown key; allowed: url, table, key, version, security',
+        '[sink] keys = ["user_id"]: unknown key; allowed: url, table, key, version, security, '
+        "exactly_once, transactional_id",
         '[window] sizes = "1h": unknown key; allowed: key, kind, size, slide, gap, emit, '
         "allowed_lateness, aggregates",
         "job: unknown section [transforms]; allowed: [lake], [stream], [source], [transform], "
