@@ -4,8 +4,9 @@ on Tansu.
 ``broker`` yields a :class:`Broker`: the helper surface both services share (``bootstrap``,
 ``new_topic``, ``produce``/``aproduce``) plus ``name`` (``"apache"`` or ``"tansu"``) and
 ``service`` (the broker's own service object, for what only one of them can do, e.g. Apache
-Kafka's ``add_partitions``). Test ids end in ``[apache]`` / ``[tansu]``; each param carries the
-broker's marker (``apache_kafka`` / ``kafka``), so ``-m "not apache_kafka"`` runs Tansu only.
+Kafka's ``add_partitions``). Test ids carry ``apache`` / ``tansu`` (``test_x[apache]``); each
+param carries the broker's marker (``apache_kafka`` / ``kafka``), so ``-m "not apache_kafka"``
+runs Tansu only.
 A broker starts once per session, and only when a selected test asks for it.
 
 Which brokers run where is chosen per test module::
@@ -15,13 +16,13 @@ Which brokers run where is chosen per test module::
 A broker outside ``default`` gets ``pytest.mark.slow``, so the default run (``-m "not slow"``)
 runs the module on the ``default`` brokers and ``-m slow`` (or no ``-m``) adds the others.
 Modules that do not assign their own ``broker`` get the plugin's: both brokers in the default run.
+A module-scoped fixture takes ``params=broker_params(...)`` and builds its broker with
+:func:`session_broker` (tests/faults/test_kill_restart.py).
 
 Topics made through :class:`Broker` keep their records forever on Apache Kafka
 (``retention.ms=-1``): the tests produce records with historical timestamps, which the broker's
-default 7-day time retention deletes at its next check (every 5 minutes), whole partitions at
-once. Tansu has no retention.
-A module-scoped fixture takes ``params=broker_params(...)`` and builds its broker with
-:func:`session_broker` (tests/faults/test_kill_restart.py).
+default 7-day time retention deletes at its next check (30 s after it started, then every 5 min),
+whole partitions at once. Tansu has no retention.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import pytest
 
@@ -41,35 +42,6 @@ MARKS = {"apache": pytest.mark.apache_kafka, "tansu": pytest.mark.kafka}
 SERVICE_FIXTURES = {"apache": "apache_kafka", "tansu": "kafka"}
 SESSION_FIXTURES = {"apache": "apache_kafka_broker", "tansu": "kafka_broker"}
 KEEP_FOREVER = {"retention.ms": "-1"}  # Apache Kafka topic config: no time retention
-
-
-class BrokerService(Protocol):
-    """What ``KafkaService`` (Tansu) and ``ApacheKafkaService`` both offer."""
-
-    @property
-    def bootstrap(self) -> str: ...
-
-    def new_topic(self, partitions: int = 1, prefix: str = "t") -> str: ...
-
-    def produce(
-        self,
-        topic: str,
-        values: Sequence[bytes],
-        *,
-        partition: int | None = None,
-        keys: Sequence[bytes | None] | None = None,
-        timestamps_ms: Sequence[int | None] | None = None,
-    ) -> list[tuple[int, int]]: ...
-
-    async def aproduce(
-        self,
-        topic: str,
-        values: Sequence[bytes],
-        *,
-        partition: int | None = None,
-        keys: Sequence[bytes | None] | None = None,
-        timestamps_ms: Sequence[int | None] | None = None,
-    ) -> list[tuple[int, int]]: ...
 
 
 @dataclass
