@@ -99,17 +99,20 @@ async def test_end_offsets(broker: Broker) -> None:
 async def test_metadata_for_untracked_topics(broker: Broker) -> None:
     """A consumer's ``partitions_for_topic`` answers from its own metadata view: on Apache Kafka
     that covers only topics the consumer tracks (None for an existing topic), Tansu answers every
-    topic. positions.topic_partitions asks a fresh metadata request: right on both."""
+    topic. positions.topic_partitions asks a fresh metadata request (right on both), then tracks
+    the topic, so the offset requests that follow find its leaders at once."""
     topic = await new_topic(broker, 3)
     c = await consumer(broker)
     try:
         view = c.partitions_for_topic(topic)
         fresh = await topic_partitions(c, topic)
+        tracked = c.partitions_for_topic(topic)
         missing = await topic_partitions(c, f"{topic}-missing")
     finally:
         await c.stop()
     assert fresh == {0, 1, 2} and missing is None
     assert view == (None if broker.is_apache else {0, 1, 2})
+    assert tracked == {0, 1, 2}  # topic_partitions made the consumer track it (leaders known)
 
 
 async def test_create_partitions(broker: Broker) -> None:
