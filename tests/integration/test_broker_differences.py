@@ -193,13 +193,16 @@ async def test_time_retention_by_record_timestamp(broker: Broker) -> None:
     """Apache Kafka deletes records by time retention measured on their record timestamps: a
     record stamped 2023 is past the default 7 days at once, and the next retention check (every
     5 min by default, the first 30 s after the broker started; every 1 s on the dedicated broker
-    here) deletes the whole partition, the active segment included. Tansu has no retention. Hence test topics on Apache Kafka are created with
-    ``retention.ms=-1`` (tests/services/brokers.py)."""
+    here) deletes the whole partition, the active segment included. Tansu has no retention.
+    Hence the test service turns time retention off (``log.retention.ms=-1``) and test topics on
+    Apache Kafka are created with ``retention.ms=-1`` (tests/services/brokers.py)."""
     if broker.is_apache:
         from tests.services.apache_kafka import ApacheKafkaService
 
         service: Any = await asyncio.to_thread(
-            ApacheKafkaService.start, overrides={"log.retention.check.interval.ms": "1000"}
+            ApacheKafkaService.start,
+            # Kafka's own defaults (the test service turns time retention off)
+            overrides={"log.retention.check.interval.ms": "1000", "log.retention.ms": "604800000"},
         )
         target = Broker("apache", service)
     else:

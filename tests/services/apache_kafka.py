@@ -14,7 +14,8 @@ How it runs (DESIGN §6 "Apache Kafka"):
 * Storage: ``kafka.tools.StorageTool format --standalone`` on a log dir under a fresh temporary
   directory (removed at stop); one combined broker+controller (``kafka.Kafka``), PLAINTEXT and
   CONTROLLER listeners on free loopback ports, replication factors 1, one partition for the
-  internal topics, ``group.initial.rebalance.delay.ms=0``, heap ``-Xmx512m``.
+  internal topics, ``group.initial.rebalance.delay.ms=0``, ``log.retention.ms=-1`` (no time
+  retention: test records carry old timestamps), heap ``-Xmx512m``.
 * Ready when a real metadata request (DescribeCluster through aiokafka's admin client) names this
   broker and a controller.
 * Stop: SIGTERM to the broker's process group (it runs in its own session), SIGKILL after 15 s,
@@ -288,6 +289,10 @@ class ApacheKafkaService:
                 "share.coordinator.state.topic.min.isr": "1",
                 "share.coordinator.state.topic.num.partitions": "1",
                 "group.initial.rebalance.delay.ms": "0",
+                # tests produce records stamped in the past (2026-01 …): time retention by record
+                # timestamp would delete them at its first check (~30 s after start, then every
+                # 5 min), whole partitions at once; tests that want retention set it per topic
+                "log.retention.ms": "-1",
                 **(overrides or {}),
             }
             config = root / "server.properties"
