@@ -10,7 +10,10 @@ Handoff (DESIGN §3, firm):
   cutoff that reached the stream after the lake was written is in neither side: it is dropped
   (counted), not delivered. Record timestamps are not event times: a record whose record
   timestamp is earlier than ``cutoff − out_of_orderness`` but whose event time is >= cutoff is
-  missed too. Use ``handoff="offsets"`` with an archiver-written lake for exactness.
+  missed too. Use ``handoff="offsets"`` with an archiver-written lake for exactness. A partition
+  whose earliest retained record is already at or after ``cutoff − out_of_orderness``, with
+  earlier offsets deleted by retention, may have lost records after the cutoff:
+  :class:`HandoffGapError` unless ``allow_gaps=True`` (counted in ``metrics()["deleted_before"]``).
 - ``handoff="offsets"``: the lake contributes everything it holds; the stream every record from
   the per-partition offsets the lake's commits recorded (partitions absent: earliest). No
   duplicate, no gap, whatever the event times. If a partition's earliest retained offset is
@@ -163,6 +166,7 @@ class LambdaSource(Source):
         self.lake_rows_at_or_after_cutoff = 0
         self.missing_offsets: dict[int, tuple[int, int]] = {}
         self.beyond_end: dict[int, tuple[int, int]] = {}  # allow_gaps: (recorded, end)
+        self.deleted_before: dict[int, int] = {}  # timestamp handoff, allow_gaps: earliest offset
         self.recorded: dict[int, int] = {}
         self.pinned: LakeState | None = None
         self.lake_covers: int | None = None  # offsets handoff: the lake's high-water mark
@@ -223,6 +227,8 @@ class LambdaSource(Source):
         try:
             if self.handoff == "offsets":
                 await self._check_gaps()
+            else:
+                self._check_retained_since_cutoff()
             hooks = DriveHooks(
                 transform=self._transform,
                 reject=self._uncastable,
@@ -315,6 +321,36 @@ class LambdaSource(Source):
                     )
                 self.missing_offsets[p] = (need, begin)
                 self.stream.seek(p, begin)
+
+    def _check_retained_since_cutoff(self) -> None:
+        """Timestamp handoff: each partition must still hold its records from ``cutoff −
+        out_of_orderness`` on. When the first such record is the earliest one retained and
+        earlier offsets were deleted (retention), the deleted records may have been after that
+        time too: a possible gap, raised like one (``allow_gaps=True``: counted in
+        ``metrics()["deleted_before"]``)."""
+        for p in sorted(self.stream.splits):
+            lookup = self.stream.lookups.get(p)
+            begin, _ = self.stream.ranges.get(p, (0, None))
+            if lookup is None or begin == 0 or lookup["offset"] != begin:
+                continue
+            if not self.allow_gaps:
+                raise HandoffGapError(
+                    f"source={self.name}: topic={self.stream.topic} partition={p}: the stream "
+                    f"must hold every record from {format_time(lookup['time_us'])} (the cutoff "
+                    f"− out_of_orderness) on, but its earliest retained record, offset {begin}, "
+                    f"is already at or after that time and the offsets before it were deleted "
+                    "(retention): records between the lake's cutoff and it may be in neither "
+                    "side; pass allow_gaps=True to continue without them"
+                )
+            log.warning(
+                "source=%s topic=%s partition=%d: offsets before %d were deleted and may have "
+                "held records after the cutoff; continuing (allow_gaps)",
+                self.name,
+                self.stream.topic,
+                p,
+                begin,
+            )
+            self.deleted_before[p] = begin
 
     async def _run_lake(self) -> None:
         await self.lake.run(_LockedOutput(self, self._out_or_fail(), LAKE))
@@ -544,6 +580,7 @@ class LambdaSource(Source):
             "lake_rows_at_or_after_cutoff": self.lake_rows_at_or_after_cutoff,
             "recorded_offsets": dict(self.recorded),
             "pinned": None if self.pinned is None else self.pinned.to_dict(),
+            "deleted_before": dict(self.deleted_before),
             "recorded_beyond_end": {
                 p: {"recorded": need, "end": end} for p, (need, end) in self.beyond_end.items()
             },

@@ -211,10 +211,53 @@ async def test_archiver_refuses_a_recreated_topic(kafka: KafkaService, tmp_path:
             writer,
             TIME,
             schema=SCHEMA,
-            stop_at=stop_at,  # type: ignore[arg-type]
+            stop_at=stop_at,
         )
         with pytest.raises(
             ls.StreamGapError, match=r"partition=0: .*offset 500.*ends at offset 100"
         ):
             await asyncio.wait_for(archiver.run(), 20.0)
     assert [c.sequence for c in writer.commits()] == [1]
+
+
+# --- timestamp handoff over a topic that retention trimmed --------------------------------------
+
+
+@pytest.mark.parametrize(("retained_from", "gap"), [(100, False), (150, True)])
+async def test_timestamp_handoff_detects_records_deleted_after_the_cutoff(
+    kafka: KafkaService, tmp_path: Path, retained_from: int, gap: bool
+) -> None:
+    """Lake and topic hold one record per minute 00:00–03:59; cutoff 02:00 (offset 120).
+    Retention (simulated: the earliest retained offset) deleted offsets below ``retained_from``.
+    Below 120 nothing after the cutoff is gone: exact. At 150 the records 02:00–02:29 are in
+    neither side. Before: the stream silently started at 150 (30 records lost, uncounted).
+    After: ``HandoffGapError`` naming the partition and the offset; ``allow_gaps=True``
+    continues, counted in ``deleted_before``."""
+    table = events(range(240))
+    ParquetLakeWriter(tmp_path / "lake", TIME).write(table)
+    topic = await asyncio.to_thread(kafka.new_topic, 1)
+    await produce(kafka, topic, table)
+
+    def source(**options: Any) -> ls.LambdaSource:
+        trimmed = stream(kafka, topic)
+
+        async def retained(partitions: list[int]) -> dict[int, int]:
+            return dict.fromkeys(partitions, retained_from)
+
+        trimmed.beginning_offsets = retained
+        return ls.LambdaSource(
+            ls.ParquetLake(tmp_path / "lake", TIME, schema=SCHEMA),
+            trimmed,
+            cutoff=datetime(2026, 1, 1, 2, tzinfo=UTC),
+            out_of_orderness="0s",
+            **options,
+        )
+
+    if not gap:
+        assert (await run_source(source())).ids() == Counter(range(240))
+        return
+    with pytest.raises(ls.HandoffGapError, match=r"partition=0: .*offset 150, is already"):
+        await run_source(source(), 20.0)
+    allowed = source(allow_gaps=True)
+    assert (await run_source(allowed)).ids() == Counter([*range(120), *range(150, 240)])
+    assert allowed.metrics()["deleted_before"] == {0: 150}
