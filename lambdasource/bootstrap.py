@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import kafka_security
 from .errors import ConfigError
 from .job import JobSpec, WindowSpec, all_dead_lettered, all_dead_lettered_message, build_job
 from .progress import ProgressPanel, events_seen
@@ -54,6 +55,9 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         }
         if args.stop_at_latest:
             stream["stop_at"] = "latest"
+        security = kafka_security.table_from_args(args)
+        if security is not None:
+            stream["security"] = security
     source: dict[str, Any] = {}
     if stream is not None:
         source = {
@@ -207,6 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--catalog-name", default="default", help="Iceberg catalog name")
     parser.add_argument("--time-column", required=True, help="event-time column")
     parser.add_argument("--bootstrap-servers", help="Kafka host:port (with --topic)")
+    kafka_security.add_arguments(parser)
     parser.add_argument("--topic", help="Kafka topic to hand over to (omit: lake only)")
     parser.add_argument("--format", default="json", choices=("json", "raw"))
     parser.add_argument("--schema", help="stream schema 'col:type,…' (default: the lake's)")

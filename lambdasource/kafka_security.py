@@ -401,6 +401,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def table_from_args(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The flags of :func:`add_arguments` as a job file's ``security`` table (the keys of
+    :class:`KafkaSecurity`); None when none was given. Checked like :func:`from_args`."""
+    security = from_args(args)
+    if security is None:
+        return None
+    table: dict[str, Any] = {"security_protocol": args.security_protocol}
+    table.update(
+        (key, value)
+        for key, value in {
+            "sasl_mechanism": args.sasl_mechanism,
+            "username": args.sasl_username,
+            "password_env": args.sasl_password_env,
+            "password_file": args.sasl_password_file,
+            "ca_file": args.ssl_ca_file,
+            "cert_file": args.ssl_cert_file,
+            "key_file": args.ssl_key_file,
+            "key_password_env": args.ssl_key_password_env,
+        }.items()
+        if value is not None
+    )
+    if not args.ssl_check_hostname:
+        table["check_hostname"] = False
+    return table
+
+
 def from_args(args: argparse.Namespace) -> KafkaSecurity | None:
     """The KafkaSecurity the flags of :func:`add_arguments` describe; None when none was given."""
     values = {
@@ -435,4 +461,5 @@ __all__ = [
     "from_args",
     "resolve_paths",
     "structure_problems",
+    "table_from_args",
 ]

@@ -148,6 +148,39 @@ def test_exactly_once_into_kafka_from_a_job_file(tmp_path: Path, lake: Path) -> 
     assert _error(data, tmp_path) == "[sink] exactly_once = true: applies to kafka:// sinks only"
 
 
+def test_bootstrap_security_flags_become_the_jobs_security_table(
+    tmp_path: Path, lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lambdasource bootstrap --security-protocol …`` puts a ``[stream] security`` table in the
+    job; ``--print-job`` writes it and the file builds the same KafkaStream security (no password
+    anywhere: only the variable that holds it)."""
+    from lambdasource.bootstrap import spec_from_args, to_toml
+
+    monkeypatch.setenv("KAFKA_PASSWORD", "not-in-the-job")
+    args = cli.build_parser().parse_args(
+        ["bootstrap", "--lake", str(lake), "--time-column", "event_time", "--topic", "clicks",
+         "--bootstrap-servers",
+         "127.0.0.1:1", "--key", "user_id", "--into", "duckdb:///x.db", "--table", "t",
+         "--security-protocol", "SASL_SSL", "--sasl-mechanism", "SCRAM-SHA-512",
+         "--sasl-username", "alice", "--sasl-password-env", "KAFKA_PASSWORD"]
+    )  # fmt: skip
+    spec = spec_from_args(args)
+    assert spec.stream is not None and spec.stream["security"] == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "username": "alice",
+        "password_env": "KAFKA_PASSWORD",
+    }
+    job = tmp_path / "job.toml"
+    job.write_text(to_toml(spec))
+    again = JobSpec.from_toml(job)
+    assert again.stream == spec.stream
+    stream = again.validate().stream
+    assert stream is not None and stream.security is not None
+    assert stream.security.sasl_mechanism == "SCRAM-SHA-512"
+    assert "not-in-the-job" not in job.read_text()
+
+
 def _set(data: dict[str, Any], section: str, key: str, value: Any) -> None:
     target = data[section]
     *parents, last = key.split(".")
