@@ -207,6 +207,7 @@ def _compare(args: argparse.Namespace, broker: str, values: list[bytes], report:
             ),
             "KafkaStream (source)": lambda: _stream_source(bootstrap, topic, args.max_records),
             "KafkaStream (pipeline)": lambda: _stream_pipeline(bootstrap, topic, args.max_records),
+            "archiver → Parquet lake": lambda: _archive(bootstrap, topic),
         }
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.repeat):
@@ -232,6 +233,26 @@ def _compare(args: argparse.Namespace, broker: str, values: list[bytes], report:
                 "runs_s": runs,
             }
         )
+
+
+async def _archive(bootstrap: str, topic: str) -> int:
+    """The archiver (same decoder) into a fresh Parquet lake until caught up; the rows the lake
+    holds afterwards, counted from its files (dead letters would be missing rows)."""
+    from lake.archiver import Archiver
+    from lake.writer import ParquetLakeWriter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = ParquetLakeWriter(Path(tmp), "event_time")
+        await Archiver(
+            bootstrap, topic, writer, "event_time", schema=SCHEMA, stop_at="latest"
+        ).run()
+        return _lake_rows(Path(tmp))
+
+
+def _lake_rows(root: Path) -> int:
+    """Rows of a Parquet lake's data files (its ``_lambdasource/`` bookkeeping excluded)."""
+    files = [f for f in root.rglob("*.parquet") if "_lambdasource" not in f.parts]
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
 def _write_lake(root: Path, table: pa.Table) -> None:
