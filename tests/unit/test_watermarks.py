@@ -8,7 +8,7 @@ import contextlib
 import pyarrow as pa
 
 import lambdasource as ls
-from lambdasource.runtime import _Gate
+from lambdasource.channels import _Gate
 
 from .scripted import Scripted, batch
 
