@@ -121,7 +121,9 @@ def test_unaligned_state_grows_with_backlog_and_aligned_stays_flat() -> None:
     assert state[("12h", True)] < 1.3 * state[("2h", True)]
     # Measured at the operator after the source: unaligned, stream records arrive the whole
     # lake span ahead of the watermark; aligned, no record is beyond max_drift + out_of_orderness.
-    assert rows[("12h", False)]["max_lead_h"] > 20
+    # (the unaligned lead depends on how far the lake got before the stream's records arrived:
+    # 14.7–15.2 h on a loaded machine, more than 20 h on a quiet one; the bound is 0.5 h)
+    assert rows[("12h", False)]["max_lead_h"] > 10
     assert rows[("12h", False)]["rows_beyond_bound"] > 0
     for backlog in ("2h", "12h"):
         aligned = rows[(backlog, True)]
