@@ -534,26 +534,17 @@ class ApacheKafkaService:
         keys: Sequence[bytes | None] | None = None,
         timestamps_ms: Sequence[int | None] | None = None,
     ) -> list[tuple[int, int]]:
-        from aiokafka import AIOKafkaProducer
+        from .kafka import produce_records
 
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, acks="all")
-        await producer.start()
-        try:
-            futures: list[Any] = []
-            for i, value in enumerate(values):
-                futures.append(
-                    await producer.send(
-                        topic,
-                        value,
-                        key=keys[i] if keys else None,
-                        partition=partition,
-                        timestamp_ms=timestamps_ms[i] if timestamps_ms else None,
-                    )
-                )
-            metas = await asyncio.gather(*futures)
-            return [(m.partition, m.offset) for m in metas]
-        finally:
-            await producer.stop()
+        return await produce_records(
+            self.bootstrap,
+            topic,
+            values,
+            partition=partition,
+            keys=keys,
+            timestamps_ms=timestamps_ms,
+            acks="all",
+        )
 
 
 @pytest.fixture(scope="session")

@@ -83,26 +83,48 @@ class KafkaService:
         keys: Sequence[bytes | None] | None = None,
         timestamps_ms: Sequence[int | None] | None = None,
     ) -> list[tuple[int, int]]:
-        from aiokafka import AIOKafkaProducer
+        return await produce_records(
+            self.bootstrap,
+            topic,
+            values,
+            partition=partition,
+            keys=keys,
+            timestamps_ms=timestamps_ms,
+        )
 
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
-        await producer.start()
-        try:
-            futures: list[Any] = []
-            for i, value in enumerate(values):
-                futures.append(
-                    await producer.send(
-                        topic,
-                        value,
-                        key=keys[i] if keys else None,
-                        partition=partition,
-                        timestamp_ms=timestamps_ms[i] if timestamps_ms else None,
-                    )
+
+async def produce_records(
+    bootstrap: str,
+    topic: str,
+    values: Sequence[bytes],
+    *,
+    partition: int | None = None,
+    keys: Sequence[bytes | None] | None = None,
+    timestamps_ms: Sequence[int | None] | None = None,
+    **producer_options: Any,
+) -> list[tuple[int, int]]:
+    """Produce ``values`` (with their keys and timestamps) through one aiokafka producer and
+    wait for every acknowledgement; (partition, offset) per record, in order. Any broker."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **producer_options)
+    await producer.start()
+    try:
+        futures: list[Any] = []
+        for i, value in enumerate(values):
+            futures.append(
+                await producer.send(
+                    topic,
+                    value,
+                    key=keys[i] if keys else None,
+                    partition=partition,
+                    timestamp_ms=timestamps_ms[i] if timestamps_ms else None,
                 )
-            metas = await asyncio.gather(*futures)
-            return [(m.partition, m.offset) for m in metas]
-        finally:
-            await producer.stop()
+            )
+        metas = await asyncio.gather(*futures)
+        return [(m.partition, m.offset) for m in metas]
+    finally:
+        await producer.stop()
 
 
 @pytest.fixture(scope="session")
