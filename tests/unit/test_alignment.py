@@ -112,17 +112,22 @@ def test_split_idleness_needs_caught_up_and_quiet_and_never_while_paused() -> No
 
 def test_split_without_fetch_responses_is_not_idle() -> None:
     """Broker unreachable: no fetch response confirms "caught up", so the split is not idle
-    (after an outage a partition answering first must not carry the watermark past it)."""
+    (after an outage a partition answering first must not carry the watermark past it); and
+    the outage does not count as quiet: idleness needs ``idle_timeout`` of answered quiet."""
     s = PartitionSplit("t", 0, out_of_orderness=10, idle_timeout=1.0, confirm_window=2.0)
     s.position, s.highwater = 10, 10
     s.last_activity = 0.0
     assert not s.update_idle(5.0)  # never confirmed
-    s.responded(7, 5.0)
-    assert s.update_idle(5.5) and is_idle(s)
-    s.responded(7, 6.0)  # the same stamp again: no new response
-    assert s.update_idle(7.6) and not is_idle(s)  # confirmation older than 2 s
-    s.responded(8, 8.0)  # the broker answers again
-    assert s.update_idle(8.1) and is_idle(s)
+    s.responded(7, 5.0)  # the first answer starts the quiet time: nothing was observed before
+    assert not s.update_idle(5.5) and not is_idle(s)
+    s.responded(8, 6.0)
+    assert s.update_idle(6.0) and is_idle(s)
+    s.responded(8, 7.0)  # the same stamp again: no new response
+    assert s.update_idle(8.1) and not is_idle(s)  # confirmation older than 2 s
+    s.responded(9, 18.0)  # the broker answers again after a 12 s outage
+    assert not s.update_idle(18.1) and not is_idle(s)  # records may be on their way
+    s.responded(10, 19.0)
+    assert s.update_idle(19.0) and is_idle(s)
 
 
 def test_split_watermark_floor_and_no_regression() -> None:

@@ -126,10 +126,7 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int] |
     """
     cluster = await consumer._client.fetch_all_metadata()
     partitions: set[int] | None = cluster.partitions_for_topic(topic)
-    # Not tracked here (``add_topic`` would save the first offset request's 100 ms metadata
-    # retry on Apache Kafka): with the topic tracked and partition discovery's 30 s metadata
-    # refresh, a 30 s broker outage left 113 records late in 2 runs of 4
-    # (tests/faults/test_broker_faults.py::test_broker_outage_long[30.0]; 0 of 6 untracked).
+    # not tracked here (``consumer.assign`` tracks the topic once the stream reads it)
     return partitions
 
 

@@ -11,10 +11,13 @@ is paused, so at most one fetch per partition is held. They belong to the split'
 
 Idleness (DESIGN §3): a split is idle only when it is caught up — its position is at or beyond the
 highwater of its last fetch, *and* a fetch response confirmed that highwater within
-``confirm_window`` seconds — *and* no record arrived for ``idle_timeout``. A paused split (held by
-alignment or finished) is never idle: pausing resets the quiet timer. A split whose fetches get
-no answers (broker unreachable) is not known to be caught up, so it is not idle: otherwise, after
-an outage, a partition answering first could carry the watermark past another's older records.
+``confirm_window`` seconds — *and* no record arrived for ``idle_timeout`` of observed time. A
+paused split (held by alignment or finished) is never idle: pausing resets the quiet timer. A
+split whose fetches get no answers (broker unreachable) is not known to be caught up, so it is
+not idle: otherwise, after an outage, a partition answering first could carry the watermark past
+another's older records. Nor does the outage count as quiet: the quiet timer starts again with
+the first answer after a lapse (else, the moment the broker is back, a partition whose records
+are still on their way would be idle at once, and the others' new records would make them late).
 """
 
 from __future__ import annotations
@@ -149,7 +152,16 @@ class PartitionSplit:
         response, with or without records)."""
         if poll_stamp is not None and poll_stamp != self._poll_stamp:
             self._poll_stamp = poll_stamp
+            if not self.confirmed_recently(now):
+                # quiet counts only while observed: a partition unanswered for a while (an
+                # outage, a slow first fetch) may have had records written meanwhile, so its
+                # quiet time starts again with the first answer
+                self.last_activity = max(self.last_activity, now)
             self.confirmed_at = now
+
+    def confirmed_recently(self, now: float) -> bool:
+        """A fetch response answered within ``confirm_window``."""
+        return self.confirmed_at is not None and now - self.confirmed_at <= self.confirm_window
 
     def update_idle(self, now: float) -> bool:
         """Re-evaluate idleness; returns whether it changed."""
@@ -157,8 +169,7 @@ class PartitionSplit:
             not self.paused
             and not self.finished
             and self.caught_up
-            and self.confirmed_at is not None
-            and now - self.confirmed_at <= self.confirm_window
+            and self.confirmed_recently(now)
             and now - self.last_activity >= self.idle_timeout
         )
         changed = idle != self.idle

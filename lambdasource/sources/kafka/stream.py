@@ -18,12 +18,11 @@ offsets (``allow_gaps=True``: below the start, continue from the earliest offset
 consumer never resets a position by itself (``auto_offset_reset="none"``): retention overtaking
 the reader mid-run is the same error, not a silent jump.
 
-Partition discovery (opt-in, e.g. ``partition_discovery="30s"``): an unbounded stream over all of
-a topic's partitions looks for partitions added to the topic at that interval (the consumer's
-metadata refresh) and reads a new one from its earliest offset, logging a warning (``metrics()
-["partitions_added"]``); its split holds the stream's watermark back until it has data or idles.
-Off by default: with the consumer's metadata refreshed every 30 s, a broker outage left records
-late in about half of the outage trials (tests/faults/test_broker_faults.py), not yet understood.
+Partition discovery (``partition_discovery="30s"`` by default, ``None``: off): an unbounded stream
+over all of a topic's partitions looks for partitions added to the topic at that interval (the
+consumer's metadata refresh) and reads a new one from its earliest offset, logging a warning
+(``metrics()["partitions_added"]``); its split holds the stream's watermark back until it has
+data or idles.
 
 Bounded reads (``stop_at="latest"``): each partition stops before the end offset seen when the
 stream opened (the highwater of a fetch — ``end_offsets()`` lags on some brokers); the final
@@ -155,7 +154,7 @@ class KafkaStream(Source):
         consumer_options: dict[str, Any] | None = None,
         name: str = "stream",
         allow_gaps: bool = False,
-        partition_discovery: Duration | None = None,
+        partition_discovery: Duration | None = "30s",
         max_ahead: Duration | None = "1d",
         security: KafkaSecurity | None = None,
         connect_timeout: Duration = "30s",
