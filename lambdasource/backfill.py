@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import kafka_security
 from .errors import ConfigError, SchemaError
 from .expressions import check_filter, parse_filter
 from .pipeline import Pipeline
@@ -231,6 +232,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--select", help="columns to keep, comma-separated")
     parser.add_argument("--batch-rows", type=int, default=100_000, help="rows per store write")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    kafka_security.add_arguments(parser)  # for a kafka:// store
 
 
 def _split(text: str | None) -> list[str]:
@@ -274,8 +276,16 @@ def command(args: argparse.Namespace) -> int:
         raise ConfigError("backfill: --key names no column")
     source = _source(args)
     version = args.version or args.time_column
+    security = kafka_security.from_args(args)
+    extra: dict[str, Any] = {}
+    if security is not None:
+        if not args.into.startswith("kafka://"):
+            raise ConfigError(
+                "backfill: the --security-protocol/--sasl-*/--ssl-* flags apply to a kafka:// store"
+            )
+        extra["security"] = security
     sink = sink_from_url(
-        args.into, table=args.table, key=keys, version=version, batch_rows=args.batch_rows
+        args.into, table=args.table, key=keys, version=version, batch_rows=args.batch_rows, **extra
     )
     where = None
     if args.where:

@@ -352,7 +352,7 @@ async def test_upsert_writes_every_row_over_sasl_ssl(
 
 
 @pytest.mark.apache_kafka
-def test_cli_archive_over_sasl_ssl(
+def test_cli_archive_and_backfill_over_sasl_ssl(
     secured: SecuredKafka, password: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     topic = secured.service.new_topic(1)
@@ -380,6 +380,34 @@ def test_cli_archive_over_sasl_ssl(
     )
     assert sorted(archived.column("event_id").to_pylist()) == list(range(1000, 1250))
     assert password not in out + err
+
+    # and back from the lake into a topic on the secured broker
+    target = secured.service.new_topic(1)
+    code = cli.main(
+        ["backfill", "--lake", str(lake), "--time-column", "event_time",
+         "--into", f"kafka://{secured.sasl_ssl}/{target}", "--table", "events",
+         "--key", "event_id", "--quiet",
+         "--security-protocol", "SASL_SSL", "--sasl-mechanism", "SCRAM-SHA-256",
+         "--sasl-username", "alice", "--sasl-password-env", PASSWORD_VAR,
+         "--ssl-ca-file", str(secured.certificates.ca)]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    written = asyncio.run(read_topic(secured.service.bootstrap, target))
+    assert sorted(orjson.loads(k or b"") for k, _ in written) == list(range(1000, 1250))
+    assert password not in out + err
+
+
+def test_cli_backfill_security_flags_need_a_kafka_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        ["backfill", "--lake", str(tmp_path), "--time-column", "t",
+         "--into", f"duckdb:///{tmp_path}/x.db", "--table", "t", "--key", "k",
+         "--security-protocol", "SSL"]
+    )  # fmt: skip
+    assert code != 0
+    assert "flags apply to a kafka:// store" in capsys.readouterr().err
 
 
 @pytest.mark.apache_kafka
