@@ -3,10 +3,10 @@ broker process stopped with SIGSTOP: connections stay open and answer nothing) a
 (S3-backed Tansu stopped and started on the same port) under a live, checkpointed lambda job:
 every record arrives exactly once, no watermark regresses, nothing is late.
 
-Brokers: the proxied outage and the restart run on Tansu only — the proxy needs a broker that
-advertises the proxy's port while listening on another, and a restart needs the broker's data to
-survive a stop on the same port; ``ApacheKafkaService`` offers neither (it advertises the port it
-binds and removes its log directory at stop). The freeze runs on both brokers (-m slow).
+Brokers: the proxied outage runs on Tansu in the default run and on Apache Kafka too with -m slow
+(each broker advertises the proxy's port while listening on another); the freeze runs on both
+brokers (-m slow). The restart runs on Tansu only: it needs the broker's data to survive a stop on
+the same port, and ``ApacheKafkaService`` removes its log directory at stop.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from lambdasource.errors import StreamError
 from tests.faults import jobs
 from tests.faults.live import LiveJob, more_events, produce_later
 from tests.faults.proxy import TcpProxy
-from tests.services.brokers import Broker, both_brokers
+from tests.services.apache_kafka import ApacheKafkaService, ApacheKafkaUnavailable
+from tests.services.brokers import Broker, BrokerName, both_brokers, broker_params
 from tests.services.s3 import S3Service
 
 broker = both_brokers(default=())  # the freeze: both brokers, -m slow only
@@ -40,15 +41,26 @@ PARTITIONS = 2
 
 
 class ProxiedBroker:
-    """Tansu listening on its own port but advertising the proxy's, so that every client
+    """A broker listening on its own port but advertising the proxy's, so that every client
     connection (bootstrap and partition leaders alike) goes through the proxy."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: BrokerName) -> None:
         self.proxy = TcpProxy(free_port())
-        self.broker = EmbeddedBroker(
-            port=self.proxy.target[1], advertised_port=self.proxy.port
-        ).start()
-        self.proxy.start()
+        self.broker: EmbeddedBroker | ApacheKafkaService
+        if kind == "tansu":
+            self.broker = EmbeddedBroker(
+                port=self.proxy.target[1], advertised_port=self.proxy.port
+            ).start()
+            self.proxy.start()
+        else:  # Apache Kafka checks that it is reachable at the advertised port before it is ready
+            self.proxy.start()
+            try:
+                self.broker = ApacheKafkaService.start(
+                    port=self.proxy.target[1], advertised_port=self.proxy.port
+                )
+            except BaseException:
+                self.proxy.stop()
+                raise
 
     @property
     def bootstrap(self) -> str:
@@ -128,9 +140,12 @@ class Outage(Protocol):
     def outage_figures(self) -> dict[str, int]: ...
 
 
-@pytest.fixture
-def proxied_broker() -> Iterator[ProxiedBroker]:
-    broker = ProxiedBroker()
+@pytest.fixture(params=broker_params(default=("tansu",)))
+def proxied_broker(request: pytest.FixtureRequest) -> Iterator[ProxiedBroker]:
+    try:
+        broker = ProxiedBroker(request.param)
+    except ApacheKafkaUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
     try:
         yield broker
     finally:

@@ -224,6 +224,7 @@ class ApacheKafkaService:
     version: str
     topics: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    advertised_port: int | None = None  # a proxy's port named in metadata (None: ``port``)
 
     @property
     def bootstrap(self) -> str:
@@ -241,13 +242,18 @@ class ApacheKafkaService:
         *,
         listeners: Mapping[str, tuple[str, int]] | None = None,
         format_args: Sequence[str] = (),
+        port: int | None = None,
+        advertised_port: int | None = None,
     ) -> ApacheKafkaService:
         """Fetch (once), format and start a broker; return when a metadata request succeeds.
 
         ``overrides`` are extra ``server.properties`` entries (e.g. ``log.cleaner.backoff.ms``);
         ``listeners`` adds named listeners ``{name: (security protocol, port)}`` next to
         PLAINTEXT (their ``listener.name.<name>.*`` settings go in ``overrides``);
-        ``format_args`` go to ``StorageTool format`` (e.g. ``--add-scram`` to create SASL users).
+        ``format_args`` go to ``StorageTool format`` (e.g. ``--add-scram`` to create SASL users);
+        ``port`` fixes the PLAINTEXT port (default: a free one); ``advertised_port`` is the port
+        the broker names in metadata (a proxy's, forwarding to ``port``, started before the
+        broker), so that every client connection goes through the proxy.
         """
         major = _java_major()
         if major < 17:
@@ -258,7 +264,7 @@ class ApacheKafkaService:
         begun = time.monotonic()
         jars = fetch_jars(version)
         classpath = f"{jars}/*"
-        port, controller_port = free_port(), free_port()
+        port, controller_port = port or free_port(), free_port()
         while controller_port == port:
             controller_port = free_port()
         extra = "".join(f",{n}://127.0.0.1:{p}" for n, (_, p) in (listeners or {}).items())
@@ -270,7 +276,7 @@ class ApacheKafkaService:
                 "node.id": "1",
                 "listeners": f"PLAINTEXT://127.0.0.1:{port}{extra}"
                 f",CONTROLLER://127.0.0.1:{controller_port}",
-                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}{extra}",
+                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{advertised_port or port}{extra}",
                 "controller.listener.names": "CONTROLLER",
                 "inter.broker.listener.name": "PLAINTEXT",
                 "listener.security.protocol.map": f"PLAINTEXT:PLAINTEXT{protocols}"
@@ -354,7 +360,9 @@ class ApacheKafkaService:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        service = cls(port, controller_port, root, process, watchdog, version)
+        service = cls(
+            port, controller_port, root, process, watchdog, version, advertised_port=advertised_port
+        )
         service.timings = {"format_s": round(formatted - begun, 2)}
         atexit.register(service.stop)
         try:
@@ -392,7 +400,7 @@ class ApacheKafkaService:
             cluster = await admin.describe_cluster()
         brokers = cluster.get("brokers") or []
         if (
-            not any(b.get("port") == self.port for b in brokers)
+            not any(b.get("port") == (self.advertised_port or self.port) for b in brokers)
             or cluster.get("controller_id", -1) < 0
         ):
             raise RuntimeError(f"metadata names no ready broker/controller yet: {cluster}")
