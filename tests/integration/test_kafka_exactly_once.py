@@ -6,7 +6,8 @@
   ``on_checkpoint_complete`` = commit), a "crashed" sink left without closing, and a new sink
   restored with the checkpoint's state: the recovery commits a pre-committed transaction exactly
   once, and fences (aborts) the rows written after the checkpoint — visible to a
-  ``read_uncommitted`` consumer, never to a ``read_committed`` one.
+  ``read_uncommitted`` consumer, never to a ``read_committed`` one. A restart after the broker
+  aborted the checkpoint's transaction (``transaction_timeout`` passed) is a SinkError.
 - Compaction: a compacted topic (small ``segment.ms``, ``min.cleanable.dirty.ratio``) written
   through transactions (one aborted), read back after the log cleaner ran, equals the reference
   store computed by DuckDB SQL (newest version per key, deleted keys absent).
@@ -248,6 +249,59 @@ def test_failed_checkpoint_keeps_the_transaction_for_the_next_one(
         ]
         await sink.close()
         assert sink.metrics()["transactions_committed"] == 1
+
+    asyncio.run(main())
+
+
+def test_restart_after_the_transaction_timeout_is_a_sink_error(
+    apache_kafka: ApacheKafkaService,
+) -> None:
+    """A run killed after checkpoint 1 was written but before its transaction was committed, and
+    restarted only after ``transaction_timeout``: the broker has aborted that transaction, so
+    its rows are in no committed transaction. The restart says so (checkpoint, timeout, what to
+    do) instead of going on without them."""
+    bootstrap, topic = apache_kafka.bootstrap, apache_kafka.new_topic()
+    tid = f"tid-{uuid.uuid4().hex[:8]}"
+
+    def sink() -> KafkaUpsert:
+        upsert = KafkaUpsert(
+            topic, "k", bootstrap, "v", exactly_once=True, transactional_id=tid,
+            transaction_timeout="2s", batch_rows=10**6,
+        )  # fmt: skip
+        upsert.bind(SCHEMA)
+        return upsert
+
+    async def main() -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        dead = sink()
+        await dead.open()
+        await dead.write(rows([1, 2, 3], 1))
+        await dead.flush()
+        state = await dead.snapshot(1)  # checkpoint 1 holds the handle; then the run dies
+        # the broker aborts the timed-out transaction (its check runs every 10 s by default):
+        # the abort marker makes the last stable offset reach the high watermark
+        tp = TopicPartition(topic, 0)
+        committed_view = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, isolation_level="read_committed"
+        )
+        await committed_view.start()
+        try:
+            await settled_end(bootstrap, committed_view, tp, "read_committed")
+        finally:
+            await committed_view.stop()
+        assert await read_topic(bootstrap, topic, "read_committed") == []
+        restarted = sink()
+        restarted.restore(state)
+        with pytest.raises(SinkError) as failure:
+            await restarted.open()
+        message = str(failure.value)
+        assert "checkpoint 1 was aborted by the broker" in message, message
+        assert "transaction_timeout (2000 ms)" in message, message
+        await restarted.close()
+        dead._transactions._pending = None  # type: ignore[union-attr]
+        dead._transactions._in_transaction = False  # type: ignore[union-attr]
+        await dead.close()
 
     asyncio.run(main())
 
