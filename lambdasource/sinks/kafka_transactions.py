@@ -83,11 +83,28 @@ def marker_group(transactional_id: str) -> str:
     return f"{transactional_id}.lambdasource-commits"
 
 
+def transaction_manager(producer: Any) -> Any:
+    """aiokafka's transaction manager of ``producer`` (private in aiokafka, present from 0.5 to
+    0.14 — tested with 0.14): a release without it is a clear error, not an AttributeError deep
+    in a checkpoint."""
+    manager = getattr(producer, "_txn_manager", None)
+    sender = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    if manager is None or sender is None or not hasattr(manager, "producer_epoch"):
+        import aiokafka
+
+        raise SinkError(
+            "an idempotent or exactly-once KafkaUpsert needs aiokafka's producer internals "
+            f"(_txn_manager, _sender), which aiokafka {aiokafka.__version__} does not have "
+            "(tested with 0.14); install aiokafka>=0.11,<0.15"
+        )
+    return manager
+
+
 async def await_producer_id(producer: Any, within: float) -> None:
     """Wait until ``producer`` (idempotent or transactional) holds a producer id; raise the
     broker's error when it refuses InitProducerId (Tansu answers UNKNOWN) — aiokafka reports that
     only through its sender task, so both are watched (aiokafka 0.14 internals)."""
-    manager = producer._txn_manager
+    manager = transaction_manager(producer)
     sender = producer._sender.sender_task
     waiting = asyncio.ensure_future(manager.wait_for_pid())
     try:
@@ -224,7 +241,7 @@ class CheckpointTransactions:
         await producer.send_offsets_to_transaction(
             {TopicPartition(self.topic, 0): checkpoint_id}, marker_group(self.transactional_id)
         )
-        manager = producer._txn_manager
+        manager = transaction_manager(producer)
         handle = TransactionHandle(
             self.transactional_id, manager.producer_id, manager.producer_epoch
         )

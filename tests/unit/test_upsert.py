@@ -96,3 +96,13 @@ def test_bad_options() -> None:
         DuckDBUpsert("x.db", "t", [], "v")
     with pytest.raises(ConfigError, match="flush_interval"):
         DuckDBUpsert("x.db", "t", "k", "v", flush_interval="soon")
+
+
+def test_a_producer_without_aiokafkas_transaction_internals_is_a_clear_error() -> None:
+    """Exactly-once reads aiokafka's private transaction manager: a release that dropped it
+    fails naming what is missing and the versions that have it."""
+    from lambdasource.errors import SinkError
+    from lambdasource.sinks.kafka_transactions import transaction_manager
+
+    with pytest.raises(SinkError, match=r"_txn_manager.*install aiokafka>=0.11,<0.15"):
+        transaction_manager(object())
