@@ -10,6 +10,7 @@ top-level ``null``, nesting, whitespace) and from ordinary values, so that both 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from unittest import mock
 
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lambdasource.sources.kafka import decode as decode_module
-from lambdasource.sources.kafka.decode import decode_records
+from lambdasource.sources.kafka.decode import FetchDecode, decode_records
 from lambdasource.sources.kafka.decode_fast import read_json_fetch
 
 SCHEMA = pa.schema(
@@ -95,7 +96,7 @@ plain = st.fixed_dictionaries(
 
 
 def exact(values: list[bytes | None]) -> Any:
-    with mock.patch.object(decode_module, "read_json_fetch", return_value=None):
+    with mock.patch.object(decode_module, "prepare_json_fetch", return_value=None):
         return decode_records(values, SCHEMA, time_column="t", timestamps_ms=[0] * len(values))
 
 
@@ -154,3 +155,39 @@ def test_decode_records_mixes_no_path_into_the_other() -> None:
     got = decode_records([good, bad, good], SCHEMA, time_column="t", timestamps_ms=[0, 0, 0])
     assert [i for i, _ in got.errors] == [1]
     assert got.batch.column("a").to_pylist() == [1, 1]
+
+
+def _decoded_equal(a: Any, b: Any) -> bool:
+    return (
+        a.errors == b.errors
+        and (a.indices is None) == (b.indices is None)
+        and (a.indices is None or bool((a.indices == b.indices).all()))
+        and a.batch.schema == b.batch.schema
+        and all(same(a.batch.column(i), b.batch.column(i)) for i in range(a.batch.num_columns))
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(message(), plain), min_size=1, max_size=8))
+@example(values=[b"{}", b'{"a": 1}{"a": 2}'])  # read on the thread, refused after it
+@example(values=[b'{"t": "2026-01-01T10:00:00Z", "f": 1.5}', b'{"s": "x"}'])  # fast path
+def test_fetch_decode_in_steps_equals_decode_records(values: list[bytes | None]) -> None:
+    """The stream runs :meth:`FetchDecode.read` on its decode thread: whichever thread reads,
+    and whether the read ran at all, the result is decode_records'."""
+    kwargs: dict[str, Any] = {"time_column": "t", "timestamps_ms": [0] * len(values)}
+    reference = decode_records(values, SCHEMA, **kwargs, now_us=0)
+    on_thread = FetchDecode(values, SCHEMA, **kwargs)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(on_thread.read).result()
+    unread = FetchDecode(values, SCHEMA, **kwargs)
+    assert _decoded_equal(on_thread.result(now_us=0), reference)
+    assert _decoded_equal(unread.result(now_us=0), reference)
+
+
+def test_fetch_decode_reads_only_what_the_fast_path_takes() -> None:
+    ordinary = [b'{"t": "2026-01-01T10:00:00Z", "a": 1}'] * 3
+    assert FetchDecode(ordinary, SCHEMA, time_column="t", timestamps_ms=[0] * 3).reads
+    tombstone = [*ordinary, None]
+    assert not FetchDecode(tombstone, SCHEMA, time_column="t", timestamps_ms=[0] * 4).reads
+    raw = FetchDecode(ordinary, None, format="raw", time_column=None, timestamps_ms=[0] * 3)
+    assert not raw.reads

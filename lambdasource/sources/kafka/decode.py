@@ -1,6 +1,7 @@
 """Decoding many Kafka messages at once into one Arrow batch of a declared schema.
 
-``decode_records`` is the one decoding path of the stream reader and the ``lake`` archiver.
+``decode_records`` is the one decoding path of the stream reader and the ``lake`` archiver
+(:class:`FetchDecode` is the same in steps, for a caller that runs the read on another thread).
 JSON takes the fast path first (:mod:`.decode_fast`): the whole fetch through Arrow's C++ JSON
 reader in one call, used only when every message reads exactly as below (flat schemas, framing,
 UTF-8, float and time checks), else ``None``. The exact path: one ``orjson.loads`` per message,
@@ -44,7 +45,7 @@ from ...timeutil import (
     normalize_time_array,
     parse_iso_times,
 )
-from .decode_fast import read_json_fetch
+from .decode_fast import JsonFetchRead, prepare_json_fetch
 
 RECORD_TIMESTAMP = "timestamp"
 """Column holding the Kafka record timestamp when ``time_column is None``."""
@@ -299,19 +300,25 @@ def _plain_column(values: list[Any], dtype: pa.DataType) -> tuple[pa.Array, dict
     return pa.array(fixed, dtype), bad
 
 
+def _time_fields(schema: pa.Schema, time_column: str | None) -> frozenset[str]:
+    return frozenset(f.name for f in schema if _is_time_field(f, time_column))
+
+
 def _decode_json(
-    values: Sequence[bytes | None], schema: pa.Schema, time_column: str | None
+    values: Sequence[bytes | None],
+    schema: pa.Schema,
+    time_column: str | None,
+    fast: JsonFetchRead | None,
 ) -> tuple[dict[str, pa.Array], np.ndarray, list[tuple[int, str]]]:
-    """Columns of the good messages, their input indices, and (index, reason) of the others.
+    """Columns of the good messages, their input indices, and (index, reason) of the others
+    (``fast``: the fetch's fast read, already read, or None).
 
     One decision per message: a message's outcome depends on its own bytes only (never on the
     other messages of the fetch); a bad value's reason names the first bad column in schema
     order."""
-    fast = read_json_fetch(
-        values, schema, frozenset(f.name for f in schema if _is_time_field(f, time_column))
-    )
-    if fast is not None:  # exactly what the code below gives for a fetch without a bad message
-        return fast, np.arange(len(values), dtype=np.int64), []
+    columns_fast = None if fast is None else fast.columns(_time_fields(schema, time_column))
+    if columns_fast is not None:  # exactly what the code below gives without a bad message
+        return columns_fast, np.arange(len(values), dtype=np.int64), []
     loads = orjson.loads
     objs: list[dict[str, Any]] = []
     index: list[int] | None = None
@@ -456,58 +463,119 @@ def decode_records(
     (index into ``values``, reason), sorted by index; the batch holds the others, in input order,
     with schema :func:`output_schema`.
     """
-    target = output_schema(schema, format=format, time_column=time_column)
-    n = len(values)
-    errors: list[tuple[int, str]] = []
-    if format == "json":
-        assert schema is not None
-        columns, rows, errors = _decode_json(values, schema, time_column)
-    elif format == "raw":
-        rows = np.arange(n, dtype=np.int64)
-        columns = {"value": pa.array(list(values), pa.binary())}
-    elif callable(format):
-        user, rows, errors = _user_decoded(format, values)
-        columns = {}
-        if user is not None:
-            for f in user.schema:
-                col = user.column(f.name)
-                if _is_time_field(f, time_column) and col.type != TIME_TYPE:
-                    col = normalize_time_array(col)
-                columns[f.name] = col
-        elif target is None:  # nothing decoded and no declared schema: just the time column
-            target = pa.schema([pa.field(time_column or RECORD_TIMESTAMP, TIME_TYPE)])
-        if target is None:
-            fields = [pa.field(k, v.type) for k, v in columns.items()]
-            if time_column is None:
-                fields.append(pa.field(RECORD_TIMESTAMP, TIME_TYPE, False))
-            target = pa.schema(fields)
-    else:  # pragma: no cover - output_schema rejected it
-        raise ConfigError(f"unknown format {format!r}")
-    assert target is not None
-    if time_column is None:
-        columns[RECORD_TIMESTAMP] = _record_times(timestamps_ms, rows)
-    arrays = []
-    for f in target:
-        col = columns.get(f.name)
-        if col is None:
-            col = pa.nulls(len(rows), f.type)
-        elif col.type != f.type:
-            try:
-                col = col.cast(f.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise SchemaError(
-                    f"decoded column {f.name!r} of type {col.type} does not fit {f.type}"
-                ) from exc
-        arrays.append(col)
-    batch = pa.RecordBatch.from_arrays(arrays, schema=target)
-    time_name = time_column or RECORD_TIMESTAMP
-    if max_ahead is not None and batch.num_rows and time_name in target.names:
-        times = batch.column(time_name)
-        if times.type == TIME_TYPE:
-            now = int(time.time() * 1e6) if now_us is None else now_us
-            keep, ahead = _ahead_errors(times, rows, time_name, max_ahead, now)
-            if ahead:
-                batch = batch.filter(pa.array(keep))
-                rows = rows[keep]
-                errors = sorted(errors + ahead)
-    return Decoded(batch, errors, None if len(rows) == n else rows)
+    fetch = FetchDecode(
+        values,
+        schema,
+        format=format,
+        time_column=time_column,
+        timestamps_ms=timestamps_ms,
+        max_ahead=max_ahead,
+    )
+    fetch.read()
+    return fetch.result(now_us)
+
+
+class FetchDecode:
+    """:func:`decode_records` in steps, so that the part that releases the GIL can overlap the
+    caller's own work: construction runs the checks before the read (caller's thread);
+    :meth:`read` runs Arrow's JSON reader over the fetch (any thread — it touches only this
+    object; nothing for other formats or when the fast path declined); :meth:`result` (caller's
+    thread) finishes it, taking the exact path when the fast read did not answer. The result is
+    the same as :func:`decode_records`' whichever thread ran :meth:`read`, and whether it ran."""
+
+    def __init__(
+        self,
+        values: Sequence[bytes | None],
+        schema: pa.Schema | None,
+        *,
+        format: str | Decoder = "json",
+        time_column: str | None,
+        timestamps_ms: Sequence[int] | np.ndarray,
+        max_ahead: int | None = None,
+    ) -> None:
+        self._target = output_schema(schema, format=format, time_column=time_column)
+        self._values = values
+        self._schema = schema
+        self._format = format
+        self._time_column = time_column
+        self._timestamps_ms = timestamps_ms
+        self._max_ahead = max_ahead
+        self._fast = (
+            prepare_json_fetch(values, schema, _time_fields(schema, time_column))
+            if format == "json" and schema is not None
+            else None
+        )
+
+    @property
+    def reads(self) -> bool:
+        """Whether :meth:`read` has work (a fast read to run)."""
+        return self._fast is not None
+
+    def read(self) -> None:
+        """The fast path's read (GIL released while Arrow parses); safe on another thread."""
+        if self._fast is not None:
+            self._fast.read()
+
+    def result(self, now_us: int | None = None) -> Decoded:
+        """The decoded fetch (``now_us``: see :func:`decode_records`)."""
+        values, schema, format = self._values, self._schema, self._format
+        time_column, timestamps_ms, max_ahead = (
+            self._time_column,
+            self._timestamps_ms,
+            self._max_ahead,
+        )
+        target = self._target
+        n = len(values)
+        errors: list[tuple[int, str]] = []
+        if format == "json":
+            assert schema is not None
+            columns, rows, errors = _decode_json(values, schema, time_column, self._fast)
+        elif format == "raw":
+            rows = np.arange(n, dtype=np.int64)
+            columns = {"value": pa.array(list(values), pa.binary())}
+        elif callable(format):
+            user, rows, errors = _user_decoded(format, values)
+            columns = {}
+            if user is not None:
+                for f in user.schema:
+                    col = user.column(f.name)
+                    if _is_time_field(f, time_column) and col.type != TIME_TYPE:
+                        col = normalize_time_array(col)
+                    columns[f.name] = col
+            elif target is None:  # nothing decoded and no declared schema: just the time column
+                target = pa.schema([pa.field(time_column or RECORD_TIMESTAMP, TIME_TYPE)])
+            if target is None:
+                fields = [pa.field(k, v.type) for k, v in columns.items()]
+                if time_column is None:
+                    fields.append(pa.field(RECORD_TIMESTAMP, TIME_TYPE, False))
+                target = pa.schema(fields)
+        else:  # pragma: no cover - output_schema rejected it
+            raise ConfigError(f"unknown format {format!r}")
+        assert target is not None
+        if time_column is None:
+            columns[RECORD_TIMESTAMP] = _record_times(timestamps_ms, rows)
+        arrays = []
+        for f in target:
+            col = columns.get(f.name)
+            if col is None:
+                col = pa.nulls(len(rows), f.type)
+            elif col.type != f.type:
+                try:
+                    col = col.cast(f.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise SchemaError(
+                        f"decoded column {f.name!r} of type {col.type} does not fit {f.type}"
+                    ) from exc
+            arrays.append(col)
+        batch = pa.RecordBatch.from_arrays(arrays, schema=target)
+        time_name = time_column or RECORD_TIMESTAMP
+        if max_ahead is not None and batch.num_rows and time_name in target.names:
+            times = batch.column(time_name)
+            if times.type == TIME_TYPE:
+                now = int(time.time() * 1e6) if now_us is None else now_us
+                keep, ahead = _ahead_errors(times, rows, time_name, max_ahead, now)
+                if ahead:
+                    batch = batch.filter(pa.array(keep))
+                    rows = rows[keep]
+                    errors = sorted(errors + ahead)
+        return Decoded(batch, errors, None if len(rows) == n else rows)

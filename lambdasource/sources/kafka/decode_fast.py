@@ -92,11 +92,61 @@ def _float_exact(arr: pa.Array) -> bool:
     return not bool((np.signbit(values) & (values == 0.0)).any())
 
 
-def read_json_fetch(
+class JsonFetchRead:
+    """One fetch's fast read in three steps: :func:`prepare_json_fetch` (the checks before the
+    read, on the caller's thread), :meth:`read` (Arrow's reader: the GIL is released while it
+    parses, so it may run on another thread; it touches nothing but this object) and
+    :meth:`columns` (the checks and conversions after it, on the caller's thread)."""
+
+    def __init__(self, joined: bytes, n: int, schema: pa.Schema, read_schema: pa.Schema) -> None:
+        self._joined = joined
+        self._n = n
+        self._schema = schema
+        self._read_options = pj.ReadOptions(use_threads=False, block_size=len(joined) + 1)
+        self._parse_options = pj.ParseOptions(
+            explicit_schema=read_schema, unexpected_field_behavior="error"
+        )
+        self._table: pa.Table | None = None
+
+    def read(self) -> None:
+        """Run Arrow's JSON reader over the joined fetch (a failure leaves no table)."""
+        try:
+            self._table = pj.read_json(
+                pa.BufferReader(self._joined),
+                read_options=self._read_options,
+                parse_options=self._parse_options,
+            )
+        except _READ_FAILED:
+            self._table = None
+
+    def columns(self, time_fields: frozenset[str]) -> dict[str, pa.Array] | None:
+        """The fetch's columns (time fields as ``timestamp[us, UTC]``) when every message read
+        exactly; ``None`` otherwise (also when :meth:`read` did not run)."""
+        table = self._table
+        if table is None or table.num_rows != self._n:
+            return None
+        columns: dict[str, pa.Array] = {}
+        for f in self._schema:
+            arr: Any = table.column(f.name).combine_chunks()
+            try:
+                if f.name in time_fields:
+                    if pa.types.is_int64(arr.type):
+                        arr = pc.multiply_checked(arr, MS).cast(TIME_TYPE)
+                    else:
+                        arr = parse_iso_times(arr)
+                elif arr.type == pa.float64() and not _float_exact(arr):
+                    return None
+            except _READ_FAILED:
+                return None
+            columns[f.name] = arr
+        return columns
+
+
+def prepare_json_fetch(
     values: Sequence[bytes | None], schema: pa.Schema, time_fields: frozenset[str]
-) -> dict[str, pa.Array] | None:
-    """The fetch's columns (time fields as ``timestamp[us, UTC]``) when every message reads fast
-    and exactly; ``None`` otherwise (then decode the exact way)."""
+) -> JsonFetchRead | None:
+    """The fast read of ``values`` when the checks before the read pass; ``None``: decode the
+    exact way."""
     n = len(values)
     if n == 0 or not eligible(schema, time_fields):
         return None
@@ -120,30 +170,16 @@ def read_json_fetch(
             read_fields.append(pa.field(f.name, kind))
         else:
             read_fields.append(pa.field(f.name, f.type))
-    try:
-        table = pj.read_json(
-            pa.BufferReader(joined),
-            read_options=pj.ReadOptions(use_threads=False, block_size=len(joined) + 1),
-            parse_options=pj.ParseOptions(
-                explicit_schema=pa.schema(read_fields), unexpected_field_behavior="error"
-            ),
-        )
-    except _READ_FAILED:
+    return JsonFetchRead(joined, n, schema, pa.schema(read_fields))
+
+
+def read_json_fetch(
+    values: Sequence[bytes | None], schema: pa.Schema, time_fields: frozenset[str]
+) -> dict[str, pa.Array] | None:
+    """The fetch's columns (time fields as ``timestamp[us, UTC]``) when every message reads fast
+    and exactly; ``None`` otherwise (then decode the exact way). All three steps at once."""
+    fetch = prepare_json_fetch(values, schema, time_fields)
+    if fetch is None:
         return None
-    if table.num_rows != n:
-        return None
-    columns: dict[str, pa.Array] = {}
-    for f in schema:
-        arr: Any = table.column(f.name).combine_chunks()
-        try:
-            if f.name in time_fields:
-                if pa.types.is_int64(arr.type):
-                    arr = pc.multiply_checked(arr, MS).cast(TIME_TYPE)
-                else:
-                    arr = parse_iso_times(arr)
-            elif arr.type == pa.float64() and not _float_exact(arr):
-                return None
-        except _READ_FAILED:
-            return None
-        columns[f.name] = arr
-    return columns
+    fetch.read()
+    return fetch.columns(time_fields)

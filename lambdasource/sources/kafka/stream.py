@@ -42,7 +42,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
@@ -60,7 +62,7 @@ from ...kafka_security import KafkaSecurity, diagnose_connect_failure
 from ...timeutil import MS, TIME_TYPE, Duration, parse_duration, to_micros
 from ..alignment import AlignmentGroup
 from ..base import Source, SourceOutput
-from .decode import RECORD_TIMESTAMP, Decoder, decode_records, output_schema
+from .decode import RECORD_TIMESTAMP, Decoded, Decoder, FetchDecode, output_schema
 from .positions import OffsetProber, end_offset, offset_for_time, topic_partitions
 from .split import PartitionSplit, held_times
 
@@ -116,6 +118,25 @@ class DriveHooks:
 
 
 _VALUE, _TIMESTAMP, _OFFSET = attrgetter("value"), attrgetter("timestamp"), attrgetter("offset")
+
+
+@dataclass
+class _PendingFetch:
+    """A ``getmany`` result whose decode was started: per partition, in fetch order, (split,
+    records before its stop offset, their decode); ``read``: done when the reads ran."""
+
+    parts: list[tuple[PartitionSplit, list[ConsumerRecord[Any, Any]], FetchDecode]]
+    read: asyncio.Future[None]
+    now: float
+
+
+_DECODE_DEPTH = 2
+"""Fetches in decode at most while the loop takes more (each holds at most max_batch_records)."""
+
+
+def _run_all(reads: list[Callable[[], None]]) -> None:
+    for read in reads:
+        read()
 
 
 class KafkaStream(Source):
@@ -210,6 +231,7 @@ class KafkaStream(Source):
         self.name = name
         self.splits: dict[int, PartitionSplit] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        self._decode_thread: ThreadPoolExecutor | None = None  # created by the first JSON fetch
         self._restored: dict[int, int] | None = None
         self._restored_held: dict[int, tuple[pa.RecordBatch, np.ndarray]] = {}
         self._last_commit = 0.0
@@ -483,6 +505,9 @@ class KafkaStream(Source):
         self._consumer.seek(self._tp(partition), offset)
 
     async def close(self) -> None:
+        thread, self._decode_thread = self._decode_thread, None
+        if thread is not None:
+            thread.shutdown(wait=False, cancel_futures=True)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             try:
@@ -519,7 +544,19 @@ class KafkaStream(Source):
         return max(values) if values else None
 
     async def drive(self, out: SourceOutput, hooks: DriveHooks | None = None) -> None:
-        """Read until every partition finished (bounded) or forever; requires :meth:`open`."""
+        """Read until every partition finished (bounded) or forever; requires :meth:`open`.
+
+        Pipelined: the JSON read of fetch k runs on the decode thread while the loop takes the
+        next fetches from the consumer (without waiting: what is already buffered), at most
+        ``_DECODE_DEPTH`` fetches in decode; fetches are emitted in the order they were
+        fetched, when their read is done (all of them once the consumer has nothing buffered).
+        A split with a fetch in decode keeps its state from before that fetch (position, max
+        seen: a watermark or checkpoint meanwhile does not cover it; its position is not taken
+        from the consumer). With an alignment group a fetch is emitted in the round it was
+        fetched (its read still runs on the decode thread, the loop serves other tasks), as
+        holding and pausing decide on emitted state; partition discovery (it re-seeks) emits
+        the fetches in decode first.
+        """
         hooks = hooks or DriveHooks()
         consumer = self._consumer
         if consumer is None:
@@ -529,7 +566,11 @@ class KafkaStream(Source):
             for split in self.splits.values():
                 aligner.register(f"{hooks.split_prefix}:{split.key}")
                 self._report(split, hooks)
+        pending: deque[_PendingFetch] = deque()  # fetches in decode, oldest first
         while True:
+            if pending and self._added_partitions():
+                while pending:
+                    await self._finish_decode(pending.popleft(), out, hooks)
             live = [s for s in self.splits.values() if not s.finished]
             if not live:
                 break
@@ -562,7 +603,11 @@ class KafkaStream(Source):
             try:
                 fetched = await consumer.getmany(
                     *[self._tp(s.partition) for s in readable],
-                    timeout_ms=max(1, int(self._consumer_options["fetch_max_wait_ms"])),
+                    timeout_ms=(
+                        0  # a decode is running: take what is buffered, then emit it
+                        if pending
+                        else max(1, int(self._consumer_options["fetch_max_wait_ms"]))
+                    ),
                     max_records=self.max_batch_records,
                 )
             except OffsetOutOfRangeError as exc:
@@ -576,9 +621,17 @@ class KafkaStream(Source):
                 where = ", ".join(f"partition={s.partition} offset={s.position}" for s in readable)
                 raise StreamError(f"topic={self.topic} fetch failed at {where}: {exc!r}") from exc
             now = time.monotonic()
-            for tp, records in fetched.items():
-                if records:
-                    await self._process(self.splits[tp.partition], records, out, hooks, now)
+            started = self._start_decode(fetched, now)
+            if started is not None:
+                pending.append(started)
+            while pending and (
+                started is None  # nothing more buffered: emit what is in decode
+                or aligner is not None  # alignment decides on emitted state: no overlap
+                or len(pending) > _DECODE_DEPTH
+                or pending[0].read.done()
+            ):
+                await self._finish_decode(pending.popleft(), out, hooks)
+            decoding = {split.partition for fetch in pending for split, _, _ in fetch.parts}
             if not any(fetched.values()):
                 await out.barrier_point()  # quiet: let a requested checkpoint through
             for split in readable:
@@ -589,7 +642,11 @@ class KafkaStream(Source):
                     split.highwater = hw
                     if self.stop_at == "latest" and split.stop_offset is None:
                         split.stop_offset = hw  # the end seen by the first fetch response
-                if tp not in fetched and split.highwater is not None:
+                if (
+                    tp not in fetched
+                    and split.partition not in decoding
+                    and split.highwater is not None
+                ):
                     try:
                         position = await consumer.position(tp)
                     except KafkaError as exc:
@@ -608,6 +665,8 @@ class KafkaStream(Source):
                 self._report(split, hooks)
             await self._maybe_commit()
             await self._progress(out, hooks)
+        while pending:  # not expected: a split with a fetch in decode is not finished
+            await self._finish_decode(pending.popleft(), out, hooks)
         await self._maybe_commit(force=True)
         if hooks.on_progress is not None:
             await hooks.on_progress()
@@ -616,12 +675,19 @@ class KafkaStream(Source):
             if final is not None:
                 await out.emit_watermark(final)
 
+    def _added_partitions(self) -> list[int]:
+        """Partitions of the topic (as of the consumer's last metadata refresh) not yet read;
+        only looked for with partition discovery."""
+        if self.discovery is None:
+            return []
+        available = self._consumer_or_fail().partitions_for_topic(self.topic) or set()
+        return sorted(set(available) - set(self.splits))
+
     async def _discover_partitions(self, hooks: DriveHooks) -> None:
         """Read partitions added to the topic since it opened, from their earliest offsets (the
         consumer refreshes its metadata every ``partition_discovery``)."""
         consumer = self._consumer_or_fail()
-        available = consumer.partitions_for_topic(self.topic) or set()
-        added = sorted(set(available) - set(self.splits))
+        added = self._added_partitions()
         if not added:
             return
         begins = await self.beginning_offsets(added)
@@ -722,6 +788,69 @@ class KafkaStream(Source):
                 finished=split.finished,
             )
 
+    def _readable_records(
+        self, split: PartitionSplit, records: list[ConsumerRecord[Any, Any]]
+    ) -> list[ConsumerRecord[Any, Any]]:
+        """The records of a fetch before the split's stop offset (bounded reads)."""
+        if split.stop_offset is not None and records and records[-1].offset >= split.stop_offset:
+            return [r for r in records if r.offset < split.stop_offset]
+        return records
+
+    def _decode_job(self, records: list[ConsumerRecord[Any, Any]]) -> FetchDecode:
+        """The decode of one partition's fetch, its checks before the read done; its
+        :meth:`~FetchDecode.read` touches no stream state (it may run on the decode thread)."""
+        n = len(records)
+        values = list(map(_VALUE, records))
+        stamps = (  # read by the decoder only for the record-timestamp column
+            np.fromiter(map(_TIMESTAMP, records), dtype=np.int64, count=n)
+            if self.event_time_column is None
+            else np.zeros(0, dtype=np.int64)
+        )
+        return FetchDecode(
+            values,
+            self._declared_schema,
+            format=self.format,
+            time_column=self.event_time_column,
+            timestamps_ms=stamps,
+            max_ahead=self.max_ahead,
+        )
+
+    def _start_decode(
+        self, fetched: dict[TopicPartition, list[ConsumerRecord[Any, Any]]], now: float
+    ) -> _PendingFetch | None:
+        """Start decoding a ``getmany`` result: the JSON reads (Arrow's reader releases the GIL)
+        run on the decode thread while the loop fetches the next records; ``None`` when it holds
+        no record to emit. Nothing of the stream's state changes here."""
+        parts = []
+        for tp, records in fetched.items():
+            split = self.splits[tp.partition]
+            kept = self._readable_records(split, records)
+            if kept:
+                parts.append((split, kept, self._decode_job(kept)))
+        if not parts:
+            return None
+        reads = [fetch.read for _, _, fetch in parts if fetch.reads]
+        loop = asyncio.get_running_loop()
+        if reads:
+            if self._decode_thread is None:
+                self._decode_thread = ThreadPoolExecutor(
+                    1, thread_name_prefix=f"lambdasource-decode-{self.topic}"
+                )
+            done = loop.run_in_executor(self._decode_thread, _run_all, reads)
+        else:
+            done = loop.create_future()
+            done.set_result(None)
+        return _PendingFetch(parts, done, now)
+
+    async def _finish_decode(
+        self, pending: _PendingFetch, out: SourceOutput, hooks: DriveHooks
+    ) -> None:
+        """Emit a started decode's rows, partition after partition in fetch order; each split's
+        state moves on as its rows are out (see :meth:`_emit_decoded`)."""
+        await pending.read
+        for split, records, fetch in pending.parts:
+            await self._emit_decoded(split, records, fetch.result(), out, hooks, pending.now)
+
     async def _process(
         self,
         split: PartitionSplit,
@@ -730,25 +859,25 @@ class KafkaStream(Source):
         hooks: DriveHooks,
         now: float,
     ) -> None:
-        if split.stop_offset is not None and records[-1].offset >= split.stop_offset:
-            records = [r for r in records if r.offset < split.stop_offset]
-            if not records:
-                return
+        """Decode one partition's fetch on the loop and emit it."""
+        records = self._readable_records(split, records)
+        if records:
+            fetch = self._decode_job(records)
+            fetch.read()
+            decoded = fetch.result()
+            await self._emit_decoded(split, records, decoded, out, hooks, now)
+
+    async def _emit_decoded(
+        self,
+        split: PartitionSplit,
+        records: list[ConsumerRecord[Any, Any]],
+        decoded: Decoded,
+        out: SourceOutput,
+        hooks: DriveHooks,
+        now: float,
+    ) -> None:
+        """Dead-letter, filter, hold and emit one decoded fetch; then move the split on."""
         n = len(records)
-        values = list(map(_VALUE, records))
-        stamps = (  # read by the decoder only for the record-timestamp column
-            np.fromiter(map(_TIMESTAMP, records), dtype=np.int64, count=n)
-            if self.event_time_column is None
-            else np.zeros(0, dtype=np.int64)
-        )
-        decoded = decode_records(
-            values,
-            self._declared_schema,
-            format=self.format,
-            time_column=self.event_time_column,
-            timestamps_ms=stamps,
-            max_ahead=self.max_ahead,
-        )
         for index, reason in decoded.errors:
             record = records[index]
             await out.dead_letter(
