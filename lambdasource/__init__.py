@@ -10,6 +10,7 @@ from .backfill import BackfillProgress, BackfillSummary, backfill
 from .checkpoints import Checkpoints
 from .errors import (
     CheckpointError,
+    CheckpointFormatError,
     ConfigError,
     HandoffError,
     HandoffGapError,
@@ -69,6 +70,7 @@ __all__ = [
     "BackfillSummary",
     "Barrier",
     "CheckpointError",
+    "CheckpointFormatError",
     "Checkpoints",
     "CollectSink",
     "ConfigError",

@@ -100,6 +100,11 @@ class CheckpointError(LambdaSourceError):
     """Writing or reading a checkpoint failed."""
 
 
+class CheckpointFormatError(CheckpointError):
+    """A checkpoint in a format this version does not read (pickle, lambdasource before
+    2026-12): a restore stops here instead of trying older checkpoints of the same format."""
+
+
 class SinkError(LambdaSourceError):
     """Writing to a sink failed."""
 
@@ -143,6 +148,7 @@ def _describe(error: BaseException) -> str:
 
 __all__ = [
     "CheckpointError",
+    "CheckpointFormatError",
     "ConfigError",
     "HandoffError",
     "HandoffGapError",

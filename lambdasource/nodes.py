@@ -222,9 +222,11 @@ class OperatorNode(Node):
         keyed = dict(self.ctx.state)
         return {
             "operator": runtime.capture(
-                self._call("snapshot", self.op.snapshot), self.op.snapshot_immutable
+                self._call("snapshot", self.op.snapshot),
+                self.op.snapshot_immutable,
+                f"operator={self.name} snapshot()",
             ),
-            "keyed_state": runtime.capture(keyed, not keyed),
+            "keyed_state": runtime.capture(keyed, not keyed, f"operator={self.name} keyed state"),
             "timers": self.ctx.timers.snapshot(),
             "watermarks": (self.gate.combined, self.out_watermark),
         }
@@ -403,7 +405,7 @@ class SourceNode(Node):
             position = self.source.snapshot()
         except Exception as exc:
             raise SourceError(f"source={self.name}: snapshot() failed: {exc!r}") from exc
-        return self.runtime.capture(position, position is None)
+        return self.runtime.capture(position, position is None, f"source={self.name} snapshot()")
 
     async def _barrier_if_requested(self) -> None:
         checkpoint_id = self.runtime.barrier_for(self)
@@ -496,7 +498,11 @@ class SinkNode:
             raise
         except Exception as exc:
             raise SinkError(f"sink={self.name} failed in snapshot: {exc!r}") from exc
-        return None if state is None else self.runtime.capture(state, False)
+        return (
+            None
+            if state is None
+            else self.runtime.capture(state, False, f"sink={self.name} snapshot()")
+        )
 
     async def _next(self) -> Message | None:
         """The next message, or None when the sink's ``idle_deadline()`` passes first."""

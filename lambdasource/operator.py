@@ -2,10 +2,13 @@
 
 Lifecycle (StreamOperator model): ``open(ctx)`` once, then ``on_batch`` / ``on_watermark`` /
 ``on_timer`` in stream order, ``on_end(ctx)`` when every input ended, ``close(ctx)`` last.
-``snapshot()`` returns immutable state at a checkpoint barrier (it must be picklable: checkpoints
-store it with pickle); ``restore(state)`` is called before ``open`` on recovery, with the
-operator's own snapshot, and ``ctx.state``/timers are restored with it. Everything runs on the event loop thread and must not block; operators are
-chained synchronously, so they never see two messages at once.
+``snapshot()`` returns state at a checkpoint barrier; it must be plain data — None, bool, int,
+float, str, bytes, lists, tuples, dicts, sets, numpy arrays of numbers, Arrow tables/arrays —
+as checkpoints hold no pickle (:mod:`lambdasource.checkpoints.codec`; anything else fails the
+checkpoint naming the operator and the value). ``ctx.state`` values follow the same rule.
+``restore(state)`` is called before ``open`` on recovery, with the operator's own snapshot, and
+``ctx.state``/timers are restored with it. Everything runs on the event loop thread and must not
+block; operators are chained synchronously, so they never see two messages at once.
 
 Event-time timers fire when the operator's input watermark reaches their time (before
 ``on_watermark`` is called); processing-time timers fire when the wall clock does. On keyed streams
@@ -23,12 +26,14 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from .checkpoints.codec import state_type
 from .errors import StateError
 from .keys import KeyIndex
 
 TimeDomain = Literal["event", "processing"]
 
 
+@state_type("timer")
 @dataclass(frozen=True, slots=True, order=True)
 class Timer:
     """A timer: fires at ``time`` (µs, UTC) in ``domain`` for ``key`` (``None`` on unkeyed streams)."""
@@ -197,7 +202,7 @@ class Operator:
     snapshot_immutable: bool = False
     """True when ``snapshot()`` returns structures that are never mutated afterwards (built-in
     window operators): the runtime then records them as they are. Otherwise the snapshot is
-    pickled at the barrier, so later changes to the operator cannot leak into the checkpoint."""
+    encoded at the barrier, so later changes to the operator cannot leak into the checkpoint."""
 
     def __init__(self) -> None:
         self.name: str | None = None

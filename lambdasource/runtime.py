@@ -15,7 +15,7 @@ checkpoint is complete in memory when every sink flushed at its barrier (or ende
 source and operator recorded its state (or finished: its final state stands in). States are
 captured synchronously at the barrier and must not change afterwards: operators that declare
 ``snapshot_immutable`` hand out shared never-mutated structures, everything else (user operator
-snapshots, keyed state, source positions) is pickled at capture into a ``Frozen``.
+snapshots, keyed state, source positions) is encoded at capture into a ``Frozen``.
 """
 
 from __future__ import annotations
@@ -102,11 +102,12 @@ class Runtime:
 
     # checkpoints ----------------------------------------------------------------------------------
 
-    def capture(self, state: Any, immutable: bool) -> Any:
-        """State as recorded for a checkpoint: frozen into bytes unless declared immutable."""
+    def capture(self, state: Any, immutable: bool, what: str) -> Any:
+        """State as recorded for a checkpoint: frozen into bytes unless declared immutable
+        (``what`` names its owner in the error when it is not plain data)."""
         if self.coordinator is None or immutable:
             return state
-        return Frozen.of(state)
+        return Frozen.of(state, what)
 
     @property
     def stateful_operators(self) -> list[OperatorNode]:

@@ -31,12 +31,22 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     CheckpointError,
+    CheckpointFormatError,
     IncompatibleStateError,
     LambdaSourceError,
     SinkError,
     close_after,
 )
-from .format import FORMAT_VERSION, decode, encode
+from .codec import readable
+from .format import (
+    FORMAT_VERSION,
+    PICKLE_FORMAT_VERSION,
+    Encoded,
+    decode,
+    encode_checkpoint,
+    pickle_refused,
+    thaw,
+)
 from .lineage import MARKER_FORMAT, Inventory
 
 if TYPE_CHECKING:
@@ -188,7 +198,7 @@ class CheckpointCoordinator:
         for checkpoint_id in reversed(members):
             try:
                 return await self._load(checkpoint_id)
-            except IncompatibleStateError:
+            except (IncompatibleStateError, CheckpointFormatError):
                 raise
             except CheckpointError as exc:
                 log.warning("checkpoints: skipping %s: %s", self.store.where(checkpoint_id), exc)
@@ -266,6 +276,11 @@ class CheckpointCoordinator:
         self.lineage = lineage
 
     def _check_manifest(self, manifest: dict[str, Any], where: str) -> None:
+        if (
+            manifest.get("format") == FORMAT_NAME
+            and manifest.get("version") == PICKLE_FORMAT_VERSION
+        ):
+            raise pickle_refused(f"checkpoint {where}")
         if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
             raise CheckpointError(
                 f"checkpoint {where}: format {manifest.get('format')!r} version "
@@ -356,8 +371,13 @@ class CheckpointCoordinator:
         self.writing = checkpoint_id
         where = self.store.where(checkpoint_id)
         try:
-            payload = {"checkpoint_id": checkpoint_id, "nodes": states}
-            encoded = await asyncio.to_thread(encode, payload)
+            sources = {source.name for source in runtime.sources}
+
+            def encode_all() -> tuple[Encoded, dict[str, Any]]:
+                positions = {name: readable(thaw(states[name])) for name in sources & set(states)}
+                return encode_checkpoint(checkpoint_id, states), positions
+
+            encoded, positions = await asyncio.to_thread(encode_all)
             manifest = {
                 "format": FORMAT_NAME,
                 "version": FORMAT_VERSION,
@@ -367,6 +387,8 @@ class CheckpointCoordinator:
                 "fingerprint": self.fingerprint,
                 "lineage": self.lineage,
                 "graph": self.graph,
+                "state_bytes": encoded.sizes,  # per node (sources, operators, sink:<name>)
+                "positions": positions,  # for people and `inspect`; restores read the state
             }
             await self.store.write(checkpoint_id, encoded, manifest)
         except asyncio.CancelledError:

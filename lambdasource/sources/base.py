@@ -54,7 +54,8 @@ class Source(abc.ABC):
 
     def snapshot(self) -> Any:
         """The position to resume from, taken at a barrier between emissions: it must cover
-        exactly the records emitted so far. Picklable; it is pickled at once (no need to copy)."""
+        exactly the records emitted so far. Plain data (see :mod:`lambdasource.checkpoints.codec`);
+        it is encoded at once (no need to copy)."""
         return None
 
     def restore(self, state: Any) -> None:

@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..checkpoints.codec import state_type
 from ..errors import StateError
 from .aggregates import Kernel, Rows, State
 from .arrays import ranges as _ranges
@@ -294,6 +295,7 @@ class _ValueCodes:
 # ------------------------------------------------------------------------------------ rows ---
 
 
+@state_type("distinct.rows")
 @dataclass(frozen=True, slots=True, eq=False)
 class _Rows:
     """(pair, slice) rows sorted by ``(pc, s)`` and unique; never mutated once built.

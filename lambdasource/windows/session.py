@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..checkpoints.codec import state_type
 from ..errors import ConfigError, IncompatibleStateError
 from .aggregates import Kernel, Rows, State, take
 from .arrays import ranges
@@ -113,6 +114,7 @@ def _cat_state(a: State, b: State) -> State:
     return tuple(_cat(x, y) for x, y in zip(a, b, strict=True))
 
 
+@state_type("session.sessions")
 @dataclass(frozen=True, slots=True)
 class _Table:
     """Columnar sessions. Invariants when held by the engine: sorted by ``(key, start)``; the

@@ -51,6 +51,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..checkpoints.codec import custom_state_type, state_type
 from ..errors import ConfigError, IncompatibleStateError
 from . import aggregates as agg
 from .aggregates import Kernel, Rows, State
@@ -252,6 +253,15 @@ class _PairIndex:
         return self._query(qk, qs, True)
 
 
+custom_state_type(
+    "sliding.pair_index",
+    _PairIndex,
+    lambda index: (index.keys, index.s, index._step),
+    lambda state: _PairIndex(*state),
+)
+
+
+@state_type("sliding.slices")
 @dataclass(frozen=True, slots=True, eq=False)
 class _Table:
     """Slice rows: sorted by ``(keys, s, tag)`` and unique; never mutated once built.
@@ -276,6 +286,7 @@ class _Table:
         )
 
 
+@state_type("sliding.chunk")
 @dataclass(frozen=True, slots=True, eq=False)
 class _Chunk:
     """Entered slice rows with ``lo <= s < hi``; chunk ranges tile the entered time line."""

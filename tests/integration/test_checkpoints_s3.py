@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from lambdasource.checkpoints import S3Store
-from lambdasource.checkpoints.format import decode, encode
+from lambdasource.checkpoints.format import FORMAT_VERSION, decode, encode
 from lambdasource.checkpoints.store import DATA, MANIFEST
 from lambdasource.errors import CheckpointError
 from tests.unit.test_checkpoints_restore import (
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.s3
 
 
 def manifest() -> dict[str, Any]:
-    return {"format": "lambdasource-checkpoint", "version": 1, "graph": {}}
+    return {"format": "lambdasource-checkpoint", "version": FORMAT_VERSION, "graph": {}}
 
 
 async def test_s3_store_protocol(s3: Any) -> None:

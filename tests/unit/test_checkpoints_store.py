@@ -18,7 +18,7 @@ from lambdasource.checkpoints.coordinator import (
     check_compatible,
     fingerprint,
 )
-from lambdasource.checkpoints.format import Encoded, Frozen, decode, encode
+from lambdasource.checkpoints.format import FORMAT_VERSION, Encoded, Frozen, decode, encode
 from lambdasource.checkpoints.store import DATA, MANIFEST, store_for
 from lambdasource.errors import CheckpointError, ConfigError, IncompatibleStateError
 
@@ -64,12 +64,12 @@ def test_format_rejects_garbage_and_other_versions() -> None:
     raw[8] = 99  # format version field
     with pytest.raises(CheckpointError, match="version 99"):
         decode(raw, where="chk-1")
-    with pytest.raises(CheckpointError, match="cannot be serialised"):
+    with pytest.raises(CheckpointError, match="which a checkpoint cannot store"):
         encode({"fn": lambda: 1})
 
 
 def manifest() -> dict[str, Any]:
-    return {"format": "lambdasource-checkpoint", "version": 1, "graph": GRAPH}
+    return {"format": "lambdasource-checkpoint", "version": FORMAT_VERSION, "graph": GRAPH}
 
 
 async def test_local_store_write_list_read(tmp_path: Path) -> None:

@@ -26,12 +26,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ...checkpoints.codec import state_type
 from ...errors import LakeStateError
 from .commits import CommitRecord, live_files, merge_offsets
 
 Kind = Literal["commits", "snapshot", "files"]
 
 
+@state_type("lake.state")
 @dataclass(frozen=True)
 class LakeState:
     """The state of a lake one job reads (see module docstring)."""

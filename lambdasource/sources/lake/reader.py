@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from ...checkpoints.codec import state_type
 from ...errors import LakeReadError, LakeStateError, LambdaSourceError, SchemaError
 from ...timeutil import TIME_TYPE, normalize_time_array, to_micros
 from ..base import SourceOutput
@@ -590,6 +591,7 @@ async def load_file(
 # --- ordered emission -------------------------------------------------------------------------
 
 
+@state_type("lake.position")
 @dataclass(frozen=True)
 class Position:
     """Resume position: partition label, chunks fully emitted in it, rows of the next chunk."""
