@@ -254,15 +254,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
         metavar="URL",
-        help="show the pinned lake state and positions of the newest complete checkpoint at URL "
-        "(file:// path or s3://)",
+        help="show a checkpoint at URL (file:// path or s3://): its nodes with their state "
+        "sizes, the pinned lake state and the positions",
     )
+    parser.add_argument(
+        "--checkpoint-id", type=int, default=None, help="which checkpoint (default: the newest)"
+    )
+    parser.add_argument(
+        "--export", metavar="NODE", help="with --checkpoint: write NODE's state as Parquet files"
+    )
+    parser.add_argument("--to", metavar="DIR", help="folder for --export (created if missing)")
 
 
 async def acheckpoint_sources(url: str, s3: S3Config | None = None) -> tuple[int, dict[str, Any]]:
     """The newest complete checkpoint at ``url``: its id and, per source that has one, the
     pinned lake state and positions (plain data). Reads only checkpoints this job wrote."""
-    from ...checkpoints.format import decode, thaw
+    from ...checkpoints.format import decode
     from ...checkpoints.store import store_for
     from ...errors import CheckpointError
 
@@ -277,13 +284,19 @@ async def acheckpoint_sources(url: str, s3: S3Config | None = None) -> tuple[int
         raw = await store.read_data(newest, manifest)
     finally:
         await store.close()
-    payload = decode(raw, where=store.where(newest))
+    return newest, _source_states(decode(raw, where=store.where(newest)))
+
+
+def _source_states(payload: dict[str, Any]) -> dict[str, Any]:
+    """Per lake or lambda source of a decoded checkpoint: its state (plain data)."""
+    from ...checkpoints.format import thaw
+
     sources: dict[str, Any] = {}
     for name, node in payload["nodes"].items():
         state = thaw(node)
         if isinstance(state, dict) and ("lake" in state or "state" in state):
             sources[name] = state
-    return newest, sources
+    return sources
 
 
 def format_checkpoint(checkpoint_id: int, sources: dict[str, Any]) -> str:
@@ -330,13 +343,35 @@ def format_checkpoint(checkpoint_id: int, sources: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _inspect_checkpoint(args: argparse.Namespace, s3: S3Config | None) -> int:
+    from ...checkpoints.inspect import export_node, format_nodes, read_checkpoint
+
+    url: str = args.checkpoint
+    if args.export and not args.to:
+        raise ConfigError("inspect --export NODE needs --to DIR")
+    checkpoint_id, manifest, payload = asyncio.run(
+        read_checkpoint(url, s3, args.checkpoint_id, state=True)
+    )
+    assert payload is not None
+    if args.export:
+        files = export_node(payload, args.export, Path(args.to))
+        for path in files:
+            print(f"wrote {path}")
+        if not files:
+            print(f"node {args.export!r} holds no tables in checkpoint {checkpoint_id}")
+        return 0
+    print(format_nodes(checkpoint_id, manifest))
+    print(format_checkpoint(checkpoint_id, _source_states(payload)))
+    return 0
+
+
 def command(args: argparse.Namespace) -> int:
     """Run ``inspect`` from parsed arguments; prints the report; returns the exit code."""
     s3 = S3Config(endpoint_url=args.s3_endpoint) if getattr(args, "s3_endpoint", None) else None
     if getattr(args, "checkpoint", None):
-        url: str = args.checkpoint
-        print(format_checkpoint(*asyncio.run(acheckpoint_sources(url, s3))))
-        return 0
+        return _inspect_checkpoint(args, s3)
+    if getattr(args, "export", None):
+        raise ConfigError("inspect --export needs --checkpoint URL")
     if args.iceberg:
         if not args.catalog_uri:
             raise ConfigError("inspect --iceberg needs --catalog-uri")
