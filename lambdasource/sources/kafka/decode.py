@@ -316,7 +316,7 @@ def _decode_json(
     One decision per message: a message's outcome depends on its own bytes only (never on the
     other messages of the fetch); a bad value's reason names the first bad column in schema
     order."""
-    columns_fast = None if fast is None else fast.columns(_time_fields(schema, time_column))
+    columns_fast = None if fast is None else fast.columns()
     if columns_fast is not None:  # exactly what the code below gives without a bad message
         return columns_fast, np.arange(len(values), dtype=np.int64), []
     loads = orjson.loads

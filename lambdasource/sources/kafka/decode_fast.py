@@ -93,43 +93,63 @@ def _float_exact(arr: pa.Array) -> bool:
 
 
 class JsonFetchRead:
-    """One fetch's fast read in three steps: :func:`prepare_json_fetch` (the checks before the
-    read, on the caller's thread), :meth:`read` (Arrow's reader: the GIL is released while it
-    parses, so it may run on another thread; it touches nothing but this object) and
-    :meth:`columns` (the checks and conversions after it, on the caller's thread)."""
+    """One fetch's fast read in three steps: :func:`prepare_json_fetch` (which fetches may take
+    it, on the caller's thread), :meth:`read` (the checks before the read, the join and Arrow's
+    reader: the GIL is released while the join copies and while Arrow parses, so it may run on
+    another thread; it touches nothing but this object) and :meth:`columns` (the checks and
+    conversions after it, on the caller's thread)."""
 
-    def __init__(self, joined: bytes, n: int, schema: pa.Schema, read_schema: pa.Schema) -> None:
-        self._joined = joined
-        self._n = n
+    def __init__(
+        self, values: Sequence[bytes], schema: pa.Schema, time_fields: frozenset[str]
+    ) -> None:
+        self._values = values
         self._schema = schema
-        self._read_options = pj.ReadOptions(use_threads=False, block_size=len(joined) + 1)
-        self._parse_options = pj.ParseOptions(
-            explicit_schema=read_schema, unexpected_field_behavior="error"
-        )
+        self._time_fields = time_fields
         self._table: pa.Table | None = None
 
     def read(self) -> None:
-        """Run Arrow's JSON reader over the joined fetch (a failure leaves no table)."""
+        """Check the fetch's framing and encoding, then run Arrow's JSON reader over it (any
+        check or the read failing leaves no table)."""
+        values = self._values
+        joined = b"\n".join(values)  # the copy runs without the GIL (CPython, over 1 MiB)
+        if not (_utf8(joined) and _framed(joined, values)):
+            return
+        try:
+            first = orjson.loads(values[0])
+        except orjson.JSONDecodeError:
+            return
+        if type(first) is not dict:
+            return
+        read_fields = []
+        for f in self._schema:
+            if f.name in self._time_fields:
+                kind = pa.int64() if type(first.get(f.name)) is int else pa.string()
+                read_fields.append(pa.field(f.name, kind))
+            else:
+                read_fields.append(pa.field(f.name, f.type))
         try:
             self._table = pj.read_json(
-                pa.BufferReader(self._joined),
-                read_options=self._read_options,
-                parse_options=self._parse_options,
+                pa.BufferReader(joined),
+                read_options=pj.ReadOptions(use_threads=False, block_size=len(joined) + 1),
+                parse_options=pj.ParseOptions(
+                    explicit_schema=pa.schema(read_fields), unexpected_field_behavior="error"
+                ),
             )
         except _READ_FAILED:
             self._table = None
 
-    def columns(self, time_fields: frozenset[str]) -> dict[str, pa.Array] | None:
+    def columns(self) -> dict[str, pa.Array] | None:
         """The fetch's columns (time fields as ``timestamp[us, UTC]``) when every message read
         exactly; ``None`` otherwise (also when :meth:`read` did not run)."""
         table = self._table
-        if table is None or table.num_rows != self._n:
+        if table is None or table.num_rows != len(self._values):
             return None
         columns: dict[str, pa.Array] = {}
         for f in self._schema:
-            arr: Any = table.column(f.name).combine_chunks()
+            column = table.column(f.name)
+            arr: Any = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
             try:
-                if f.name in time_fields:
+                if f.name in self._time_fields:
                     if pa.types.is_int64(arr.type):
                         arr = pc.multiply_checked(arr, MS).cast(TIME_TYPE)
                     else:
@@ -145,32 +165,12 @@ class JsonFetchRead:
 def prepare_json_fetch(
     values: Sequence[bytes | None], schema: pa.Schema, time_fields: frozenset[str]
 ) -> JsonFetchRead | None:
-    """The fast read of ``values`` when the checks before the read pass; ``None``: decode the
-    exact way."""
-    n = len(values)
-    if n == 0 or not eligible(schema, time_fields):
-        return None
-    try:
-        joined = b"\n".join(values)  # type: ignore[arg-type]  # None (a tombstone) raises
-    except TypeError:
+    """The fast read of ``values`` (not yet read) when the fetch may take it: a flat schema and
+    no null value (a tombstone); ``None``: decode the exact way."""
+    if not values or not eligible(schema, time_fields) or None in values:
         return None
     present: Sequence[bytes] = values  # type: ignore[assignment]
-    if not (_utf8(joined) and _framed(joined, present)):
-        return None
-    try:
-        first = orjson.loads(present[0])
-    except orjson.JSONDecodeError:
-        return None
-    if type(first) is not dict:
-        return None
-    read_fields = []
-    for f in schema:
-        if f.name in time_fields:
-            kind = pa.int64() if type(first.get(f.name)) is int else pa.string()
-            read_fields.append(pa.field(f.name, kind))
-        else:
-            read_fields.append(pa.field(f.name, f.type))
-    return JsonFetchRead(joined, n, schema, pa.schema(read_fields))
+    return JsonFetchRead(present, schema, time_fields)
 
 
 def read_json_fetch(
@@ -182,4 +182,4 @@ def read_json_fetch(
     if fetch is None:
         return None
     fetch.read()
-    return fetch.columns(time_fields)
+    return fetch.columns()
