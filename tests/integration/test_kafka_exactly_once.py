@@ -185,7 +185,7 @@ def test_restore_commits_precommitted_transaction_once_and_fences_later_rows(
         run2.restore(state1)
         await run2.open()
         assert run2.metrics()["recovery"] == "committed (or already was)"
-        committed = await read_topic(bootstrap, topic, "read_committed")
+        committed = await read_topic(bootstrap, topic, "read_committed", settle=True)
         assert versions_of(committed) == [(1, 1), (2, 1), (3, 1)]
         # run 2 checkpoints 2 (committed), then writes rows after it and dies
         await run2.write(rows([4], 2))
@@ -204,7 +204,7 @@ def test_restore_commits_precommitted_transaction_once_and_fences_later_rows(
         await run3.flush()
         await run3.on_end()  # a bounded run's end commits its last transaction
         await run3.close()
-        committed = await read_topic(bootstrap, topic, "read_committed")
+        committed = await read_topic(bootstrap, topic, "read_committed", settle=True)
         uncommitted = await read_topic(bootstrap, topic, "read_uncommitted")
         assert versions_of(committed) == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 3), (6, 3)]
         # the aborted rows of the dead run 2 (5 and 6 once more) only read_uncommitted sees
@@ -243,7 +243,7 @@ def test_failed_checkpoint_keeps_the_transaction_for_the_next_one(
         assert await read_topic(bootstrap, topic, "read_committed") == []
         await sink.snapshot(2)
         await sink.on_checkpoint_complete(2)
-        assert versions_of(await read_topic(bootstrap, topic, "read_committed")) == [
+        assert versions_of(await read_topic(bootstrap, topic, "read_committed", settle=True)) == [
             (1, 1),
             (2, 2),
         ]
