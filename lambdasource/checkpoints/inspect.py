@@ -6,7 +6,13 @@ decoding of the state. ``--export NODE --to DIR`` decodes the checkpoint (plain 
 it runs code) and writes every table the node's state holds as one Parquet file: each Arrow
 table or batch as it is, and each group of equal-length numpy arrays under one record or dict
 as the columns of one table. Files are named after the path of the table in the state
-(``engine.chunks.0.table.parquet``).
+(``engine.slices.parquet``).
+
+Window state (``lambdasource/windows/state_tables.py`` documents its tables) is made joinable
+on export: a table with a ``key_id`` column gets the key columns of the node's ``keys`` table
+(named as the keys, or ``key.<name>`` when the table has a column of that name), and a
+count_distinct table with ``value_code`` gets the ``value`` its dictionary maps it to (in the
+``direct`` mode, integers, the value is ``value_code - 2**31``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import CheckpointError, ConfigError
@@ -83,6 +90,7 @@ def export_node(payload: dict[str, Any], node: str, directory: Path) -> list[Pat
     directory.mkdir(parents=True, exist_ok=True)
     tables: list[tuple[list[str], pa.Table]] = []
     _collect(thaw(nodes[node]), [], tables)
+    tables = _joinable(tables)
     written = []
     for path, table in tables:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", ".".join(path) or "state") + ".parquet"
@@ -90,6 +98,39 @@ def export_node(payload: dict[str, Any], node: str, directory: Path) -> list[Pat
         pq.write_table(table, target)
         written.append(target)
     return written
+
+
+def _joinable(tables: list[tuple[list[str], pa.Table]]) -> list[tuple[list[str], pa.Table]]:
+    """Key columns joined to tables with ``key_id``, values to tables with ``value_code``."""
+    by_path = {tuple(path): table for path, table in tables}
+    keys = by_path.get(("keys",))
+    out = []
+    for path, table in tables:
+        if keys is not None and path != ["keys"] and "key_id" in table.column_names:
+            table = _with_keys(table, keys)
+        values = by_path.get((*path[:-1], "values", "values"))
+        if values is not None and "value_code" in table.column_names and values.num_rows:
+            position = pc.index_in(table.column("value_code"), values.column("value_code"))
+            table = table.append_column("value", values.column("value").take(position))
+        elif "value_code" in table.column_names and _direct(by_path, path):
+            codes = pc.subtract(table.column("value_code"), pa.scalar(1 << 31, pa.int64()))
+            table = table.append_column("value", codes)
+        out.append((path, table))
+    return out
+
+
+def _direct(by_path: dict[tuple[str, ...], pa.Table], path: list[str]) -> bool:
+    values = by_path.get((*path[:-1], "values", "values"))
+    return values is not None and values.num_rows == 0
+
+
+def _with_keys(table: pa.Table, keys: pa.Table) -> pa.Table:
+    names = [name for name in keys.column_names if name != "key_id"]
+    taken = keys.select(names).take(table.column("key_id"))
+    for name in names:
+        label = name if name not in table.column_names else f"key.{name}"
+        table = table.append_column(label, taken.column(name))
+    return table
 
 
 def _collect(value: Any, path: list[str], out: list[tuple[list[str], pa.Table]]) -> None:

@@ -44,8 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..checkpoints.codec import state_type
-from ..errors import StateError
+from ..errors import IncompatibleStateError, StateError
 from .aggregates import Kernel, Rows, State
 from .arrays import ranges as _ranges
 
@@ -284,18 +283,64 @@ class _ValueCodes:
             self._codes = np.searchsorted(live, self._codes[keep])
         self._n = len(live)
 
-    def snapshot(self) -> tuple[Any, ...]:
-        return (self.mode, self._sorted, self._codes, dict(self._dict), self._n)
+    def snapshot(self) -> dict[str, Any]:
+        """``{"mode", "size", "values"}``: ``values`` a table (``value_code``, ``value``;
+        floats as float64), or, for values Arrow cannot give back as they are (tuples of nested
+        values), ``{"value_code": array, "value": list}``."""
+        out: dict[str, Any] = {"mode": self.mode, "size": self._n}
+        codes, values = self._codes, self._sorted
+        if self.mode == "float":
+            values = values.view(np.float64)
+        if self.mode == "object":
+            codes = np.fromiter(self._dict.values(), dtype=np.int64, count=len(self._dict))
+            items = list(self._dict)
+            if any(isinstance(item, tuple) for item in items):
+                out["values"] = {"value_code": codes, "value": items}
+                return out
+            try:
+                values = pa.array(items)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                out["values"] = {"value_code": codes, "value": items}
+                return out
+        out["values"] = pa.table({"value_code": pa.array(codes, pa.int64()), "value": values})
+        return out
 
-    def restore(self, state: tuple[Any, ...]) -> None:
-        self.mode, self._sorted, self._codes, table, self._n = state
-        self._dict = dict(table)
+    def restore(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+        self.mode, self._n = state["mode"], int(state["size"])
+        values = state["values"]
+        if isinstance(values, dict):
+            codes, items = np.asarray(values["value_code"]), list(values["value"])
+        else:
+            codes = np.asarray(values.column("value_code").to_numpy(), dtype=np.int64)
+            column = values.column("value")
+            if self.mode == "object":
+                items = column.to_pylist()
+            else:  # int / float: the sorted values (floats by their bits) and their codes
+                items = []
+                raw: np.ndarray = np.asarray(column.to_numpy())
+                self._sorted = raw.view(np.int64) if self.mode == "float" else raw.astype(np.int64)
+                self._codes = codes
+        if self.mode == "object":
+            self._dict = dict(zip(items, codes.tolist(), strict=True))
+
+
+def _times(values: np.ndarray) -> pa.Array:
+    return pa.array(np.asarray(values, dtype=np.int64)).view(pa.timestamp("us", "UTC"))
+
+
+def _ints(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An int64/timestamp column without nulls as int64 numpy."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_timestamp(column.type):
+        column = column.view(pa.int64())
+    return np.asarray(column.to_numpy(), dtype=np.int64)
 
 
 # ------------------------------------------------------------------------------------ rows ---
 
 
-@state_type("distinct.rows")
 @dataclass(frozen=True, slots=True, eq=False)
 class _Rows:
     """(pair, slice) rows sorted by ``(pc, s)`` and unique; never mutated once built.
@@ -541,24 +586,78 @@ class PairPresence:
         tables = [*self._pending, *self._store, *self._staged]
         return sum(len(t) for t in tables) + len(self._spc)
 
-    def snapshot(self) -> dict[str, Any]:
-        """The state (arrays and tables are never mutated after being built: shared)."""
+    def snapshot(self, completed_end: int | None = None) -> dict[str, Any]:
+        """The state as tables (``state_tables`` documents them): ``rows`` (``key_id``,
+        ``value_code``, ``slice_start``, ``first_end``; pending rows, then stored ones, as
+        ``runs`` says), ``carried`` (``key_id``, ``value_code``, ``last_end``: per pair the
+        greatest window end of its entered rows), ``values`` (code → value).
+        ``completed_end`` is unused (the engine's ``E``; kept for producers of this state)."""
+        tables = [*self._pending, *self._store]
+        pcs = np.concatenate([_EMPTY, *(t.pc for t in tables)])
+        starts = np.concatenate([_EMPTY, *(t.s for t in tables)])
+        first = [
+            pa.nulls(len(t), pa.timestamp("us", "UTC")) if t.f is None else _times(t.f)
+            for t in tables
+        ]
+        rows = pa.table(
+            {
+                "key_id": pa.array(pcs >> _SHIFT),
+                "value_code": pa.array(pcs & _CODE_MASK),
+                "slice_start": _times(starts),
+                "first_end": pa.concat_arrays(first) if first else _times(_EMPTY),
+            }
+        )
+        carried = pa.table(
+            {
+                "key_id": pa.array(self._spc >> _SHIFT),
+                "value_code": pa.array(self._spc & _CODE_MASK),
+                "last_end": _times(self._sb),
+            }
+        )
         return {
             "column": self.column,
+            "runs": {
+                "pending": [len(t) for t in self._pending],
+                "store": [len(t) for t in self._store],
+            },
+            "rows": rows,
+            "carried": carried,
             "values": self._values.snapshot(),
-            "pending": tuple(self._pending),
-            "store": tuple(self._store),
-            "carried": (self._spc, self._sb),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Replace the state with one returned by :meth:`snapshot`."""
         self._values = _ValueCodes()
         self._values.restore(state["values"])
-        self._pending = list(state["pending"])
-        self._store = list(state["store"])
+        rows = state["rows"]
+        pcs = (_ints(rows.column("key_id")) << _SHIFT) | _ints(rows.column("value_code"))
+        starts = _ints(rows.column("slice_start"))
+        first = rows.column("first_end")
+        offset = 0
+        tables: list[list[_Rows]] = []
+        for lengths in (state["runs"]["pending"], state["runs"]["store"]):
+            tables.append([])
+            for n in lengths:
+                f = None
+                part = first.slice(offset, n)
+                if n and part.null_count < n:
+                    f = _ints(part)
+                tables[-1].append(
+                    _Rows.of(pcs[offset : offset + n], starts[offset : offset + n], f)
+                )
+                offset += n
+        if offset != rows.num_rows:
+            raise IncompatibleStateError(
+                f"count_distinct({self.column}): runs cover {offset} rows, the table has "
+                f"{rows.num_rows}"
+            )
+        self._pending, self._store = tables
         self._staged = []
-        self._spc, self._sb = state["carried"]
+        carried = state["carried"]
+        self._spc = (_ints(carried.column("key_id")) << _SHIFT) | _ints(
+            carried.column("value_code")
+        )
+        self._sb = _ints(carried.column("last_end"))
 
     # ---------------------------------------------------------------------------- helpers ---
 

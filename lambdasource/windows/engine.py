@@ -22,12 +22,14 @@ corrected history / newest value).
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
+from ..errors import ConfigError
 from .aggregates import Kernel, Rows
 
 EmitMode = Literal["every", "changes", "latest"]
@@ -83,10 +85,20 @@ class WindowEngine(abc.ABC):
     Implementations must be vectorised (no per-record Python) and keep state O(keys × slices).
     """
 
-    def __init__(self, kernels: list[Kernel], emit: EmitMode, allowed_lateness: int) -> None:
+    def __init__(
+        self,
+        kernels: list[Kernel],
+        emit: EmitMode,
+        allowed_lateness: int,
+        names: Sequence[str] | None = None,
+    ) -> None:
         self.kernels = kernels
         self.emit = emit
         self.allowed_lateness = allowed_lateness
+        self.names = list(names) if names is not None else [f"agg{i}" for i in range(len(kernels))]
+        """Aggregate names: the state tables' partial columns are ``<name>.<part>``."""
+        if len(self.names) != len(kernels) or len(set(self.names)) != len(self.names):
+            raise ConfigError(f"window engine: need one distinct name per kernel, got {names}")
 
     @abc.abstractmethod
     def add(self, key_ids: np.ndarray, rows: Rows, watermark: int | None) -> AddResult:
@@ -106,7 +118,8 @@ class WindowEngine(abc.ABC):
 
     @abc.abstractmethod
     def snapshot(self) -> Any:
-        """Immutable copy of the state (numpy arrays copied or never mutated afterwards)."""
+        """The state as Arrow tables of a documented schema (``state_tables``); immutable: the
+        runtime stores it without copying while the engine goes on."""
 
     @abc.abstractmethod
     def restore(self, state: Any) -> None:

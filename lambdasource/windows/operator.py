@@ -20,6 +20,7 @@ from .assigners import Session, Sliding, WindowSpec
 from .engine import Emission, EmitMode, WindowEngine
 from .session import SessionEngine
 from .sliding import SlidingEngine
+from .state_tables import KEY_ID
 
 
 def output_schema(
@@ -37,12 +38,15 @@ def output_schema(
 
 
 def make_engine(
-    spec: WindowSpec, kernels: list[Kernel], emit: EmitMode, allowed_lateness: int
+    spec: WindowSpec, aggregates: dict[str, Kernel], emit: EmitMode, allowed_lateness: int
 ) -> WindowEngine:
+    kernels, names = list(aggregates.values()), list(aggregates)
     if isinstance(spec, Session):
-        return SessionEngine(kernels, emit, allowed_lateness, gap=spec.gap)
+        return SessionEngine(kernels, emit, allowed_lateness, gap=spec.gap, names=names)
     assert isinstance(spec, Sliding)
-    return SlidingEngine(kernels, emit, allowed_lateness, size=spec.size, slide=spec.slide)
+    return SlidingEngine(
+        kernels, emit, allowed_lateness, size=spec.size, slide=spec.slide, names=names
+    )
 
 
 class WindowOperator(Operator):
@@ -77,7 +81,7 @@ class WindowOperator(Operator):
         self.flush = flush
         self.output_schema = schema
         self.index = KeyIndex(keys)
-        self.engine = make_engine(spec, list(aggregates.values()), emit, allowed_lateness)
+        self.engine = make_engine(spec, aggregates, emit, allowed_lateness)
         self._columns = sorted({c for k in aggregates.values() for c in k.input_columns})
         self._seq = 0
         self._bound = schema is not None
@@ -134,18 +138,29 @@ class WindowOperator(Operator):
         ctx.emit(batch)
 
     def snapshot(self) -> Any:
+        """``keys`` (the key columns, row ``i`` = key id ``i``, plus ``key_id``), ``engine``
+        (the engine's tables, ``state_tables``), the arrival counter and the input types."""
         return {
-            "keys": self.index.snapshot(),
+            "keys": self._keys_table(),
             "engine": self.engine.snapshot(),
             "seq": self._seq,
             "input_types": None if self._input_types is None else dict(self._input_types),
         }
 
+    def _keys_table(self) -> pa.Table | None:
+        keys = self.index.snapshot()
+        if keys is None or KEY_ID in keys.column_names:
+            return keys
+        return keys.append_column(KEY_ID, pa.array(np.arange(keys.num_rows, dtype=np.int64)))
+
     def restore(self, state: Any) -> None:
         types = state.get("input_types")
         if not self._bound and types is not None:
             self._bind(pa.schema(list(types.items())))
-        self.index.restore(state["keys"])
+        keys = state["keys"]
+        if keys is not None and KEY_ID in keys.column_names and KEY_ID not in self.keys:
+            keys = keys.drop_columns([KEY_ID])
+        self.index.restore(keys)
         self.engine.restore(state["engine"])
         self._seq = state["seq"]
 

@@ -46,23 +46,25 @@ arrival order, not time order, for a non-commutative user ``Aggregate``. Each ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from ..checkpoints.codec import state_type
 from ..errors import ConfigError, IncompatibleStateError
+from ..timeutil import TIME_TYPE
 from .aggregates import Kernel, Rows, State, take
 from .arrays import ranges
 from .engine import EMIT_MODES, AddResult, Emission, EmitMode, WindowEngine
+from .state_tables import KEY_ID, int64_column, partial_arrays, partial_states, time_array
 
 __all__ = ["SessionEngine", "segmented_cummax"]
 
 _I64_MIN = int(np.iinfo(np.int64).min)
 _I64_MAX = int(np.iinfo(np.int64).max)
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2  # 2: the sessions as an Arrow table
 
 
 def _clamp(value: int) -> np.int64:
@@ -114,7 +116,6 @@ def _cat_state(a: State, b: State) -> State:
     return tuple(_cat(x, y) for x, y in zip(a, b, strict=True))
 
 
-@state_type("session.sessions")
 @dataclass(frozen=True, slots=True)
 class _Table:
     """Columnar sessions. Invariants when held by the engine: sorted by ``(key, start)``; the
@@ -208,7 +209,13 @@ class SessionEngine(WindowEngine):
     """
 
     def __init__(
-        self, kernels: list[Kernel], emit: EmitMode, allowed_lateness: int, *, gap: int
+        self,
+        kernels: list[Kernel],
+        emit: EmitMode,
+        allowed_lateness: int,
+        *,
+        gap: int,
+        names: Sequence[str] | None = None,
     ) -> None:
         if gap <= 0:
             raise ConfigError(f"SessionEngine: gap must be positive, got {gap}")
@@ -218,7 +225,7 @@ class SessionEngine(WindowEngine):
             )
         if emit not in EMIT_MODES:
             raise ConfigError(f"SessionEngine: emit must be one of {EMIT_MODES}, got {emit!r}")
-        super().__init__(kernels, emit, allowed_lateness)
+        super().__init__(kernels, emit, allowed_lateness, names)
         self.gap = int(gap)
         self._table = _Table.empty(kernels)
         self._watermark: int | None = None
@@ -284,30 +291,71 @@ class SessionEngine(WindowEngine):
         return len(self._table)
 
     def snapshot(self) -> Any:
-        """The state; shares the read-only arrays of the table (they are never mutated)."""
+        """The state as a ``sessions`` table (``key_id``, ``start``, ``end``, ``count``,
+        partials: ``state_tables``); shares the read-only arrays of the held sessions."""
+        table = self._table
+        fields, arrays, opaque = partial_arrays(self.names, self.kernels, table.states)
+        sessions = pa.Table.from_arrays(
+            [
+                pa.array(table.key),
+                time_array(table.start),
+                time_array(table.end),
+                pa.array(table.count),
+                *arrays,
+            ],
+            schema=pa.schema(
+                [
+                    pa.field(KEY_ID, pa.int64()),
+                    pa.field("start", TIME_TYPE),
+                    pa.field("end", TIME_TYPE),
+                    pa.field("count", pa.int64()),
+                    *fields,
+                ]
+            ),
+        )
         return {
             "version": _SNAPSHOT_VERSION,
+            "kind": "session",
             "gap": self.gap,
-            "kernels": len(self.kernels),
+            "aggregates": list(self.names),
             "watermark": self._watermark,
-            "table": self._table,
+            "sessions": sessions,
+            "opaque": opaque,
         }
 
     def restore(self, state: Any) -> None:
         """Replace the state with one returned by :meth:`snapshot` of a compatible engine."""
         if (
             not isinstance(state, dict)
+            or state.get("kind") != "session"
             or state.get("version") != _SNAPSHOT_VERSION
-            or not isinstance(state.get("table"), _Table)
+            or not isinstance(state.get("sessions"), pa.Table)
         ):
-            raise IncompatibleStateError("SessionEngine: snapshot is not a session-engine state")
-        if state["gap"] != self.gap or state["kernels"] != len(self.kernels):
+            found = state.get("version") if isinstance(state, dict) else None
             raise IncompatibleStateError(
-                f"SessionEngine: snapshot has gap={state['gap']} kernels={state['kernels']}, "
-                f"engine has gap={self.gap} kernels={len(self.kernels)}"
+                "SessionEngine: snapshot is not a session-engine state"
+                + (
+                    f" of layout version {_SNAPSHOT_VERSION} (it has {found}: written by another "
+                    "release; start fresh with restore=None or resume with that release)"
+                    if found is not None
+                    else ""
+                )
             )
+        if state["gap"] != self.gap or state["aggregates"] != list(self.names):
+            raise IncompatibleStateError(
+                f"SessionEngine: snapshot has gap={state['gap']} "
+                f"aggregates={state['aggregates']}, engine has gap={self.gap} "
+                f"aggregates={self.names}"
+            )
+        sessions = state["sessions"]
         self._watermark = state["watermark"]
-        self._table = state["table"]
+        self._table = _Table(
+            int64_column(sessions.column(KEY_ID)),
+            int64_column(sessions.column("start")),
+            int64_column(sessions.column("end")),
+            int64_column(sessions.column("count")),
+            partial_states(sessions, self.names, self.kernels, state.get("opaque") or {}),
+        )
 
     # ------------------------------------------------------------------------------ merging ---
 

@@ -44,6 +44,7 @@ placeholder slots of the values they evaluate with the trackers' counts, ``_prun
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -51,13 +52,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..checkpoints.codec import custom_state_type, state_type
-from ..errors import ConfigError, IncompatibleStateError
+from ..errors import ConfigError
 from . import aggregates as agg
 from .aggregates import Kernel, Rows, State
 from .arrays import ranges as _ranges
 from .distinct import PairPresence, PresenceSlot
 from .engine import EMIT_MODES, AddResult, Emission, EmitMode, WindowEngine
+from .state_tables import SliceRows, sliding_restore, sliding_snapshot
 
 __all__ = ["SlidingEngine"]
 
@@ -67,7 +68,6 @@ Parts = tuple[State, ...]
 _I64_MIN = int(np.iinfo(np.int64).min)
 _CODE_LIMIT = 1 << 62
 _CHUNK_ROWS = 1 << 17  # entered tables smaller than this are merged with their neighbour
-_SNAPSHOT_VERSION = 3  # 3: no internal count next to a plain count()
 _EMPTY = np.zeros(0, dtype=np.int64)
 _WALK_STEPS = 4  # rows a hinted search walks forward before it falls back to binary search
 
@@ -253,15 +253,6 @@ class _PairIndex:
         return self._query(qk, qs, True)
 
 
-custom_state_type(
-    "sliding.pair_index",
-    _PairIndex,
-    lambda index: (index.keys, index.s, index._step),
-    lambda state: _PairIndex(*state),
-)
-
-
-@state_type("sliding.slices")
 @dataclass(frozen=True, slots=True, eq=False)
 class _Table:
     """Slice rows: sorted by ``(keys, s, tag)`` and unique; never mutated once built.
@@ -286,7 +277,6 @@ class _Table:
         )
 
 
-@state_type("sliding.chunk")
 @dataclass(frozen=True, slots=True, eq=False)
 class _Chunk:
     """Entered slice rows with ``lo <= s < hi``; chunk ranges tile the entered time line."""
@@ -464,6 +454,7 @@ class SlidingEngine(WindowEngine):
         *,
         size: int,
         slide: int,
+        names: Sequence[str] | None = None,
     ) -> None:
         if size <= 0 or slide <= 0 or slide > size:
             raise ConfigError(
@@ -475,7 +466,7 @@ class SlidingEngine(WindowEngine):
             )
         if emit not in EMIT_MODES:
             raise ConfigError(f"SlidingEngine: emit must be one of {EMIT_MODES}, got {emit!r}")
-        super().__init__(kernels, emit, allowed_lateness)
+        super().__init__(kernels, emit, allowed_lateness, names)
         self.size, self.slide = int(size), int(slide)
         self._S, self._D = self.size, self.slide
         self._g = math.gcd(self._S, self._D)
@@ -583,59 +574,60 @@ class SlidingEngine(WindowEngine):
         return self._complete(E_t)
 
     def state_rows(self) -> int:
-        """Slice rows (pending + entered), cached suffix rows, and 2 dense rows per key."""
+        """Slice rows (pending + entered), count_distinct rows, 2 dense rows per key and the
+        changelog repeats: what a snapshot holds (the suffix cache is rebuilt on demand)."""
         rows = sum(len(t) for t in self._pending) + sum(len(c.table) for c in self._chunks)
-        rows += sum(len(t) for t, _, _ in self._suf)
         rows += sum(tracker.rows() for _, tracker in self._presence)
         return rows + 2 * self._nkeys + len(self._xk)
 
     def snapshot(self) -> Any:
-        """The state: tables are shared (never mutated), dense arrays copied."""
-        return {
-            "version": _SNAPSHOT_VERSION,
-            "window": (self._S, self._D, self._L, len(self.kernels)),
-            "wm": self._wm,
-            "E": self._E,
-            "cb": self._cb,
-            "nkeys": self._nkeys,
-            "cur": _pcopy(self._cur),
-            "cp": _pcopy(self._cp),
-            "pending": tuple(self._pending),
-            "chunks": tuple(self._chunks),
-            "suf": tuple(self._suf),
-            "extra": (self._xk, self._xe),
-            "tagged": self._tk,
-            "distinct": tuple(tracker.snapshot() for _, tracker in self._presence),
-        }
+        """The state as tables (schema: ``state_tables``); slice tables shared, dense arrays
+        taken, so nothing in it changes when the engine goes on."""
+        return sliding_snapshot(self)
 
     def restore(self, state: Any) -> None:
-        """Replace the state with one returned by :meth:`snapshot` of a compatible engine."""
-        if not isinstance(state, dict) or state.get("version") != _SNAPSHOT_VERSION:
-            raise IncompatibleStateError("SlidingEngine: snapshot is not a sliding-engine state")
-        if state["window"] != (self._S, self._D, self._L, len(self.kernels)):
-            raise IncompatibleStateError(
-                f"SlidingEngine: snapshot has (size, slide, lateness, kernels)={state['window']}, "
-                f"engine has {(self._S, self._D, self._L, len(self.kernels))}"
-            )
-        self._wm, self._E, self._cb = state["wm"], state["E"], state["cb"]
-        self._nkeys = state["nkeys"]
-        self._cur, self._cp = _pcopy(state["cur"]), _pcopy(state["cp"])
-        self._pending = list(state["pending"])
-        self._chunks = list(state["chunks"])
+        """Replace the state with one returned by :meth:`snapshot` of a compatible engine; the
+        suffix cache and search hints start empty (rebuilt on demand)."""
+        sliding_restore(self, state)
+
+    def _restored(
+        self,
+        chunks: list[tuple[int, int, SliceRows]],
+        pending: list[SliceRows],
+        current: Parts,
+        prefix: Parts | None,
+        repeats: tuple[np.ndarray, np.ndarray],
+    ) -> None:
+        """Install restored tables (scalars ``_wm``, ``_E``, ``_nkeys`` already set) and rebuild
+        what is derived: chunk bounds, the carried prefix when not given, tagged keys."""
+        self._chunks = [_Chunk(lo, hi, _Table(*rows)) for lo, hi, rows in chunks]
+        self._pending = [_Table(*rows) for rows in pending]
+        self._cb = None if self._E is None else (self._E - 1) // self._S
+        self._cur = current
         self._reindex_chunks()
-        self._suf = list(state["suf"])
-        self._hints = {}
+        self._suf, self._hints = [], {}
         self._reindex_suffix()
-        self._xk, self._xe = state["extra"]
-        self._tk = state["tagged"]
-        distinct = state["distinct"]
-        if [d["column"] for d in distinct] != [t.column for _, t in self._presence]:
-            raise IncompatibleStateError(
-                "SlidingEngine: snapshot's count_distinct columns "
-                f"{[d['column'] for d in distinct]} differ from the engine's"
-            )
-        for (_, tracker), tracker_state in zip(self._presence, distinct, strict=True):
-            tracker.restore(tracker_state)
+        self._xk, self._xe = repeats
+        self._cp = self._carried_prefix() if prefix is None else prefix
+        E = self._E
+        tagged = [
+            c.table.keys[c.table.tag > E]
+            for c in self._chunks
+            if E is not None and c.table.tag is not None
+        ]
+        self._tk = np.unique(np.concatenate([_EMPTY, *tagged]))
+
+    def _carried_prefix(self) -> Parts:
+        """``_cp`` from the entered slices: per key, block ``_cb``'s slices below ``E``."""
+        cp = self._ops.identity(self._nkeys)
+        if self._E is None or self._cb is None:
+            return cp
+        t = self._gather(None, self._cb * self._S, self._E, with_tags=False)
+        if not len(t):
+            return cp
+        keys = _unique(t.keys)
+        ends = np.full(len(keys), self._E, dtype=np.int64)
+        return _pscatter(cp, keys, self._windows(t, keys, ends, prefix_only=True))
 
     # ------------------------------------------------------------------------------ helpers ---
 

@@ -605,7 +605,7 @@ def test_snapshot_is_immutable() -> None:
     assert other.state_rows() == 2
     assert spans(other.flush_all()) == [(0, 0, 10, False), (1, 3, 13, False)]
     with pytest.raises(ValueError, match="read-only"):
-        snap["table"].end[0] = 1
+        snap["sessions"].column("end").chunk(0).to_numpy()[0] = 1
 
 
 def test_restore_rejects_foreign_state() -> None:
