@@ -100,7 +100,7 @@ class JsonFetchRead:
     conversions after it, on the caller's thread)."""
 
     def __init__(
-        self, values: Sequence[bytes], schema: pa.Schema, time_fields: frozenset[str]
+        self, values: Sequence[bytes | None], schema: pa.Schema, time_fields: frozenset[str]
     ) -> None:
         self._values = values
         self._schema = schema
@@ -110,8 +110,11 @@ class JsonFetchRead:
     def read(self) -> None:
         """Check the fetch's framing and encoding, then run Arrow's JSON reader over it (any
         check or the read failing leaves no table)."""
-        values = self._values
-        joined = b"\n".join(values)  # the copy runs without the GIL (CPython, over 1 MiB)
+        try:  # the copy runs without the GIL (CPython, over 1 MiB)
+            joined = b"\n".join(self._values)  # type: ignore[arg-type]
+        except TypeError:  # a null value (a tombstone)
+            return
+        values: Sequence[bytes] = self._values  # type: ignore[assignment]  # none is null
         if not (_utf8(joined) and _framed(joined, values)):
             return
         try:
@@ -165,12 +168,11 @@ class JsonFetchRead:
 def prepare_json_fetch(
     values: Sequence[bytes | None], schema: pa.Schema, time_fields: frozenset[str]
 ) -> JsonFetchRead | None:
-    """The fast read of ``values`` (not yet read) when the fetch may take it: a flat schema and
-    no null value (a tombstone); ``None``: decode the exact way."""
-    if not values or not eligible(schema, time_fields) or None in values:
+    """The fast read of ``values`` (not yet read) when the schema is one it takes; ``None``:
+    decode the exact way."""
+    if not values or not eligible(schema, time_fields):
         return None
-    present: Sequence[bytes] = values  # type: ignore[assignment]
-    return JsonFetchRead(present, schema, time_fields)
+    return JsonFetchRead(values, schema, time_fields)
 
 
 def read_json_fetch(
