@@ -103,10 +103,17 @@ def export_node(payload: dict[str, Any], node: str, directory: Path) -> list[Pat
 def _joinable(tables: list[tuple[list[str], pa.Table]]) -> list[tuple[list[str], pa.Table]]:
     """Key columns joined to tables with ``key_id``, values to tables with ``value_code``."""
     by_path = {tuple(path): table for path, table in tables}
-    keys = by_path.get(("keys",))
     out = []
     for path, table in tables:
-        if keys is not None and path != ["keys"] and "key_id" in table.column_names:
+        keys = next(  # the nearest ``keys`` table beside the path or above it
+            (
+                by_path[(*path[:i], "keys")]
+                for i in range(len(path) - 1, -1, -1)
+                if (*path[:i], "keys") in by_path
+            ),
+            None,
+        )
+        if keys is not None and path[-1:] != ["keys"] and "key_id" in table.column_names:
             table = _with_keys(table, keys)
         values = by_path.get((*path[:-1], "values", "values"))
         if values is not None and "value_code" in table.column_names and values.num_rows:

@@ -1,0 +1,282 @@
+"""Window checkpoint state is the documented tables, and they hold exactly the input's aggregates.
+
+The oracle: a windowed pipeline checkpoints after some batches; ``lambdasource inspect
+--checkpoint URL --export window --to DIR`` writes the window's state as Parquet; DuckDB over the
+input rows the window had received by then (every record) must give the same per (key, slice)
+partials as the exported ``slices`` table, the same per-key window values as ``emitted``, and the
+same (key, slice, value) rows and carried pairs as the count_distinct tables. The input is in
+time order with distinct timestamps (no late records, no ties), amounts are multiples of 0.25
+(float sums exact in any order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import lambdasource as ls
+from lambdasource import cli
+from lambdasource.checkpoints.format import thaw
+from lambdasource.checkpoints.inspect import read_checkpoint
+from lambdasource.errors import IncompatibleStateError
+from lambdasource.windows.aggregates import Rows
+from lambdasource.windows.sliding import SlidingEngine
+from tests.unit.test_checkpoints_restore import CrashingSource
+
+TS = pa.timestamp("us", tz="UTC")
+MINUTE = 60_000_000
+BATCH = 100
+WINDOWS: dict[str, tuple[Callable[[], Any], int, int]] = {  # name: (spec, size, slide)
+    "sliding": (lambda: ls.Sliding("2h", "10m"), 120 * MINUTE, 10 * MINUTE),
+    "sliding_uneven": (lambda: ls.Sliding("25m", "10m"), 25 * MINUTE, 10 * MINUTE),
+    "tumbling": (lambda: ls.Tumbling("30m"), 30 * MINUTE, 30 * MINUTE),
+}
+PARTIALS = {
+    "n.count",
+    "total.sum",
+    "total.nonnull",
+    "avg.sum",
+    "avg.nonnull",
+    "lo.value",
+    "lo.has",
+    "hi.value",
+    "hi.has",
+    "f.time",
+    "f.seq",
+    "f.value",
+    "f.has",
+    "f.valid",
+    "d.count",
+}
+
+
+def make_input(rows: int = 3_000, seed: int = 3) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    micros = np.sort(rng.choice(np.arange(48 * 60 * 60) * 1_000_000, rows, replace=False))
+    start = 1_700_000_000_000_000 // MINUTE * MINUTE
+    return pa.table(
+        {
+            "ts": pa.array(micros + start, pa.int64()).cast(TS),
+            "k": pa.array([f"user{v}" for v in rng.integers(0, 9, rows)]),
+            "x": pa.array(rng.integers(-40, 40, rows) * 0.25, pa.float64()),
+            "y": pa.array(rng.integers(0, 1000, rows), pa.int64()),
+            "z": pa.array([f"v{v}" for v in rng.integers(0, 6, rows)]),
+        }
+    )
+
+
+def checkpointed_state(
+    tmp_path: Path, window: str, lateness: str, at_batch: int
+) -> tuple[pa.Table, dict[str, Any], dict[str, pa.Table]]:
+    """(input the window had received, the engine's decoded state, exported tables by name)."""
+    data = make_input()
+    url = (tmp_path / "ckpt").as_uri()
+    p = ls.Pipeline(checkpoints=ls.Checkpoints(url, interval="1h"))
+    source = CrashingSource(
+        data, checkpoint_at=(at_batch,), batch_size=BATCH, out_of_orderness="1m"
+    )
+    source.pipeline = p
+    (
+        p.source(source)
+        .key_by("k")
+        .window(WINDOWS[window][0](), emit="changes", allowed_lateness=lateness)
+        .aggregate(
+            n=ls.count(),
+            total=ls.sum("x"),
+            avg=ls.mean("x"),
+            lo=ls.min("x"),
+            hi=ls.max("x"),
+            f=ls.first("y"),
+            d=ls.count_distinct("z"),
+        )
+        .sink(ls.CollectSink(), name="store")
+    )
+    p.run_sync(restore=None)
+    assert p.metrics()["checkpoints"]["count"] == 1
+    out = tmp_path / "export"
+    assert cli.main(["inspect", "--checkpoint", url, "--export", "window", "--to", str(out)]) == 0
+    tables = {
+        f.name.removeprefix("operator.").removesuffix(".parquet"): pq.read_table(f)
+        for f in out.glob("*.parquet")
+    }
+    _, _, payload = asyncio.run(read_checkpoint(url, state=True))
+    assert payload is not None
+    engine = thaw(payload["nodes"]["window"])["operator"]["engine"]
+    return data.slice(0, at_batch * BATCH), engine, tables
+
+
+def rows(con: duckdb.DuckDBPyConnection, query: str) -> set[tuple[Any, ...]]:
+    return {tuple(row) for row in con.execute(query).fetchall()}
+
+
+@pytest.mark.parametrize("lateness", ["0s", "20m"])
+@pytest.mark.parametrize("window", list(WINDOWS))
+def test_exported_state_is_the_documented_tables_and_equals_sql(
+    tmp_path: Path, window: str, lateness: str
+) -> None:
+    seen, engine, tables = checkpointed_state(tmp_path, window, lateness, at_batch=17)
+    _, size, slide = WINDOWS[window]
+    g = math.gcd(size, slide)
+    lateness_us = 0 if lateness == "0s" else 20 * MINUTE
+    watermark, end = engine["watermark"], engine["completed_end"]
+    assert end is not None and end == (watermark + 1) // slide * slide
+    a_min = -(-(watermark + 2 - lateness_us) // slide) * slide
+    horizon = a_min - slide - size  # slices below it are dropped: no window needs them
+
+    slices = tables["engine.slices"]
+    assert {"key_id", "slice_start", "first_end", "k"} | PARTIALS == set(slices.column_names)
+    assert slices.schema.field("slice_start").type == TS
+    assert slices.column("first_end").null_count == slices.num_rows  # no partly late records
+    emitted = tables["engine.emitted"]
+    assert {"key_id", "window_end", "k"} | PARTIALS == set(emitted.column_names)
+    assert {"key_id", "k"} | PARTIALS == set(tables["engine.prefix"].column_names)
+    assert {"key_id", "window_end", "k"} == set(tables["engine.repeats"].column_names)
+    keys = tables["keys"]
+    assert set(keys.column_names) == {"k", "key_id"}
+    assert keys.column("key_id").to_pylist() == list(range(keys.num_rows))
+
+    con = duckdb.connect()
+    con.register("seen", seen)
+    con.register("slices", slices)
+    con.register("emitted", emitted)
+    con.execute(
+        f"CREATE VIEW inp AS SELECT *, epoch_us(ts) AS t, epoch_us(ts) // {g} * {g} AS s, "
+        "row_number() OVER (ORDER BY ts) AS seq FROM seen"
+    )
+    # every (key, slice) still held: the partials equal the SQL aggregates of its records
+    got = rows(
+        con,
+        'SELECT k, epoch_us(slice_start), "n.count", "total.sum", "total.nonnull", "avg.sum", '
+        '"lo.value", "hi.value", "lo.has", "f.value", epoch_us(to_timestamp(0)) + "f.time", '
+        '"d.count" FROM slices',
+    )
+    want = rows(
+        con,
+        "SELECT k, s, count(*), sum(x), count(x), sum(x), min(x), max(x), true, arg_min(y, t), "
+        f"min(t), 0 FROM inp WHERE s >= {horizon} GROUP BY k, s",
+    )
+    assert got == want
+    assert len(got) == slices.num_rows  # one row per (key, slice): no duplicates
+    # the value of each key's window ending at the completed end, count_distinct included
+    got = rows(
+        con,
+        'SELECT k, epoch_us(window_end), "n.count", "total.sum", "lo.value", "hi.value", '
+        '"f.value", "d.count" FROM emitted',
+    )
+    want = rows(
+        con,
+        f"SELECT k, {end}, count(*), sum(x), min(x), max(x), arg_min(y, t), count(DISTINCT z) "
+        f"FROM inp WHERE t >= {end - size} AND t < {end} GROUP BY k",
+    )
+    assert got == want
+    # count_distinct: (key, slice, value) rows held, and per pair the last end it reaches
+    distinct_rows = tables["engine.distinct.d.rows"]
+    assert {"key_id", "value_code", "slice_start", "first_end", "k", "value"} == set(
+        distinct_rows.column_names
+    )
+    con.register("distinct_rows", distinct_rows)
+    bound = end if lateness_us == 0 else horizon  # entered rows are kept only for corrections
+    assert rows(con, "SELECT k, epoch_us(slice_start), value FROM distinct_rows") == rows(
+        con, f"SELECT DISTINCT k, s, z FROM inp WHERE s >= {bound}"
+    )
+    con.register("carried", tables["engine.distinct.d.carried"])
+    assert rows(con, "SELECT k, value, epoch_us(last_end) FROM carried") == rows(
+        con,
+        f"SELECT k, z, max((s + {size}) // {slide} * {slide}) AS b FROM inp WHERE s < {end} "
+        f"GROUP BY k, z HAVING b >= {end + slide}",
+    )
+
+
+# ------------------------------------------------------------------------ restore paths ---
+
+
+def _engine() -> SlidingEngine:
+    kernels = [ls.count(), ls.sum("x"), ls.min("x")]
+    for kernel in kernels:  # as the window operator does (from the input schema)
+        kernel.bind(pa.schema([("x", pa.float64())]), "test")
+    return SlidingEngine(
+        kernels,
+        "changes",
+        5,
+        size=40,
+        slide=10,
+        names=["n", "total", "lo"],
+    )
+
+
+def _batches(seed: int) -> list[tuple[np.ndarray, Rows, int]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    seq = 0
+    for step in range(30):
+        n = int(rng.integers(1, 20))
+        times = rng.integers(step * 10 - 8, step * 10 + 10, n).clip(0)
+        rows = Rows(
+            {"x": pa.array(rng.integers(-8, 8, n) * 0.25)},
+            times.astype(np.int64),
+            np.arange(seq, seq + n, dtype=np.int64),
+        )
+        seq += n
+        out.append((rng.integers(0, 5, n).astype(np.int64), rows, step * 10 - 3))
+    return out
+
+
+def _replay(
+    engine: SlidingEngine, batches: list[tuple[np.ndarray, Rows, int]], *, flush: bool = True
+) -> list[Any]:
+    out: list[Any] = []
+    for keys, rows, watermark in batches:
+        result = engine.add(keys, rows, watermark)
+        out.append((result.late.tolist(), _rows(result.emission)))
+        out.append(_rows(engine.advance(watermark + 1)))
+    if flush:
+        out.append(_rows(engine.flush_all()))
+    return out
+
+
+def _rows(emission: Any) -> list[tuple[Any, ...]]:
+    if emission is None:
+        return []
+    results = [r.to_pylist() for r in emission.results]
+    return [
+        (int(k), int(e), bool(d), *(r[i] for r in results))
+        for i, (k, e, d) in enumerate(
+            zip(emission.key_ids, emission.ends, emission.deleted, strict=True)
+        )
+    ]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_restore_rebuilds_the_carried_prefix_when_a_producer_leaves_it_out(seed: int) -> None:
+    """A state without ``prefix`` (as a bootstrap may write it) resumes like the full one."""
+    batches = _batches(seed)
+    engine = _engine()
+    _replay(engine, batches[:12], flush=False)
+    state = engine.snapshot()
+    assert state["prefix"].num_rows > 0
+    full, derived = _engine(), _engine()
+    full.restore(state)
+    derived.restore({**state, "prefix": None})
+    assert (
+        _replay(derived, batches[12:])
+        == _replay(full, batches[12:])
+        == _replay(engine, batches[12:])
+    )
+
+
+def test_a_state_of_another_layout_is_refused_saying_what_to_do() -> None:
+    engine = _engine()
+    state = engine.snapshot()
+    with pytest.raises(IncompatibleStateError, match=r"version 3.*restore=None"):
+        _engine().restore({**state, "version": 3})
+    with pytest.raises(IncompatibleStateError, match="aggregates"):
+        SlidingEngine([ls.count()], "changes", 5, size=40, slide=10, names=["m"]).restore(state)
