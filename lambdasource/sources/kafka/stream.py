@@ -2,8 +2,10 @@
 
 Reading: one aiokafka consumer, partitions assigned manually (a ``group_id`` only adds offset
 commits, for observability — positions are checkpointed by the pipeline, not the group). Each
-``getmany`` yields, per partition, one :func:`decode_records` call and one emitted batch; malformed
-messages go to the dead letters with their raw value and ``topic=… partition=… offset=…``.
+``getmany`` yields, per partition, one decode (:class:`FetchDecode`) and one emitted batch; malformed
+messages go to the dead letters with their raw value and ``topic=… partition=… offset=…``. JSON
+fetches are read by Arrow on the stream's decode thread while the loop takes the next fetches
+(see :meth:`KafkaStream.drive`); they are emitted in fetch order, on the loop.
 
 Watermarks: each partition is a :class:`PartitionSplit` with a bounded-out-of-orderness generator;
 the stream's watermark is the minimum over partitions that are neither idle nor finished (DESIGN
