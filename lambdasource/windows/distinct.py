@@ -586,12 +586,12 @@ class PairPresence:
         tables = [*self._pending, *self._store, *self._staged]
         return sum(len(t) for t in tables) + len(self._spc)
 
-    def snapshot(self, completed_end: int | None = None) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         """The state as tables (``state_tables`` documents them): ``rows`` (``key_id``,
-        ``value_code``, ``slice_start``, ``first_end``; pending rows, then stored ones, as
-        ``runs`` says), ``carried`` (``key_id``, ``value_code``, ``last_end``: per pair the
-        greatest window end of its entered rows), ``values`` (code → value).
-        ``completed_end`` is unused (the engine's ``E``; kept for producers of this state)."""
+        ``value_code``, ``slice_start``, ``first_end``; the pending tables, then the stored
+        ones, of the lengths ``runs`` lists), ``carried`` (``key_id``, ``value_code``,
+        ``last_end``: per pair the greatest window end of its entered rows), ``values`` (code →
+        value). Rows are gathered into new arrays: nothing in it changes later."""
         tables = [*self._pending, *self._store]
         pcs = np.concatenate([_EMPTY, *(t.pc for t in tables)])
         starts = np.concatenate([_EMPTY, *(t.s for t in tables)])

@@ -28,6 +28,10 @@ State, O(keys × slices) (every table is sorted by ``(key, s[, tag])``, unique, 
 - ``_extra`` (``changes`` only): ``(key, end)`` pairs where a correction left a changelog row whose
   value equals the previous end's value, so later corrections know a row exists there.
 
+A snapshot (``state_tables`` documents its tables) holds the slice tables (in their run order),
+``_cur``, ``_cp``, ``_extra`` and the scalars; ``_suf``, ``_hints``, pair indexes, ``_cb`` and the
+tagged keys ``_tk`` are derived and rebuilt on restore (``_cp`` too, when a producer leaves it out).
+
 Lateness: ``a_min``, the first window end still accepting records (``e - 1 + L > W``), grows with
 the watermark. A record joins windows ``[max(e_in, a_min), e_last]`` (late when empty); when
 ``a_min > e_in`` its slice row keeps ``tag = a_min`` so that closed windows ``< tag`` are still

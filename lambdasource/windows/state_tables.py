@@ -424,9 +424,7 @@ def sliding_snapshot(engine: SlidingEngine) -> dict[str, Any]:
         "prefix": prefix,
         "repeats": repeats,
         "opaque": {"slices": slices_opaque, "emitted": emitted_opaque, "prefix": prefix_opaque},
-        "distinct": {
-            engine.names[i]: tracker.snapshot(engine._E) for i, tracker in engine._presence
-        },
+        "distinct": {engine.names[i]: tracker.snapshot() for i, tracker in engine._presence},
     }
 
 
