@@ -64,8 +64,9 @@ from ..timeutil import (
 from .alignment import Alignment, AlignmentGroup
 from .base import Source, SourceOutput
 from .conform import cast_failures, conform
+from .kafka.emit import DriveHooks
 from .kafka.split import PartitionSplit
-from .kafka.stream import DriveHooks, KafkaStream, PartitionStart
+from .kafka.stream import KafkaStream, PartitionStart
 from .lake.commits import CommitRecord
 from .lake.pinned import LakeState
 from .lake.source import LakeSource

@@ -1,8 +1,9 @@
 """Kafka: the stream source (:class:`KafkaStream`) and the shared message decoder."""
 
 from .decode import Decoded, decode_records, output_schema
+from .emit import DriveHooks
 from .split import PartitionSplit
-from .stream import DriveHooks, KafkaStream
+from .stream import KafkaStream
 
 __all__ = [
     "Decoded",

@@ -2,10 +2,10 @@
 
 Reading: one aiokafka consumer, partitions assigned manually (a ``group_id`` only adds offset
 commits, for observability — positions are checkpointed by the pipeline, not the group). Each
-``getmany`` yields, per partition, one decode (:class:`FetchDecode`) and one emitted batch; malformed
-messages go to the dead letters with their raw value and ``topic=… partition=… offset=…``. JSON
-fetches are read by Arrow on the stream's decode thread while the loop takes the next fetches
-(see :meth:`KafkaStream.drive`); they are emitted in fetch order, on the loop.
+``getmany`` result is decoded and emitted by the stream's :class:`~.emit.FetchEmitter`: per
+partition one decode and one batch, JSON read on a decode thread while the loop takes the next
+fetches, emitted in fetch order; malformed messages go to the dead letters with their raw value
+and ``topic=… partition=… offset=…``.
 
 Watermarks: each partition is a :class:`PartitionSplit` with a bounded-out-of-orderness generator;
 the stream's watermark is the minimum over partitions that are neither idle nor finished (DESIGN
@@ -46,49 +46,29 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
-from operator import attrgetter
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from aiokafka.structs import OffsetAndMetadata
 
 from ...errors import ConfigError, StreamError, StreamGapError
 from ...kafka_security import KafkaSecurity, diagnose_connect_failure
-from ...timeutil import MS, TIME_TYPE, Duration, parse_duration, to_micros
+from ...timeutil import MS, Duration, parse_duration, to_micros
 from ..alignment import AlignmentGroup
 from ..base import Source, SourceOutput
-from .decode import RECORD_TIMESTAMP, Decoded, Decoder, FetchDecode, output_schema
+from .decode import RECORD_TIMESTAMP, Decoder, output_schema
+from .emit import DriveHooks, FetchEmitter, PendingFetch
 from .positions import OffsetProber, end_offset, offset_for_time, topic_partitions
 from .split import PartitionSplit, held_times
 
 log = logging.getLogger("lambdasource.kafka")
 
-DEAD_LETTER_SCHEMA = pa.schema(
-    [
-        pa.field("value", pa.binary()),
-        pa.field("key", pa.binary()),
-        pa.field("topic", pa.string()),
-        pa.field("partition", pa.int32()),
-        pa.field("offset", pa.int64()),
-        pa.field("timestamp", TIME_TYPE),
-    ]
-)
-"""Columns of a dead-lettered message (the runtime appends ``_error`` and ``_position``)."""
-
 PartitionStart = tuple[str, int]
 """``("earliest", 0)``, ``("latest", 0)``, ``("offset", n)`` or ``("time", µs)``."""
-
-Transform = Callable[
-    [PartitionSplit, pa.RecordBatch, np.ndarray], tuple[pa.RecordBatch, np.ndarray]
-]
-"""``(split, batch, offsets) -> (batch, offsets)``: filters rows, keeping offsets row for row."""
 
 
 def _parse_start(start: Any) -> Callable[[int], PartitionStart]:
@@ -106,39 +86,8 @@ def _parse_start(start: Any) -> Callable[[int], PartitionStart]:
     )
 
 
-@dataclass
-class DriveHooks:
-    """How a caller (the lambda source) customises :meth:`KafkaStream.drive`."""
-
-    transform: Transform | None = None  # applied to each decoded batch before it is emitted
-    aligner: AlignmentGroup | None = None  # partitions ahead are paused
-    split_prefix: str = "stream"  # alignment split name: f"{prefix}:partition=N"
-    on_progress: Callable[[], Awaitable[None]] | None = None  # replaces the own watermark
-    # rows of a decoded batch to dead-letter, as (row, reason): e.g. values the caller's schema
-    # cannot take; they leave with their raw message and position, before ``transform``
-    reject: Callable[[pa.RecordBatch], list[tuple[int, str]]] | None = None
-
-
-_VALUE, _TIMESTAMP, _OFFSET = attrgetter("value"), attrgetter("timestamp"), attrgetter("offset")
-
-
-@dataclass
-class _PendingFetch:
-    """A ``getmany`` result whose decode was started: per partition, in fetch order, (split,
-    records before its stop offset, their decode); ``read``: done when the reads ran."""
-
-    parts: list[tuple[PartitionSplit, list[ConsumerRecord[Any, Any]], FetchDecode]]
-    read: asyncio.Future[None]
-    now: float
-
-
 _DECODE_DEPTH = 2
 """Fetches in decode at most while the loop takes more (each holds at most max_batch_records)."""
-
-
-def _run_all(reads: list[Callable[[], None]]) -> None:
-    for read in reads:
-        read()
 
 
 class KafkaStream(Source):
@@ -233,7 +182,14 @@ class KafkaStream(Source):
         self.name = name
         self.splits: dict[int, PartitionSplit] = {}
         self._consumer: AIOKafkaConsumer | None = None
-        self._decode_thread: ThreadPoolExecutor | None = None  # created by the first JSON fetch
+        self._emitter = FetchEmitter(
+            topic,
+            self._declared_schema,
+            format=format,
+            event_time_column=time_column,
+            time_column=self.time_column,
+            max_ahead=self.max_ahead,
+        )
         self._restored: dict[int, int] | None = None
         self._restored_held: dict[int, tuple[pa.RecordBatch, np.ndarray]] = {}
         self._last_commit = 0.0
@@ -507,9 +463,7 @@ class KafkaStream(Source):
         self._consumer.seek(self._tp(partition), offset)
 
     async def close(self) -> None:
-        thread, self._decode_thread = self._decode_thread, None
-        if thread is not None:
-            thread.shutdown(wait=False, cancel_futures=True)
+        self._emitter.close()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             try:
@@ -568,11 +522,11 @@ class KafkaStream(Source):
             for split in self.splits.values():
                 aligner.register(f"{hooks.split_prefix}:{split.key}")
                 self._report(split, hooks)
-        pending: deque[_PendingFetch] = deque()  # fetches in decode, oldest first
+        pending: deque[PendingFetch] = deque()  # fetches in decode, oldest first
         while True:
             if pending and self._added_partitions():
                 while pending:
-                    await self._finish_decode(pending.popleft(), out, hooks)
+                    await self._emitter.finish(pending.popleft(), out, hooks)
             live = [s for s in self.splits.values() if not s.finished]
             if not live:
                 break
@@ -623,7 +577,7 @@ class KafkaStream(Source):
                 where = ", ".join(f"partition={s.partition} offset={s.position}" for s in readable)
                 raise StreamError(f"topic={self.topic} fetch failed at {where}: {exc!r}") from exc
             now = time.monotonic()
-            started = self._start_decode(fetched, now)
+            started = self._emitter.start(fetched, self.splits, now)
             if started is not None:
                 pending.append(started)
             while pending and (
@@ -632,7 +586,7 @@ class KafkaStream(Source):
                 or len(pending) > _DECODE_DEPTH
                 or pending[0].read.done()
             ):
-                await self._finish_decode(pending.popleft(), out, hooks)
+                await self._emitter.finish(pending.popleft(), out, hooks)
             decoding = {split.partition for fetch in pending for split, _, _ in fetch.parts}
             if not any(fetched.values()):
                 await out.barrier_point()  # quiet: let a requested checkpoint through
@@ -668,7 +622,7 @@ class KafkaStream(Source):
             await self._maybe_commit()
             await self._progress(out, hooks)
         while pending:  # not expected: a split with a fetch in decode is not finished
-            await self._finish_decode(pending.popleft(), out, hooks)
+            await self._emitter.finish(pending.popleft(), out, hooks)
         await self._maybe_commit(force=True)
         if hooks.on_progress is not None:
             await hooks.on_progress()
@@ -730,7 +684,7 @@ class KafkaStream(Source):
             raise StreamError(f"{self._where(split.partition)}: {exc!r}") from exc
         records = buffered.get(tp, [])
         if records:
-            await self._process(split, records, out, hooks, now)
+            await self._emitter.process(split, records, out, hooks, now)
 
     def _consumer_or_fail(self) -> AIOKafkaConsumer:
         if self._consumer is None:
@@ -789,192 +743,6 @@ class KafkaStream(Source):
                 idle=split.idle,
                 finished=split.finished,
             )
-
-    def _readable_records(
-        self, split: PartitionSplit, records: list[ConsumerRecord[Any, Any]]
-    ) -> list[ConsumerRecord[Any, Any]]:
-        """The records of a fetch before the split's stop offset (bounded reads)."""
-        if split.stop_offset is not None and records and records[-1].offset >= split.stop_offset:
-            return [r for r in records if r.offset < split.stop_offset]
-        return records
-
-    def _decode_job(self, records: list[ConsumerRecord[Any, Any]]) -> FetchDecode:
-        """The decode of one partition's fetch, its checks before the read done; its
-        :meth:`~FetchDecode.read` touches no stream state (it may run on the decode thread)."""
-        n = len(records)
-        values = list(map(_VALUE, records))
-        stamps = (  # read by the decoder only for the record-timestamp column
-            np.fromiter(map(_TIMESTAMP, records), dtype=np.int64, count=n)
-            if self.event_time_column is None
-            else np.zeros(0, dtype=np.int64)
-        )
-        return FetchDecode(
-            values,
-            self._declared_schema,
-            format=self.format,
-            time_column=self.event_time_column,
-            timestamps_ms=stamps,
-            max_ahead=self.max_ahead,
-        )
-
-    def _start_decode(
-        self, fetched: dict[TopicPartition, list[ConsumerRecord[Any, Any]]], now: float
-    ) -> _PendingFetch | None:
-        """Start decoding a ``getmany`` result: the JSON reads (Arrow's reader releases the GIL)
-        run on the decode thread while the loop fetches the next records; ``None`` when it holds
-        no record to emit. Nothing of the stream's state changes here."""
-        parts = []
-        for tp, records in fetched.items():
-            split = self.splits[tp.partition]
-            kept = self._readable_records(split, records)
-            if kept:
-                parts.append((split, kept, self._decode_job(kept)))
-        if not parts:
-            return None
-        reads = [fetch.read for _, _, fetch in parts if fetch.reads]
-        loop = asyncio.get_running_loop()
-        if reads:
-            if self._decode_thread is None:
-                self._decode_thread = ThreadPoolExecutor(
-                    1, thread_name_prefix=f"lambdasource-decode-{self.topic}"
-                )
-            done = loop.run_in_executor(self._decode_thread, _run_all, reads)
-        else:
-            done = loop.create_future()
-            done.set_result(None)
-        return _PendingFetch(parts, done, now)
-
-    async def _finish_decode(
-        self, pending: _PendingFetch, out: SourceOutput, hooks: DriveHooks
-    ) -> None:
-        """Emit a started decode's rows, partition after partition in fetch order; each split's
-        state moves on as its rows are out (see :meth:`_emit_decoded`)."""
-        await pending.read
-        for split, records, fetch in pending.parts:
-            await self._emit_decoded(split, records, fetch.result(), out, hooks, pending.now)
-
-    async def _process(
-        self,
-        split: PartitionSplit,
-        records: list[ConsumerRecord[Any, Any]],
-        out: SourceOutput,
-        hooks: DriveHooks,
-        now: float,
-    ) -> None:
-        """Decode one partition's fetch on the loop and emit it."""
-        records = self._readable_records(split, records)
-        if records:
-            fetch = self._decode_job(records)
-            fetch.read()
-            decoded = fetch.result()
-            await self._emit_decoded(split, records, decoded, out, hooks, now)
-
-    async def _emit_decoded(
-        self,
-        split: PartitionSplit,
-        records: list[ConsumerRecord[Any, Any]],
-        decoded: Decoded,
-        out: SourceOutput,
-        hooks: DriveHooks,
-        now: float,
-    ) -> None:
-        """Dead-letter, filter, hold and emit one decoded fetch; then move the split on."""
-        n = len(records)
-        for index, reason in decoded.errors:
-            record = records[index]
-            await out.dead_letter(
-                self._raw_batch(record), reason, self._where(split.partition, record.offset)
-            )
-        split.dead_letters += len(decoded.errors)
-        batch = decoded.batch
-        times = batch.column(self.time_column)
-        if times.null_count:  # dead-letter them here, with the raw message (not the runtime)
-            null = np.asarray(times.is_null().to_numpy(zero_copy_only=False))
-            rows = decoded.row_indices(n)[null]
-            reason = f"null event time in {self.time_column!r}"
-            for index in rows.tolist():
-                record = records[index]
-                await out.dead_letter(
-                    self._raw_batch(record), reason, self._where(split.partition, record.offset)
-                )
-            split.dead_letters += len(rows)
-            batch = batch.filter(pa.array(~null))
-        first = records[0].offset
-        if records[-1].offset - first == n - 1:  # offsets rise strictly: no gap, no per-record read
-            offsets = np.arange(first, first + n, dtype=np.int64)
-        else:  # compacted topic, transaction markers
-            offsets = np.fromiter(map(_OFFSET, records), dtype=np.int64, count=n)
-        offsets = offsets[decoded.row_indices(n)]
-        if times.null_count:
-            offsets = offsets[~null]
-        if hooks.reject is not None and batch.num_rows:
-            batch, offsets = await self._reject(split, records, batch, offsets, hooks.reject, out)
-        max_time: int | None = None
-        if batch.num_rows:
-            top = pc.max(batch.column(self.time_column))
-            max_time = None if not top.is_valid else int(top.cast(pa.int64()).as_py())
-        if hooks.transform is not None and batch.num_rows:
-            batch, offsets = hooks.transform(split, batch, offsets)
-        held: tuple[pa.RecordBatch, np.ndarray, np.ndarray] | None = None
-        if batch.num_rows and hooks.aligner is not None:
-            # the bound holds per record (DESIGN §3): rows beyond it stay in the split
-            bound = hooks.aligner.release_bound(split.out_of_orderness)
-            row_times = held_times(batch, self.time_column)
-            beyond = row_times > bound
-            if beyond.any():
-                held = (batch.filter(pa.array(beyond)), offsets[beyond], row_times[beyond])
-                batch, offsets = batch.filter(pa.array(~beyond)), offsets[~beyond]
-        if batch.num_rows:
-            await out.emit(
-                batch,
-                position=f"{self._where(split.partition)} offsets={records[0].offset}-"
-                f"{records[-1].offset}",
-            )
-        # Only once the rows are out does the split's state move on, in one step: a barrier
-        # injected at the emit snapshots the state before this fetch (the fetch is replayed),
-        # and a watermark another task emits meanwhile cannot cover these rows.
-        if held is not None:
-            split.hold(*held)
-        split.saw(max_time, now)
-        split.records += n
-        split.position = records[-1].offset + 1
-
-    async def _reject(
-        self,
-        split: PartitionSplit,
-        records: list[ConsumerRecord[Any, Any]],
-        batch: pa.RecordBatch,
-        offsets: np.ndarray,
-        reject: Callable[[pa.RecordBatch], list[tuple[int, str]]],
-        out: SourceOutput,
-    ) -> tuple[pa.RecordBatch, np.ndarray]:
-        """Dead-letter the rows ``reject`` names (raw message, reason, position); the rest."""
-        rejected = reject(batch)
-        if not rejected:
-            return batch, offsets
-        by_offset = {r.offset: r for r in records}
-        keep = np.ones(batch.num_rows, dtype=bool)
-        for row, reason in rejected:
-            keep[row] = False
-            offset = int(offsets[row])
-            await out.dead_letter(
-                self._raw_batch(by_offset[offset]), reason, self._where(split.partition, offset)
-            )
-        split.dead_letters += int((~keep).sum())
-        return batch.filter(pa.array(keep)), offsets[keep]
-
-    def _raw_batch(self, record: ConsumerRecord[Any, Any]) -> pa.RecordBatch:
-        return pa.RecordBatch.from_arrays(
-            [
-                pa.array([record.value], pa.binary()),
-                pa.array([record.key], pa.binary()),
-                pa.array([self.topic], pa.string()),
-                pa.array([record.partition], pa.int32()),
-                pa.array([record.offset], pa.int64()),
-                pa.array([record.timestamp * MS], pa.int64()).cast(TIME_TYPE),
-            ],
-            schema=DEAD_LETTER_SCHEMA,
-        )
 
     async def _maybe_commit(self, *, force: bool = False) -> None:
         """Commit read positions to the group every ``commit_interval`` — only when the job takes
