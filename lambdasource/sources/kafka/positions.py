@@ -103,15 +103,45 @@ class OffsetProber:
         got = await self.read(partition, offset, timeout_ms, max_records=2)
         return got[0] if got else None
 
-    async def listed_end(self, partition: int) -> int | None:
-        """The broker's ``end_offsets()`` answer (unverified; None when the request failed)."""
-        tp = TopicPartition(self.topic, partition)
+    async def listed_ends(self, partitions: list[int]) -> dict[int, int | None]:
+        """The broker's ``end_offsets()`` answers, one request (unverified; None when the
+        request failed)."""
+        tps = [TopicPartition(self.topic, p) for p in partitions]
         try:
-            got = await self.consumer.end_offsets([tp])
+            got = await self.consumer.end_offsets(tps)
         except KafkaError:
-            return None
-        answer: int | None = got.get(tp)
-        return answer
+            return dict.fromkeys(partitions)
+        return {tp.partition: got.get(tp) for tp in tps}
+
+    async def highwaters(self, at: dict[int, int], timeout_ms: int = 2000) -> dict[int, int]:
+        """One fetch round over every partition of ``at`` (each from its offset): the
+        highwater each fetch response gave, for the partitions that had one within
+        ``timeout_ms``; the records read are kept in :attr:`seen`."""
+        tps = {p: TopicPartition(self.topic, p) for p in at}
+        self.probes += 1
+        found: dict[int, int] = {}
+        try:
+            self.consumer.assign(list(tps.values()))
+            for partition, offset in at.items():
+                self.consumer.seek(tps[partition], offset)
+            for _ in range(max(1, timeout_ms // 20)):
+                records = await self.consumer.getmany(
+                    *[tps[p] for p in at if p not in found], timeout_ms=20, max_records=2
+                )
+                for tp, batch in records.items():
+                    self.seen.update(
+                        ((tp.partition, r.offset), Probe(r.offset, r.timestamp)) for r in batch
+                    )
+                for partition, tp in tps.items():
+                    if partition not in found and (hw := self.consumer.highwater(tp)) is not None:
+                        found[partition] = hw
+                if len(found) == len(at):
+                    break
+        except KafkaError as exc:
+            raise StreamError(
+                f"reading topic={self.topic} partitions={sorted(at)} failed: {exc!r}"
+            ) from exc
+        return found
 
     def highwater(self, partition: int) -> int | None:
         return self.consumer.highwater(TopicPartition(self.topic, partition))
@@ -130,27 +160,37 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int] |
     return partitions
 
 
-async def end_offset(prober: OffsetProber, partition: int, begin: int) -> int:
-    """The partition's end offset: the highwater of one fetch, made at the record just before
-    the broker's ``end_offsets()`` answer (at ``begin`` when the answer says empty or failed).
+async def end_offsets(prober: OffsetProber, begins: dict[int, int]) -> dict[int, int]:
+    """Each partition's end offset: the highwater of a fetch made at the record just before the
+    broker's ``end_offsets()`` answer (at the partition's ``begins`` offset when the answer says
+    empty or failed) — one request for the answers, one fetch round for every partition.
 
     The answer is verified, not trusted: the highwater decides (``prober.end_answers`` keeps
     both; they differ on Tansu, whose answer lags, or when records arrived in between).
     """
-    answer = await prober.listed_end(partition)
-    at = answer - 1 if answer is not None and answer > begin else begin
-    hw = None
-    for _ in range(2):  # a second fetch only if the first saw no response within 2 s
-        await prober.read(partition, at, max_records=2, until_response=True)
-        hw = prober.highwater(partition)
-        if hw is not None:
-            break
-    if hw is None:
-        raise StreamError(
-            f"topic={prober.topic} partition={partition}: no fetch response to learn the end offset"
-        )
-    prober.end_answers[partition] = (answer, hw)
-    return max(hw, begin)
+    answers = await prober.listed_ends(list(begins))
+    at = {
+        p: answer - 1 if (answer := answers[p]) is not None and answer > begin else begin
+        for p, begin in begins.items()
+    }
+    found = await prober.highwaters(at)
+    missing = {p: at[p] for p in at if p not in found}
+    if missing:  # a second round only for partitions without a response within 2 s
+        found.update(await prober.highwaters(missing))
+    ends = {}
+    for p, begin in begins.items():
+        if p not in found:
+            raise StreamError(
+                f"topic={prober.topic} partition={p}: no fetch response to learn the end offset"
+            )
+        prober.end_answers[p] = (answers[p], found[p])
+        ends[p] = max(found[p], begin)
+    return ends
+
+
+async def end_offset(prober: OffsetProber, partition: int, begin: int) -> int:
+    """One partition's end offset (see :func:`end_offsets`)."""
+    return (await end_offsets(prober, {partition: begin}))[partition]
 
 
 async def offset_for_time(

@@ -62,7 +62,7 @@ from ..alignment import AlignmentGroup
 from ..base import Source, SourceOutput
 from .decode import RECORD_TIMESTAMP, Decoder, output_schema
 from .emit import DriveHooks, FetchEmitter, PendingFetch
-from .positions import OffsetProber, end_offset, offset_for_time, topic_partitions
+from .positions import OffsetProber, end_offsets, offset_for_time, topic_partitions
 from .split import PartitionSplit, held_times
 
 log = logging.getLogger("lambdasource.kafka")
@@ -362,8 +362,7 @@ class KafkaStream(Source):
                 await probe_consumer.start()
                 probe_consumer.assign([self._tp(p) for p in partitions])
                 prober = OffsetProber(probe_consumer, self.topic)
-                for p in partitions:
-                    ends[p] = await end_offset(prober, p, begins[p])
+                ends = await end_offsets(prober, {p: begins[p] for p in partitions})
                 times = {p: v for p, (k, v) in plan.items() if k == "time"}
                 answers: dict[int, int | None] = {}
                 if times:
