@@ -152,11 +152,17 @@ def test_state_of_out_of_order_input_equals_sql(
     tmp_path_factory: pytest.TempPathFactory, **kw: Any
 ) -> None:
     """With late records (dropped) and partly late ones (``first_end``, corrections)."""
-    check_sliding_state(tmp_path_factory.mktemp("state"), **kw)
+    check_sliding_state(tmp_path_factory.mktemp("state"), note=event, **kw)
 
 
 def check_sliding_state(
-    tmp_path: Path, window: str, lateness: str, at_batch: int, seed: int, disorder: int
+    tmp_path: Path,
+    window: str,
+    lateness: str,
+    at_batch: int,
+    seed: int,
+    disorder: int,
+    note: Callable[[str], None] = lambda _: None,
 ) -> None:
     _, size, slide = WINDOWS[window]
     seen, engine, tables = checkpointed_state(
@@ -169,7 +175,7 @@ def check_sliding_state(
     a_min = -(-(seen.column("arrival_wm").to_numpy() + 2 - lateness_us) // slide) * slide
     accepted = (times // g * g + size) // slide * slide >= a_min
     seen = seen.filter(pa.array(accepted))
-    event(f"late records: {not accepted.all()}")
+    note(f"late records: {not accepted.all()}")
     watermark, end = engine["watermark"], engine["completed_end"]
     assert end is not None and end == (watermark + 1) // slide * slide
     a_min = -(-(watermark + 2 - lateness_us) // slide) * slide
@@ -179,7 +185,7 @@ def check_sliding_state(
     assert {"key_id", "slice_start", "first_end", "k"} | PARTIALS == set(slices.column_names)
     assert slices.schema.field("slice_start").type == TS
     partly_late = slices.column("first_end").null_count < slices.num_rows
-    event(f"rows with first_end: {partly_late}")
+    note(f"rows with first_end: {partly_late}")
     assert disorder or not partly_late
     emitted = tables["engine.emitted"]
     assert {"key_id", "window_end", "k"} | PARTIALS == set(emitted.column_names)
