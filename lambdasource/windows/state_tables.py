@@ -1,10 +1,13 @@
 """Window state as Arrow tables: the checkpoint schema of every window kind.
 
-A window operator's checkpoint state (``WindowOperator.snapshot``) is plain data whose bulk is
-Arrow tables; ``lambdasource inspect --checkpoint URL --export NODE --to DIR`` writes each of
-them as Parquet (``engine.slices.parquet`` …) with the key columns joined in. Times are
+A window operator's checkpoint state (``WindowOperator.snapshot``: ``keys``, ``engine``, the
+arrival counter, the input types) is plain data whose bulk is Arrow tables; ``lambdasource
+inspect --checkpoint URL --export NODE --to DIR`` writes each of them as Parquet, named by its
+path (``operator.engine.slices.parquet`` …), with the key columns joined in. Times are
 ``timestamp[us, UTC]``; ``key_id`` (int64) is the operator's dense key id, row ``i`` of the
-``keys`` table (which also has a ``key_id`` column, unless a key column has that name).
+``keys`` table (which also has a ``key_id`` column, unless a key column has that name). The
+tables hold key ids, not key values: a snapshot stays a few zero-copy views of the engine's
+arrays, and the key values are one join away (the export does it).
 
 Partial aggregates are one column per partial-state array, named ``<aggregate>.<part>``:
 
@@ -48,10 +51,13 @@ Sliding and tumbling (``SlidingEngine.snapshot``, a tumbling window is ``slide =
 - scalars: ``watermark``, ``completed_end`` (newest completed window end), ``keys`` (length of
   the dense per-key arrays), the window (``size``, ``slide``, ``lateness`` in µs, aggregate
   names).
-- ``distinct`` (one entry per ``count_distinct`` aggregate, see ``windows/distinct.py``):
-  ``rows`` (``key_id``, ``value_code``, ``slice_start``, ``first_end``), ``carried``
-  (``key_id``, ``value_code``, ``last_end``), ``values`` (``value_code``, ``value``; none in
-  ``direct`` mode, where ``value = value_code - 2**31``).
+- ``distinct`` (by ``count_distinct`` aggregate name, see ``windows/distinct.py``): ``rows``
+  (``key_id``, ``value_code``, ``slice_start``, ``first_end``: the (key, value) pairs present in
+  a slice: pending slices, and with allowed lateness the entered ones corrections may need),
+  ``carried`` (``key_id``, ``value_code``, ``last_end``: per pair with entered rows, the last
+  window end they reach, kept while ``>= completed_end + slide``), ``values`` (``mode`` and a
+  ``values`` table ``value_code``, ``value``; empty in ``direct`` mode, integers, where
+  ``value = value_code - 2**31``).
 
 Not stored, rebuilt on restore: suffix caches, pair indexes, search hints, the keys with
 partly late rows still to join a window (``first_end > completed_end`` in ``slices``).
