@@ -480,3 +480,100 @@ async def test_partition_added_before_a_restore_is_read_from_earliest(
     assert set(sink1.ids()) == set(range(100, 120))
     assert {i for i in sink2.ids() if i >= 300} == set(range(300, 305)), "run 2 did not resume"
     assert {i for i in sink2.ids() if 200 <= i < 300} == set(range(200, 215))
+
+
+# ------------------------------------------------- alignment with a partition added while it holds
+
+
+@pytest.mark.apache_kafka
+async def test_aligned_lambda_source_with_a_partition_added_while_holding(
+    apache_kafka: Any, tmp_path: Path
+) -> None:
+    """Offsets handoff over an archived lake, ``max_drift="30m"``; partition 1 is sparse (one
+    record per 40 min, so alignment holds most of each fetch), the stream phase has dead letters,
+    and a partition whose times lie 40 days ahead is added while the others are being read
+    (alignment holds it until they are idle). Every good id once, every dead letter once, no
+    late row."""
+    from lake.archiver import Archiver
+    from lake.writer import ParquetLakeWriter
+    from tests.edges.test_topic_and_handoff import MINUTE, T0
+    from tests.integration.ordered import SCHEMA as ORDERED_SCHEMA
+    from tests.integration.ordered import TIME as ORDERED_TIME
+
+    def payloads(p: int, ids: range, step_min: int, start_min: int) -> list[bytes]:
+        out = []
+        for i in ids:
+            if ids.start >= 100 and i % 17 == 9:
+                out.append(b"\xff not json")  # a dead letter in the stream phase
+                continue
+            at = T0 + (start_min + (i - ids.start) * step_min) * MINUTE
+            row = {ORDERED_TIME: at // 1000, "event_id": p * ID_SPAN + i, "user_id": i % 5}
+            out.append(orjson.dumps({**row, "amount": 1.0}))
+        return out
+
+    topic = await asyncio.to_thread(apache_kafka.new_topic, 3, "t", {"retention.ms": "-1"})
+    # lake phase: offsets 0..99 of each partition
+    await apache_kafka.aproduce(topic, payloads(0, range(100), 1, 0), partition=0)
+    await apache_kafka.aproduce(topic, payloads(1, range(100), 40, 13), partition=1)
+    await apache_kafka.aproduce(topic, payloads(2, range(100), 2, 5), partition=2)
+    writer = ParquetLakeWriter(tmp_path / "lake", ORDERED_TIME)
+    await Archiver(
+        apache_kafka.bootstrap, topic, writer, ORDERED_TIME, schema=ORDERED_SCHEMA, stop_at="latest"
+    ).run()
+    # stream phase: offsets 100..1099 (partition 1 sparse: 100..159), times continuing
+    await apache_kafka.aproduce(topic, payloads(0, range(100, 1100), 1, 100), partition=0)
+    await apache_kafka.aproduce(topic, payloads(1, range(100, 160), 40, 13 + 4000), partition=1)
+    await apache_kafka.aproduce(topic, payloads(2, range(100, 1100), 2, 205), partition=2)
+    ahead = 40 * 24 * 60  # minutes: partition 3's records are 40 days later than the rest
+
+    good: Counter[int] = Counter()
+    bad: Counter[tuple[int, int]] = Counter()
+    for p, ids in ((0, range(1100)), (1, range(160)), (2, range(1100)), (3, range(100, 400))):
+        for i in ids:
+            if i % 17 == 9 and i >= 100:
+                bad[(p, i - (100 if p == 3 else 0))] += 1
+            else:
+                good[p * ID_SPAN + i] += 1
+
+    source = ls.LambdaSource(
+        ls.ParquetLake(tmp_path / "lake", ORDERED_TIME, schema=ORDERED_SCHEMA),
+        ls.KafkaStream(
+            topic,
+            apache_kafka.bootstrap,
+            ORDERED_TIME,
+            schema=ORDERED_SCHEMA,
+            idle_timeout="300ms",
+            partition_discovery="300ms",
+            max_batch_records=50,
+        ),
+        handoff="offsets",
+        idle_timeout="300ms",
+        alignment=ls.Alignment(max_drift="30m"),
+    )
+    sink, dead = OrderedSink(), ls.CollectSink()
+    pipeline = ls.Pipeline()
+    events = pipeline.source(source)
+    events.sink(sink)
+    events.dead_letters().sink(dead)
+    task = asyncio.create_task(pipeline.run(restore=None))
+    try:
+        deadline = time.monotonic() + 60
+        while len(sink.ids()) < 300 and not task.done():
+            assert time.monotonic() < deadline, "nothing read"
+            await asyncio.sleep(0.01)
+        await apache_kafka.aadd_partitions(topic, 4)
+        await apache_kafka.aproduce(topic, payloads(3, range(100, 400), 1, ahead), partition=3)
+        while (sink.ids() != good or dead_positions(dead.batches) != bad) and not task.done():
+            assert time.monotonic() < deadline, (
+                f"missing {sum((good - sink.ids()).values())} rows, "
+                f"{sum((bad - dead_positions(dead.batches)).values())} dead letters"
+            )
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # late duplicates
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert sink.ids() == good
+    assert dead_positions(dead.batches) == bad
+    assert sink.late() == []
