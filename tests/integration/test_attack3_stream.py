@@ -496,7 +496,8 @@ async def test_aligned_lambda_source_with_a_partition_added_while_holding(
     late row."""
     from lake.archiver import Archiver
     from lake.writer import ParquetLakeWriter
-    from tests.edges.test_topic_and_handoff import MINUTE, T0
+    from lambdasource.timeutil import MINUTE
+    from tests.edges.test_topic_and_handoff import T0
     from tests.integration.ordered import SCHEMA as ORDERED_SCHEMA
     from tests.integration.ordered import TIME as ORDERED_TIME
 
