@@ -26,8 +26,17 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
+from aiokafka import AIOKafkaProducer
 
 import lambdasource as ls
+from lake.archiver import Archiver
+from lake.writer import ParquetLakeWriter
+from lambdasource.embedded import EmbeddedBroker, create_topic, free_port
+from lambdasource.timeutil import MINUTE
+from tests.edges.test_topic_and_handoff import T0
+from tests.faults.proxy import TcpProxy
+from tests.integration.ordered import SCHEMA as ORDERED_SCHEMA
+from tests.integration.ordered import TIME as ORDERED_TIME
 from tests.integration.ordered import OrderedSink
 from tests.services.brokers import Broker, both_brokers
 
@@ -494,12 +503,6 @@ async def test_aligned_lambda_source_with_a_partition_added_while_holding(
     and a partition whose times lie 40 days ahead is added while the others are being read
     (alignment holds it until they are idle). Every good id once, every dead letter once, no
     late row."""
-    from lake.archiver import Archiver
-    from lake.writer import ParquetLakeWriter
-    from lambdasource.timeutil import MINUTE
-    from tests.edges.test_topic_and_handoff import T0
-    from tests.integration.ordered import SCHEMA as ORDERED_SCHEMA
-    from tests.integration.ordered import TIME as ORDERED_TIME
 
     def payloads(p: int, ids: range, step_min: int, start_min: int) -> list[bytes]:
         out = []
@@ -578,3 +581,81 @@ async def test_aligned_lambda_source_with_a_partition_added_while_holding(
     assert sink.ids() == good
     assert dead_positions(dead.batches) == bad
     assert sink.late() == []
+
+
+# ------------------------------------------------------------------- idleness around a short outage
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize(
+    "outage_s",
+    [
+        0.0,
+        pytest.param(
+            1.5,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="finding: with idle_timeout below the 2 s a fetch response vouches for "
+                "'caught up' (confirm_window), every partition goes idle *during* an outage after "
+                "idle_timeout of unanswered quiet; the stream then forwards the maximum of their "
+                "watermarks, and the behind partition's records written during the outage are "
+                "late once they arrive",
+            ),
+        ),
+    ],
+    ids=["no-outage", "outage-1.5s"],
+)
+async def test_a_short_outage_makes_no_partition_idle(outage_s: float) -> None:
+    """Two producers write every 20 ms through a fault proxy (consumer and producers cut off
+    alike): partition 0's clock runs 500 ms ahead of partition 1's. ``idle_timeout="300ms"``,
+    ``out_of_orderness="0s"``: without an outage no partition is ever quiet for 300 ms, so no
+    record is late; an outage is no answered quiet, so it must not make one late either."""
+    proxy = TcpProxy(free_port())
+    tansu = EmbeddedBroker(port=proxy.target[1], advertised_port=proxy.port).start()
+    proxy.start()
+    try:
+        topic = "skewed"
+        await create_topic(proxy.address, topic, 2)
+        source = ls.KafkaStream(
+            topic, proxy.address, TIME, schema=SCHEMA, idle_timeout="300ms", stop_at=None
+        )
+        sink = OrderedSink()
+        pipeline = ls.Pipeline()
+        pipeline.source(source).sink(sink)
+        task = asyncio.create_task(pipeline.run())
+        producer = AIOKafkaProducer(bootstrap_servers=proxy.address, linger_ms=0)
+        await producer.start()
+        produced: Counter[int] = Counter()
+        sent = []
+        try:
+            started = time.monotonic()
+            event_id, outage_done = 0, outage_s == 0
+            while time.monotonic() - started < 4.0:
+                if not outage_done and time.monotonic() - started > 1.5:
+                    proxy.outage(outage_s)
+                    outage_done = True
+                now_ms = int(time.time() * 1000)
+                for p, ahead_ms in ((0, 500), (1, 0)):
+                    value = orjson.dumps(
+                        {TIME: now_ms + ahead_ms, "event_id": event_id, "kind": ""}
+                    )
+                    sent.append(await producer.send(topic, value, partition=p))
+                    produced[event_id] += 1
+                    event_id += 1
+                await asyncio.sleep(0.02)
+            await asyncio.wait_for(asyncio.gather(*sent), 60)
+            deadline = time.monotonic() + 30
+            while sink.ids() != produced and not task.done():
+                assert time.monotonic() < deadline, "not every record arrived"
+                await asyncio.sleep(0.05)
+        finally:
+            await producer.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert sink.ids() == produced
+        late = sink.late()
+        assert late == [], f"{len(late)} late rows, first {late[:3]}"
+    finally:
+        proxy.stop()
+        tansu.stop()
