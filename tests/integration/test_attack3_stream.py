@@ -224,6 +224,7 @@ class _Seen(ls.Operator):
         self.columns = columns
         self.seen: list[np.ndarray] = []
         self.restored_rows = 0
+        self.restored = False
 
     def on_batch(self, batch: pa.RecordBatch, ctx: Any) -> None:
         keys = np.zeros(batch.num_rows, dtype=np.int64)
@@ -237,6 +238,7 @@ class _Seen(ls.Operator):
     def restore(self, state: Any) -> None:
         self.seen = [np.asarray(state, dtype=np.int64)]
         self.restored_rows = len(self.seen[0])
+        self.restored = True
 
     def counts(self) -> Counter[int]:
         return Counter(np.concatenate(self.seen).tolist() if self.seen else [])
@@ -659,3 +661,102 @@ async def test_a_short_outage_makes_no_partition_idle(outage_s: float) -> None:
     finally:
         proxy.stop()
         tansu.stop()
+
+
+# ------------------------------------------------------- lambda source: restore while lake and stream
+
+
+LAKE_PART = 1_000  # offsets of partitions 0 and 1 below this are in the lake (all good)
+LAMBDA_PARTITIONS, LAMBDA_PER_PARTITION = 4, 2_000
+
+
+def lambda_message(p: int, i: int) -> bytes:
+    """Partitions 0 and 1 start in the lake (good messages only), 2 and 3 only in the stream:
+    the stream's dead letters and the lake's rows are emitted in turns from the start."""
+    if p < 2 and i < LAKE_PART:
+        return message(p, i - i % 13, LAMBDA_PARTITIONS)  # good; the lake repeats some ids
+    return message(p, i, LAMBDA_PARTITIONS)
+
+
+def lambda_expected() -> tuple[Counter[int], Counter[int]]:
+    """(good event ids, dead letters as partition * ID_SPAN + offset) of the lambda input."""
+    good: Counter[int] = Counter()
+    dead: Counter[int] = Counter()
+    for p in range(LAMBDA_PARTITIONS):
+        for i in range(LAMBDA_PER_PARTITION):
+            if p < 2 and i < LAKE_PART:
+                good[p * ID_SPAN + i - i % 13] += 1
+            elif bad_kind(i) is None:
+                good[p * ID_SPAN + i] += 1
+            else:
+                dead[p * ID_SPAN + i] += 1
+    return good, dead
+
+
+async def restore_lambda_mid_pipeline(broker: Broker, tmp_path: Path) -> tuple[_Seen, _Seen]:
+    """Like :func:`restore_mid_pipeline` over a lambda source (offsets handoff, alignment): the
+    lake task and the stream task emit in turns onto one output while the stream dead-letters;
+    run 1 is cancelled during the lake phase, run 2 restores and finishes."""
+    topic = await asyncio.to_thread(broker.new_topic, LAMBDA_PARTITIONS)
+    for p in range(2):
+        values = [lambda_message(p, i) for i in range(LAKE_PART)]
+        await broker.aproduce(topic, values, partition=p)
+    writer = ParquetLakeWriter(tmp_path / "lake", TIME)
+    await Archiver(broker.bootstrap, topic, writer, TIME, schema=SCHEMA, stop_at="latest").run()
+    for p in range(LAMBDA_PARTITIONS):
+        first = LAKE_PART if p < 2 else 0
+        rest = [lambda_message(p, i) for i in range(first, LAMBDA_PER_PARTITION)]
+        await broker.aproduce(topic, rest, partition=p)
+    url = (tmp_path / "ckpt").as_uri()
+
+    def slow(batch: pa.RecordBatch) -> pa.RecordBatch:
+        time.sleep(0.003)
+        return batch
+
+    def build() -> tuple[ls.Pipeline, _Seen, _Seen]:
+        pipeline = ls.Pipeline(checkpoints=ls.Checkpoints(url, interval="20ms", keep=100))
+        source = ls.LambdaSource(
+            ls.ParquetLake(tmp_path / "lake", TIME, schema=SCHEMA, batch_size=20),
+            stream(broker, topic, stop_at="latest", max_batch_records=40),
+            handoff="offsets",
+            alignment=ls.Alignment(max_drift="1s"),
+        )
+        events = pipeline.source(source)
+        rows, dead = _Seen("event_id"), _Seen("partition", "offset")
+        events.map(slow).process(rows, name="rows").sink(ls.CollectSink())
+        events.dead_letters().process(dead, name="dead").sink(ls.CollectSink())
+        return pipeline, rows, dead
+
+    run1, _, dead1 = build()
+    task = asyncio.create_task(run1.run(restore=None))
+    deadline = time.monotonic() + 60
+    while sum(len(s) for s in dead1.seen) < 300 and not task.done():
+        assert time.monotonic() < deadline, "run 1 made no progress"
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    second, rows2, dead2 = build()
+    await asyncio.wait_for(second.run(), 120)
+    assert rows2.restored and dead2.restored, "run 2 restored no checkpoint"
+    return rows2, dead2
+
+
+async def test_lambda_restore_mid_pipeline_every_row_once(broker: Broker, tmp_path: Path) -> None:
+    rows, _ = await restore_lambda_mid_pipeline(broker, tmp_path)
+    assert rows.counts() == lambda_expected()[0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: in a lambda source the lake task emits between a stream fetch's dead letters "
+    "and its rows (they share one output, the lock changes hands at each send); a barrier at that "
+    "lake emit snapshots the stream before the fetch while its dead letters are downstream: a "
+    "restore dead-letters them again",
+)
+async def test_lambda_restore_mid_pipeline_every_dead_letter_once(
+    broker: Broker, tmp_path: Path
+) -> None:
+    _, dead = await restore_lambda_mid_pipeline(broker, tmp_path)
+    got = dead.counts()
+    assert got == lambda_expected()[1], sorted((k, n) for k, n in got.items() if n > 1)[:5]
