@@ -204,8 +204,12 @@ def _first_error(output: str) -> str:
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: a random UUID in URL-safe base64 without padding (as ``random-uuid``)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A KRaft cluster id: a random UUID in URL-safe base64 without padding (as ``random-uuid``),
+    never starting with ``-`` (Kafka's ``Uuid.randomUuid`` rule: StorageTool's argument parser
+    would take it for an option — 1 start in 64 failed with a usage message)."""
+    while (text := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())[0] == "-":
+        pass
+    return text
 
 
 def _properties(values: Mapping[str, str]) -> str:
