@@ -90,8 +90,32 @@ class Lake(Protocol):
     async def recorded_offsets(self) -> CommitRecord | None: ...
 
 
+class _TaskLock:
+    """An asyncio lock that the task holding it may take again (nested ``async with``)."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
+        self._depth = 0
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        if self._owner is not task or task is None:
+            await self._lock.acquire()
+            self._owner = task
+        self._depth += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if not self._depth:
+            self._owner = None
+            self._lock.release()
+
+
 class _LockedOutput:
-    """Serialises two writers (lake task, stream task) onto one :class:`SourceOutput`."""
+    """Serialises two writers (lake task, stream task) onto one :class:`SourceOutput`;
+    :meth:`exclusive` keeps the other writer (and the barriers it would inject) out across
+    several sends, e.g. a fetch's rows and dead letters."""
 
     def __init__(self, owner: LambdaSource, out: SourceOutput, kind: str) -> None:
         self.owner = owner
@@ -113,6 +137,9 @@ class _LockedOutput:
     async def barrier_point(self) -> None:
         async with self.owner._lock:
             await self.out.barrier_point()
+
+    def exclusive(self) -> _TaskLock:
+        return self.owner._lock
 
 
 class LambdaSource(Source):
@@ -157,7 +184,7 @@ class LambdaSource(Source):
         self.name = name
         self.time_column = lake.time_column
         self.bounded = stream.bounded
-        self._lock = asyncio.Lock()
+        self._lock = _TaskLock()
         self._group: AlignmentGroup | None = None
         self._lake_mark: int | None = None
         self._lake_done = False

@@ -7,14 +7,16 @@ the loop. Malformed messages, null event times and rows the caller rejects go to
 letters with their raw message and ``topic=… partition=… offset=…``.
 
 Invariant: a split's state (position, max time seen, held rows, counts) moves on only after the
-rows of its fetch are out (:meth:`FetchEmitter._emit`), so a barrier injected at the emit
-snapshots the state before the fetch (which is then replayed) and no watermark covers rows still
-in decode.
+rows of its fetch are out, then its dead letters (:meth:`FetchEmitter._emit`): a barrier is
+injected only at a row emit, so a barrier there snapshots the state before the fetch and both the
+rows and the dead letters of the fetch come after it (a restore replays them once), and no
+watermark covers rows still in decode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -205,26 +207,16 @@ class FetchEmitter:
         hooks: DriveHooks,
         now: float,
     ) -> None:
-        """Dead-letter, filter, hold and emit one decoded fetch; then move the split on."""
+        """Filter, hold and emit one decoded fetch, then its dead letters; then move the split
+        on (see the module docstring)."""
         n = len(records)
-        for index, reason in decoded.errors:
-            record = records[index]
-            await out.dead_letter(
-                self.raw_batch(record), reason, self.where(split.partition, record.offset)
-            )
-        split.dead_letters += len(decoded.errors)
+        dead = [(records[index], reason) for index, reason in decoded.errors]
         batch = decoded.batch
         times = batch.column(self.time_column)
         if times.null_count:  # dead-letter them here, with the raw message (not the runtime)
             null = np.asarray(times.is_null().to_numpy(zero_copy_only=False))
-            rows = decoded.row_indices(n)[null]
             reason = f"null event time in {self.time_column!r}"
-            for index in rows.tolist():
-                record = records[index]
-                await out.dead_letter(
-                    self.raw_batch(record), reason, self.where(split.partition, record.offset)
-                )
-            split.dead_letters += len(rows)
+            dead += [(records[index], reason) for index in decoded.row_indices(n)[null].tolist()]
             batch = batch.filter(pa.array(~null))
         first = records[0].offset
         if records[-1].offset - first == n - 1:  # offsets rise strictly: no gap, no per-record read
@@ -235,7 +227,7 @@ class FetchEmitter:
         if times.null_count:
             offsets = offsets[~null]
         if hooks.reject is not None and batch.num_rows:
-            batch, offsets = await self._reject(split, records, batch, offsets, hooks.reject, out)
+            batch, offsets = self._reject(records, batch, offsets, hooks.reject, dead)
         max_time: int | None = None
         if batch.num_rows:
             top = pc.max(batch.column(self.time_column))
@@ -251,31 +243,42 @@ class FetchEmitter:
             if beyond.any():
                 held = (batch.filter(pa.array(beyond)), offsets[beyond], row_times[beyond])
                 batch, offsets = batch.filter(pa.array(~beyond)), offsets[~beyond]
-        if batch.num_rows:
-            await out.emit(
-                batch,
-                position=f"{self.where(split.partition)} offsets={records[0].offset}-"
-                f"{records[-1].offset}",
-            )
-        # Only once the rows are out does the split's state move on, in one step: a barrier
-        # injected at the emit snapshots the state before this fetch (the fetch is replayed),
-        # and a watermark another task emits meanwhile cannot cover these rows.
-        if held is not None:
-            split.hold(*held)
-        split.saw(max_time, now)
-        split.records += n
-        split.position = records[-1].offset + 1
+        # One fetch is sent as a unit: no other writer of ``out`` (the lambda source's lake
+        # task) gets in between, so no barrier falls inside it.
+        exclusive = getattr(out, "exclusive", None)
+        async with exclusive() if exclusive is not None else contextlib.nullcontext():
+            if batch.num_rows:
+                await out.emit(
+                    batch,
+                    position=f"{self.where(split.partition)} offsets={records[0].offset}-"
+                    f"{records[-1].offset}",
+                )
+            # The dead letters go after the rows: a barrier is injected only at a row emit
+            # (before the rows), never at a dead letter, so both sides of the fetch fall after
+            # any barrier and are replayed together from the state before the fetch.
+            for record, reason in dead:
+                await out.dead_letter(
+                    self.raw_batch(record), reason, self.where(split.partition, record.offset)
+                )
+            # Only once the rows are out does the split's state move on, in one step: a barrier
+            # injected at the emit snapshots the state before this fetch (the fetch is
+            # replayed), and a watermark another task emits meanwhile cannot cover these rows.
+            if held is not None:
+                split.hold(*held)
+            split.saw(max_time, now)
+            split.records += n
+            split.dead_letters += len(dead)
+            split.position = records[-1].offset + 1
 
-    async def _reject(
-        self,
-        split: PartitionSplit,
+    @staticmethod
+    def _reject(
         records: list[ConsumerRecord[Any, Any]],
         batch: pa.RecordBatch,
         offsets: np.ndarray,
         reject: Callable[[pa.RecordBatch], list[tuple[int, str]]],
-        out: SourceOutput,
+        dead: list[tuple[ConsumerRecord[Any, Any], str]],
     ) -> tuple[pa.RecordBatch, np.ndarray]:
-        """Dead-letter the rows ``reject`` names (raw message, reason, position); the rest."""
+        """The rows ``reject`` keeps; the others are added to ``dead`` with their reasons."""
         rejected = reject(batch)
         if not rejected:
             return batch, offsets
@@ -283,11 +286,7 @@ class FetchEmitter:
         keep = np.ones(batch.num_rows, dtype=bool)
         for row, reason in rejected:
             keep[row] = False
-            offset = int(offsets[row])
-            await out.dead_letter(
-                self.raw_batch(by_offset[offset]), reason, self.where(split.partition, offset)
-            )
-        split.dead_letters += int((~keep).sum())
+            dead.append((by_offset[int(offsets[row])], reason))
         return batch.filter(pa.array(keep)), offsets[keep]
 
     def raw_batch(self, record: ConsumerRecord[Any, Any]) -> pa.RecordBatch:

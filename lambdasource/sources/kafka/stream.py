@@ -305,7 +305,10 @@ class KafkaStream(Source):
         ooo = self.out_of_orderness if out_of_orderness is None else out_of_orderness
         idle = self.idle_timeout if idle_timeout is None else idle_timeout
         # a fetch response vouches for "caught up" for this long (responses come every fetch wait)
-        window = max(2.0, 20 * int(self._consumer_options["fetch_max_wait_ms"]) / 1000)
+        # — but no longer than idle_timeout (at least two fetch waits): a lapse of answers as long
+        # as the quiet a partition needs to go idle is an outage, not quiet
+        fetch_wait = int(self._consumer_options["fetch_max_wait_ms"]) / 1000
+        window = min(max(2.0, 20 * fetch_wait), max(idle, 2 * fetch_wait))
         self._split_options = {
             "out_of_orderness": ooo,
             "idle_timeout": idle,
@@ -335,6 +338,7 @@ class KafkaStream(Source):
     ) -> None:
         assert self._consumer is not None
         plan: dict[int, PartitionStart] = {}
+        added: list[int] = []  # partitions the restored checkpoint does not know
         for p in partitions:
             if self._restored is not None and p in self._restored:
                 plan[p] = ("offset", self._restored[p])
@@ -342,8 +346,19 @@ class KafkaStream(Source):
                 plan[p] = starts[p]
             elif default_start is not None:
                 plan[p] = default_start
+            elif self._restored is not None:  # added since the checkpoint: none of it was read
+                plan[p] = ("earliest", 0)
+                added.append(p)
             else:
                 plan[p] = self._start(p)
+        if added:
+            self.partitions_added.extend(added)
+            log.warning(
+                "%s: partition(s) %s are not in the restored checkpoint (added to the topic "
+                "since): reading them from their earliest offsets",
+                self._where(),
+                added,
+            )
         begins = await self.beginning_offsets(partitions)
         # the end offsets (for "latest" and stop_at) come from the highwater of a probe fetch
         need_probe = self.stop_at == "latest" or any(
