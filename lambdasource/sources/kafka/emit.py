@@ -83,6 +83,16 @@ def _run_all(reads: list[Callable[[], None]]) -> None:
         read()
 
 
+def record_position(topic: str, partition: int | None = None, offset: int | None = None) -> str:
+    """``topic=… partition=… offset=…``: how errors and dead letters name a place in a topic."""
+    where = f"topic={topic}"
+    if partition is not None:
+        where += f" partition={partition}"
+    if offset is not None:
+        where += f" offset={offset}"
+    return where
+
+
 class FetchEmitter:
     """Decodes and emits one stream's fetches (see module docstring); :meth:`close` stops its
     decode thread."""
@@ -106,12 +116,7 @@ class FetchEmitter:
         self._decode_thread: ThreadPoolExecutor | None = None  # created by the first JSON fetch
 
     def where(self, partition: int | None = None, offset: int | None = None) -> str:
-        where = f"topic={self.topic}"
-        if partition is not None:
-            where += f" partition={partition}"
-        if offset is not None:
-            where += f" offset={offset}"
-        return where
+        return record_position(self.topic, partition, offset)
 
     def close(self) -> None:
         thread, self._decode_thread = self._decode_thread, None

@@ -61,7 +61,7 @@ from ...timeutil import MS, Duration, parse_duration, to_micros
 from ..alignment import AlignmentGroup
 from ..base import Source, SourceOutput
 from .decode import RECORD_TIMESTAMP, Decoder, output_schema
-from .emit import DriveHooks, FetchEmitter, PendingFetch
+from .emit import DriveHooks, FetchEmitter, PendingFetch, record_position
 from .positions import OffsetProber, end_offsets, offset_for_time, topic_partitions
 from .split import PartitionSplit, held_times
 
@@ -210,12 +210,7 @@ class KafkaStream(Source):
         return self._schema
 
     def _where(self, partition: int | None = None, offset: int | None = None) -> str:
-        where = f"topic={self.topic}"
-        if partition is not None:
-            where += f" partition={partition}"
-        if offset is not None:
-            where += f" offset={offset}"
-        return where
+        return record_position(self.topic, partition, offset)
 
     def _tp(self, partition: int) -> TopicPartition:
         return TopicPartition(self.topic, partition)

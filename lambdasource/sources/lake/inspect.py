@@ -269,22 +269,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def acheckpoint_sources(url: str, s3: S3Config | None = None) -> tuple[int, dict[str, Any]]:
     """The newest complete checkpoint at ``url``: its id and, per source that has one, the
     pinned lake state and positions (plain data). Reads only checkpoints this job wrote."""
-    from ...checkpoints.format import decode
-    from ...checkpoints.store import store_for
-    from ...errors import CheckpointError
+    from ...checkpoints.inspect import read_checkpoint
 
-    store = store_for(url, s3)
-    await store.open()
-    try:
-        ids = await store.complete_ids()
-        if not ids:
-            raise CheckpointError(f"no complete checkpoint at {url}")
-        newest = ids[-1]
-        manifest = await store.read_manifest(newest)
-        raw = await store.read_data(newest, manifest)
-    finally:
-        await store.close()
-    return newest, _source_states(decode(raw, where=store.where(newest)))
+    newest, _, payload = await read_checkpoint(url, s3, state=True)
+    assert payload is not None
+    return newest, _source_states(payload)
 
 
 def _source_states(payload: dict[str, Any]) -> dict[str, Any]:
