@@ -64,10 +64,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
+from .kafka import Producing
 from .ports import free_port
 
 KAFKA_VERSION = "4.1.1"
@@ -217,8 +218,10 @@ def _properties(values: Mapping[str, str]) -> str:
 
 
 @dataclass
-class ApacheKafkaService:
+class ApacheKafkaService(Producing):
     """A running Apache Kafka broker (KRaft, combined roles) plus test helpers."""
+
+    produce_options: ClassVar[dict[str, Any]] = {"acks": "all"}
 
     port: int
     controller_port: int
@@ -518,45 +521,6 @@ class ApacheKafkaService:
 
     def delete_topic(self, topic: str) -> None:
         asyncio.run(self.adelete_topic(topic))
-
-    # ---- producing -----------------------------------------------------------------------
-
-    def produce(
-        self,
-        topic: str,
-        values: Sequence[bytes],
-        *,
-        partition: int | None = None,
-        keys: Sequence[bytes | None] | None = None,
-        timestamps_ms: Sequence[int | None] | None = None,
-    ) -> list[tuple[int, int]]:
-        """Produce records synchronously; returns (partition, offset) per record, in order."""
-        return asyncio.run(
-            self.aproduce(
-                topic, values, partition=partition, keys=keys, timestamps_ms=timestamps_ms
-            )
-        )
-
-    async def aproduce(
-        self,
-        topic: str,
-        values: Sequence[bytes],
-        *,
-        partition: int | None = None,
-        keys: Sequence[bytes | None] | None = None,
-        timestamps_ms: Sequence[int | None] | None = None,
-    ) -> list[tuple[int, int]]:
-        from .kafka import produce_records
-
-        return await produce_records(
-            self.bootstrap,
-            topic,
-            values,
-            partition=partition,
-            keys=keys,
-            timestamps_ms=timestamps_ms,
-            acks="all",
-        )
 
 
 @pytest.fixture(scope="session")

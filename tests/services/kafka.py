@@ -14,15 +14,61 @@ import subprocess
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from lambdasource.embedded import EmbeddedBroker, create_topic
 
 
+class Producing:
+    """``produce``/``aproduce`` for a test broker service: through :func:`produce_records`, with
+    the service's ``produce_options`` (e.g. ``acks="all"``)."""
+
+    produce_options: ClassVar[dict[str, Any]] = {}
+
+    @property
+    def bootstrap(self) -> str:
+        raise NotImplementedError
+
+    def produce(
+        self,
+        topic: str,
+        values: Sequence[bytes],
+        *,
+        partition: int | None = None,
+        keys: Sequence[bytes | None] | None = None,
+        timestamps_ms: Sequence[int | None] | None = None,
+    ) -> list[tuple[int, int]]:
+        """Produce records synchronously; returns (partition, offset) per record, in order."""
+        return asyncio.run(
+            self.aproduce(
+                topic, values, partition=partition, keys=keys, timestamps_ms=timestamps_ms
+            )
+        )
+
+    async def aproduce(
+        self,
+        topic: str,
+        values: Sequence[bytes],
+        *,
+        partition: int | None = None,
+        keys: Sequence[bytes | None] | None = None,
+        timestamps_ms: Sequence[int | None] | None = None,
+    ) -> list[tuple[int, int]]:
+        return await produce_records(
+            self.bootstrap,
+            topic,
+            values,
+            partition=partition,
+            keys=keys,
+            timestamps_ms=timestamps_ms,
+            **self.produce_options,
+        )
+
+
 @dataclass
-class KafkaService:
+class KafkaService(Producing):
     """A running embedded broker plus test helpers (topics, producing)."""
 
     broker: EmbeddedBroker
@@ -57,40 +103,6 @@ class KafkaService:
         asyncio.run(create_topic(self.bootstrap, name, partitions))
         self.topics.append(name)
         return name
-
-    def produce(
-        self,
-        topic: str,
-        values: Sequence[bytes],
-        *,
-        partition: int | None = None,
-        keys: Sequence[bytes | None] | None = None,
-        timestamps_ms: Sequence[int | None] | None = None,
-    ) -> list[tuple[int, int]]:
-        """Produce records synchronously; returns (partition, offset) per record, in order."""
-        return asyncio.run(
-            self.aproduce(
-                topic, values, partition=partition, keys=keys, timestamps_ms=timestamps_ms
-            )
-        )
-
-    async def aproduce(
-        self,
-        topic: str,
-        values: Sequence[bytes],
-        *,
-        partition: int | None = None,
-        keys: Sequence[bytes | None] | None = None,
-        timestamps_ms: Sequence[int | None] | None = None,
-    ) -> list[tuple[int, int]]:
-        return await produce_records(
-            self.bootstrap,
-            topic,
-            values,
-            partition=partition,
-            keys=keys,
-            timestamps_ms=timestamps_ms,
-        )
 
 
 async def produce_records(

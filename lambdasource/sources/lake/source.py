@@ -36,6 +36,7 @@ from ...errors import ConfigError, LakeReadError, LakeStateError
 from ...s3 import S3Config
 from ...timeutil import TIME_TYPE, Duration, parse_duration
 from ..base import Source, SourceOutput
+from ..kafka.emit import DEAD_LETTER_SCHEMA
 from .commits import CommitRecord
 from .pinned import LakeState
 from .reader import (
@@ -53,16 +54,7 @@ from .reader import (
 )
 from .storage import Storage
 
-ARCHIVED_DEAD_LETTER_SCHEMA = pa.schema(
-    [
-        pa.field("value", pa.binary()),
-        pa.field("key", pa.binary()),
-        pa.field("topic", pa.string()),
-        pa.field("partition", pa.int32()),
-        pa.field("offset", pa.int64()),
-        pa.field("timestamp", TIME_TYPE),
-    ]
-)
+ARCHIVED_DEAD_LETTER_SCHEMA = DEAD_LETTER_SCHEMA
 """An archived dead letter's columns: those of the Kafka stream's own dead letters (the runtime
 appends ``_error`` and ``_position``), so one dead-letter sink takes both."""
 
