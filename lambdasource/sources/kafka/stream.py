@@ -1,7 +1,9 @@
 """``ls.KafkaStream``: a Kafka topic as a source of Arrow batches with per-partition watermarks.
 
 Reading: one aiokafka consumer, partitions assigned manually (a ``group_id`` only adds offset
-commits, for observability — positions are checkpointed by the pipeline, not the group). Each
+commits, for observability — positions are checkpointed by the pipeline, not the group), read
+through :class:`~.fetch_records.BatchFetcher` (``getmany`` without a ``ConsumerRecord`` per message;
+plain ``getmany`` when aiokafka's internals differ from the version it mirrors). Each
 ``getmany`` result is decoded and emitted by the stream's :class:`~.emit.FetchEmitter`: per
 partition one decode and one batch, JSON read on a decode thread while the loop takes the next
 fetches, emitted in fetch order; malformed messages go to the dead letters with their raw value
@@ -47,11 +49,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from aiokafka.structs import OffsetAndMetadata
 
@@ -62,6 +64,7 @@ from ..alignment import AlignmentGroup
 from ..base import Source, SourceOutput
 from .decode import RECORD_TIMESTAMP, Decoder, output_schema
 from .emit import DriveHooks, FetchEmitter, PendingFetch, record_position
+from .fetch_records import BatchFetcher
 from .positions import OffsetProber, end_offsets, offset_for_time, topic_partitions
 from .split import PartitionSplit, held_times
 
@@ -182,6 +185,7 @@ class KafkaStream(Source):
         self.name = name
         self.splits: dict[int, PartitionSplit] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        self._batch_fetcher: BatchFetcher | None = None  # getmany without ConsumerRecords
         self._emitter = FetchEmitter(
             topic,
             self._declared_schema,
@@ -280,6 +284,7 @@ class KafkaStream(Source):
         except (KafkaError, TimeoutError) as exc:
             await self.close()
             raise await self._connect_error(exc) from exc
+        self._batch_fetcher = BatchFetcher.for_consumer(consumer, self._where())
         try:
             available = await topic_partitions(consumer, self.topic)
         except KafkaError as exc:
@@ -474,6 +479,7 @@ class KafkaStream(Source):
     async def close(self) -> None:
         self._emitter.close()
         consumer, self._consumer = self._consumer, None
+        self._batch_fetcher = None
         if consumer is not None:
             try:
                 await consumer.stop()
@@ -566,7 +572,7 @@ class KafkaStream(Source):
                 await out.barrier_point()
                 continue
             try:
-                fetched = await consumer.getmany(
+                fetched = await self._getmany(
                     *[self._tp(s.partition) for s in readable],
                     timeout_ms=(
                         0  # a decode is running: take what is buffered, then emit it
@@ -688,12 +694,27 @@ class KafkaStream(Source):
         prefetch backoff, a wall-clock cap on catch-up throughput."""
         tp = self._tp(split.partition)
         try:
-            buffered = await self._consumer_or_fail().getmany(tp, timeout_ms=0)
+            buffered = await self._getmany(tp, timeout_ms=0)
         except KafkaError as exc:
             raise StreamError(f"{self._where(split.partition)}: {exc!r}") from exc
         records = buffered.get(tp, [])
         if records:
             await self._emitter.process(split, records, out, hooks, now)
+
+    async def _getmany(
+        self, *partitions: TopicPartition, timeout_ms: int, max_records: int | None = None
+    ) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
+        """``consumer.getmany``, through the :class:`~.fetch_records.BatchFetcher` when aiokafka's
+        internals allowed it at open (once it read, every read must go through it)."""
+        if self._batch_fetcher is None:
+            return await self._consumer_or_fail().getmany(
+                *partitions, timeout_ms=timeout_ms, max_records=max_records
+            )
+        fetched = await self._batch_fetcher.getmany(
+            *partitions, timeout_ms=timeout_ms, max_records=max_records
+        )
+        # LiteRecord has every ConsumerRecord field the emitter reads (same names)
+        return cast(dict[TopicPartition, list[ConsumerRecord[Any, Any]]], fetched)
 
     def _consumer_or_fail(self) -> AIOKafkaConsumer:
         if self._consumer is None:
