@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import state_bootstrap
 from .checkpoints import Checkpoints
 from .checkpoints.coordinator import CheckpointCoordinator
 from .errors import ConfigError, SchemaError, close_after
@@ -42,6 +44,7 @@ from .operators import (
 from .runtime import Edge, Inbox, Mailbox, OperatorNode, Runtime, Segment, SinkNode, SourceNode
 from .sinks.base import Sink
 from .sources.base import Source
+from .state_bootstrap import BOOTSTRAP_MODES, BootstrapReport
 from .timeutil import TIME_TYPE, Duration, check_time_type, parse_duration
 from .windows.aggregates import Aggregate, Kernel, as_kernel
 from .windows.assigners import Session, Sliding
@@ -49,6 +52,7 @@ from .windows.engine import EMIT_MODES, EmitMode
 from .windows.operator import WindowOperator, output_schema
 
 FLUSH_MODES = ("watermark", "all")
+log = logging.getLogger("lambdasource.pipeline")
 
 
 @dataclass(eq=False)
@@ -102,6 +106,8 @@ class Pipeline:
         self._specs: list[_Spec] = []
         self._names: set[str] = set()  # explicit names
         self._runtime: Runtime | None = None
+        self.bootstrap: BootstrapReport | None = None
+        """How the run bootstrapped (``run(bootstrap=...)``); None before it runs."""
 
     # building -----------------------------------------------------------------------------------
 
@@ -304,9 +310,20 @@ class Pipeline:
         return runtime
 
     async def run(
-        self, *, flush: str | None = None, restore: Literal["latest"] | int | None = "latest"
+        self,
+        *,
+        flush: str | None = None,
+        restore: Literal["latest"] | int | None = "latest",
+        bootstrap: Literal["replay", "state"] = "replay",
     ) -> None:
         """Run until every sink has seen the end (bounded) or until cancelled (unbounded).
+
+        ``bootstrap="state"`` builds the windows' state from the lake in one columnar pass
+        instead of replaying it record by record, then continues on the stream from that state
+        (``lambdasource.state_bootstrap``; same store as a replay). It applies when the run
+        does not resume from a checkpoint and the graph allows it (one lambda source or lake,
+        filters, maps, windows with built-in aggregates); otherwise the run replays and says
+        why in a warning and ``metrics()["bootstrap"]``.
 
         With checkpoints: ``restore="latest"`` (default) resumes from the newest complete
         checkpoint of the newest lineage at the URL when there is one (``IncompatibleStateError``
@@ -326,26 +343,73 @@ class Pipeline:
             raise ConfigError(
                 f"run: restore must be 'latest', a checkpoint id or None, got {restore!r}"
             )
+        if bootstrap not in BOOTSTRAP_MODES:
+            raise ConfigError(f"run: bootstrap must be one of {BOOTSTRAP_MODES}, got {bootstrap!r}")
         runtime = self._build(mode)
         self._runtime = runtime
+        self.bootstrap = BootstrapReport(mode="replay", requested=bootstrap)
         coordinator = runtime.coordinator
+        found = None
         if coordinator is not None:
             try:
                 found = await coordinator.prepare(None if restore is None else restore)
                 runtime.first_checkpoint_id(coordinator.next_id)
-                if found is not None:
-                    runtime.restore(*found)
             except BaseException as error:
                 runtime.status = "failed"
                 await close_after("closing the checkpoint store", coordinator.store.close(), error)
                 raise
+        try:
+            if found is None and bootstrap == "state":
+                found = await self._bootstrap_from_state(mode, runtime)
+            elif found is not None and bootstrap == "state":
+                self.bootstrap.reason = f"resumed from checkpoint {found[0]}"
+            if found is not None:
+                runtime.restore(*found)
+        except BaseException as error:
+            runtime.status = "failed"
+            if coordinator is not None:
+                await close_after("closing the checkpoint store", coordinator.store.close(), error)
+            raise
         await runtime.run()
 
+    async def _bootstrap_from_state(
+        self, mode: str, runtime: Runtime
+    ) -> tuple[int, dict[str, Any]] | None:
+        """The state bootstrap's pass (``state_bootstrap``) on a runtime of its own; returns the
+        first checkpoint for ``runtime`` to restore, or None (the run replays: why is logged)."""
+        report = self.bootstrap
+        assert report is not None
+        first = self._build(mode)
+        first.coordinator = None  # the pass takes no periodic checkpoints: it is one unit
+        reason = state_bootstrap.blocker(first)
+        if reason is not None:
+            report.reason = reason
+            log.warning("bootstrap='state' is not possible (%s): replaying the lake", reason)
+            return None
+        report.mode = "state"
+        self._runtime = first
+        try:
+            states = await state_bootstrap.run_pass(first, report)
+        finally:
+            self._runtime = runtime
+        coordinator = runtime.coordinator
+        if coordinator is None:
+            return 0, states
+        sources = {source.name for source in runtime.sources}
+        checkpoint_id = await coordinator.write_initial(states, sources)
+        runtime.first_checkpoint_id(coordinator.next_id)
+        report.checkpoint_id = checkpoint_id
+        return checkpoint_id, states
+
     def run_sync(
-        self, *, flush: str | None = None, restore: Literal["latest"] | int | None = "latest"
+        self,
+        *,
+        flush: str | None = None,
+        restore: Literal["latest"] | int | None = "latest",
+        bootstrap: Literal["replay", "state"] = "replay",
     ) -> None:
         """``asyncio.run(self.run())`` for scripts."""
-        asyncio.run(self.run(flush=flush, restore=restore))
+        asyncio.run(self.run(flush=flush, restore=restore, bootstrap=bootstrap))
 
     def trigger_checkpoint(self) -> int:
         """Ask every running source to inject a barrier now; returns the checkpoint id."""
@@ -362,7 +426,10 @@ class Pipeline:
         """Plain-data metrics (watermarks, skew, records, late, dead letters, buffered state)."""
         if self._runtime is None:
             return {"status": "created"}
-        return self._runtime.metrics()
+        metrics = self._runtime.metrics()
+        if self.bootstrap is not None:
+            metrics["bootstrap"] = self.bootstrap.to_dict()
+        return metrics
 
 
 class Stream:

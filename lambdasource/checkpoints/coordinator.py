@@ -371,26 +371,9 @@ class CheckpointCoordinator:
         self.writing = checkpoint_id
         where = self.store.where(checkpoint_id)
         try:
-            sources = {source.name for source in runtime.sources}
-
-            def encode_all() -> tuple[Encoded, dict[str, Any]]:
-                positions = {name: readable(thaw(states[name])) for name in sources & set(states)}
-                return encode_checkpoint(checkpoint_id, states), positions
-
-            encoded, positions = await asyncio.to_thread(encode_all)
-            manifest = {
-                "format": FORMAT_NAME,
-                "version": FORMAT_VERSION,
-                "checkpoint_id": checkpoint_id,
-                "created_at": datetime.now(UTC).isoformat(),
-                "pipeline": self.pipeline,
-                "fingerprint": self.fingerprint,
-                "lineage": self.lineage,
-                "graph": self.graph,
-                "state_bytes": encoded.sizes,  # per node (sources, operators, sink:<name>)
-                "positions": positions,  # for people and `inspect`; restores read the state
-            }
-            await self.store.write(checkpoint_id, encoded, manifest)
+            encoded = await self._store(
+                checkpoint_id, states, {source.name for source in runtime.sources}
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -407,14 +390,7 @@ class CheckpointCoordinator:
             self.writing = None
         self._consecutive_failures = 0
         end = time.perf_counter()
-        duration = end - started
-        self.count += 1
-        self.completed_ids.append(checkpoint_id)
-        self.durations.append(duration)
-        self.total_duration += duration
-        self.max_duration = max(self.max_duration, duration)
-        self.last_size = encoded.size
-        self.last_write_s = end - t0
+        self._written(checkpoint_id, encoded, end - started, end - t0)
         for sink in runtime.sinks:
             try:
                 await sink.sink.on_checkpoint_complete(checkpoint_id)
@@ -442,6 +418,53 @@ class CheckpointCoordinator:
             raise
         except Exception as exc:
             log.warning("checkpoints: pruning %s failed: %r", self.store.url, exc)
+
+    async def _store(
+        self, checkpoint_id: int, states: dict[str, Any], sources: set[str]
+    ) -> Encoded:
+        """Encode ``states`` (off the event loop) and write them with their manifest."""
+
+        def encode_all() -> tuple[Encoded, dict[str, Any]]:
+            positions = {name: readable(thaw(states[name])) for name in sources & set(states)}
+            return encode_checkpoint(checkpoint_id, states), positions
+
+        encoded, positions = await asyncio.to_thread(encode_all)
+        manifest = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "checkpoint_id": checkpoint_id,
+            "created_at": datetime.now(UTC).isoformat(),
+            "pipeline": self.pipeline,
+            "fingerprint": self.fingerprint,
+            "lineage": self.lineage,
+            "graph": self.graph,
+            "state_bytes": encoded.sizes,  # per node (sources, operators, sink:<name>)
+            "positions": positions,  # for people and `inspect`; restores read the state
+        }
+        await self.store.write(checkpoint_id, encoded, manifest)
+        return encoded
+
+    async def write_initial(self, states: dict[str, Any], sources: set[str]) -> int:
+        """Write ``states`` as the run's first checkpoint before the run starts (the state
+        bootstrap's: lake done, stream at its handoff); returns its id. Errors propagate: a
+        bootstrap whose state cannot be kept must not go on as if it could."""
+        checkpoint_id = self.next_id
+        t0 = time.perf_counter()
+        encoded = await self._store(checkpoint_id, states, sources)
+        self.next_id = checkpoint_id + 1
+        duration = time.perf_counter() - t0
+        self._written(checkpoint_id, encoded, duration, duration)
+        return checkpoint_id
+
+    def _written(self, checkpoint_id: int, encoded: Encoded, duration: float, write: float) -> None:
+        """Count a checkpoint written in ``write`` s, ``duration`` s after its trigger."""
+        self.count += 1
+        self.completed_ids.append(checkpoint_id)
+        self.durations.append(duration)
+        self.total_duration += duration
+        self.max_duration = max(self.max_duration, duration)
+        self.last_size = encoded.size
+        self.last_write_s = write
 
     async def _sinks_failed(self, checkpoint_id: int) -> None:
         """Tell every sink that ``checkpoint_id`` will never complete (errors fail the run)."""

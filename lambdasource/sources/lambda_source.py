@@ -207,6 +207,10 @@ class LambdaSource(Source):
         self._finished: float | None = None
         self._pending: list[tuple[str, np.ndarray]] = []
         self._pending_rows = 0
+        self.lake_only = False
+        """Set by the state bootstrap for its pass: plan the handoff and open the stream (its
+        start offsets, gap checks), read the lake alone, end with the lake's watermark; the
+        snapshot then holds the lake's end and the stream's start positions."""
 
     @property
     def schema(self) -> pa.Schema | None:
@@ -221,13 +225,18 @@ class LambdaSource(Source):
     async def run(self, out: SourceOutput) -> None:
         self._out = out
         self._started = time.perf_counter()
-        if self.alignment is not None:
+        if self.alignment is not None and not self.lake_only:
             self._group = self.alignment.build()
         else:  # unaligned runs still track split watermarks (never pausing) to report the skew
             self._group = AlignmentGroup(self.alignment_drift, enforce=False)
         self._group.register(LAKE, gate=True)
         lake: object = self.lake
-        if self.alignment is not None and isinstance(lake, LakeSource) and lake.batch_span is None:
+        if (
+            self.alignment is not None
+            and not self.lake_only
+            and isinstance(lake, LakeSource)
+            and lake.batch_span is None
+        ):
             # lake batches of sorted rows span at most max_drift + out_of_orderness of event
             # time, each followed by its watermark: lake records stay within the bound even
             # while the lake is the minimum split
@@ -266,16 +275,18 @@ class LambdaSource(Source):
             )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._run_lake(), name=f"{self.name}:lake")
-                tg.create_task(
-                    self.stream.drive(_LockedOutput(self, out, "stream"), hooks),
-                    name=f"{self.name}:stream",
-                )
+                if not self.lake_only:
+                    tg.create_task(
+                        self.stream.drive(_LockedOutput(self, out, "stream"), hooks),
+                        name=f"{self.name}:stream",
+                    )
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from group_error.exceptions[0].__cause__
         finally:
             await self.stream.close()
         self._finished = time.perf_counter()
-        final = [m for m in (self._lake_mark, self.stream.final_watermark()) if m is not None]
+        stream_mark = None if self.lake_only else self.stream.final_watermark()
+        final = [m for m in (self._lake_mark, stream_mark) if m is not None]
         if final:
             async with self._lock:
                 await self._emit_mark(max(final), False)
@@ -431,8 +442,9 @@ class LambdaSource(Source):
     async def _emit(self, kind: str, batch: pa.RecordBatch, position: str | None) -> None:
         group = self._group
         assert group is not None and self._out is not None
+        aligned = self.alignment is not None and not self.lake_only
         if kind == LAKE:
-            if self.alignment is not None:
+            if aligned:
                 await group.wait_allowed(LAKE)
             if self.handoff == "timestamp" and batch.num_rows:
                 assert self.cutoff is not None
@@ -449,7 +461,7 @@ class LambdaSource(Source):
             batch = conform(batch, schema, f"source={self.name} lake={self.lake.name} {position}")
         times = normalize_time_array(batch.column(self.time_column))
         top = pc.max(times)
-        if kind == LAKE and self.alignment is not None and top.is_valid:
+        if kind == LAKE and aligned and top.is_valid:
             await self._wait_lake_bound(int(top.cast(pa.int64()).as_py()))
         async with self._lock:
             if top.is_valid:

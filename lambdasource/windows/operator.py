@@ -7,6 +7,7 @@ Late records go, with the input's columns, to the ``late`` side output.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,13 @@ from ..operator import Context, Operator
 from ..timeutil import TIME_TYPE, micros_array
 from .aggregates import Kernel, Rows
 from .assigners import Session, Sliding, WindowSpec
+from .bulk import (
+    SliceAccumulator,
+    bulk_unsupported,
+    completed_state,
+    pending_state,
+    state_kernels,
+)
 from .engine import Emission, EmitMode, WindowEngine
 from .session import SessionEngine
 from .sliding import SlidingEngine
@@ -86,6 +94,46 @@ class WindowOperator(Operator):
         self._seq = 0
         self._bound = schema is not None
         self._input_types: dict[str, pa.DataType] | None = None
+        self._bulk: SliceAccumulator | None = None
+        self._bulk_watermark: int | None = None
+        self.bulk_report: dict[str, Any] | None = None
+
+    # bulk mode (state bootstrap) ------------------------------------------------------------
+
+    def bulk_unsupported(self) -> str | None:
+        """Why this window cannot take the state bootstrap's bulk mode (None: it can)."""
+        return bulk_unsupported(self.engine, self.aggregates)
+
+    def start_bulk(self) -> None:
+        """Aggregate the coming batches per (key, slice) without completing any window; the
+        end of the input builds the engine's state from them and completes every window up to
+        the last watermark at once (``windows/bulk.py``). Only for inputs that never make a
+        record late (the lake part of a job)."""
+        assert isinstance(self.engine, SlidingEngine) and self.bulk_unsupported() is None
+        names, kernels = state_kernels(self.engine)
+        width = math.gcd(self.engine.size, self.engine.slide)  # the engine's slice width
+        self._bulk = SliceAccumulator(names, kernels, width)
+
+    def _finish_bulk(self, ctx: Context) -> None:
+        accumulator, self._bulk = self._bulk, None
+        assert accumulator is not None
+        names, kernels = accumulator.names, accumulator.kernels
+        slices = accumulator.result()
+        self.bulk_report = {"rows": accumulator.rows, "slices": len(slices[0])}
+        watermark = self._bulk_watermark
+        if watermark is not None and self.emit == "latest":  # built directly: the newest values
+            state, emission = completed_state(
+                self.engine, names, kernels, slices, len(self.index), watermark
+            )
+            self.engine.restore(state)
+            self._emit(emission, ctx)
+        else:  # every window completed by the engine: the changelog
+            self.engine.restore(pending_state(self.engine, names, kernels, slices, len(self.index)))
+            if watermark is not None:
+                self._emit(self.engine.advance(watermark), ctx)
+        if watermark is not None:
+            ctx.emit_watermark(watermark)
+        self.bulk_report["state_rows"] = self.engine.state_rows()
 
     def on_batch(self, batch: pa.RecordBatch, ctx: Context) -> None:
         if batch.num_rows == 0:
@@ -100,6 +148,9 @@ class WindowOperator(Operator):
             np.arange(self._seq, self._seq + n, dtype=np.int64),
         )
         self._seq += n
+        if self._bulk is not None:
+            self._bulk.add(ids, rows)
+            return
         result = self.engine.add(ids, rows, ctx.watermark)
         if result.late.any():
             ctx.side_output("late", batch.filter(pa.array(result.late)))
@@ -112,10 +163,17 @@ class WindowOperator(Operator):
         self._bound = True
 
     def on_watermark(self, watermark: int, ctx: Context) -> None:
+        if self._bulk is not None:  # completed at the end, all at once
+            if self._bulk_watermark is None or watermark > self._bulk_watermark:
+                self._bulk_watermark = watermark
+            return
         self._emit(self.engine.advance(watermark), ctx)
         ctx.emit_watermark(watermark)
 
     def on_end(self, ctx: Context) -> None:
+        if self._bulk is not None:
+            self._finish_bulk(ctx)
+            return  # the input goes on after the bootstrap: no end-of-run flush
         flush = self.flush or getattr(ctx._node.runtime, "flush", "watermark")
         if flush == "all":
             self._emit(self.engine.flush_all(), ctx)
