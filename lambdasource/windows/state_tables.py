@@ -387,40 +387,46 @@ def sliding_snapshot(engine: SlidingEngine) -> dict[str, Any]:
     """The state of ``engine`` as tables (module docstring). Slice tables are shared (never
     mutated); the dense per-key arrays are gathered into new arrays."""
     names, kernels = _sliding_names(engine), engine._ops.kernels
-    chunks, pending = engine._chunks, engine._pending
+    chunks, pending = engine._slices.chunks, engine._slices.pending
     runs: list[SliceRows] = [
         *((c.table.keys, c.table.s, c.table.tag, c.table.parts) for c in chunks),
         *((t.keys, t.s, t.tag, t.parts) for t in pending),
     ]
     slices, slices_opaque = slice_table(names, kernels, runs)
-    E = engine._E
-    current = np.flatnonzero(engine._ops.nonempty(engine._cur))
+    end = engine._completed_end
+    current = np.flatnonzero(engine._ops.nonempty(engine._current_values))
     emitted, emitted_opaque = dense_table(
         names,
         kernels,
         current,
-        tuple(tuple(a[current] for a in state) for state in engine._cur),
-        {"window_end": time_array(np.full(len(current), E if E is not None else 0))},
+        tuple(tuple(a[current] for a in state) for state in engine._current_values),
+        {"window_end": time_array(np.full(len(current), end if end is not None else 0))},
     )
-    carried = np.flatnonzero(engine._ops.nonempty(engine._cp))
+    carried = np.flatnonzero(engine._ops.nonempty(engine._carried_prefix))
     prefix, prefix_opaque = dense_table(
-        names, kernels, carried, tuple(tuple(a[carried] for a in state) for state in engine._cp)
+        names,
+        kernels,
+        carried,
+        tuple(tuple(a[carried] for a in state) for state in engine._carried_prefix),
     )
     repeats = pa.table(
-        {KEY_ID: pa.array(engine._xk, type=pa.int64()), "window_end": time_array(engine._xe)}
+        {
+            KEY_ID: pa.array(engine._repeat_keys, type=pa.int64()),
+            "window_end": time_array(engine._repeat_ends),
+        }
     )
     return {
         "version": SLIDING_VERSION,
         "kind": "sliding",
         "window": {
-            "size": engine._S,
-            "slide": engine._D,
-            "lateness": engine._L,
+            "size": engine.size,
+            "slide": engine.slide,
+            "lateness": engine._lateness,
             "aggregates": list(engine.names),
         },
-        "watermark": engine._wm,
-        "completed_end": E,
-        "keys": engine._nkeys,
+        "watermark": engine._watermark,
+        "completed_end": end,
+        "keys": engine._key_count,
         "runs": {
             "chunks": [[c.lo, c.hi, len(c.table)] for c in chunks],
             "pending": [len(t) for t in pending],
@@ -446,9 +452,9 @@ def sliding_restore(engine: SlidingEngine, state: Any) -> None:
         raise _older("sliding", state, SLIDING_VERSION)
     window = state["window"]
     have = {
-        "size": engine._S,
-        "slide": engine._D,
-        "lateness": engine._L,
+        "size": engine.size,
+        "slide": engine.slide,
+        "lateness": engine._lateness,
         "aggregates": list(engine.names),
     }
     if window != have:
@@ -472,16 +478,20 @@ def sliding_restore(engine: SlidingEngine, state: Any) -> None:
         raise IncompatibleStateError(
             f"SlidingEngine: runs cover {offset} rows, the slices table has {slices.num_rows}"
         )
-    engine._wm, engine._E = state["watermark"], state["completed_end"]
-    engine._nkeys = int(state["keys"])
+    engine._watermark, engine._completed_end = state["watermark"], state["completed_end"]
+    engine._key_count = int(state["keys"])
     ops = engine._ops
     current = dense_parts(
-        state["emitted"], names, kernels, opaque.get("emitted", {}), ops.identity(engine._nkeys)
+        state["emitted"], names, kernels, opaque.get("emitted", {}), ops.identity(engine._key_count)
     )
     prefix = None
     if state.get("prefix") is not None:
         prefix = dense_parts(
-            state["prefix"], names, kernels, opaque.get("prefix", {}), ops.identity(engine._nkeys)
+            state["prefix"],
+            names,
+            kernels,
+            opaque.get("prefix", {}),
+            ops.identity(engine._key_count),
         )
     repeats = state["repeats"]
     engine._restored(
