@@ -1,10 +1,11 @@
 """Exact ``count_distinct`` of sliding windows by *pair presence*: :class:`PairPresence`.
 
-Notation as in ``sliding.py`` (int64 µs): size ``S``, slide ``D``, slices of width ``g``; window
-``e`` is ``[e - S, e)``; a slice ``s`` is in the windows ``e_in(s) … e_last(s)``, both
-non-decreasing in ``s``. A *pair* is a (key id, value) with a non-null value, coded as one int64
-``pc = key << 32 | value code`` (so pairs sort by key first). A pair is present in window ``e`` iff
-one of its slices lies in ``[e - S, e)``, i.e. ``e ∈ [e_in(s), e_last(s)]``; the distinct count of
+Notation as in ``sliding.py`` (int64 µs): size ``S`` (``_size``), slide ``D`` (``_slide``),
+slices of width ``g`` (``_slice_width``); window ``e`` is ``[e - S, e)``; a slice ``s`` is in the
+windows ``e_in(s) … e_last(s)``, both non-decreasing in ``s``. A *pair* is a (key id, value) with
+a non-null value, coded as one int64 ``pc = key << 32 | value code`` (``value_codes.py``; so pairs
+sort by key first). A pair is present in window ``e`` iff one of its slices lies in
+``[e - S, e)``, i.e. ``e ∈ [e_in(s), e_last(s)]``; the distinct count of
 ``(key, e)`` is the number of the key's pairs present at ``e``.
 
 **No sets, no scans.** Sorted by ``s``, a pair's coverage intervals have non-decreasing starts and
@@ -42,24 +43,23 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..errors import IncompatibleStateError, StateError
 from .aggregates import Kernel, Rows, State
 from .arrays import ranges as _ranges
+from .value_codes import CODE_BITS, CODE_MASK, ValueCodes
 
 __all__ = ["PairPresence", "PresenceSlot"]
+
+_ValueCodes = ValueCodes  # the name tests/unit/test_distinct.py imports (moved to value_codes)
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 _NONE = -(1 << 62)
 """``b`` of "no interval": below every window end, and ``_NONE + D`` does not overflow."""
 _LIMIT = 1 << 62
-_SHIFT = 32
-_CODE_MASK = (1 << _SHIFT) - 1
 _MAX_KEY = (1 << 31) - 2  # (key + 1) << 32 must fit in int64
 _TABLE_ROWS = 1 << 17  # stored tables smaller than this are merged with their neighbour
 _COMPACT_SLACK = 4096
-_DIRECT = 1 << 31  # ints in [-2**31, 2**31) are their own value code (+ 2**31)
 
 
 # ---------------------------------------------------------------------------- array helpers ---
@@ -85,7 +85,7 @@ def _pair_order(pcs: np.ndarray, s: np.ndarray, g: int) -> np.ndarray:
     """Permutation sorting rows by ``(pc, s)`` (one int64 argsort when the codes fit)."""
     if len(pcs) < 2:
         return np.arange(len(pcs), dtype=np.int64)
-    k, c = pcs >> _SHIFT, pcs & _CODE_MASK
+    k, c = pcs >> CODE_BITS, pcs & CODE_MASK
     kmin, cmin, smin = int(k.min()), int(c.min()), int(s.min())
     cspan = int(c.max()) - cmin + 1
     sspan = (int(s.max()) - smin) // g + 1
@@ -141,188 +141,6 @@ def _sum_events(
     hi = np.searchsorted(code, qk * tspan + qt, "right")
     lo = np.searchsorted(code, qk * tspan, "left")
     return cs[hi] - cs[lo]
-
-
-# ----------------------------------------------------------------------------------- values ---
-
-
-def _hashable(v: Any) -> Any:
-    if isinstance(v, list):
-        return tuple(_hashable(x) for x in v)
-    if isinstance(v, dict):
-        return tuple((k, _hashable(x)) for k, x in v.items())
-    return v
-
-
-class _ValueCodes:
-    """Int64 codes ``< 2**32`` for the non-null values of one column.
-
-    Invariant: equal values have equal codes and different values different codes (floats: ``-0.0``
-    is ``0.0``, every NaN one value); a code changes only by :meth:`compact`, which renumbers the
-    surviving codes monotonically. Modes:
-
-    - ``"direct"``: integers (and temporals, booleans) within ``[-2**31, 2**31)`` are their own code
-      (``value + 2**31``): no dictionary at all; a value outside needs :meth:`compact` first
-      (:meth:`encode` answers None), which turns the mode into ``"int"``;
-    - ``"int"`` / ``"float"`` (canonical IEEE bits): a sorted int64 array of the values (numpy),
-      dense codes ``0 … len - 1``;
-    - ``"object"``: one dict probe per distinct value of a batch.
-    """
-
-    def __init__(self) -> None:
-        self.mode: str | None = None  # "direct", "int", "float", "object"
-        self._sorted = _EMPTY  # "int"/"float": sorted int64 representations …
-        self._codes = _EMPTY  # … and their codes
-        self._dict: dict[Any, int] = {}  # "object": value -> code
-        self._n = 0
-
-    def __len__(self) -> int:
-        """Dictionary entries (0 in direct mode, which holds none)."""
-        return self._n
-
-    @staticmethod
-    def _mode_of(dtype: pa.DataType) -> str:
-        if pa.types.is_integer(dtype) or pa.types.is_boolean(dtype):
-            return "int"
-        if pa.types.is_temporal(dtype) and dtype.bit_width in (32, 64):
-            return "int"
-        if pa.types.is_floating(dtype):
-            return "float"
-        return "object"
-
-    @staticmethod
-    def _as_int64(arr: pa.Array, mode: str) -> np.ndarray:
-        if mode == "float":
-            v = np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64) + 0.0  # -0 → 0
-            v[np.isnan(v)] = np.nan
-            return v.view(np.int64)
-        if pa.types.is_temporal(arr.type):
-            arr = arr.view(pa.int32() if arr.type.bit_width == 32 else pa.int64())
-        v = np.asarray(arr.to_numpy(zero_copy_only=False))
-        return v.view(np.int64) if v.dtype == np.uint64 else v.astype(np.int64)
-
-    def encode(self, arr: pa.Array) -> np.ndarray | None:
-        """Codes of the values of ``arr`` (no nulls), assigning new codes to new values; None when
-        direct mode must be left first (:meth:`compact`)."""
-        if pa.types.is_dictionary(arr.type):
-            arr = arr.dictionary_decode()
-        mode = self._mode_of(arr.type)
-        if self.mode in (None, "direct"):
-            if mode == "int":
-                x = self._as_int64(arr, mode)
-                if not len(x) or (int(x.min()) >= -_DIRECT and int(x.max()) < _DIRECT):
-                    self.mode = "direct"
-                    return x + _DIRECT
-            if self.mode == "direct":
-                return None
-            self.mode = mode
-        elif mode != self.mode and self.mode != "object":
-            self._to_objects()
-        if self.mode == "object":
-            codes = self._encode_objects(arr)
-        else:
-            codes = self._encode_ints(self._as_int64(arr, mode))
-        if self._n > _CODE_MASK:
-            raise StateError(f"count_distinct: more than {_CODE_MASK} distinct values held")
-        return codes
-
-    def _encode_ints(self, x: np.ndarray) -> np.ndarray:
-        uniq, inverse = np.unique(x, return_inverse=True)
-        pos = np.searchsorted(self._sorted, uniq)
-        found = np.zeros(len(uniq), dtype=bool)
-        inside = pos < len(self._sorted)
-        found[inside] = self._sorted[pos[inside]] == uniq[inside]
-        codes = np.empty(len(uniq), dtype=np.int64)
-        codes[found] = self._codes[pos[found]]
-        new = np.flatnonzero(~found)
-        if len(new):
-            codes[new] = np.arange(self._n, self._n + len(new), dtype=np.int64)
-            self._n += len(new)
-            self._sorted = np.insert(self._sorted, pos[new], uniq[new])
-            self._codes = np.insert(self._codes, pos[new], codes[new])
-        return codes[inverse.reshape(-1)]
-
-    def _encode_objects(self, arr: pa.Array) -> np.ndarray:
-        table = self._dict
-        try:
-            encoded = pc.dictionary_encode(arr)
-        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):  # nested types: per row
-            values = [_hashable(v) for v in arr.to_pylist()]
-            indices = None
-        else:
-            values = encoded.dictionary.to_pylist()
-            indices = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        codes = np.empty(len(values), dtype=np.int64)
-        for i, v in enumerate(values):  # once per distinct value of the batch
-            code = table.get(v)
-            if code is None:
-                code = table[v] = self._n
-                self._n += 1
-            codes[i] = code
-        return codes if indices is None else codes[indices]
-
-    def _to_objects(self) -> None:
-        """A column of another kind showed up: continue with a dict of Python values."""
-        raw = self._sorted.view(np.float64) if self.mode == "float" else self._sorted
-        self._dict = dict(zip(raw.tolist(), self._codes.tolist(), strict=True))
-        self._sorted = self._codes = _EMPTY
-        self.mode = "object"
-
-    def compact(self, live: np.ndarray) -> None:
-        """Keep the codes in ``live`` (sorted, unique), renumbered to their ranks ``0 … n-1``
-        (monotone); direct mode becomes ``"int"``."""
-        if self.mode == "direct":
-            self.mode, self._sorted = "int", live - _DIRECT
-            self._codes = np.arange(len(live), dtype=np.int64)
-        elif self.mode == "object":
-            rank = {c: i for i, c in enumerate(live.tolist())}
-            self._dict = {v: rank[c] for v, c in self._dict.items() if c in rank}
-        else:
-            keep = np.flatnonzero(np.isin(self._codes, live))
-            self._sorted = self._sorted[keep]
-            self._codes = np.searchsorted(live, self._codes[keep])
-        self._n = len(live)
-
-    def snapshot(self) -> dict[str, Any]:
-        """``{"mode", "size", "values"}``: ``values`` a table (``value_code``, ``value``;
-        floats as float64), or, for values Arrow cannot give back as they are (tuples of nested
-        values), ``{"value_code": array, "value": list}``."""
-        out: dict[str, Any] = {"mode": self.mode, "size": self._n}
-        codes, values = self._codes, self._sorted
-        if self.mode == "float":
-            values = values.view(np.float64)
-        if self.mode == "object":
-            codes = np.fromiter(self._dict.values(), dtype=np.int64, count=len(self._dict))
-            items = list(self._dict)
-            if any(isinstance(item, tuple) for item in items):
-                out["values"] = {"value_code": codes, "value": items}
-                return out
-            try:
-                values = pa.array(items)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-                out["values"] = {"value_code": codes, "value": items}
-                return out
-        out["values"] = pa.table({"value_code": pa.array(codes, pa.int64()), "value": values})
-        return out
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
-        self.mode, self._n = state["mode"], int(state["size"])
-        values = state["values"]
-        if isinstance(values, dict):
-            codes, items = np.asarray(values["value_code"]), list(values["value"])
-        else:
-            codes = np.asarray(values.column("value_code").to_numpy(), dtype=np.int64)
-            column = values.column("value")
-            if self.mode == "object":
-                items = column.to_pylist()
-            else:  # int / float: the sorted values (floats by their bits) and their codes
-                items = []
-                raw: np.ndarray = np.asarray(column.to_numpy())
-                self._sorted = raw.view(np.int64) if self.mode == "float" else raw.astype(np.int64)
-                self._codes = codes
-        if self.mode == "object":
-            self._dict = dict(zip(items, codes.tolist(), strict=True))
 
 
 def _times(values: np.ndarray) -> pa.Array:
@@ -388,30 +206,31 @@ class PairPresence:
     - ``_store`` (only with allowed lateness > 0: with none, a record with ``s < E`` joins windows
       ``>= E + D`` only, so no completed window is ever recounted): every entered row (``s < E``)
       with ``s >=`` the prune horizon, ``f`` = first window end it joins;
-    - ``_spc`` / ``_sb``: the pairs with an entered row whose ``e_last >= E + D``, sorted by ``pc``,
-      and per pair ``b`` = the greatest ``e_last`` of its entered rows;
+    - ``_carried_pairs`` / ``_carried_ends``: the pairs with an entered row whose
+      ``e_last >= E + D``, sorted by ``pc``, and per pair ``b`` = the greatest ``e_last`` of its
+      entered rows;
     - ``_staged`` is empty (it only lives from :meth:`add` to :meth:`commit`).
     """
 
     def __init__(self, column: str, *, size: int, slide: int, lateness: int) -> None:
         self.column = column
-        self._S, self._D = int(size), int(slide)
-        self._g = math.gcd(self._S, self._D)
-        self._keep = lateness > 0
-        self._values = _ValueCodes()
+        self._size, self._slide = int(size), int(slide)
+        self._slice_width = math.gcd(self._size, self._slide)
+        self._keep_entered = lateness > 0
+        self._values = ValueCodes()
         self._pending: list[_Rows] = []
         self._store: list[_Rows] = []
         self._staged: list[_Rows] = []
-        self._spc = _EMPTY
-        self._sb = _EMPTY
+        self._carried_pairs = _EMPTY
+        self._carried_ends = _EMPTY
 
     # --------------------------------------------------------------------------- geometry ---
 
     def _e_in(self, s: np.ndarray) -> np.ndarray:
-        return -(-(s + self._g) // self._D) * self._D
+        return -(-(s + self._slice_width) // self._slide) * self._slide
 
     def _e_last(self, s: np.ndarray) -> np.ndarray:
-        return (s + self._S) // self._D * self._D
+        return (s + self._size) // self._slide * self._slide
 
     # ----------------------------------------------------------------------------- driving ---
 
@@ -448,7 +267,7 @@ class PairPresence:
             self._compact()
             codes = self._values.encode(values)
             assert codes is not None
-        pcs = (keys.astype(np.int64) << _SHIFT) | codes
+        pcs = (keys.astype(np.int64) << CODE_BITS) | codes
         s = s.astype(np.int64)
         fwd = None if E is None else s >= E
         if fwd is None or fwd.all():
@@ -468,11 +287,11 @@ class PairPresence:
             return
         t = self._merge(self._staged)
         self._staged = []
-        if self._keep:
+        if self._keep_entered:
             self._store_add(t)
         last = np.flatnonzero(_run_ends(t.pc))  # a pair's greatest s has its greatest e_last
         c = self._e_last(t.s[last])
-        m = np.flatnonzero(c >= E + self._D)
+        m = np.flatnonzero(c >= E + self._slide)
         self._raise_carried(t.pc[last[m]], c[m])
 
     def advance(self, E0: int | None, E_new: int, ck: np.ndarray, ce: np.ndarray) -> np.ndarray:
@@ -482,12 +301,12 @@ class PairPresence:
         can change is one of them, for its key); afterwards the carried state is the one at
         ``E_new``.
         """
-        D = self._D
+        D = self._slide
         ent = self._take_entering(E_new)
-        if self._keep and len(ent):
+        if self._keep_entered and len(ent):
             self._store_add(ent)
-        spc, sb = self._spc, self._sb
-        base = np.searchsorted(spc, (ck + 1) << _SHIFT) - np.searchsorted(spc, ck << _SHIFT)
+        spc, sb = self._carried_pairs, self._carried_ends
+        base = np.searchsorted(spc, (ck + 1) << CODE_BITS) - np.searchsorted(spc, ck << CODE_BITS)
         ending = np.flatnonzero(sb < E_new + D)  # carried pairs ending by E_new unless extended
         ek, ee, ed = [_EMPTY], [_EMPTY], [_EMPTY]
         jf, jf_b = _EMPTY, _EMPTY  # carried pairs extended: their index and new b
@@ -522,7 +341,7 @@ class PairPresence:
             ending = np.setdiff1d(ending, jf, assume_unique=True)
         drop.append(ending)
         ended = ending[sb[ending] + D <= E_new]  # (b == E_new: present at E_new, gone after)
-        ek.append(spc[ended] >> _SHIFT)
+        ek.append(spc[ended] >> CODE_BITS)
         ee.append(sb[ended] + D)
         ed.append(np.full(len(ended), -1, dtype=np.int64))
         if len(jf):  # new arrays: snapshots may share the old ones
@@ -534,25 +353,25 @@ class PairPresence:
         if len(new_pc):
             pos = np.searchsorted(spc, new_pc)
             spc, sb = np.insert(spc, pos, new_pc), np.insert(sb, pos, new_b)
-        self._spc, self._sb = spc, sb
+        self._carried_pairs, self._carried_ends = spc, sb
         events = (np.concatenate(ek), np.concatenate(ee), np.concatenate(ed))
         return base + _sum_events(*events, ck, ce, D)
 
     def counts(self, qk: np.ndarray, qe: np.ndarray, *, staged: bool) -> np.ndarray:
         """Counts of completed windows ``(qk, qe)`` (``qe <= E``) from the stored rows of the
         queried keys, including the staged late rows iff ``staged`` (brute force)."""
-        assert self._keep, "corrections need allowed lateness > 0"
+        assert self._keep_entered, "corrections need allowed lateness > 0"
         if not len(qk):
             return np.zeros(0, dtype=np.int64)
         keys_u = np.unique(qk)
-        lo, hi = int(qe.min()) - self._S, int(qe.max())
+        lo, hi = int(qe.min()) - self._size, int(qe.max())
         parts: list[_Rows] = []
         for t in [*self._store, *(self._staged if staged else ())]:
             if not len(t) or t.smax < lo or t.smin >= hi:
                 continue
             idx = _ranges(
-                np.searchsorted(t.pc, keys_u << _SHIFT),
-                np.searchsorted(t.pc, (keys_u + 1) << _SHIFT),
+                np.searchsorted(t.pc, keys_u << CODE_BITS),
+                np.searchsorted(t.pc, (keys_u + 1) << CODE_BITS),
             )
             if len(idx):
                 ss = t.s[idx]
@@ -562,9 +381,9 @@ class PairPresence:
         if not parts:
             return np.zeros(len(qk), dtype=np.int64)
         rows = self._merge(parts)
-        start = self._e_in(rows.s) if rows.f is None else _suffix_min(rows.f, rows.pc, self._D)
+        start = self._e_in(rows.s) if rows.f is None else _suffix_min(rows.f, rows.pc, self._slide)
         events = self._events(rows.pc, start, self._e_last(rows.s), None)
-        return _sum_events(*events, qk, qe, self._D)
+        return _sum_events(*events, qk, qe, self._slide)
 
     def prune(self, horizon: int) -> None:
         """Drop stored rows with ``s < horizon`` (no correction can need them); reclaim the codes
@@ -584,7 +403,7 @@ class PairPresence:
     def rows(self) -> int:
         """Rows held: pending, stored and staged (pair, slice) rows and carried pairs."""
         tables = [*self._pending, *self._store, *self._staged]
-        return sum(len(t) for t in tables) + len(self._spc)
+        return sum(len(t) for t in tables) + len(self._carried_pairs)
 
     def snapshot(self) -> dict[str, Any]:
         """The state as tables (``state_tables`` documents them): ``rows`` (``key_id``,
@@ -601,17 +420,17 @@ class PairPresence:
         ]
         rows = pa.table(
             {
-                "key_id": pa.array(pcs >> _SHIFT),
-                "value_code": pa.array(pcs & _CODE_MASK),
+                "key_id": pa.array(pcs >> CODE_BITS),
+                "value_code": pa.array(pcs & CODE_MASK),
                 "slice_start": _times(starts),
                 "first_end": pa.concat_arrays(first) if first else _times(_EMPTY),
             }
         )
         carried = pa.table(
             {
-                "key_id": pa.array(self._spc >> _SHIFT),
-                "value_code": pa.array(self._spc & _CODE_MASK),
-                "last_end": _times(self._sb),
+                "key_id": pa.array(self._carried_pairs >> CODE_BITS),
+                "value_code": pa.array(self._carried_pairs & CODE_MASK),
+                "last_end": _times(self._carried_ends),
             }
         )
         return {
@@ -627,10 +446,10 @@ class PairPresence:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Replace the state with one returned by :meth:`snapshot`."""
-        self._values = _ValueCodes()
+        self._values = ValueCodes()
         self._values.restore(state["values"])
         rows = state["rows"]
-        pcs = (_ints(rows.column("key_id")) << _SHIFT) | _ints(rows.column("value_code"))
+        pcs = (_ints(rows.column("key_id")) << CODE_BITS) | _ints(rows.column("value_code"))
         starts = _ints(rows.column("slice_start"))
         first = rows.column("first_end")
         offset = 0
@@ -654,10 +473,10 @@ class PairPresence:
         self._pending, self._store = tables
         self._staged = []
         carried = state["carried"]
-        self._spc = (_ints(carried.column("key_id")) << _SHIFT) | _ints(
+        self._carried_pairs = (_ints(carried.column("key_id")) << CODE_BITS) | _ints(
             carried.column("value_code")
         )
-        self._sb = _ints(carried.column("last_end"))
+        self._carried_ends = _ints(carried.column("last_end"))
 
     # ---------------------------------------------------------------------------- helpers ---
 
@@ -672,7 +491,7 @@ class PairPresence:
         new interval iff ``start > previous end + D``: ``+1`` at its start and ``-1`` one slide
         after the previous end (if any); every pair's last interval gives ``-1`` after its end.
         """
-        D = self._D
+        D = self._slide
         first = np.flatnonzero(_run_starts(pcs))
         prev = np.empty_like(end)
         prev[1:] = end[:-1]
@@ -680,7 +499,7 @@ class PairPresence:
         new = start > prev + D
         close = new & (prev != _NONE)
         last = np.flatnonzero(_run_ends(pcs))
-        keys = pcs >> _SHIFT
+        keys = pcs >> CODE_BITS
         return (
             np.concatenate([keys[new], keys[close], keys[last]]),
             np.concatenate([start[new], prev[close] + D, end[last] + D]),
@@ -696,7 +515,7 @@ class PairPresence:
         """``b = max(b, new)`` for the pairs ``pcs`` (sorted unique), inserting new pairs."""
         if not len(pcs):
             return
-        spc, sb = self._spc, self._sb
+        spc, sb = self._carried_pairs, self._carried_ends
         j = np.searchsorted(spc, pcs)
         found = np.zeros(len(pcs), dtype=bool)
         inside = j < len(spc)
@@ -704,11 +523,14 @@ class PairPresence:
         sb = sb.copy()
         sb[j[found]] = np.maximum(sb[j[found]], b[found])
         new = np.flatnonzero(~found)
-        self._spc, self._sb = np.insert(spc, j[new], pcs[new]), np.insert(sb, j[new], b[new])
+        self._carried_pairs, self._carried_ends = (
+            np.insert(spc, j[new], pcs[new]),
+            np.insert(sb, j[new], b[new]),
+        )
 
     def _normalize(self, pcs: np.ndarray, s: np.ndarray, f: np.ndarray | None) -> _Rows:
         """Sort rows by ``(pc, s)`` and merge duplicates (their least ``f``)."""
-        order = _pair_order(pcs, s, self._g)
+        order = _pair_order(pcs, s, self._slice_width)
         pcs, s = pcs[order], s[order]
         f = None if f is None else f[order]
         flags = np.ones(len(pcs), dtype=bool)
@@ -778,11 +600,11 @@ class PairPresence:
         sorted) and forget the others."""
         tables = [*self._pending, *self._store, *self._staged]
         live = np.unique(
-            np.concatenate([self._spc & _CODE_MASK, *(t.pc & _CODE_MASK for t in tables)])
+            np.concatenate([self._carried_pairs & CODE_MASK, *(t.pc & CODE_MASK for t in tables)])
         )
 
         def recode(pcs: np.ndarray) -> np.ndarray:
-            return ((pcs >> _SHIFT) << _SHIFT) | np.searchsorted(live, pcs & _CODE_MASK)
+            return ((pcs >> CODE_BITS) << CODE_BITS) | np.searchsorted(live, pcs & CODE_MASK)
 
         def rebuild(t: _Rows) -> _Rows:
             return _Rows(recode(t.pc), t.s, t.f, t.smin, t.smax) if len(t) else t
@@ -790,7 +612,7 @@ class PairPresence:
         self._pending = [rebuild(t) for t in self._pending]
         self._store = [rebuild(t) for t in self._store]
         self._staged = [rebuild(t) for t in self._staged]
-        self._spc = recode(self._spc)
+        self._carried_pairs = recode(self._carried_pairs)
         self._values.compact(live)
 
 

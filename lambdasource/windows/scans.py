@@ -2,7 +2,8 @@
 cache of block suffixes (any associative ``combine``, no retraction: float sums never drift).
 
 Time is cut into blocks ``[b * size, (b + 1) * size)``; window ``e`` with
-``pb = floor((e - 1) / size)`` is ``suffix(block pb - 1, s >= e - size) ⊕ prefix(block pb, s < e)``.
+``pb = floor((e - 1) / size)`` is
+``suffix(block pb - 1, s >= e - size) ⊕ prefix(block pb, s < e)``.
 :class:`WindowEvaluator` computes both parts from given rows; :class:`SuffixCache` keeps the
 suffixes of the entered blocks future windows still need (a block is complete when first needed).
 """
