@@ -86,6 +86,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     window.emit = args.emit
     window.allowed_lateness = args.allowed_lateness
     window.aggregates = aggregates
+    window.bootstrap = args.bootstrap_mode
     checkpoints = None
     if args.checkpoints:
         checkpoints = {"url": args.checkpoints, "interval": args.checkpoint_interval}
@@ -141,6 +142,7 @@ def to_toml(spec: JobSpec) -> str:
                     "emit": w.emit,
                     "allowed_lateness": w.allowed_lateness,
                     "aggregates": w.aggregates,
+                    "bootstrap": w.bootstrap,
                 },
             )
         )
@@ -163,7 +165,7 @@ def run_job(spec: JobSpec, *, quiet: bool = False) -> dict[str, Any]:
     started = time.monotonic()
 
     async def main() -> None:
-        task = asyncio.create_task(pipeline.run())
+        task = asyncio.create_task(pipeline.run(bootstrap=built.bootstrap))
         try:
             with Live(console=console, refresh_per_second=4, transient=True) as live:
                 while not task.done():
@@ -193,9 +195,28 @@ def run_job(spec: JobSpec, *, quiet: bool = False) -> dict[str, Any]:
         f"dead letters {int(metrics.get('dead_letters') or 0):,}, "
         f"watermark {format_time(metrics.get('global_watermark'))}"
     )
+    line = bootstrap_line(metrics.get("bootstrap"))
+    if line:
+        console.print(line)
     if interrupted:
         raise KeyboardInterrupt
     return metrics
+
+
+def bootstrap_line(report: dict[str, Any] | None) -> str | None:
+    """How the window state was bootstrapped, in one line (None: nothing to say)."""
+    if not report:
+        return None
+    if report["mode"] == "state":
+        windows = ", ".join(
+            f"{name}: {w.get('rows', 0):,} lake rows → {w.get('slices', 0):,} slices"
+            for name, w in report["windows"].items()
+        )
+        where = f", first checkpoint {report['checkpoint_id']}" if report["checkpoint_id"] else ""
+        return f"bootstrap from state: lake pass {report['seconds']:.1f}s ({windows}){where}"
+    if report["requested"] == "state":
+        return f"bootstrap: replayed ({report['reason']})"
+    return None
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -235,6 +256,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--emit", default="latest", choices=("latest", "changes", "every"))
     parser.add_argument("--allowed-lateness", default="0s")
+    parser.add_argument(
+        "--bootstrap-mode",
+        default="state",
+        choices=("state", "replay"),
+        help="state (default): build the window state from the lake in one columnar pass, "
+        "then continue on the stream; replay: every lake record through the window (a graph "
+        "the state pass cannot take replays, saying why)",
+    )
     parser.add_argument("--where", help="filter, e.g. \"kind = 'click'\"")
     parser.add_argument("--into", required=True, help="store URL (duckdb:///f.db, postgresql://…)")
     parser.add_argument("--table", required=True, help="store table")

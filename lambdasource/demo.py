@@ -8,8 +8,11 @@
    recording per-partition offsets; the rest stays a backlog only the stream has.
 4. Bootstrap: ``LambdaSource(lake, stream, handoff="offsets", alignment=…)`` → ``key_by(user_id)``
    → ``Sliding(30d, 5m)`` count + sum(amount), ``emit="latest"`` → ``DuckDBUpsert``, with live
-   progress; once the backlog is consumed, verify the store against the DuckDB SQL reference
-   (``lambdasource.reference``) at the store's watermark: every key's value must match.
+   progress, from state by default (``run(bootstrap="state")``: the lake part in one columnar
+   pass, then the stream); once the backlog is consumed, verify the store against the DuckDB SQL
+   reference (``lambdasource.reference``) at the store's watermark: every key's value must match.
+   For comparison, the same lake part is then replayed record by record into a scratch store, and
+   both times are printed.
 5. Stay live for ``live`` seconds while a producer adds events at the current time, showing the
    updates; then stop and print the summary.
 
@@ -66,6 +69,8 @@ class DemoConfig:
     keep: bool = False
     workdir: Path | None = None
     jitter: str = "30s"
+    bootstrap: str = "state"  # Pipeline.run(bootstrap=...): "state" | "replay"
+    compare: bool = True  # also time a replay of the lake part (bootstrap="state" only)
 
 
 @dataclass
@@ -80,6 +85,9 @@ class DemoResult:
     live_rows: int = 0
     handoff: dict[int, int] = field(default_factory=dict)
     bootstrap_s: float = 0.0
+    bootstrap_mode: str = "replay"
+    state_pass_s: float | None = None  # the state bootstrap's lake pass
+    replay_s: float | None = None  # the same lake part replayed, for comparison
     verified_keys: int = 0
     watermark: int | None = None
     max_skew_us: int = 0
@@ -278,10 +286,12 @@ async def run_demo(
             f"{backlog.num_rows:,} are only on the stream ({time.perf_counter() - t0:.1f}s)"
         )
 
-        if cfg.lake_format == "iceberg":
-            lake: Any = ls.IcebergLake("demo.clicks", catalog, time_column="event_time")
-        else:
-            lake = ls.ParquetLake(str(lake_dir), time_column="event_time")
+        def make_lake() -> Any:
+            if cfg.lake_format == "iceberg":
+                return ls.IcebergLake("demo.clicks", catalog, time_column="event_time")
+            return ls.ParquetLake(str(lake_dir), time_column="event_time")
+
+        lake = make_lake()
         stream = ls.KafkaStream(
             topic,
             bootstrap_servers=broker.bootstrap_servers,
@@ -323,10 +333,17 @@ async def run_demo(
         )
         expected_rows = events.num_rows
         started = time.perf_counter()
-        task = asyncio.create_task(pipeline.run())
+        task = asyncio.create_task(pipeline.run(bootstrap=cfg.bootstrap))  # type: ignore[arg-type]
         try:
             watermark = await _until_caught_up(pipeline, task, expected_rows, show, result)
             result.bootstrap_s = time.perf_counter() - started
+            report = pipeline.metrics().get("bootstrap") or {}
+            result.bootstrap_mode = str(report.get("mode", "replay"))
+            if result.bootstrap_mode == "state":
+                result.state_pass_s = float(report["seconds"])
+                say(f"bootstrap from state: the lake part in one pass, {result.state_pass_s:.1f}s")
+            elif report.get("reason"):
+                say(f"bootstrap: replayed ({report['reason']})")
             result.watermark = watermark
             metrics = pipeline.metrics()
             lam = lambda_metrics(metrics)
@@ -350,6 +367,13 @@ async def run_demo(
                 [("clicks", "descending"), ("user_id", "ascending")]
             ).slice(0, 5)
             say(f"verified: {result.verified_keys:,} keys match the DuckDB SQL reference")
+            if result.state_pass_s is not None and cfg.compare:
+                result.replay_s = await _replay_lake_part(make_lake(), workdir / "replay.duckdb")
+                say(
+                    f"the same lake part replayed record by record: {result.replay_s:.1f}s "
+                    f"(state pass {result.state_pass_s:.1f}s, "
+                    f"{result.replay_s / max(result.state_pass_s, 1e-9):.1f}x faster)"
+                )
 
             if cfg.live > 0:
                 say(
@@ -378,6 +402,24 @@ async def run_demo(
         broker.stop()
         if not cfg.keep and cfg.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _replay_lake_part(lake: Any, store_path: Path) -> float:
+    """Seconds a replay of ``lake`` alone (the lake part of the job: same lake, same window,
+    a scratch store) takes, for comparison with the state bootstrap's pass."""
+    import lambdasource as ls
+
+    replay = ls.Pipeline()
+    (
+        replay.source(lake)
+        .key_by("user_id")
+        .window(ls.Sliding(SIZE, SLIDE), emit="latest")
+        .aggregate(clicks=ls.count(), revenue=ls.sum("amount"))
+        .sink(ls.DuckDBUpsert(str(store_path), table=TABLE, key=["user_id"]))
+    )
+    started = time.perf_counter()
+    await replay.run(bootstrap="replay")
+    return time.perf_counter() - started
 
 
 async def _until_caught_up(
@@ -462,6 +504,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-alignment", action="store_true", help="run the same job without watermark alignment"
     )
     parser.add_argument("--max-drift", default=d.max_drift, help=f"alignment drift ({d.max_drift})")
+    parser.add_argument(
+        "--bootstrap",
+        choices=("state", "replay"),
+        default=d.bootstrap,
+        help="state (default): the lake part in one columnar pass, then the stream; replay: "
+        "every lake record through the window",
+    )
+    parser.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="skip timing a replay of the lake part for comparison",
+    )
     parser.add_argument("--seed", type=int, default=d.seed, help="generator seed (0)")
     parser.add_argument(
         "--keep", action="store_true", help="keep the lake, Iceberg table and store for inspection"
@@ -499,6 +553,8 @@ def command(args: argparse.Namespace) -> int:
         alignment=not args.no_alignment,
         max_drift=args.max_drift,
         lake_format=args.lake,
+        bootstrap=args.bootstrap,
+        compare=not args.no_compare,
         seed=args.seed,
         keep=args.keep or args.workdir is not None,
         workdir=args.workdir,
@@ -537,8 +593,13 @@ def _summary(console: Any, cfg: DemoConfig, result: DemoResult) -> None:
     table.add_row("handoff", f"exact offsets: {offsets}")
     table.add_row(
         "bootstrap",
-        f"{result.bootstrap_s:.1f}s ({(result.lake_rows + result.stream_rows) / max(result.bootstrap_s, 1e-9):,.0f} ev/s incl. waits)",
+        f"{result.bootstrap_s:.1f}s to catch up, from {result.bootstrap_mode} "
+        f"({(result.lake_rows + result.stream_rows) / max(result.bootstrap_s, 1e-9):,.0f} ev/s "
+        "incl. waits)",
     )
+    if result.state_pass_s is not None:
+        replayed = "-" if result.replay_s is None else f"{result.replay_s:.1f}s"
+        table.add_row("lake part", f"state pass {result.state_pass_s:.1f}s; replayed {replayed}")
     lead = "-" if result.max_lead_us is None else format_span(max(0, result.max_lead_us))
     table.add_row(
         "alignment",

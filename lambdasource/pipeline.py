@@ -392,6 +392,7 @@ class Pipeline:
             states = await state_bootstrap.run_pass(first, report)
         finally:
             self._runtime = runtime
+        runtime.carry_counters(first)
         coordinator = runtime.coordinator
         if coordinator is None:
             return 0, states

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -136,6 +137,30 @@ class Runtime:
             if sink_state_key(sink.name) in states:
                 sink.sink.restore(thaw(states[sink_state_key(sink.name)]))
         self._next_checkpoint = max(self._next_checkpoint, checkpoint_id + 1)
+
+    def carry_counters(self, previous: Runtime) -> None:
+        """Start this run's node counters (records, late, dead letters) where ``previous`` — an
+        earlier run of the same graph, e.g. the state bootstrap's pass — left them, so metrics
+        count the whole job."""
+        nodes: list[SourceNode | OperatorNode | SinkNode] = [
+            *previous.sources,
+            *previous.operators,
+            *previous.sinks,
+        ]
+        before = {node.name: node.counters for node in nodes}
+        now: list[SourceNode | OperatorNode | SinkNode] = [
+            *self.sources,
+            *self.operators,
+            *self.sinks,
+        ]
+        for node in now:
+            counted = before.get(node.name)
+            if counted is not None:
+                for counter in fields(counted):
+                    name = counter.name
+                    setattr(
+                        node.counters, name, getattr(node.counters, name) + getattr(counted, name)
+                    )
 
     def has_live_sources(self) -> bool:
         return any(not s.ended for s in self.sources)

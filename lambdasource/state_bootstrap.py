@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .nodes import OperatorNode
-from .operators import FilterOperator, MapOperator
 from .runtime import Runtime
 from .sources.lake.source import LakeSource
 from .sources.lambda_source import LambdaSource
@@ -73,8 +72,10 @@ def _downstream(node: Any) -> list[Any]:
 
 def blocker(runtime: Runtime) -> str | None:
     """Why this graph cannot be bootstrapped from state (None: it can): one source, a lambda
-    source or a lake; every operator a filter, a map or a window with built-in aggregates
-    (``windows.bulk``), no window fed by another window; no sink that commits with checkpoints."""
+    source or a lake; every operator a window with built-in aggregates (``windows.bulk``) or
+    stateless (filter, map, a ``process()`` operator with ``stateful = False``: it sees the
+    lake's batches, and of its watermarks only the last); no window fed by another window; no
+    sink that commits with checkpoints."""
     if len(runtime.sources) != 1:
         return f"the graph has {len(runtime.sources)} sources; the pass reads one lake"
     source = runtime.sources[0].source
@@ -91,10 +92,10 @@ def blocker(runtime: Runtime) -> str | None:
             reason = node.op.bulk_unsupported()
             if reason is not None:
                 return f"window {node.name!r}: {reason}"
-        elif not isinstance(node.op, FilterOperator | MapOperator):
+        elif node.op.stateful:
             return (
-                f"operator {node.name!r} ({type(node.op).__name__}) is not a filter, map or "
-                "window with built-in aggregates; its state can only come from a replay"
+                f"operator {node.name!r} ({type(node.op).__name__}) keeps state, which only a "
+                "replay can build"
             )
     for window in windows:
         stack, seen = _downstream(window), set()

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 
@@ -277,6 +277,8 @@ class BuiltJob:
     pipeline: Pipeline
     sink: Sink
     dead_letters: DeadLetterLog
+    bootstrap: Literal["replay", "state"] = "replay"
+    """``[window] bootstrap``: how ``run`` builds the window state (``Pipeline.run``)."""
 
 
 def build_job(spec: JobSpec) -> BuiltJob:
@@ -337,7 +339,8 @@ def build_job(spec: JobSpec) -> BuiltJob:
         flow.sink(sink)
     for stream in watched:
         dead_letters.watch(stream)
-    return BuiltJob(pipeline, sink, dead_letters)
+    bootstrap = job.window.bootstrap if job.window is not None else "replay"
+    return BuiltJob(pipeline, sink, dead_letters, bootstrap)
 
 
 def build(spec: JobSpec) -> tuple[Pipeline, Sink]:

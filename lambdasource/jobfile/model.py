@@ -354,6 +354,7 @@ class WindowSection(Section):
     emit: Literal["latest", "changes", "every"] = "latest"
     allowed_lateness: Duration = "0s"
     aggregates: dict[str, AggregateText]
+    bootstrap: Literal["replay", "state"] = "replay"
 
     @model_validator(mode="after")
     def _kind_fits_its_keys(self) -> WindowSection:

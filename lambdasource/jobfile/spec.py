@@ -25,6 +25,7 @@ class WindowSpec:
     emit: str = "latest"
     allowed_lateness: str = "0s"
     aggregates: dict[str, str] = field(default_factory=dict)
+    bootstrap: str | None = None  # "replay" (default) | "state": Pipeline.run(bootstrap=...)
 
     def as_dict(self) -> dict[str, Any]:
         """The section as a job file writes it (unset keys left out)."""
