@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import checkpoints, engine, lake, peers, sinks, skew, stream
+from . import bootstrap, checkpoints, engine, lake, peers, sinks, skew, stream
 from .common import RESULTS_DIR, Report
 
 
@@ -61,6 +61,14 @@ BENCHMARKS: dict[str, Benchmark] = {
             checkpoints.add_arguments,
             checkpoints.run,
             checkpoints.summary,
+        ),
+        Benchmark(
+            "bootstrap",
+            "30d/5m latest bootstrap into DuckDB: from state vs replay vs one DuckDB query over "
+            "the same lake files; peak RSS and state size",
+            bootstrap.add_arguments,
+            bootstrap.run,
+            bootstrap.summary,
         ),
         Benchmark(
             "skew",
