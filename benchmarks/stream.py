@@ -7,10 +7,11 @@ tests/services/apache_kafka.py, or both one after the other, each with its own r
 
 - **raw aiokafka** — assign all partitions, ``getmany`` until every record was fetched, touching
   each value (the baseline: what any Python consumer pays for the wire and the record objects);
-- **KafkaStream (source)** — ``KafkaStream(stop_at="latest")`` driven directly: decode every
-  fetch into an Arrow batch of the declared schema (Arrow's JSON read on the stream's decode
-  thread, overlapping the next fetches), per-partition watermarks, idleness; its time includes
-  opening (start and end offsets: about 35 ms on Tansu);
+- **KafkaStream (source)** — ``KafkaStream(stop_at="latest")`` driven directly: takes the
+  consumer's fetches without aiokafka's per-message ``ConsumerRecord`` (its ``BatchFetcher``, the
+  cost the baseline pays), decodes every fetch into an Arrow batch of the declared schema
+  (Arrow's JSON read on the stream's decode thread, overlapping the next fetches), per-partition
+  watermarks, idleness; its time includes opening (start and end offsets: about 35 ms on Tansu);
 - **KafkaStream (pipeline)** — the same through ``Pipeline`` into a counting sink (runtime
   queues, time normalisation, watermark forwarding included).
 

@@ -713,7 +713,7 @@ class KafkaStream(Source):
         fetched = await self._batch_fetcher.getmany(
             *partitions, timeout_ms=timeout_ms, max_records=max_records
         )
-        # LiteRecord has every ConsumerRecord field the emitter reads (same names)
+        # a sequence of records with every ConsumerRecord field the emitter reads (same names)
         return cast(dict[TopicPartition, list[ConsumerRecord[Any, Any]]], fetched)
 
     def _consumer_or_fail(self) -> AIOKafkaConsumer:
