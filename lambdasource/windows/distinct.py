@@ -45,11 +45,12 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import IncompatibleStateError, StateError
-from .aggregates import Kernel, Rows, State
 from .arrays import ranges as _ranges
+from .parts import run_ends as _run_ends
+from .parts import run_starts as _run_starts
 from .value_codes import CODE_BITS, CODE_MASK, ValueCodes
 
-__all__ = ["PairPresence", "PresenceSlot"]
+__all__ = ["PairPresence"]
 
 _ValueCodes = ValueCodes  # the name tests/unit/test_distinct.py imports (moved to value_codes)
 
@@ -63,22 +64,6 @@ _COMPACT_SLACK = 4096
 
 
 # ---------------------------------------------------------------------------- array helpers ---
-
-
-def _run_starts(a: np.ndarray) -> np.ndarray:
-    """Flags marking where a run of equal values starts."""
-    flags = np.ones(len(a), dtype=bool)
-    if len(a) > 1:
-        np.not_equal(a[1:], a[:-1], out=flags[1:])
-    return flags
-
-
-def _run_ends(a: np.ndarray) -> np.ndarray:
-    """Flags marking the last element of each run of equal values."""
-    flags = np.ones(len(a), dtype=bool)
-    if len(a) > 1:
-        np.not_equal(a[1:], a[:-1], out=flags[:-1])
-    return flags
 
 
 def _pair_order(pcs: np.ndarray, s: np.ndarray, g: int) -> np.ndarray:
@@ -614,37 +599,3 @@ class PairPresence:
         self._staged = [rebuild(t) for t in self._staged]
         self._carried_pairs = recode(self._carried_pairs)
         self._values.compact(live)
-
-
-# -------------------------------------------------------------------------------- placeholder ---
-
-
-class PresenceSlot(Kernel):
-    """Stands in for a ``count_distinct`` kernel inside a sliding engine's partial states.
-
-    Its partials are int64 zeros (scans treat it as a cheap additive kernel, no sets); the engine
-    overwrites this slot of every window value it evaluates with :class:`PairPresence` counts, so
-    the placeholder's own values are never emitted.
-    """
-
-    name = "count_distinct"
-    additive = True
-
-    @property
-    def output_type(self) -> pa.DataType:
-        return pa.int64()
-
-    def partial(self, rows: Rows, groups: np.ndarray, n: int) -> State:
-        return (np.zeros(n, dtype=np.int64),)
-
-    def identity(self, n: int) -> State:
-        return (np.zeros(n, dtype=np.int64),)
-
-    def combine(self, a: State, b: State) -> State:
-        return (a[0] + b[0],)
-
-    def reduce(self, state: State, groups: np.ndarray, n: int) -> State:
-        return (np.zeros(n, dtype=np.int64),)
-
-    def result(self, state: State) -> pa.Array:
-        return pa.array(state[0], type=pa.int64())

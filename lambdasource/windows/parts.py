@@ -18,6 +18,7 @@ __all__ = [
     "EMPTY",
     "PartialOps",
     "Parts",
+    "PresenceSlot",
     "concat_parts",
     "copy_parts",
     "lex_order",
@@ -124,6 +125,37 @@ class PartialOps:
         return parts[self.counter][0] > 0
 
 
+class PresenceSlot(Kernel):
+    """Stands in for a ``count_distinct`` kernel inside a sliding engine's partial states.
+
+    Its partials are int64 zeros (scans treat it as a cheap additive kernel, no sets); the engine
+    overwrites this slot of every window value it evaluates with the counts of its
+    :class:`~.distinct.PairPresence` tracker, so the placeholder's own values are never emitted.
+    """
+
+    name = "count_distinct"
+    additive = True
+
+    @property
+    def output_type(self) -> pa.DataType:
+        return pa.int64()
+
+    def partial(self, rows: Rows, groups: np.ndarray, n: int) -> State:
+        return (np.zeros(n, dtype=np.int64),)
+
+    def identity(self, n: int) -> State:
+        return (np.zeros(n, dtype=np.int64),)
+
+    def combine(self, a: State, b: State) -> State:
+        return (a[0] + b[0],)
+
+    def reduce(self, state: State, groups: np.ndarray, n: int) -> State:
+        return (np.zeros(n, dtype=np.int64),)
+
+    def result(self, state: State) -> pa.Array:
+        return pa.array(state[0], type=pa.int64())
+
+
 # ------------------------------------------------------------------------------ sorted runs ---
 
 
@@ -131,7 +163,9 @@ def run_starts(*cols: np.ndarray) -> np.ndarray:
     """Flags marking where a run of equal tuples starts in sorted columns."""
     n = len(cols[0])
     flags = np.ones(n, dtype=bool)
-    if n > 1:
+    if n > 1 and len(cols) == 1:
+        np.not_equal(cols[0][1:], cols[0][:-1], out=flags[1:])
+    elif n > 1:
         differ = cols[0][1:] != cols[0][:-1]
         for c in cols[1:]:
             differ |= c[1:] != c[:-1]
@@ -143,7 +177,7 @@ def run_ends(col: np.ndarray) -> np.ndarray:
     """Flags marking the last element of each run of equal values."""
     flags = np.ones(len(col), dtype=bool)
     if len(col) > 1:
-        flags[:-1] = col[1:] != col[:-1]
+        np.not_equal(col[1:], col[:-1], out=flags[:-1])
     return flags
 
 

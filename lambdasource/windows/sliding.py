@@ -39,7 +39,7 @@ records (``e - 1 + L > W``), grows with the watermark. A record joins windows
 
 ``count_distinct`` kernels do not go through partial states (merging sets is slow and
 superlinear): each has a :class:`~.distinct.PairPresence` tracker that counts (key, value) pairs
-per slice, and a :class:`~.distinct.PresenceSlot` placeholder (zeros) in the parts. The hooks are
+per slice, and a :class:`~.parts.PresenceSlot` placeholder (zeros) in the parts. The hooks are
 few: ``add`` feeds the trackers, ``_complete`` and ``_evaluate`` (corrections) overwrite the
 placeholder slots of the values they evaluate with the trackers' counts, ``_prune``, ``snapshot``,
 ``restore`` and ``state_rows`` include the trackers.
@@ -56,13 +56,14 @@ import numpy as np
 
 from ..errors import ConfigError
 from .aggregates import Kernel, Rows
-from .distinct import PairPresence, PresenceSlot
+from .distinct import PairPresence
 from .emission import Emitter
 from .engine import EMIT_MODES, AddResult, Emission, EmitMode, WindowEngine
 from .parts import (
     EMPTY,
     PartialOps,
     Parts,
+    PresenceSlot,
     concat_parts,
     copy_parts,
     lex_order,

@@ -79,7 +79,7 @@ from ..errors import IncompatibleStateError
 from ..timeutil import TIME_TYPE
 from .aggregates import Kernel, State
 from .aggregates import _UserKernel as UserKernel
-from .distinct import PresenceSlot
+from .parts import PresenceSlot
 
 if TYPE_CHECKING:
     from .sliding import SlidingEngine
