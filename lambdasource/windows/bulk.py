@@ -85,14 +85,18 @@ def _group(keys: np.ndarray, slices: np.ndarray, width: int) -> tuple[np.ndarray
     low = int(slices.min())
     offset = (slices - low) // width
     span = int(offset.max()) + 1
-    top = int(keys.max()) + 1
-    if top * span < _CODE_LIMIT:
-        order = np.argsort(keys * span + offset, kind="stable")
-    else:
-        order = np.lexsort((offset, keys))
-    sorted_keys, sorted_slices = keys[order], slices[order]
-    starts = np.empty(len(order), dtype=bool)
+    starts = np.empty(len(keys), dtype=bool)
     starts[:1] = True
+    if (int(keys.max()) + 1) * span < _CODE_LIMIT:  # one int64 code per (key, slice)
+        code = keys * span + offset
+        del offset
+        order = np.argsort(code, kind="stable")
+        ordered = code[order]
+        del code
+        np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+        return order, starts
+    order = np.lexsort((offset, keys))
+    sorted_keys, sorted_slices = keys[order], slices[order]
     np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=starts[1:])
     starts[1:] |= sorted_slices[1:] != sorted_slices[:-1]
     return order, starts
@@ -173,10 +177,11 @@ class SliceAccumulator:
         )
         del runs
         order, starts = _group(keys, slices, self.slice_width)
-        groups = np.cumsum(starts) - 1
+        groups = np.empty(len(keys), dtype=np.int64)  # each row's (key, slice), in row order:
+        groups[order] = np.cumsum(starts) - 1  # reduce takes rows in any order, so no copies
         merged = int(np.count_nonzero(starts))
         reduced = tuple(
-            kernel.reduce(tuple(array[order] for array in state), groups, merged)
+            kernel.reduce(state, groups, merged)
             for kernel, state in zip(self.kernels, parts, strict=True)
         )
         first = order[starts]
@@ -190,7 +195,8 @@ def _take(parts: tuple[State, ...], rows: np.ndarray) -> tuple[State, ...]:
 def _reduce_by_key(
     kernels: list[Kernel], keys: np.ndarray, parts: tuple[State, ...], mask: np.ndarray
 ) -> tuple[np.ndarray, tuple[State, ...]]:
-    """Per key (``keys`` sorted), the partials of the rows in ``mask`` merged in row order."""
+    """Per key (``keys`` sorted), the partials of the rows in ``mask`` merged in row order (the
+    other rows go to a last, dropped group: the partials are not copied)."""
     rows = np.flatnonzero(mask)
     selected = keys[rows]
     if not len(rows):
@@ -198,11 +204,12 @@ def _reduce_by_key(
     starts = np.empty(len(rows), dtype=bool)
     starts[0] = True
     np.not_equal(selected[1:], selected[:-1], out=starts[1:])
-    groups = np.cumsum(starts) - 1
-    count = int(groups[-1]) + 1
+    count = int(np.count_nonzero(starts))
+    groups = np.full(len(keys), count, dtype=np.int64)
+    groups[rows] = np.cumsum(starts) - 1
     merged = tuple(
-        kernel.reduce(values, groups, count)
-        for kernel, values in zip(kernels, _take(parts, rows), strict=True)
+        tuple(array[:count] for array in kernel.reduce(values, groups, count + 1))
+        for kernel, values in zip(kernels, parts, strict=True)
     )
     return selected[starts], merged
 
@@ -252,24 +259,30 @@ def completed_state(
     block = (end - 1) // size * size
     prefix_keys, prefix = _reduce_by_key(kernels, keys, parts, entered & (starts >= block))
 
-    def table(rows: np.ndarray, extra: dict[str, pa.Array] | None = None) -> pa.Table:
+    def table(rows: np.ndarray | None) -> pa.Table:
+        """The ``slices`` rows ``rows`` (None: all of them, shared, not copied)."""
+        if rows is None:
+            fields, arrays, opaque = partial_arrays(names, kernels, parts)
+            return _slices_table(keys, starts, fields, arrays, opaque, state)
         fields, arrays, opaque = partial_arrays(names, kernels, _take(parts, rows))
         return _slices_table(keys[rows], starts[rows], fields, arrays, opaque, state)
 
-    entered_rows, pending_rows = np.flatnonzero(entered), np.flatnonzero(~entered)
-    slices_table = pa.concat_tables(
-        [table(rows) for rows in (entered_rows, pending_rows) if len(rows)]
-        or [table(pending_rows)],
-        promote_options="permissive",  # e.g. a first() over strings whose part held only nulls
-    )
+    entered_count = int(np.count_nonzero(entered))
+    if entered_count in (0, len(keys)):  # one run: the arrays as they are
+        slices_table = table(None)
+    else:
+        slices_table = pa.concat_tables(
+            [table(np.flatnonzero(entered)), table(np.flatnonzero(~entered))],
+            promote_options="permissive",  # e.g. a first() over strings, nulls in one part
+        )
     emitted = _dense(names, kernels, window_keys, window, {"window_end": end}, state["emitted"])
     state.update(
         watermark=watermark,
         completed_end=end,
         keys=key_count,
         runs={
-            "chunks": [[-(1 << 63), end, len(entered_rows)]] if len(entered_rows) else [],
-            "pending": [len(pending_rows)] if len(pending_rows) else [],
+            "chunks": [[-(1 << 63), end, entered_count]] if entered_count else [],
+            "pending": [len(keys) - entered_count] if entered_count < len(keys) else [],
         },
         slices=slices_table,
         emitted=emitted,
