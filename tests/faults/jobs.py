@@ -13,6 +13,12 @@ at ``--checkpoints``:
   history on the topic), exact for both handoffs.
 - ``--job sliding`` (older; the broker and S3 fault tests use its data set, :func:`prepare`):
   ``Sliding(2h, 30m)`` ``emit="latest"``, checked against :func:`reference_store`.
+- ``--job sliding-sums`` (the state bootstrap's kill suite; no ``count_distinct``, so
+  ``--bootstrap-mode state`` builds its state in one pass): ``Sliding(2h, 30m)``
+  ``emit="every"`` with count, sum/min/max of ``event_id`` and sum of amounts into a store keyed
+  by ``(user_id, window_end)``, ``flush="all"``, on :func:`prepare_hourly`'s data set.
+
+``--bootstrap-mode replay|state`` (default replay) is ``Pipeline.run(bootstrap=...)``.
 
 The job prints one JSON object per line on stdout so a test can time a kill:
 ``{"event": "start"}``, then ``{"event": "progress", "phase": "lake"|"handoff"|"stream", ...}``
@@ -75,6 +81,8 @@ TABLE = "user_2h"
 KEY = "user_id"
 OUT_OF_ORDERNESS = "10m"
 HOUR_US = 3_600_000_000
+
+SUMS_TABLE = "user_2h_sums"
 
 HOURLY_TABLE = "user_hour"
 HOURLY_KEY = [KEY, "window_end"]
@@ -547,12 +555,16 @@ def build(args: argparse.Namespace) -> tuple[ls.Pipeline, LambdaSource, Sink]:
         alignment=Alignment(max_drift="30m"),
     )
     checkpoints = Checkpoints(args.checkpoints, interval=args.interval, keep=3, s3=s3)
-    hourly = args.job == "hourly"
-    # hourly: every window with data is written at the end, so the store holds every record
+    hourly, sums = args.job == "hourly", args.job == "sliding-sums"
+    # hourly, sliding-sums: every window with data is written at the end, so the store holds
+    # every record
     p = ls.Pipeline(
-        checkpoints=checkpoints, name="faults-job", flush="all" if hourly else "watermark"
+        checkpoints=checkpoints,
+        name="faults-job",
+        flush="all" if hourly or sums else "watermark",
     )
-    table, key = (HOURLY_TABLE, HOURLY_KEY) if hourly else (TABLE, [KEY])
+    tables = {"hourly": (HOURLY_TABLE, HOURLY_KEY), "sliding-sums": (SUMS_TABLE, HOURLY_KEY)}
+    table, key = tables.get(args.job, (TABLE, [KEY]))
     sink: Sink
     if args.duckdb:
         sink = DuckDBUpsert(args.duckdb, table=table, key=key, flush_interval="200ms")
@@ -575,6 +587,19 @@ def build(args: argparse.Namespace) -> tuple[ls.Pipeline, LambdaSource, Sink]:
                 n=ls.count(),
                 ids=ls.count_distinct("event_id"),
                 id_sum=ls.sum("event_id"),
+                amount=ls.sum("amount"),
+            )
+            .sink(sink)
+        )
+    elif sums:
+        (
+            stream_.key_by(KEY)
+            .window(WINDOW, emit="every")
+            .aggregate(
+                n=ls.count(),
+                id_sum=ls.sum("event_id"),
+                id_min=ls.min("event_id"),
+                id_max=ls.max("event_id"),
                 amount=ls.sum("amount"),
             )
             .sink(sink)
@@ -610,7 +635,7 @@ def progress(p: ls.Pipeline, source: LambdaSource, phase: str) -> dict[str, Any]
 async def main_async(args: argparse.Namespace) -> None:
     p, source, _ = build(args)
     say("start", pid=__import__("os").getpid())
-    task = asyncio.create_task(p.run(restore="latest"))
+    task = asyncio.create_task(p.run(restore="latest", bootstrap=args.bootstrap_mode))
     handoff_said = False
     while not task.done():
         await asyncio.wait({task}, timeout=args.progress)
@@ -636,6 +661,7 @@ async def main_async(args: argparse.Namespace) -> None:
         },
         recorded_offsets=source.recorded if args.handoff == "offsets" else None,
         dead_letters=m["dead_letters"],
+        bootstrap=m.get("bootstrap"),
     )
 
 
@@ -648,7 +674,13 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     store = ap.add_mutually_exclusive_group(required=True)
     store.add_argument("--duckdb", help="DuckDB file of the upsert store")
     store.add_argument("--postgres", help="PostgreSQL DSN of the upsert store")
-    ap.add_argument("--job", choices=("sliding", "hourly"), default="sliding")
+    ap.add_argument("--job", choices=("sliding", "hourly", "sliding-sums"), default="sliding")
+    ap.add_argument(
+        "--bootstrap-mode",
+        choices=("replay", "state"),
+        default="replay",
+        help="Pipeline.run(bootstrap=...): replay the lake, or build the windows' state in a pass",
+    )
     ap.add_argument("--handoff", choices=("offsets", "timestamp"), default="offsets")
     ap.add_argument("--interval", default="200ms", help="checkpoint interval")
     ap.add_argument("--batch", type=int, default=100, help="rows per source batch")
