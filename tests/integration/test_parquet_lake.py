@@ -561,6 +561,41 @@ async def test_snapshot_mid_run_and_restore_neither_duplicates_nor_skips(tmp_pat
         check_watermarks(rest)
 
 
+async def test_a_restored_lake_keeps_its_position_through_more_restarts(tmp_path: Path) -> None:
+    """Restore at a position, run, snapshot, restore that, run again — a job killed and
+    restarted twice. A run that resumes where nothing is left (the lake's end, as in every
+    checkpoint of a stream phase) must still report that position: it used to report none, and
+    the next restart read the whole lake again. Likewise a mid-lake position resumed twice."""
+    table = data(3000)
+    write_hive(tmp_path, table, row_group_size=300)
+    full = await run(ParquetLake(tmp_path, "event_time", batch_size=100))
+    expected = Counter(table.column("event_id").to_pylist())
+    assert full.ids() == expected
+    end = orjson.loads(orjson.dumps(full.source.snapshot()))
+    assert end["position"]["partition"] == "<end>"
+    state = end
+    for restart in range(3):
+        lake = ParquetLake(tmp_path, "event_time", batch_size=100)
+        lake.restore(state)
+        again = await run(lake)
+        assert again.ids() == Counter(), f"restart {restart} read {again.ids().total()} rows again"
+        state = orjson.loads(orjson.dumps(lake.snapshot()))
+        assert state["position"] == end["position"]
+    middle = full.snapshots[len(full.batches()) // 2]
+    before = Counter(
+        pa.Table.from_batches(full.batches()[: len(full.batches()) // 2])
+        .column("event_id")
+        .to_pylist()
+    )
+    lake = ParquetLake(tmp_path, "event_time", batch_size=100)
+    lake.restore(middle)
+    rest = await run(lake)
+    lake = ParquetLake(tmp_path, "event_time", batch_size=100)
+    lake.restore(orjson.loads(orjson.dumps(rest.source.snapshot())))
+    assert (await run(lake)).ids() == Counter()
+    assert before + rest.ids() == expected
+
+
 class HeldBytes(Recorder):
     """Measures, from outside the reader, the decoded bytes a lake holds at once.
 

@@ -737,6 +737,8 @@ class LakeReader:
         ``end_watermark`` (or a callable evaluated after the last partition) ends the run."""
         estimate = [sum(f.est_bytes or 3 * f.size for f in p.files) for p in partitions]
         first = self._first_partition(partitions)
+        if self.position is None:  # resumed and nothing emitted yet: still where it resumed
+            self.position = self.restored
         try:
             await self._run(out, partitions, load, end_watermark, ready, estimate, first)
         except BaseExceptionGroup as group:
