@@ -342,3 +342,18 @@ def _raw_stream(kafka: KafkaService, topic: str) -> ls.KafkaStream:
     return ls.KafkaStream(
         topic, kafka.bootstrap, format="raw", stop_at="latest", max_batch_records=64
     )
+
+
+def test_lite_records_read_as_consumer_records() -> None:
+    """What the emitter reads of a fetch: length, indexing from either end, iteration, slices —
+    each record with its topic and partition."""
+    kind = fetch_records.record_type("topic-a", 3)
+    rows: list[fetch_records.Row] = [(10, 1000, None, b"a"), (12, 1001, b"k", None)]
+    records = fetch_records.LiteRecords(rows, kind)
+    assert len(records) == 2
+    assert records[-1].offset == 12 and records[-1].key == b"k" and records[-1].value is None
+    assert [r.value for r in records] == [b"a", None]
+    assert [(r.topic, r.partition, r.offset, r.timestamp) for r in records[:1]] == [
+        ("topic-a", 3, 10, 1000)
+    ]
+    assert fetch_records.record_type("topic-a", 3) is kind

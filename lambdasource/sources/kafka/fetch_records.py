@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import cache, partial
 from operator import attrgetter
-from typing import Any, NamedTuple, overload
+from typing import Any, ClassVar, NamedTuple, overload
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.consumer import fetcher as aiokafka_fetcher
@@ -38,15 +38,21 @@ from aiokafka.errors import ConsumerStoppedError, CorruptRecordException
 log = logging.getLogger("lambdasource.kafka")
 
 
-class LiteRecord(NamedTuple):
-    """A record as the stream reads it: the fields of aiokafka's ``ConsumerRecord`` it uses, by
-    the same names. ``topic`` and ``partition`` are class attributes of the per-partition
-    subclass (:func:`record_type`), so a record holds only its own fields."""
-
+class _RecordFields(NamedTuple):
     offset: int
     timestamp: int
     key: bytes | None
     value: bytes | None
+
+
+class LiteRecord(_RecordFields):
+    """A record as the stream reads it: the fields of aiokafka's ``ConsumerRecord`` it uses, by
+    the same names. ``topic`` and ``partition`` are class attributes of the per-partition
+    subclass (:func:`record_type`), so a record holds only its own fields."""
+
+    __slots__ = ()
+    topic: ClassVar[str]
+    partition: ClassVar[int]
 
 
 @cache
