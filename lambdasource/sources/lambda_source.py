@@ -209,8 +209,9 @@ class LambdaSource(Source):
         self._pending_rows = 0
         self.lake_only = False
         """Set by the state bootstrap for its pass: plan the handoff and open the stream (its
-        start offsets, gap checks), read the lake alone, end with the lake's watermark; the
-        snapshot then holds the lake's end and the stream's start positions."""
+        start offsets, gap checks), read the lake alone with the lake's own watermarks (the
+        stream, not read, holds nothing back), end with the lake's last one; the snapshot then
+        holds the lake's end and the stream's start positions."""
 
     @property
     def schema(self) -> pa.Schema | None:
@@ -536,7 +537,9 @@ class LambdaSource(Source):
         """Emit the combined watermark (min over the lake until it ends and the live stream
         partitions that are not idle) when it advances."""
         async with self._lock:
-            splits = [s for s in self.stream.splits.values() if not s.finished]
+            # the state bootstrap's pass reads the lake alone: the lake's marks are the watermark
+            live = () if self.lake_only else self.stream.splits.values()
+            splits = [s for s in live if not s.finished]
             values = [s.watermark for s in splits if not s.idle]
             if not self._lake_done:
                 values.append(self._lake_mark)

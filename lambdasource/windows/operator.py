@@ -96,6 +96,7 @@ class WindowOperator(Operator):
         self._input_types: dict[str, pa.DataType] | None = None
         self._bulk: SliceAccumulator | None = None
         self._bulk_watermark: int | None = None
+        self._in_pass = False  # between start_bulk and the end of the pass's input
         self.bulk_report: dict[str, Any] | None = None
 
     # bulk mode (state bootstrap) ------------------------------------------------------------
@@ -107,19 +108,40 @@ class WindowOperator(Operator):
     def start_bulk(self) -> None:
         """Aggregate the coming batches per (key, slice) without completing any window; the
         end of the input builds the engine's state from them and completes every window up to
-        the last watermark at once (``windows/bulk.py``). Only for inputs that never make a
-        record late (the lake part of a job)."""
+        the last watermark at once (``windows/bulk.py``); the end of the input is not the end
+        of the job (no end-of-run flush).
+
+        Exact while no record arrives late: a batch holding a record that the watermark in
+        force would make late (all or some of its windows closed — a map that moves times
+        back, say) ends bulk mode there: the state is built as of that watermark and that
+        batch and the rest go through the engine one by one, as in a replay."""
         assert isinstance(self.engine, SlidingEngine) and self.bulk_unsupported() is None
         names, kernels = state_kernels(self.engine)
         width = math.gcd(self.engine.size, self.engine.slide)  # the engine's slice width
         self._bulk = SliceAccumulator(names, kernels, width)
+        self._in_pass = True
 
-    def _finish_bulk(self, ctx: Context) -> None:
+    def _at_risk(self, times: np.ndarray) -> bool:
+        """Whether a record at ``times`` would miss a window it belongs to: its first window
+        ends before the first one the watermark in force still accepts."""
+        watermark = self._bulk_watermark
+        if watermark is None or not len(times):
+            return False
+        engine = self.engine
+        assert isinstance(engine, SlidingEngine)
+        slide, width = engine.slide, math.gcd(engine.size, engine.slide)
+        accepting_from = -(-(watermark + 2 - self.allowed_lateness) // slide) * slide
+        first_slice = int(times.min()) // width * width
+        return -(-(first_slice + width) // slide) * slide < accepting_from
+
+    def _finish_bulk(self, ctx: Context, *, switched: bool = False) -> None:
         accumulator, self._bulk = self._bulk, None
         assert accumulator is not None
         names, kernels = accumulator.names, accumulator.kernels
         slices = accumulator.result()
         self.bulk_report = {"rows": accumulator.rows, "slices": len(slices[0])}
+        if switched:
+            self.bulk_report["replayed_from"] = self._bulk_watermark
         watermark = self._bulk_watermark
         if watermark is not None and self.emit == "latest":  # built directly: the newest values
             state, emission = completed_state(
@@ -149,8 +171,10 @@ class WindowOperator(Operator):
         )
         self._seq += n
         if self._bulk is not None:
-            self._bulk.add(ids, rows)
-            return
+            if not self._at_risk(rows.times):
+                self._bulk.add(ids, rows)
+                return
+            self._finish_bulk(ctx, switched=True)  # a record would be late: replay from here
         result = self.engine.add(ids, rows, ctx.watermark)
         if result.late.any():
             ctx.side_output("late", batch.filter(pa.array(result.late)))
@@ -171,8 +195,10 @@ class WindowOperator(Operator):
         ctx.emit_watermark(watermark)
 
     def on_end(self, ctx: Context) -> None:
-        if self._bulk is not None:
-            self._finish_bulk(ctx)
+        if self._in_pass:
+            self._in_pass = False
+            if self._bulk is not None:
+                self._finish_bulk(ctx)
             return  # the input goes on after the bootstrap: no end-of-run flush
         flush = self.flush or getattr(ctx._node.runtime, "flush", "watermark")
         if flush == "all":

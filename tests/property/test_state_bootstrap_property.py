@@ -164,6 +164,7 @@ events = st.tuples(
     chunk=st.sampled_from([1, 3, 1 << 20]),
     ooo=st.integers(0, 40),
     cutoff_s=st.integers(90, 200),
+    lake_ooo=st.one_of(st.none(), st.integers(0, 60)),
 )
 def test_bulk_then_stream_equals_replay_then_stream(
     monkeypatch: pytest.MonkeyPatch,
@@ -178,6 +179,7 @@ def test_bulk_then_stream_equals_replay_then_stream(
     chunk: int,
     ooo: int,
     cutoff_s: int,
+    lake_ooo: int | None,
 ) -> None:
     monkeypatch.setattr(bulk, "CHUNK_ROWS", chunk)
     size, slide = shape
@@ -194,15 +196,20 @@ def test_bulk_then_stream_equals_replay_then_stream(
         if bulk_lake:
             harness.op.start_bulk()
         rest = np.array([t for t, _, _, _ in lake_rows] + [cutoff], dtype=np.int64)
+        newest = None
         for start in range(0, len(lake_rows), lake_batch):
-            harness.batch(rows_table(lake_rows[start : start + lake_batch]))
-            # the lake reader's rule: never past a record still to come
-            harness.advance(int(rest[min(start + lake_batch, len(lake_rows)) :].min()) - 1)
+            part = lake_rows[start : start + lake_batch]
+            harness.batch(rows_table(part))
+            newest = max([t for t, _, _, _ in part] + ([] if newest is None else [newest]))
+            if lake_ooo is None:  # the lake reader's rule: never past a record still to come
+                harness.advance(int(rest[min(start + lake_batch, len(lake_rows)) :].min()) - 1)
+            else:  # what a map moving times back amounts to: lake records may be late
+                harness.advance(newest - lake_ooo * SECOND)
         harness.advance(cutoff - 1)
         if bulk_lake:
             harness.end()
         harness.handoff = len(harness.out)
-        newest = cutoff - 1
+        newest = max(cutoff - 1, newest or 0)
         for start in range(0, len(stream_rows), stream_batch):
             part = stream_rows[start : start + stream_batch]
             harness.batch(rows_table(part))
