@@ -246,18 +246,11 @@ def test_kill_during_and_after_the_pass(setup: Setup) -> None:
             assert after.done["bootstrap"]["seconds"] is None  # resumed: no second pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug (issue 14 §3): after bootstrap='state' the stream phase's checkpoints hold no lake "
-        "position (the lake source restored at <end> reads nothing; _end_of_run clears "
-        "_restored), so a restart from checkpoint >= 2 reads the whole lake again"
-    ),
-)
 def test_restart_from_a_stream_phase_checkpoint_reads_no_lake_again(setup: Setup) -> None:
     """Killed in the stream phase after a periodic checkpoint (>= 2) completed: the restart
     resumes from it and reads no lake record again (lake records in windows still open at its
-    watermark would count twice), and the store is exact."""
+    watermark would count twice), and the store is exact. (Failed before 476a378: the lake
+    source restored at its end snapshotted no position, so the restart re-read the lake.)"""
     name = f"stream-checkpoint-{uuid.uuid4().hex[:6]}"
     command = setup.command(name, "offsets", throttle_ms=40)
     lines = kill_when(command, lambda line: (line.get("checkpoints") or 0) >= 2)

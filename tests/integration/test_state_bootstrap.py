@@ -493,21 +493,13 @@ async def test_pass_writes_the_first_checkpoint(
         assert needed <= held.keys(), (window, sorted(needed - held.keys())[:5])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug (issue 14 §3): a checkpoint taken in the stream phase after bootstrap='state' "
-        "holds no lake position (LakeSource restored at <end> reads nothing, so its reader has "
-        "no position, and _end_of_run clears _restored): a restart from it reads the whole lake "
-        "again; lake records in windows still open at that watermark count twice"
-    ),
-)
 async def test_restart_after_a_cancel_in_the_stream_phase_resumes_exactly(
     dataset: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An unbounded run (``stop_at=None``) cancelled early in its stream phase, restarted with
     ``bootstrap="state"``: it resumes from the newest checkpoint (the reason names it), runs no
-    second pass, reads no lake record again, and the store is exact."""
+    second pass, reads no lake record again, and the store is exact. (Failed before 476a378:
+    the restart re-read the whole lake and doubled lake records in windows still open.)"""
     monkeypatch.setattr(bulk, "CHUNK_ROWS", 300)
     url = (tmp_path / "ckpt").as_uri()
     first = build(
