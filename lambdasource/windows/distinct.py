@@ -52,8 +52,6 @@ from .value_codes import CODE_BITS, CODE_MASK, ValueCodes
 
 __all__ = ["PairPresence"]
 
-_ValueCodes = ValueCodes  # the name tests/unit/test_distinct.py imports (moved to value_codes)
-
 _EMPTY = np.zeros(0, dtype=np.int64)
 _NONE = -(1 << 62)
 """``b`` of "no interval": below every window end, and ``_NONE + D`` does not overflow."""

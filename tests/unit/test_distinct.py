@@ -28,9 +28,9 @@ from lambdasource.windows.distinct import (
     _pair_order,
     _suffix_min,
     _sum_events,
-    _ValueCodes,
 )
 from lambdasource.windows.sliding import SlidingEngine
+from lambdasource.windows.value_codes import ValueCodes
 from tests.unit.test_sliding_engine import SHAPES, check_key_order, rows_of
 
 Row = tuple[Any, ...]
@@ -441,16 +441,16 @@ def test_sum_events(
 
 
 def test_value_codes() -> None:
-    codes = _ValueCodes()
+    codes = ValueCodes()
     a = codes.encode(pa.array([0.0, -0.0, math.nan, float("nan"), 1.0]))
     assert a[0] == a[1] and a[2] == a[3] and len(set(a.tolist())) == 3
-    ints = _ValueCodes()
+    ints = ValueCodes()
     b = ints.encode(pa.array([2**64 - 1, 0, 2**64 - 1], pa.uint64()))
     assert b[0] == b[2] != b[1]
-    nested = _ValueCodes()
+    nested = ValueCodes()
     c = nested.encode(pa.array([[1, 2], [1, 2], [3]]))
     assert c[0] == c[1] != c[2]
-    strings = _ValueCodes()
+    strings = ValueCodes()
     d = strings.encode(pa.array(["x", "y", "x"]).dictionary_encode())
     e = strings.encode(pa.array(["y", "z"]))
     assert d[0] == d[2] and e[0] == d[1] and len(strings) == 3
