@@ -254,7 +254,7 @@ def test_restart_from_a_stream_phase_checkpoint_reads_no_lake_again(setup: Setup
     name = f"stream-checkpoint-{uuid.uuid4().hex[:6]}"
     command = setup.command(name, "offsets", throttle_ms=40)
     lines = kill_when(command, lambda line: (line.get("checkpoints") or 0) >= 2)
-    assert lines[-1]["phase"] == "stream" and lines[-1]["rows"]["stream"] > 0, lines[-1]
+    assert lines[-1]["phase"] == "stream", lines[-1]
     after = run_job(command)
     assert after.done is not None, after.stderr[-3000:]
     assert after.restored_from is not None and after.restored_from >= 2, after.restored_from

