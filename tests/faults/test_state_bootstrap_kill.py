@@ -33,6 +33,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from lambdasource.timeutil import to_micros
 from tests.faults import jobs
 from tests.faults.harness import (
     ROOT,
@@ -45,6 +46,7 @@ from tests.faults.harness import (
     summarize,
 )
 from tests.services.brokers import Broker, broker_params, session_broker
+from tests.services.postgres import PostgresService
 
 EVENTS = 8_000
 THROTTLE_MS = 8
@@ -87,17 +89,51 @@ def expected_store(events: pa.Table) -> pa.Table:
     return con.sql(_EXPECTED_SQL).to_arrow_table()
 
 
-def store_differences(store: Path, events: pa.Table, limit: int = 8) -> list[str]:
-    """Each (user, window) where the store and the oracle differ (empty: equal), with the
-    records lost (expected − stored count; negative: doubled) and the id sums."""
-    con = duckdb.connect()
-    con.register("expected", expected_store(events))
-    with duckdb.connect(str(store), read_only=True) as job_store:
-        got = job_store.sql(
+STORE_COLUMNS = [
+    "user_id",
+    "window_start",
+    "window_end",
+    "n",
+    "id_sum",
+    "id_min",
+    "id_max",
+    "amount",
+]
+
+
+def read_duckdb(path: Path) -> pa.Table:
+    """The job's DuckDB store, times as µs (``window_start_us``, ``window_end``)."""
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.sql(
             f"SELECT user_id, epoch_us(window_start) AS window_start_us, "
             f"epoch_us(window_end) AS window_end, n, id_sum, id_min, id_max, amount "
             f"FROM {jobs.SUMS_TABLE}"
         ).to_arrow_table()
+
+
+async def read_postgres(dsn: str) -> pa.Table:
+    """The job's PostgreSQL store, in :func:`read_duckdb`'s shape."""
+    import asyncpg
+
+    con = await asyncpg.connect(dsn)
+    try:
+        rows = await con.fetch(f"SELECT {', '.join(STORE_COLUMNS)} FROM {jobs.SUMS_TABLE}")
+    finally:
+        await con.close()
+    columns = {name: [row[name] for row in rows] for name in STORE_COLUMNS}
+    for name in ("window_start", "window_end"):
+        columns[name] = [to_micros(value) for value in columns[name]]
+    table = pa.table(columns)
+    return table.rename_columns(
+        [c if c != "window_start" else "window_start_us" for c in table.column_names]
+    )
+
+
+def store_differences(got: pa.Table, events: pa.Table, limit: int = 8) -> list[str]:
+    """Each (user, window) where the store (:func:`read_duckdb`'s shape) and the oracle differ
+    (empty: equal), with the records lost (expected − stored count; negative: doubled)."""
+    con = duckdb.connect()
+    con.register("expected", expected_store(events))
     con.register("got", got)
     rows = con.execute(_DIFF_SQL.format(size=SIZE_US)).fetchall()
     out = [
@@ -129,7 +165,9 @@ class Setup:
         )
         self.baselines: dict[str, RunResult] = {}
 
-    def command(self, name: str, handoff: str, throttle_ms: float = THROTTLE_MS) -> list[str]:
+    def command(
+        self, name: str, handoff: str, throttle_ms: float = THROTTLE_MS, dsn: str | None = None
+    ) -> list[str]:
         return job_command(
             job="sliding-sums",
             bootstrap_mode="state",
@@ -138,7 +176,8 @@ class Setup:
             topic=self.topic,
             bootstrap=self.broker.bootstrap,
             checkpoints=(self.root / f"ckpt-{name}").as_uri(),
-            duckdb=str(self.root / f"{name}.duckdb"),
+            duckdb=None if dsn else str(self.root / f"{name}.duckdb"),
+            postgres=dsn,
             interval="150ms",
             throttle_ms=throttle_ms,
         )
@@ -151,8 +190,11 @@ class Setup:
             self.baselines[handoff] = result
         return self.baselines[handoff]
 
-    def check(self, name: str, label: str) -> None:
-        diffs = store_differences(self.root / f"{name}.duckdb", self.dataset.table)
+    def check(self, name: str, label: str, dsn: str | None = None) -> None:
+        store = (
+            asyncio.run(read_postgres(dsn)) if dsn else read_duckdb(self.root / f"{name}.duckdb")
+        )
+        diffs = store_differences(store, self.dataset.table)
         assert not diffs, f"{label}: the store differs from the input's windows:\n" + "\n".join(
             diffs
         )
@@ -164,11 +206,19 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     return Setup(broker, tmp_path_factory.mktemp(f"state-kill-{broker.name}"))
 
 
-def trial(setup: Setup, seed: int, phase: str, handoff: str, max_kills: int = 1) -> TrialResult:
+def trial(
+    setup: Setup,
+    seed: int,
+    phase: str,
+    handoff: str,
+    max_kills: int = 1,
+    postgres: PostgresService | None = None,
+) -> TrialResult:
     name = f"{phase}-{handoff}-{seed}-{uuid.uuid4().hex[:6]}"
+    dsn = postgres.new_database() if postgres else None
     result = run_trial(
         seed,
-        setup.command(name, handoff),
+        setup.command(name, handoff, dsn=dsn),
         max_kills=max_kills,
         phase=phase,
         lines=phase_lines(setup.baseline(handoff)),
@@ -180,7 +230,7 @@ def trial(setup: Setup, seed: int, phase: str, handoff: str, max_kills: int = 1)
         f"(job's own figures: bootstrap={final.get('bootstrap')} late={final['late']})"
     )
     print(f"{name}: {label}")
-    setup.check(name, label)
+    setup.check(name, label, dsn)
     return result
 
 
@@ -212,18 +262,37 @@ def report(name: str, trials: list[TrialResult]) -> None:
     print(f"FIGURES {name}: {json.dumps(figures)}")
 
 
+def replay_command(setup: Setup, name: str, handoff: str) -> list[str]:
+    """The same job with ``--bootstrap-mode replay``."""
+    command = setup.command(name, handoff)
+    index = command.index("--bootstrap-mode")
+    return [*command[: index + 1], "replay", *command[index + 2 :]]
+
+
 @pytest.mark.parametrize("handoff", HANDOFFS)
 def test_uninterrupted_state_bootstrap_matches_input(setup: Setup, handoff: str) -> None:
     """No fault: the pass ran and wrote checkpoint 1, and the oracle passes (else a trial's
-    failure means nothing)."""
+    failure means nothing); so does the same job replaying the lake."""
     run = setup.baseline(handoff)
     assert run.done is not None
     bootstrap = run.done["bootstrap"]
     assert bootstrap["mode"] == "state" and bootstrap["checkpoint_id"] == 1, bootstrap
     lines = phase_lines(run)
-    print(f"FIGURES uninterrupted-{handoff}: {json.dumps(lines)} {run.seconds:.2f}s {bootstrap}")
     assert lines["lake"] >= 3 and lines["stream"] >= 3, lines  # room for kills in both phases
     setup.check(f"baseline-{handoff}", f"uninterrupted, handoff={handoff}")
+    # the same job replaying the lake: the same oracle holds, and its time for comparison
+    name = f"baseline-replay-{handoff}"
+    replay = run_job(replay_command(setup, name, handoff))
+    assert replay.done is not None and replay.done["bootstrap"]["mode"] == "replay"
+    setup.check(name, f"uninterrupted replay, handoff={handoff}")
+    figures = {
+        "state_run_s": round(run.seconds, 2),
+        "pass_s": round(bootstrap["seconds"], 2),
+        "replay_run_s": round(replay.seconds, 2),
+        "replay_lake_lines": phase_lines(replay)["lake"],
+        "state_lake_lines": lines["lake"],
+    }
+    print(f"FIGURES uninterrupted-{handoff}: {json.dumps(figures)}")
 
 
 def test_kill_during_and_after_the_pass(setup: Setup) -> None:
@@ -259,11 +328,22 @@ def test_restart_from_a_stream_phase_checkpoint_reads_no_lake_again(setup: Setup
     assert after.done is not None, after.stderr[-3000:]
     assert after.restored_from is not None and after.restored_from >= 2, after.restored_from
     lake_again = after.done["rows"]["lake"]
-    diffs = store_differences(setup.root / f"{name}.duckdb", setup.dataset.table)
+    diffs = store_differences(read_duckdb(setup.root / f"{name}.duckdb"), setup.dataset.table)
     assert lake_again == 0 and not diffs, (
         f"restart from checkpoint {after.restored_from}: read {lake_again} lake rows again; "
         f"store differences: {diffs}"
     )
+
+
+@pytest.mark.postgres
+def test_kill_state_bootstrap_postgres(setup: Setup, postgres: PostgresService) -> None:
+    """The same into a PostgreSQL store: a kill during the pass and one in the stream phase."""
+    results = [
+        trial(setup, seed, phase, handoff, postgres=postgres)
+        for seed, phase, handoff in [(501, "lake", "timestamp"), (502, "stream", "offsets")]
+    ]
+    report("state-kill-postgres", results)
+    assert sum(r.kills for r in results) >= 1
 
 
 @pytest.mark.slow
