@@ -5,8 +5,9 @@ alone) through stateless steps runs in two phases:
 
 1. **The pass.** The graph runs once over the lake alone: the lambda source plans its handoff
    as a run would (pinned lake state, cutoff or recorded offsets, the stream's start offsets and
-   gap checks) but reads only the lake; filters and maps run over its batches as always; each
-   window aggregates per (key, slice) without completing anything (bulk mode,
+   gap checks) but reads only the lake, with the lake's own watermarks; stateless steps
+   (filters, maps, ``process()`` operators with ``stateful = False``) run over its batches as
+   always; each window aggregates per (key, slice) without completing anything (bulk mode,
    :mod:`.windows.bulk`) and at the end builds its state as of the lake's last watermark,
    completing every window at once — so the sinks get what a replay would have left in them
    (``latest``: each key's newest value; ``changes``/``every``: the lake range's changelog), in
@@ -19,7 +20,8 @@ Why it equals a replay: the lake never emits a watermark that makes one of its r
 (DESIGN §3), so each window's state after the lake is a function of its records and the last
 watermark, whatever the batching; the first checkpoint carries the lake's final watermark (the
 cutoff − 1µs, or the lake's high-water mark − 1µs for offsets handoff), which the lake would have
-emitted. A restart finds that checkpoint and does not bootstrap again; a pass killed before it
+emitted. A stateless step can still make records late (a map moving times back): a window that
+sees one leaves bulk mode at that watermark and replays the rest of the pass record by record. A restart finds that checkpoint and does not bootstrap again; a pass killed before it
 wrote the checkpoint runs again (upserts make its writes idempotent).
 
 A graph outside that shape replays, with the reason in one warning and in
