@@ -9,8 +9,8 @@ then the rest is produced: it is only on the stream. Both handoffs are exact on 
 mark, an hour boundary; the stream from there).
 
 The job: lambda source → filter (drops ``add_to_cart``) → map (adds ``cents``) →
-``key_by(user_id)`` → three windows (``Sliding(50m, 20m)`` and ``Tumbling(45m)``, neither
-aligned to the handoff hour, and ``Sliding(24h, 2h)``, whose newest window per user holds lake
+``key_by(user_id)`` → three windows (``Sliding(50m, 20m)`` and ``Tumbling(45m)`` with 30 minutes
+of allowed lateness, neither aligned to the handoff hour, and ``Sliding(24h, 2h)``, whose newest window per user holds lake
 records, so ``latest`` stores see the lake part too) with every built-in partial aggregate → one
 DuckDB upsert store each, keyed as a user would (``latest``: by user; ``changes``/``every``: by
 (user, window_end)); the source's dead letters → a collecting sink. ``changes``/``every`` run
@@ -78,6 +78,8 @@ WINDOWS: dict[str, ls.Sliding] = {
     # a day: a user's newest window holds lake records too, so even ``latest`` stores see them
     "day": ls.Sliding("24h", "2h"),
 }
+LATENESS = {"sliding": "0s", "tumbling": "30m", "day": "0s"}
+"""Allowed lateness per window: the pass keeps the slices a late record could still join."""
 AGGREGATES: dict[str, tuple[str, str | None]] = {
     "n": ("count", None),
     "cents": ("sum", "cents"),
@@ -264,7 +266,8 @@ def build(
     stores = {}
     for name, window in WINDOWS.items():
         stores[name] = root / f"{name}.duckdb"
-        keyed.window(window, emit=emit, name=name).aggregate(**kernels()).sink(
+        windowed = keyed.window(window, emit=emit, name=name, allowed_lateness=LATENESS[name])
+        windowed.aggregate(**kernels()).sink(
             DuckDBUpsert(stores[name], table=name, key=store_keys(emit), flush_interval="100ms"),
             name=f"{name}-store",
         )
@@ -333,6 +336,7 @@ def reference_rows(ds: Dataset, window: str, emit: str) -> dict[tuple[Any, ...],
         time_column=TIME,
         keys=KEY,
         window=WINDOWS[window],
+        allowed_lateness=LATENESS[window],
         aggregates=AGGREGATES,
         emit=emit,  # type: ignore[arg-type]
         flush_all=emit != "latest",
