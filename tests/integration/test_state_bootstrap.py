@@ -95,20 +95,23 @@ DEFAULT_GRID = [("offsets", "latest"), ("timestamp", "changes"), ("offsets", "ev
 SLOW_GRID = [(h, e) for h in HANDOFFS for e in EMITS if (h, e) not in DEFAULT_GRID]
 
 
-def kernels() -> dict[str, Any]:
-    """The job's aggregates (``AGGREGATES`` as engine kernels)."""
-    made: dict[str, Callable[..., Kernel]] = {
-        "count": ls.count,
-        "sum": ls.sum,
-        "mean": ls.mean,
-        "min": ls.min,
-        "max": ls.max,
-        "first": ls.first,
-        "last": ls.last,
-    }
+KERNELS: dict[str, Callable[..., Kernel]] = {
+    "count": ls.count,
+    "sum": ls.sum,
+    "mean": ls.mean,
+    "min": ls.min,
+    "max": ls.max,
+    "first": ls.first,
+    "last": ls.last,
+    "count_distinct": ls.count_distinct,
+}
+
+
+def kernels(aggregates: dict[str, tuple[str, str | None]] = AGGREGATES) -> dict[str, Kernel]:
+    """Engine kernels for the reference's ``{name: (function, column)}`` aggregates."""
     return {
-        name: made[function]() if column is None else made[function](column)
-        for name, (function, column) in AGGREGATES.items()
+        name: KERNELS[function]() if column is None else KERNELS[function](column)
+        for name, (function, column) in aggregates.items()
     }
 
 
@@ -586,11 +589,6 @@ async def test_declined_windows_replay_with_the_reason(
     aggregates: dict[str, tuple[str, str | None]] = {"n": ("count", None), "s": ("sum", "cents")}
     if kind == "count_distinct":
         aggregates["ids"] = ("count_distinct", "event_id")
-    made: dict[str, Callable[..., Kernel]] = {
-        "count": ls.count,
-        "sum": ls.sum,
-        "count_distinct": ls.count_distinct,
-    }
     stream = KafkaStream(
         dataset.topic, dataset.broker.bootstrap, time_column=TIME, schema=SCHEMA, stop_at="latest"
     )
@@ -609,12 +607,7 @@ async def test_declined_windows_replay_with_the_reason(
         .map(add_cents, schema=MAPPED)
         .key_by(KEY)
         .window(window, emit="every")
-        .aggregate(
-            **{
-                name: made[function]() if column is None else made[function](column)
-                for name, (function, column) in aggregates.items()
-            }
-        )
+        .aggregate(**kernels(aggregates))
         .sink(DuckDBUpsert(path, table="store", key=[KEY, "window_end"], flush_interval="100ms"))
     )
     await asyncio.wait_for(p.run(bootstrap="state"), 90)
