@@ -13,6 +13,10 @@ Kafka (timestamp handoff at an hour boundary, the stream holding the rest).
 (the production value only makes that happen beyond a million rows).
 
 Findings are strict xfails whose reason starts with ``finding N``; the others are guards.
+Finding 1 (a map or a stateless operator making lake records late in a replay, which the pass
+counted in full) was fixed in 0fa8dc4: its tests are guards now, and the switch to replay that
+fix added is attacked here too (finding 2). ``ATTACK4_EXAMPLES=N`` widens the two hypothesis
+searches (derandomized; 20 examples by default).
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -151,9 +158,14 @@ class Outcome:
 
 
 def build(
-    job: Job, source: Any, store: Path, checkpoints: str | None = None
+    job: Job,
+    source: Any,
+    store: Path,
+    checkpoints: str | None = None,
+    raw: ls.CollectSink | None = None,
 ) -> tuple[ls.Pipeline, ls.CollectSink, ls.CollectSink, ls.CollectSink]:
-    """The job's pipeline and its late, dead-letter and (``job.collect``) output sinks."""
+    """The job's pipeline and its late, dead-letter and (``job.collect``) output sinks;
+    ``raw``: a second branch sinking the source's rows as they are."""
     p = ls.Pipeline(
         checkpoints=None if checkpoints is None else ls.Checkpoints(checkpoints, interval="1h"),
         name="attack4",
@@ -162,6 +174,8 @@ def build(
     src = p.source(source)
     dead = ls.CollectSink()
     src.dead_letters().sink(dead, name="dead")
+    if raw is not None:
+        src.sink(raw, name="raw")
     stream = src if job.transform is None else job.transform(src)
     windowed = stream.key_by(*job.keys).window(
         job.window, emit=job.emit, allowed_lateness=job.lateness, name="win"
@@ -266,8 +280,10 @@ async def replay_vs_state(
     report = state.metrics["bootstrap"]
     assert report["mode"] == "state", report
     differences = diff(state.rows, replay.rows)
-    assert not differences, f"{label}: state store differs from replay's:\n" + "\n".join(
-        differences
+    assert not differences, (
+        f"{label}: state store ({len(state.rows)} rows) differs from replay's "
+        f"({len(replay.rows)} rows); bootstrap {report}; state sinks "
+        f"{state.metrics.get('sinks')}:\n" + "\n".join(differences)
     )
     assert (state.late, state.dead) == (replay.late, replay.dead), (label, state, replay)
     return replay, state
@@ -539,15 +555,9 @@ async def test_map_that_changes_the_schema(tmp_path: Path) -> None:
         assert not diff(replay.rows, reference(job, mapped)), emit
 
 
-# --- findings ------------------------------------------------------------------------------------
+# --- finding 1 (fixed in 0fa8dc4): records a replay finds late ------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 1: a map that moves event times back makes lake records late in a replay "
-    "(573 of 600 go to late()); the pass never checks lateness, counts all 600 and the store "
-    "gets 321 (key, window) rows a replay does not have",
-)
 async def test_map_that_moves_event_times_back(tmp_path: Path) -> None:
     """A map that moves each record's time 3 hours back (say, a time-zone correction): in a
     replay, a record whose new time is below the watermark its lake partition already passed
@@ -836,11 +846,6 @@ class WatermarkAhead(ls.Operator):
         ctx.emit_watermark(watermark + HOUR)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 1 (second form): a stateless process() operator that moves the watermark "
-    "ahead makes lake records late in a replay; the pass counts them all",
-)
 async def test_stateless_operator_moving_the_watermark_ahead(tmp_path: Path) -> None:
     table = events(600, seed=23)
     lake = write_lake(tmp_path / "lake", table)
@@ -855,9 +860,57 @@ async def test_stateless_operator_moving_the_watermark_ahead(tmp_path: Path) -> 
     )
 
 
+def shift_some(
+    users: set[int], hours: tuple[int, int], back: int
+) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
+    """A map moving the records of ``users`` whose time lies in ``hours`` (from ``T0``)
+    ``back`` µs earlier: mid-pass, a few records arrive late for the watermark in force."""
+
+    def shift(batch: pa.RecordBatch) -> pa.RecordBatch:
+        micros = pc.cast(batch.column(TIME), pa.int64())
+        chosen = pc.and_(
+            pc.is_in(batch.column("user_id"), pa.array(sorted(users), pa.int64())),
+            pc.and_(
+                pc.greater_equal(micros, T0 + hours[0] * HOUR),
+                pc.less(micros, T0 + hours[1] * HOUR),
+            ),
+        )
+        moved = pc.if_else(chosen, pc.subtract(micros, back), micros)
+        return batch.set_column(0, TIME, moved.cast(SCHEMA.field(TIME).type))
+
+    return shift
+
+
+SWITCH_CASES = {
+    "sliding-changes": (ls.Sliding("1h", "20m"), "changes", "0s"),
+    "sliding-latest": (ls.Sliding("1h", "20m"), "latest", "0s"),
+    "sliding-every-lateness": (ls.Sliding("1h", "20m"), "every", "30m"),
+    "tumbling-latest-lateness": (ls.Tumbling("45m"), "latest", "40m"),
+    "tumbling-changes": (ls.Tumbling("45m"), "changes", "0s"),
+}
+
+
+@pytest.mark.parametrize("case", list(SWITCH_CASES))
+async def test_pass_switching_to_replay_mid_lake(tmp_path: Path, case: str) -> None:
+    """Two users' records of hours 6-7 moved 100 minutes back: the pass aggregates in bulk up
+    to the first of them, then replays the rest (0fa8dc4). Store, late rows and the late
+    side output's count equal the replay's; the bootstrap report says where it switched."""
+    window, emit, lateness = SWITCH_CASES[case]
+    table = events(900, seed=24)
+    lake = write_lake(tmp_path / "lake", table)
+    shift = shift_some({2, 5}, (6, 8), 100 * MINUTE)
+    job = Job(window, emit=emit, lateness=lateness, transform=lambda s: s.map(shift))
+    replay, state = await replay_vs_state(job, lake_source(lake), tmp_path, case)
+    assert replay.late > 0 or lateness != "0s"  # the premise (no lateness: some are late)
+    report = state.metrics["bootstrap"]["windows"]["win"]
+    assert report.get("replayed_from") is not None, report
+    assert 0 < report["rows"] < table.num_rows, report
+
+
 # --- property: random small lakes, windows and emits ---------------------------------------------
 
 
+EXAMPLES = int(os.environ.get("ATTACK4_EXAMPLES", "20"))  # more for a longer search
 BASES = {"2026": T0, "1965": -(5 * 365 * 24 * HOUR), "2200": T0 + 174 * 365 * 24 * HOUR}
 
 
@@ -901,7 +954,7 @@ def lake_cases(draw: st.DrawFn) -> tuple[pa.Table, Job]:
 
 
 @settings(
-    max_examples=20,
+    max_examples=EXAMPLES,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -918,3 +971,267 @@ def test_property_random_lakes_equal_replay_and_reference(
     lake = write_lake(root / "lake", table)
     replay, _ = asyncio.run(replay_vs_state(job, lake_source(lake), root, "p"))
     assert not diff(replay.rows, reference(job, table))
+
+
+# --- the CLI and job files --------------------------------------------------------------------------
+
+
+def cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "lambdasource", *args], capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("emit", ["latest", "changes"])
+async def test_cli_and_job_file_state_equal_replay(tmp_path: Path, emit: str) -> None:
+    """``lambdasource bootstrap`` in both ``--bootstrap-mode`` s, and the job file it prints
+    run by ``lambdasource run``: every store equals the reference (``--where`` applied)."""
+    table = events(500, seed=30)
+    lake = write_lake(tmp_path / "lake", table)
+    flags = ["--lake", str(lake), "--time-column", TIME, "--key", "user_id"]
+    flags += ["--size", "50m", "--slide", "20m", "--emit", emit, "--table", "win", "--quiet"]
+    for name, (function, column) in AGGREGATES.items():
+        flags += ["--agg", f"{name}={function}({column or ''})"]
+    flags += ["--where", "amount > 2000"]
+    job = Job(ls.Sliding("50m", "20m"), emit=emit, flush="watermark")
+    kept = table.filter(pc.greater(table.column("amount"), 2000.0))
+    want = reference(job, kept, until=lake_end(table))
+    stores = {}
+    for mode in ("state", "replay"):
+        store = tmp_path / f"{mode}.db"
+        said = cli("bootstrap", *flags, "--into", f"duckdb:///{store}", "--bootstrap-mode", mode)
+        assert ("bootstrap from state" in said) == (mode == "state"), said
+        stores[mode] = read_rows(store, job)
+    store = tmp_path / "job.db"
+    text = cli("bootstrap", *flags, "--into", f"duckdb:///{store}", "--print-job")
+    assert 'bootstrap = "state"' in text, text
+    (tmp_path / "job.toml").write_text(text)
+    said = cli("run", str(tmp_path / "job.toml"))
+    stores["job file"] = read_rows(store, job)
+    for label, rows in stores.items():
+        assert not diff(rows, want), label
+
+
+def lake_end(table: pa.Table) -> int:
+    """The end of the newest record's hour partition (a Parquet lake's end watermark + 1µs)."""
+    newest = int(pc.max(pc.cast(table.column(TIME), pa.int64())).as_py())
+    return newest // HOUR * HOUR + HOUR
+
+
+# --- Iceberg ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.iceberg
+async def test_iceberg_lake_in_several_commits(tmp_path: Path) -> None:
+    """An IcebergLake written in three commits (the later ones adding rows to earlier hours):
+    every emit mode, state equals replay and the reference."""
+    from lake.writer import IcebergLakeWriter
+    from tests.services.iceberg import file_catalog_props
+
+    table = events(900, seed=31)
+    props = file_catalog_props(tmp_path / "iceberg")
+    writer = IcebergLakeWriter("db.attack4", props, TIME, row_group_rows=64)
+    order = np.random.default_rng(2).permutation(table.num_rows)
+    for part in np.array_split(order, 3):
+        writer.write(table.take(pa.array(np.sort(part))))
+
+    def make() -> ls.IcebergLake:
+        return ls.IcebergLake("db.attack4", catalog=props, time_column=TIME, batch_size=40)
+
+    for emit in EMITS:
+        job = Job(ls.Sliding("40m", "10m"), emit=emit, lateness="5m")
+        replay, _ = await replay_vs_state(job, make, tmp_path, f"iceberg-{emit}")
+        assert not diff(replay.rows, reference(job, table)), emit
+
+
+# --- failing user functions, a raw branch, a blocked sink --------------------------------------------
+
+
+async def test_failing_map_rows_are_dead_letters_once_and_a_raw_branch_sees_every_row(
+    tmp_path: Path,
+) -> None:
+    """A map that raises on some rows (dead-lettered by bisection, once each in both modes);
+    a second branch sinks the source's rows raw into a CollectSink (the pass feeds it every lake
+    row once). Store equals the reference over the rows the map accepts."""
+    table = events(600, seed=32)
+    lake = write_lake(tmp_path / "lake", table)
+    poisoned = pc.equal(pc.bit_wise_and(pc.cast(table.column("amount"), pa.int64()), 63), 5)
+
+    def picky(batch: pa.RecordBatch) -> pa.RecordBatch:
+        bad = pc.equal(pc.bit_wise_and(pc.cast(batch.column("amount"), pa.int64()), 63), 5)
+        if pc.any(bad).as_py():
+            raise ValueError("poisoned amount")
+        return batch
+
+    raw_rows: dict[str, int] = {}
+    outcomes = {}
+    for mode in ("replay", "state"):
+        map_dead = ls.CollectSink()
+
+        def mapped(stream: ls.Stream, map_dead: ls.CollectSink = map_dead) -> ls.Stream:
+            out = stream.map(picky)
+            out.dead_letters().sink(map_dead, name="map-dead")
+            return out
+
+        job = Job(ls.Sliding("30m", "10m"), emit="changes", transform=mapped)
+        raw = ls.CollectSink()
+        p, late, dead, _ = build(job, lake_source(lake)(), tmp_path / f"{mode}.db", raw=raw)
+        await asyncio.wait_for(p.run(bootstrap=mode), 90)
+        assert p.metrics()["bootstrap"]["mode"] == mode
+        assert len(dead) == 0
+        outcomes[mode] = (read_rows(tmp_path / f"{mode}.db", job), len(map_dead), len(late))
+        raw_rows[mode] = len(raw)
+    assert raw_rows == {"replay": table.num_rows, "state": table.num_rows}
+    assert outcomes["state"][1:] == outcomes["replay"][1:] == (int(pc.sum(poisoned).as_py()), 0)
+    assert not diff(outcomes["state"][0], outcomes["replay"][0])
+    job = Job(ls.Sliding("30m", "10m"), emit="changes")
+    assert not diff(outcomes["replay"][0], reference(job, table.filter(pc.invert(poisoned))))
+
+
+async def test_disordered_stream_within_lateness_after_the_pass(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """The stream part arrives out of order (each record up to 4 minutes behind the newest,
+    within out_of_orderness 1m + allowed_lateness 5m: never dropped, but often late for the
+    watermark, so windows completed from the pass's state are reopened): ``every`` and
+    ``latest`` stores equal replay's and (``every``) the reference."""
+    table = events(1500, seed=33, hours=8)
+    times = pc.cast(table.column(TIME), pa.int64()).to_numpy()
+    cutoff = T0 + 5 * HOUR
+    write_lake(tmp_path / "lake", table.filter(pa.array(times < cutoff)))
+    rest = table.filter(pa.array(times >= cutoff))
+    jitter = np.random.default_rng(4).integers(0, 4 * MINUTE, rest.num_rows)
+    rest = rest.take(
+        pa.array(
+            np.argsort(pc.cast(rest.column(TIME), pa.int64()).to_numpy() + jitter, kind="stable")
+        )
+    )
+    rest_times = pc.cast(rest.column(TIME), pa.int64()).to_numpy()
+    assert np.any(np.diff(rest_times) < -MINUTE)  # the premise: really out of order
+    topic = await asyncio.to_thread(broker.new_topic, 1, "attack4")
+    stamps = (np.maximum.accumulate(rest_times) // MS).tolist()
+    await broker.aproduce(topic, to_json(rest), partition=0, timestamps_ms=stamps)
+
+    def make() -> ls.LambdaSource:
+        return ls.LambdaSource(
+            ls.ParquetLake(str(tmp_path / "lake"), TIME, schema=SCHEMA, batch_size=40),
+            ls.KafkaStream(
+                topic,
+                broker.bootstrap,
+                time_column=TIME,
+                schema=SCHEMA,
+                stop_at="latest",
+                max_batch_records=30,
+            ),
+            cutoff=cutoff,
+            out_of_orderness="1m",
+            idle_timeout="300ms",
+        )
+
+    for emit in ("every", "latest"):
+        job = Job(ls.Sliding("30m", "10m"), emit=emit, lateness="5m")
+        replay, state = await replay_vs_state(job, make, tmp_path, f"disorder-{emit}")
+        assert replay.late == state.late == 0
+        if emit == "every":
+            assert not diff(replay.rows, reference(job, table))
+
+
+@st.composite
+def shifted_cases(draw: st.DrawFn) -> tuple[pa.Table, Job, list[int]]:
+    """A random lake (``lake_cases``) and per row a time shift (mostly 0; some rows moved
+    back up to 3 hours or ahead up to 1 hour by the job's map)."""
+    table, job = draw(lake_cases())
+    shifts = draw(
+        st.lists(
+            st.one_of(
+                st.just(0),
+                st.integers(-3 * HOUR, HOUR).map(lambda micros: micros // MINUTE * MINUTE),
+            ),
+            min_size=table.num_rows,
+            max_size=table.num_rows,
+        )
+    )
+    return table, job, shifts
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=shifted_cases())
+def test_property_maps_moving_times_equal_replay(
+    tmp_path_factory: pytest.TempPathFactory, case: tuple[pa.Table, Job, list[int]]
+) -> None:
+    """A map moves some rows' times (a ``shift`` column the lake carries): wherever a record
+    turns late for the watermark in force, the pass must give what the replay gives — store,
+    late rows, dead letters."""
+    table, job, shifts = case
+    with_shift = table.append_column("shift", pa.array(shifts, pa.int64()))
+    root = tmp_path_factory.mktemp("shifted")
+    lake = write_lake(root / "lake", with_shift)
+    schema = with_shift.schema
+
+    def move(batch: pa.RecordBatch) -> pa.RecordBatch:
+        micros = pc.add(pc.cast(batch.column(TIME), pa.int64()), batch.column("shift"))
+        return batch.set_column(0, TIME, micros.cast(SCHEMA.field(TIME).type))
+
+    job.transform = lambda s: s.map(move)
+
+    def make() -> ls.ParquetLake:
+        return ls.ParquetLake(str(lake), TIME, schema=schema, batch_size=7)
+
+    asyncio.run(replay_vs_state(job, make, root, "p"))
+
+
+@pytest.mark.parametrize(
+    "emit",
+    [
+        pytest.param(
+            "latest",
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=ls.OperatorError,
+                reason="finding 2: emit='latest', the pass switching to replay (0fa8dc4) with "
+                "no lake slice below the completed end: completed_state writes no chunk "
+                "(runs.chunks == []), and the partly-late record's merge_late indexes chunk 0 "
+                "-> IndexError in slices.py merge_late; the replay run is fine",
+            ),
+        ),
+        "changes",
+        "every",
+    ],
+)
+async def test_switch_with_every_lake_record_at_one_instant(tmp_path: Path, emit: str) -> None:
+    """Hypothesis's minimal case: 20 records at one instant (on a slide boundary), the last
+    moved a minute back by the map; ``Sliding(2m, 1m)``. After 7 rows the lake's watermark is
+    that instant − 1µs, the moved record is partly late: the pass switches to replay with a
+    state holding no slice below the completed end."""
+    instant = T0 + 5 * HOUR
+    rows = 20
+    table = pa.table(
+        {
+            TIME: pa.array([instant] * rows, pa.int64()).cast(SCHEMA.field(TIME).type),
+            "user_id": pa.array([0] * rows, pa.int64()),
+            "region": pa.array(["eu"] * rows),
+            "name": pa.array([None] * rows, pa.string()),
+            "amount": pa.array([1.0] * rows),
+            "flag": pa.array([True] * rows),
+            "shift": pa.array([0] * (rows - 1) + [-MINUTE], pa.int64()),
+        }
+    )
+    lake = write_lake(tmp_path / "lake", table)
+
+    def move(batch: pa.RecordBatch) -> pa.RecordBatch:
+        micros = pc.add(pc.cast(batch.column(TIME), pa.int64()), batch.column("shift"))
+        return batch.set_column(0, TIME, micros.cast(SCHEMA.field(TIME).type))
+
+    job = Job(ls.Sliding("2m", "1m"), emit=emit, transform=lambda s: s.map(move))
+
+    def make() -> ls.ParquetLake:
+        return ls.ParquetLake(str(lake), TIME, schema=table.schema, batch_size=7)
+
+    await replay_vs_state(job, make, tmp_path, emit)
