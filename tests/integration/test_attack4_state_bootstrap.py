@@ -1235,3 +1235,88 @@ async def test_switch_with_every_lake_record_at_one_instant(tmp_path: Path, emit
         return ls.ParquetLake(str(lake), TIME, schema=table.schema, batch_size=7)
 
     await replay_vs_state(job, make, tmp_path, emit)
+
+
+# --- offsets handoff with a partition behind in event time ----------------------------------------
+
+
+async def test_offsets_handoff_with_a_partition_behind_in_event_time(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Two partitions archived unevenly in event time: partition 0 up to hour 16, partition 1
+    only up to hour 8 (then both go on, on the stream). ``handoff="offsets"``: the stream part
+    of partition 1 starts 8 hours before the lake's high-water mark. A replay's watermark is the
+    minimum over the lake and the live partitions, so partition 1's records are on time; every
+    record counts once, in both modes."""
+    from tests.faults import jobs
+
+    table = jobs.clickstream(3000, seed=40, users=20).sort_by(TIME)
+    times = pc.cast(table.column(TIME), pa.int64()).to_numpy()
+    day = int(times.min()) // HOUR * HOUR
+    parts = jobs.split_partitions(table, 2, 41)
+    archived_until = {0: day + 16 * HOUR, 1: day + 8 * HOUR}
+    topic = await asyncio.to_thread(broker.new_topic, 2, "attack4-behind")
+    later = {}
+    for partition, rows in enumerate(parts):
+        micros = pc.cast(rows.column(TIME), pa.int64()).to_numpy()
+        split = int(np.searchsorted(micros, archived_until[partition]))
+        first, later[partition] = rows.slice(0, split), rows.slice(split)
+        await broker.aproduce(
+            topic, jobs.to_json(first), partition=partition, timestamps_ms=jobs.arrival_ms(first)
+        )
+    lake = str(tmp_path / "lake")
+    await jobs.archive(broker.bootstrap, topic, lake, commit_rows=300)
+    for partition, rows in later.items():
+        stamps = jobs.arrival_ms(rows)
+        await broker.aproduce(topic, jobs.to_json(rows), partition=partition, timestamps_ms=stamps)
+
+    def make() -> ls.LambdaSource:
+        return ls.LambdaSource(
+            ls.ParquetLake(lake, TIME, schema=jobs.SCHEMA, batch_size=50),
+            ls.KafkaStream(
+                topic,
+                broker.bootstrap,
+                time_column=TIME,
+                schema=jobs.SCHEMA,
+                stop_at="latest",
+                max_batch_records=50,
+            ),
+            handoff="offsets",
+            out_of_orderness="5m",
+            idle_timeout="2s",
+        )
+
+    spec: Spec = {"n": ("count", None), "total": ("sum", "amount"), "top": ("max", "event_id")}
+    job = Job(ls.Tumbling("30m"), emit="changes", spec=spec)
+    replay, state = await replay_vs_state(job, make, tmp_path, "behind")
+    assert replay.late == state.late == 0
+    assert not diff(replay.rows, reference(job, table))
+
+
+@pytest.mark.parametrize("emit", ["latest", "changes"])
+async def test_stream_phase_rerun_from_the_pass_checkpoint(
+    broker: Broker, tmp_path: Path, emit: str
+) -> None:
+    """With Checkpoints: a full state run (the pass writes checkpoint 1), then a second run
+    with ``restore=1`` into the same store: the stream phase runs again from the pass's state
+    as decoded from disk (string partials all null in the lake: the columns' types come from
+    nothing). The store stays equal to a replay's."""
+    table = events(900, seed=42, hours=10)
+    times = pc.cast(table.column(TIME), pa.int64()).to_numpy()
+    in_lake = times < T0 + 6 * HOUR
+    given = table.column("name").to_pylist()
+    names = [None if lake else v for lake, v in zip(in_lake, given, strict=True)]
+    table = table.set_column(3, "name", pa.array(names, pa.string()))
+    make, _ = await lambda_setup(broker, tmp_path, table, 6)
+    job = Job(ls.Sliding("50m", "20m"), emit=emit)
+    replay = await run_once(job, make, tmp_path / "replay.db", "replay")
+    url = (tmp_path / "ckpt").as_uri()
+    store = tmp_path / "state.db"
+    first = await run_once(job, make, store, "state", checkpoints=url)
+    assert first.metrics["bootstrap"]["checkpoint_id"] == 1, first.metrics["bootstrap"]
+    assert not diff(first.rows, replay.rows)
+    again = await run_once(job, make, store, "state", checkpoints=url, restore=1)
+    assert again.metrics["checkpoints"]["restored_from"] == 1, again.metrics["checkpoints"]
+    read = again.metrics["sources"]["lambda"]["rows"]
+    assert read["stream"] == int(np.count_nonzero(~in_lake)), read  # the stream part, again
+    assert not diff(again.rows, replay.rows)
