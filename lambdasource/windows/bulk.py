@@ -281,7 +281,9 @@ def completed_state(
         completed_end=end,
         keys=key_count,
         runs={
-            "chunks": [[-(1 << 63), end, entered_count]] if entered_count else [],
+            # one chunk even when empty: the chunks tile the entered time line, so a late
+            # record always has one to merge into
+            "chunks": [[-(1 << 63), end, entered_count]],
             "pending": [len(keys) - entered_count] if entered_count < len(keys) else [],
         },
         slices=slices_table,

@@ -1189,26 +1189,11 @@ def test_property_maps_moving_times_equal_replay(
     asyncio.run(replay_vs_state(job, make, root, "p"))
 
 
-@pytest.mark.parametrize(
-    "emit",
-    [
-        pytest.param(
-            "latest",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=ls.OperatorError,
-                reason="finding 2: emit='latest', the pass switching to replay (0fa8dc4) with "
-                "no lake slice below the completed end: completed_state writes no chunk "
-                "(runs.chunks == []), and the partly-late record's merge_late indexes chunk 0 "
-                "-> IndexError in slices.py merge_late; the replay run is fine",
-            ),
-        ),
-        "changes",
-        "every",
-    ],
-)
+@pytest.mark.parametrize("emit", ["latest", "changes", "every"])
 async def test_switch_with_every_lake_record_at_one_instant(tmp_path: Path, emit: str) -> None:
-    """Hypothesis's minimal case: 20 records at one instant (on a slide boundary), the last
+    """Finding 2 (fixed: ``completed_state`` always writes the chunk tiling the entered time
+    line, even empty; ``latest`` crashed in ``merge_late`` with an IndexError). Hypothesis's
+    minimal case: 20 records at one instant (on a slide boundary), the last
     moved a minute back by the map; ``Sliding(2m, 1m)``. After 7 rows the lake's watermark is
     that instant − 1µs, the moved record is partly late: the pass switches to replay with a
     state holding no slice below the completed end."""
