@@ -342,16 +342,16 @@ class Runtime:
     # metrics ------------------------------------------------------------------------------------
 
     def metrics(self) -> dict[str, Any]:
-        sources = {
+        sources = {  # the node's counters last: they count the whole job (carry_counters)
             s.name: {
                 "watermark": s.out_watermark,
                 "idle": s.out_idle,
                 "ended": s.ended,
+                **s.source.metrics(),
                 "records_out": s.counters.records_out,
                 "batches_out": s.counters.batches_out,
                 "dead_letters": s.counters.dead_letters,
                 "dropped_no_sink": dict(s.dropped_no_sink),
-                **s.source.metrics(),
             }
             for s in self.sources
         }

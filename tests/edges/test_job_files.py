@@ -300,7 +300,7 @@ def test_unknown_keys_and_sections_name_the_section(tmp_path: Path, lake: Path) 
         '[sink] keys = ["user_id"]: unknown key; allowed: url, table, key, version, security, '
         "exactly_once, transactional_id",
         '[window] sizes = "1h": unknown key; allowed: key, kind, size, slide, gap, emit, '
-        "allowed_lateness, aggregates",
+        "allowed_lateness, aggregates, bootstrap",
         "job: unknown section [transforms]; allowed: [lake], [stream], [source], [transform], "
         "[window], [sink], [checkpoints]",
     ]
