@@ -6,15 +6,19 @@ emits a watermark that makes one of its own records late (DESIGN §3), so every 
 every window it belongs to, and the state a replay leaves behind is a function of the records and
 the final watermark alone — not of the order or batching they came in:
 
-1. :class:`SliceAccumulator` aggregates each batch per (key id, slice start) with the engine's
-   own kernels (``Kernel.partial``) and, at the end, merges the batches' partials per
-   (key, slice) (``Kernel.reduce``) into one table sorted by (key, slice);
-2. :func:`pending_state` writes that table as the engine's documented state
-   (:mod:`.state_tables`): every slice pending, no window completed yet;
-3. the operator restores it and advances the engine once to the final watermark, which
-   completes every window at once (change points only) and emits what replay would have left in
-   an upsert store: ``latest`` each key's newest value, ``changes``/``every`` the lake range's
-   changelog.
+1. :class:`SliceAccumulator` aggregates the rows per (key id, slice start) with the engine's
+   own kernels (``Kernel.partial``, one sort per chunk of rows) and, at the end, merges the
+   chunks' partials per (key, slice) (``Kernel.reduce``), sorted by (key, slice);
+2. ``emit="latest"``: :func:`completed_state` builds the engine's documented state
+   (:mod:`.state_tables`) as of the final watermark directly — slices entered or pending, each
+   key's window value at the newest completed end, the block prefix — and the rows an upsert
+   store keeps (each key's newest value);
+3. ``changes``/``every``: :func:`pending_state` writes every slice as pending, and the engine
+   completes every window in one advance to the final watermark (change points only), emitting
+   the lake range's changelog.
+
+A stateless step before the window can still make a record late (a map moving times back); the
+window operator then leaves bulk mode at that watermark (``WindowOperator.start_bulk``).
 
 Only the built-in partial-state kernels take part (``count_distinct`` counts by pair presence,
 and a user :class:`~.aggregates.Aggregate` runs Python per group: both replay instead, see
