@@ -313,17 +313,9 @@ async def run_demo(
         bound = parse_duration(cfg.max_drift) + parse_duration(cfg.jitter)
         meter = ls.LeadMeter("event_time", bound_us=bound)  # the lead the window operator sees
         pipeline = ls.Pipeline()
-        (
-            pipeline.source(source)
-            .process(meter, name="lead")
-            .key_by("user_id")
-            .window(ls.Sliding(SIZE, SLIDE), emit="latest")
-            .aggregate(clicks=ls.count(), revenue=ls.sum("amount"))
-            .sink(
-                ls.DuckDBUpsert(
-                    str(store_path), table=TABLE, key=["user_id"], flush_interval="0.5s"
-                )
-            )
+        _features(
+            pipeline.source(source).process(meter, name="lead"),
+            ls.DuckDBUpsert(str(store_path), table=TABLE, key=["user_id"], flush_interval="0.5s"),
         )
         say(
             f"bootstrap: LambdaSource({cfg.lake_format} lake, kafka, handoff=offsets, "
@@ -404,19 +396,26 @@ async def run_demo(
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _features(events: Any, store: Any) -> None:
+    """The demo's job after its source: ``key_by(user_id)`` → ``Sliding(30d, 5m)`` count +
+    sum(amount), ``emit="latest"`` → ``store``."""
+    import lambdasource as ls
+
+    (
+        events.key_by("user_id")
+        .window(ls.Sliding(SIZE, SLIDE), emit="latest")
+        .aggregate(clicks=ls.count(), revenue=ls.sum("amount"))
+        .sink(store)
+    )
+
+
 async def _replay_lake_part(lake: Any, store_path: Path) -> float:
     """Seconds a replay of ``lake`` alone (the lake part of the job: same lake, same window,
     a scratch store) takes, for comparison with the state bootstrap's pass."""
     import lambdasource as ls
 
     replay = ls.Pipeline()
-    (
-        replay.source(lake)
-        .key_by("user_id")
-        .window(ls.Sliding(SIZE, SLIDE), emit="latest")
-        .aggregate(clicks=ls.count(), revenue=ls.sum("amount"))
-        .sink(ls.DuckDBUpsert(str(store_path), table=TABLE, key=["user_id"]))
-    )
+    _features(replay.source(lake), ls.DuckDBUpsert(str(store_path), table=TABLE, key=["user_id"]))
     started = time.perf_counter()
     await replay.run(bootstrap="replay")
     return time.perf_counter() - started

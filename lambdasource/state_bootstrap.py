@@ -124,23 +124,23 @@ async def run_pass(runtime: Runtime, report: BootstrapReport) -> dict[str, Any]:
     None) and return the nodes' end states: the job's first checkpoint."""
     assert runtime.coordinator is None
     source = runtime.sources[0].source
-    windows = [node for node in runtime.operators if isinstance(node.op, WindowOperator)]
-    for node in windows:
-        assert isinstance(node.op, WindowOperator)
-        node.op.start_bulk()
-    lake_only = isinstance(source, LambdaSource)
-    if isinstance(source, LambdaSource):
-        source.lake_only = True
+    lambda_source = source if isinstance(source, LambdaSource) else None
+    windows = {
+        node.name: node.op for node in runtime.operators if isinstance(node.op, WindowOperator)
+    }
+    for window in windows.values():
+        window.start_bulk()
+    if lambda_source is not None:
+        lambda_source.lake_only = True
     started = time.perf_counter()
     try:
         await runtime.run()
     finally:
-        if isinstance(source, LambdaSource):
-            source.lake_only = False
+        if lambda_source is not None:
+            lambda_source.lake_only = False
     report.seconds = time.perf_counter() - started
-    for node in windows:
-        assert isinstance(node.op, WindowOperator)
-        report.windows[node.name] = dict(node.op.bulk_report or {})
+    for name, window in windows.items():
+        report.windows[name] = dict(window.bulk_report or {})
     log.info(
         "bootstrap: state built from the lake in %.1f s (%s)%s",
         report.seconds,
@@ -148,6 +148,6 @@ async def run_pass(runtime: Runtime, report: BootstrapReport) -> dict[str, Any]:
             f"{name}: {w.get('rows', 0)} rows → {w.get('slices', 0)} slices"
             for name, w in report.windows.items()
         ),
-        "; the stream continues from the handoff" if lake_only else "",
+        "; the stream continues from the handoff" if lambda_source is not None else "",
     )
     return dict(runtime.final_states)

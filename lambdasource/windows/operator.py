@@ -127,9 +127,8 @@ class WindowOperator(Operator):
         watermark = self._bulk_watermark
         if watermark is None or not len(times):
             return False
-        engine = self.engine
-        assert isinstance(engine, SlidingEngine)
-        slide, width = engine.slide, math.gcd(engine.size, engine.slide)
+        assert self._bulk is not None and isinstance(self.engine, SlidingEngine)
+        slide, width = self.engine.slide, self._bulk.slice_width
         accepting_from = -(-(watermark + 2 - self.allowed_lateness) // slide) * slide
         first_slice = int(times.min()) // width * width
         return -(-(first_slice + width) // slide) * slide < accepting_from

@@ -724,6 +724,31 @@ def to_json(table: pa.Table) -> list[bytes]:
     return [orjson.dumps(row) for row in rows]
 
 
+def timestamp_lambda(
+    broker: Broker, root: Path, topic: str, cutoff: int, max_batch_records: int
+) -> Callable[[], ls.LambdaSource]:
+    """A factory of lambda sources: the lake under ``root / "lake"``, ``topic``'s one
+    partition, timestamp handoff at ``cutoff``."""
+
+    def make() -> ls.LambdaSource:
+        return ls.LambdaSource(
+            ls.ParquetLake(str(root / "lake"), TIME, schema=SCHEMA, batch_size=40),
+            ls.KafkaStream(
+                topic,
+                broker.bootstrap,
+                time_column=TIME,
+                schema=SCHEMA,
+                stop_at="latest",
+                max_batch_records=max_batch_records,
+            ),
+            cutoff=cutoff,
+            out_of_orderness="1m",
+            idle_timeout="300ms",
+        )
+
+    return make
+
+
 async def lambda_setup(
     broker: Broker, root: Path, table: pa.Table, lake_hours: int
 ) -> tuple[Callable[[], ls.LambdaSource], int]:
@@ -737,23 +762,7 @@ async def lambda_setup(
     stamps = (pc.cast(rest.column(TIME), pa.int64()).to_numpy() // MS).tolist()
     await broker.aproduce(topic, to_json(rest), partition=0, timestamps_ms=stamps)
 
-    def make() -> ls.LambdaSource:
-        return ls.LambdaSource(
-            ls.ParquetLake(str(root / "lake"), TIME, schema=SCHEMA, batch_size=40),
-            ls.KafkaStream(
-                topic,
-                broker.bootstrap,
-                time_column=TIME,
-                schema=SCHEMA,
-                stop_at="latest",
-                max_batch_records=50,
-            ),
-            cutoff=cutoff,
-            out_of_orderness="1m",
-            idle_timeout="300ms",
-        )
-
-    return make, cutoff
+    return timestamp_lambda(broker, root, topic, cutoff, 50), cutoff
 
 
 async def test_stream_continues_after_the_pass(broker: Broker, tmp_path: Path) -> None:
@@ -810,21 +819,7 @@ async def test_overlapping_lake_mid_hour_cutoff_new_keys_bad_messages(
     topic = await asyncio.to_thread(broker.new_topic, 1, "attack4")
     await broker.aproduce(topic, mixed_values, partition=0, timestamps_ms=mixed_stamps)
 
-    def make() -> ls.LambdaSource:
-        return ls.LambdaSource(
-            ls.ParquetLake(str(tmp_path / "lake"), TIME, schema=SCHEMA, batch_size=40),
-            ls.KafkaStream(
-                topic,
-                broker.bootstrap,
-                time_column=TIME,
-                schema=SCHEMA,
-                stop_at="latest",
-                max_batch_records=50,
-            ),
-            cutoff=cutoff,
-            out_of_orderness="1m",
-            idle_timeout="300ms",
-        )
+    make = timestamp_lambda(broker, tmp_path, topic, cutoff, 50)
 
     for emit in ("latest", "changes"):
         job = Job(ls.Tumbling("7m"), emit=emit, lateness="5m")
@@ -1116,21 +1111,7 @@ async def test_disordered_stream_within_lateness_after_the_pass(
     stamps = (np.maximum.accumulate(rest_times) // MS).tolist()
     await broker.aproduce(topic, to_json(rest), partition=0, timestamps_ms=stamps)
 
-    def make() -> ls.LambdaSource:
-        return ls.LambdaSource(
-            ls.ParquetLake(str(tmp_path / "lake"), TIME, schema=SCHEMA, batch_size=40),
-            ls.KafkaStream(
-                topic,
-                broker.bootstrap,
-                time_column=TIME,
-                schema=SCHEMA,
-                stop_at="latest",
-                max_batch_records=30,
-            ),
-            cutoff=cutoff,
-            out_of_orderness="1m",
-            idle_timeout="300ms",
-        )
+    make = timestamp_lambda(broker, tmp_path, topic, cutoff, 30)
 
     for emit in ("every", "latest"):
         job = Job(ls.Sliding("30m", "10m"), emit=emit, lateness="5m")
