@@ -232,10 +232,11 @@ class ApacheKafkaService(Producing):
     topics: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     advertised_port: int | None = None  # a proxy's port named in metadata (None: ``port``)
+    host: str = "127.0.0.1"  # the PLAINTEXT listener's address
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def log_file(self) -> Path:
@@ -251,6 +252,7 @@ class ApacheKafkaService(Producing):
         format_args: Sequence[str] = (),
         port: int | None = None,
         advertised_port: int | None = None,
+        host: str = "127.0.0.1",
     ) -> ApacheKafkaService:
         """Fetch (once), format and start a broker; return when a metadata request succeeds.
 
@@ -260,7 +262,9 @@ class ApacheKafkaService(Producing):
         ``format_args`` go to ``StorageTool format`` (e.g. ``--add-scram`` to create SASL users);
         ``port`` fixes the PLAINTEXT port (default: a free one); ``advertised_port`` is the port
         the broker names in metadata (a proxy's, forwarding to ``port``, started before the
-        broker), so that every client connection goes through the proxy.
+        broker), so that every client connection goes through the proxy; ``host`` is the address
+        the PLAINTEXT listener binds and names (e.g. a bridge address that clients in other
+        network namespaces reach; the controller stays on loopback).
         """
         major = _java_major()
         if major < 17:
@@ -274,16 +278,16 @@ class ApacheKafkaService(Producing):
         port, controller_port = port or free_port(), free_port()
         while controller_port == port:
             controller_port = free_port()
-        extra = "".join(f",{n}://127.0.0.1:{p}" for n, (_, p) in (listeners or {}).items())
+        extra = "".join(f",{n}://{host}:{p}" for n, (_, p) in (listeners or {}).items())
         protocols = "".join(f",{n}:{kind}" for n, (kind, _) in (listeners or {}).items())
         root = Path(tempfile.mkdtemp(prefix="ls-apache-kafka-"))
         try:
             props = {
                 "process.roles": "broker,controller",
                 "node.id": "1",
-                "listeners": f"PLAINTEXT://127.0.0.1:{port}{extra}"
+                "listeners": f"PLAINTEXT://{host}:{port}{extra}"
                 f",CONTROLLER://127.0.0.1:{controller_port}",
-                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{advertised_port or port}{extra}",
+                "advertised.listeners": f"PLAINTEXT://{host}:{advertised_port or port}{extra}",
                 "controller.listener.names": "CONTROLLER",
                 "inter.broker.listener.name": "PLAINTEXT",
                 "listener.security.protocol.map": f"PLAINTEXT:PLAINTEXT{protocols}"
@@ -368,7 +372,14 @@ class ApacheKafkaService(Producing):
             start_new_session=True,
         )
         service = cls(
-            port, controller_port, root, process, watchdog, version, advertised_port=advertised_port
+            port,
+            controller_port,
+            root,
+            process,
+            watchdog,
+            version,
+            advertised_port=advertised_port,
+            host=host,
         )
         service.timings = {"format_s": round(formatted - begun, 2)}
         atexit.register(service.stop)
@@ -391,7 +402,7 @@ class ApacheKafkaService(Producing):
                 )
             try:
                 # TCP first: aiokafka logs every refused connection of a metadata attempt
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
                 asyncio.run(asyncio.wait_for(self._describe_cluster(), 5))
                 return
             except Exception as exc:
