@@ -18,6 +18,13 @@ from typing import Any
 from . import kafka_security
 from .errors import ConfigError
 from .job import JobSpec, WindowSpec, all_dead_lettered, all_dead_lettered_message, build_job
+from .metrics_endpoint import (
+    MetricsEndpoint,
+    add_metrics_arguments,
+    endpoint_from_args,
+    job_labels,
+    serving,
+)
 from .progress import ProgressPanel, events_seen
 from .timeutil import format_time
 
@@ -152,9 +159,12 @@ def to_toml(spec: JobSpec) -> str:
     return "\n".join(parts)
 
 
-def run_job(spec: JobSpec, *, quiet: bool = False) -> dict[str, Any]:
+def run_job(
+    spec: JobSpec, *, quiet: bool = False, metrics_endpoint: MetricsEndpoint | None = None
+) -> dict[str, Any]:
     """Run a job with a live progress display; returns the final metrics, plus
-    ``first_dead_letter`` (the first dead letter's reason and position, or None)."""
+    ``first_dead_letter`` (the first dead letter's reason and position, or None).
+    ``metrics_endpoint`` (``--metrics-port``) serves the job's metrics while it runs."""
     from rich.console import Console
     from rich.live import Live
 
@@ -165,6 +175,8 @@ def run_job(spec: JobSpec, *, quiet: bool = False) -> dict[str, Any]:
     started = time.monotonic()
 
     async def main() -> None:
+        if metrics_endpoint is not None:
+            metrics_endpoint.register(pipeline, job_labels())  # read on this loop
         task = asyncio.create_task(pipeline.run(bootstrap=built.bootstrap))
         try:
             with Live(console=console, refresh_per_second=4, transient=True) as live:
@@ -180,7 +192,8 @@ def run_job(spec: JobSpec, *, quiet: bool = False) -> dict[str, Any]:
 
     interrupted = False
     try:
-        asyncio.run(main())
+        with serving(metrics_endpoint, console.print):
+            asyncio.run(main())
     except KeyboardInterrupt:
         interrupted = True
     metrics: dict[str, Any] = pipeline.metrics()
@@ -271,6 +284,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-interval", default="30s")
     parser.add_argument("--print-job", action="store_true", help="print the job as TOML and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    add_metrics_arguments(parser)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -279,7 +293,7 @@ def command(args: argparse.Namespace) -> int:
     if args.print_job:
         print(to_toml(spec), end="")
         return 0
-    _succeeded(run_job(spec, quiet=args.quiet))
+    _succeeded(run_job(spec, quiet=args.quiet, metrics_endpoint=endpoint_from_args(args)))
     return 0
 
 
@@ -296,6 +310,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", type=Path, help="the job file (TOML)")
     parser.add_argument("--check", action="store_true", help="validate the job and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    add_metrics_arguments(parser)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -305,5 +320,5 @@ def run_command(args: argparse.Namespace) -> int:
         build_job(spec)  # validates every key and checks the job against the source's schema
         print(f"{args.job}: ok")
         return 0
-    _succeeded(run_job(spec, quiet=args.quiet))
+    _succeeded(run_job(spec, quiet=args.quiet, metrics_endpoint=endpoint_from_args(args)))
     return 0

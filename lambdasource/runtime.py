@@ -87,6 +87,7 @@ class Runtime:
         self.completed_checkpoints: list[int] = []
         self._checkpoint_started: dict[int, float] = {}  # pending: requested, not complete
         self.checkpoint_durations: dict[int, float] = {}
+        self.checkpoints_completed = 0  # monotone (the lists above keep the last 100)
         self.final_states: dict[str, Any] = {}
         self._sinks_ended: set[str] = set()
         self.done = False
@@ -248,6 +249,7 @@ class Runtime:
         self._sinks_done.pop(checkpoint_id, None)
         self.snapshots[checkpoint_id] = states
         self.completed_checkpoints.append(checkpoint_id)
+        self.checkpoints_completed += 1
         self.checkpoint_durations[checkpoint_id] = time.perf_counter() - started
         for old in self.completed_checkpoints[:-_KEEP_SNAPSHOTS]:
             self.snapshots.pop(old, None)
@@ -422,6 +424,7 @@ class Runtime:
             },
             "checkpoints": {
                 "completed": list(self.completed_checkpoints),
+                "completed_total": self.checkpoints_completed,
                 "durations_s": dict(self.checkpoint_durations),
                 "pending": sorted(self._checkpoint_started),
                 **(self.coordinator.metrics() if self.coordinator is not None else {}),
