@@ -39,7 +39,7 @@ from lambdasource.metrics_endpoint import METRICS, MetricsEndpoint
 from lambdasource.timeutil import HOUR, MS
 from tests.services.brokers import Broker, both_brokers
 
-broker = both_brokers(default=())
+broker = both_brokers(default=("apache",))
 
 SCHEMA = pa.schema(
     [
@@ -367,6 +367,78 @@ def produce_split(broker: Broker, topic: str, rows: pa.Table, partitions: int) -
         )
         produced[partition] = part.num_rows
     return produced
+
+
+async def test_held_split_and_lag_scraped_mid_stream(broker: Broker, tmp_path: Path) -> None:
+    """Partition 1 is 3 h ahead of partition 0 (not idle: 60 s timeout), max_drift 30m:
+    alignment holds partition 1's whole fetch. Scraped while so: partition 1 held (the only
+    held split), its held records as metrics() says, none of its rows emitted — the records
+    out are exactly the lake (DuckDB count) and partition 0; end offsets are what was produced,
+    lag = end − next offset."""
+    table = clicks(6_000, seed=13)
+    times = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
+    cutoff = int(np.quantile(times, 0.5)) // HOUR * HOUR
+    root = tmp_path / "lake"
+    write_lake(root, table.filter(pa.array(times < cutoff)))
+    (lake_rows,) = sql(f"SELECT count(*) FROM read_parquet('{root}/**/*.parquet')")[0]
+    near = table.filter(pa.array((times >= cutoff) & (times < cutoff + 20 * 60 * 1_000_000)))
+    ahead = table.filter(pa.array(times >= cutoff + 3 * HOUR)).slice(0, 300)
+    topic = await asyncio.to_thread(broker.new_topic, 2)
+    for partition, rows in ((0, near), (1, ahead)):
+        stamps = (pc.cast(rows.column("event_time"), pa.int64()).to_numpy() // MS).tolist()
+        values = [orjson.dumps(row) for row in rows.to_pylist()]
+        await broker.aproduce(topic, values, partition=partition, timestamps_ms=stamps)
+    source = ls.LambdaSource(
+        ls.ParquetLake(root, "event_time", schema=SCHEMA),
+        ls.KafkaStream(topic, broker.bootstrap, time_column="event_time", schema=SCHEMA),
+        cutoff=cutoff,
+        out_of_orderness="1m",
+        idle_timeout="60s",
+        alignment=ls.Alignment(max_drift="30m"),
+    )
+    pipeline = ls.Pipeline(name="held")
+    sink = ls.CollectSink()
+    pipeline.source(source).sink(sink, name="out")
+    with MetricsEndpoint(0) as endpoint:
+        endpoint.register(pipeline, {"worker": "w1", "task": topic})
+        task = asyncio.create_task(pipeline.run())
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                samples = await asyncio.to_thread(scrape, endpoint.url)
+                out = value(samples, "lambdasource_source_records_total")
+                held = value(samples, "lambdasource_split_held", split="stream:partition=1")
+                if (out == lake_rows + near.num_rows and held) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            metrics = pipeline.metrics()  # nothing moves while partition 1 is held
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert out == lake_rows + near.num_rows
+    lake_ids = [i for (i,) in sql(f"SELECT event_id FROM read_parquet('{root}/**/*.parquet')")]
+    want = Counter([*lake_ids, *near.column("event_id").to_pylist()])
+    assert Counter(sink.table().column("event_id").to_pylist()) == want
+    assert held == 1
+    assert value(samples, "lambdasource_split_held", split="stream:partition=0") == 0
+    assert value(samples, "lambdasource_split_held", split="lake") == 0
+    assert value(samples, "lambdasource_source_held_splits") == 1
+    assert value(samples, "lambdasource_split_holds_total", split="stream:partition=1") >= 1
+    partitions = metrics["sources"]["lambda"]["stream"]["partitions"]
+    held_rows = value(samples, "lambdasource_split_held_records", split="stream:partition=1")
+    assert held_rows == partitions[1]["held_rows"] > 0
+    for partition, rows in ((0, near), (1, ahead)):
+        split = f"stream:partition={partition}"
+        end = value(samples, "lambdasource_split_end_offset", split=split)
+        next_offset = value(samples, "lambdasource_split_next_offset", split=split)
+        assert end == rows.num_rows
+        assert next_offset is not None
+        assert value(samples, "lambdasource_split_lag_records", split=split) == end - next_offset
+        assert value(samples, "lambdasource_split_watermark_seconds", split=split) == seconds(
+            partitions[partition]["watermark"]
+        )
+    assert value(samples, "lambdasource_split_finished", split="lake") == 1
 
 
 @pytest.mark.slow
