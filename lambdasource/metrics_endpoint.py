@@ -374,10 +374,10 @@ class _PipelineCollector:
     def collect(self) -> Iterator[Metric]:
         readings: list[tuple[Mapping[str, str], Mapping[str, Any]]] = []
         errors = _Families()
-        for registration in self._endpoint.registrations():
+        for registration in self._endpoint._registered():
             base = {**registration.labels, "pipeline": registration.pipeline.name}
             try:
-                readings.append((base, self._endpoint.read(registration)))
+                readings.append((base, self._endpoint._read(registration)))
             except Exception:
                 registration.read_errors += 1
             errors.add("lambdasource_metrics_read_errors_total", base, registration.read_errors)
@@ -450,11 +450,11 @@ class MetricsEndpoint:
         with self._lock:
             self._registrations.pop(id(pipeline), None)
 
-    def registrations(self) -> list[_Registration]:
+    def _registered(self) -> list[_Registration]:
         with self._lock:
             return list(self._registrations.values())
 
-    def read(self, registration: _Registration) -> dict[str, Any]:
+    def _read(self, registration: _Registration) -> dict[str, Any]:
         """``pipeline.metrics()``, on the pipeline's loop when it runs elsewhere (docstring)."""
         pipeline, loop = registration.pipeline, registration.loop
         if loop is not None and loop.is_running() and not _running_on(loop):
