@@ -441,6 +441,38 @@ async def test_held_split_and_lag_scraped_mid_stream(broker: Broker, tmp_path: P
     assert value(samples, "lambdasource_split_finished", split="lake") == 1
 
 
+async def test_kafka_stream_source_splits_by_partition(broker: Broker) -> None:
+    """A KafkaStream on its own (no lake, no alignment): one split per partition, named
+    ``partition=N``, with the records, end offset and next offset the broker holds."""
+    table = clicks(900, seed=17)
+    topic = await asyncio.to_thread(broker.new_topic, 2)
+    produced = {0: table.slice(0, 600), 1: table.slice(600)}
+    for partition, rows in produced.items():
+        values = [orjson.dumps(row) for row in rows.to_pylist()]
+        await broker.aproduce(topic, values, partition=partition)
+    stream = ls.KafkaStream(
+        topic, broker.bootstrap, time_column="event_time", schema=SCHEMA, stop_at="latest"
+    )
+    pipeline = ls.Pipeline(name="stream")
+    sink = ls.CollectSink()
+    pipeline.source(stream, name="clicks").sink(sink, name="out")
+    await pipeline.run()
+    with MetricsEndpoint(0) as endpoint:
+        endpoint.register(pipeline, {"worker": "w1"})
+        samples = await asyncio.to_thread(scrape, endpoint.url)
+    assert Counter(sink.table().column("event_id").to_pylist()) == Counter(
+        table.column("event_id").to_pylist()
+    )
+    assert value(samples, "lambdasource_source_records_total", source="clicks") == 900
+    for partition, rows in produced.items():
+        split = f"partition={partition}"
+        assert value(samples, "lambdasource_split_records_total", split=split) == rows.num_rows
+        assert value(samples, "lambdasource_split_end_offset", split=split) == rows.num_rows
+        assert value(samples, "lambdasource_split_next_offset", split=split) == rows.num_rows
+        assert value(samples, "lambdasource_split_lag_records", split=split) == 0
+    assert value(samples, "lambdasource_source_held_splits") is None  # no alignment here
+
+
 @pytest.mark.slow
 def test_cli_bootstrap_metrics_port_lambda_source(broker: Broker, tmp_path: Path) -> None:
     """``lambdasource bootstrap … --metrics-port 0``: the port is printed, the job scraped while
