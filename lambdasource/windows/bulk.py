@@ -51,9 +51,9 @@ RECORDS = "_records"
 """The name of the internal record count a sliding engine without a plain ``count()`` keeps
 (``state_tables``: ``_records.count``)."""
 
-_CODE_LIMIT = 1 << 62
+_DIGIT_BITS = 16
 CHUNK_ROWS = 1 << 20
-"""Rows a :class:`SliceAccumulator` aggregates at once (one sort each)."""
+"""Rows a :class:`SliceAccumulator` aggregates at once (one ordering each)."""
 
 
 def bulk_unsupported(engine: WindowEngine, kernels: dict[str, Kernel]) -> str | None:
@@ -83,35 +83,64 @@ def state_kernels(engine: WindowEngine) -> tuple[list[str], list[Kernel]]:
     return names, kernels
 
 
-def _group(keys: np.ndarray, slices: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(order, run starts)``: a stable order of the rows by (key, slice) and, in that order,
-    where each (key, slice) run starts."""
-    low = int(slices.min())
-    offset = (slices - low) // width
-    span = int(offset.max()) + 1
+def _stable_order(values: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """The rows ordered by ``values`` (integers), ties kept in ``order`` (None: row order): a least-significant-digit radix sort, one stable 16-bit pass (numpy's radix
+    sort) per digit that ``values.max()`` needs — O(rows) per pass, not O(rows log rows)."""
+    if not len(values):
+        return np.zeros(0, dtype=np.int64) if order is None else order
+    low = int(values.min())
+    if low < 0:  # key ids and slice offsets never are; kept total for any integers
+        values = values - low
+    top = int(values.max())
+    shift = 0
+    while True:
+        ordered = values if order is None else values[order]
+        digit = (ordered >> shift if shift else ordered).astype(np.uint16)
+        del ordered
+        step = np.argsort(digit, kind="stable")
+        del digit
+        order = step if order is None else order[step]
+        shift += _DIGIT_BITS
+        if top >> shift == 0:
+            return order
+
+
+def _key_slice_order(keys: np.ndarray, slices: np.ndarray, width: int) -> np.ndarray:
+    """An order of the rows by (key, slice), ties in row order.
+
+    When the slices already ascend in row order (a lake read in event-time order) one stable
+    pass by key is enough; otherwise a stable pass by slice comes first."""
+    if len(slices) > 1 and bool((slices[1:] < slices[:-1]).any()):
+        return _stable_order(keys, _stable_order((slices - int(slices.min())) // width))
+    return _stable_order(keys)
+
+
+def _run_starts(keys: np.ndarray, slices: np.ndarray) -> np.ndarray:
+    """Where a run of equal (key, slice) starts in rows sorted by both."""
     starts = np.empty(len(keys), dtype=bool)
     starts[:1] = True
-    if (int(keys.max()) + 1) * span < _CODE_LIMIT:  # one int64 code per (key, slice)
-        code = keys * span + offset
-        del offset
-        order = np.argsort(code, kind="stable")
-        ordered = code[order]
-        del code
-        np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
-        return order, starts
-    order = np.lexsort((offset, keys))
-    sorted_keys, sorted_slices = keys[order], slices[order]
-    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=starts[1:])
-    starts[1:] |= sorted_slices[1:] != sorted_slices[:-1]
-    return order, starts
+    np.not_equal(keys[1:], keys[:-1], out=starts[1:])
+    starts[1:] |= slices[1:] != slices[:-1]
+    return starts
+
+
+def _ordered(keys: np.ndarray, slices: np.ndarray) -> bool:
+    """Whether rows sorted by key have their slices ascending within each key."""
+    return not bool(((keys[1:] == keys[:-1]) & (slices[1:] < slices[:-1])).any())
 
 
 class SliceAccumulator:
     """Partial aggregates per (key id, slice start) of every row added (none is ever late).
 
-    Rows are kept as they come and aggregated in chunks of about ``chunk_rows`` (one sort per
-    chunk, not per batch: lake batches are small); :meth:`result` merges the chunks' partials.
-    Memory: one chunk of rows plus the partials, which are at most one row per (key, slice).
+    Rows are kept as they come and aggregated in chunks of about ``chunk_rows`` (one ordering
+    per chunk, not per batch: lake batches are small) into *runs* of partials sorted by (key,
+    slice); :meth:`result` merges the runs. A lake read in event-time order gives runs whose
+    slice ranges follow one another (at most a boundary slice shared), so the merge is one
+    stable pass by key plus a reduce of the few (key, slice) pairs two runs share; when the
+    result is not in (key, slice) order after that pass (runs out of order, rows out of time
+    order), a pass by slice comes first — the result never depends on the arrival order.
+    Memory: one chunk of rows plus the runs (at most one row per (key, slice) each); the merge
+    copies the runs' columns once, freeing each run as it is copied.
     """
 
     def __init__(
@@ -147,6 +176,7 @@ class SliceAccumulator:
             return
         keys = np.concatenate([batch_keys for batch_keys, _ in waiting])
         batches = [rows for _, rows in waiting]
+        del waiting
         rows = Rows(
             {
                 column: pa.concat_arrays([batch.columns[column] for batch in batches])
@@ -155,14 +185,18 @@ class SliceAccumulator:
             np.concatenate([batch.times for batch in batches]),
             np.concatenate([batch.seq for batch in batches]),
         )
+        del batches
         slices = rows.times // self.slice_width * self.slice_width
-        order, starts = _group(keys, slices, self.slice_width)
-        groups = np.empty(len(keys), dtype=np.int64)
+        order = _key_slice_order(keys, slices, self.slice_width)
+        sorted_keys, sorted_slices = keys[order], slices[order]
+        del keys, slices
+        starts = _run_starts(sorted_keys, sorted_slices)
+        groups = np.empty(len(order), dtype=np.int64)  # each row's (key, slice), in row order
         groups[order] = np.cumsum(starts) - 1
-        runs = int(np.count_nonzero(starts))
-        parts = tuple(kernel.partial(rows, groups, runs) for kernel in self.kernels)
-        first = order[starts]
-        self._runs.append((keys[first], slices[first], parts))
+        del order
+        count = int(np.count_nonzero(starts))
+        parts = tuple(kernel.partial(rows, groups, count) for kernel in self.kernels)
+        self._runs.append((sorted_keys[starts], sorted_slices[starts], parts))
 
     def result(self) -> tuple[np.ndarray, np.ndarray, tuple[State, ...]]:
         """``(key ids, slice starts, partials)``: one row per (key, slice), sorted by both."""
@@ -173,23 +207,89 @@ class SliceAccumulator:
             return empty, empty, tuple(kernel.identity(0) for kernel in self.kernels)
         if len(runs) == 1:
             return runs[0]
-        keys = np.concatenate([run[0] for run in runs])
-        slices = np.concatenate([run[1] for run in runs])
-        parts = tuple(
-            tuple(np.concatenate(arrays) for arrays in zip(*states, strict=True))
-            for states in zip(*(run[2] for run in runs), strict=True)
-        )
-        del runs
-        order, starts = _group(keys, slices, self.slice_width)
-        groups = np.empty(len(keys), dtype=np.int64)  # each row's (key, slice), in row order:
-        groups[order] = np.cumsum(starts) - 1  # reduce takes rows in any order, so no copies
-        merged = int(np.count_nonzero(starts))
-        reduced = tuple(
-            kernel.reduce(state, groups, merged)
-            for kernel, state in zip(self.kernels, parts, strict=True)
-        )
-        first = order[starts]
-        return keys[first], slices[first], reduced
+        keys, slices, columns = _concatenate(runs)
+        order = _stable_order(keys)
+        sorted_keys, sorted_slices = keys[order], slices[order]
+        if not _ordered(sorted_keys, sorted_slices):  # runs overlap in time: slices first
+            del sorted_keys, sorted_slices
+            offsets = (slices - int(slices.min())) // self.slice_width
+            order = _stable_order(keys, _stable_order(offsets))
+            del offsets
+            sorted_keys, sorted_slices = keys[order], slices[order]
+        del keys, slices
+        starts = _run_starts(sorted_keys, sorted_slices)
+        merged = _merge_sorted(self.kernels, columns, order, starts)
+        return sorted_keys[starts], sorted_slices[starts], merged
+
+
+def _concatenate(
+    runs: list[tuple[np.ndarray, np.ndarray, tuple[State, ...]]],
+) -> tuple[np.ndarray, np.ndarray, list[list[np.ndarray | None]]]:
+    """The runs' keys, slices and partial columns (per kernel, per state array) concatenated
+    in run order; ``runs`` is emptied as it is copied, so each run is freed once copied."""
+    total = sum(len(run[0]) for run in runs)
+    keys = np.empty(total, dtype=np.int64)
+    slices = np.empty(total, dtype=np.int64)
+    columns: list[list[np.ndarray | None]] = [
+        [
+            np.empty(total, dtype=np.result_type(*(run[2][k][i] for run in runs)))
+            for i in range(len(state))
+        ]
+        for k, state in enumerate(runs[0][2])
+    ]
+    offset = 0
+    runs.reverse()
+    while runs:
+        run_keys, run_slices, parts = runs.pop()
+        stop = offset + len(run_keys)
+        keys[offset:stop] = run_keys
+        slices[offset:stop] = run_slices
+        for kernel_columns, state in zip(columns, parts, strict=True):
+            for column, values in zip(kernel_columns, state, strict=True):
+                assert column is not None
+                column[offset:stop] = values
+        offset = stop
+        del run_keys, run_slices, parts
+    return keys, slices, columns
+
+
+def _merge_sorted(
+    kernels: list[Kernel],
+    columns: list[list[np.ndarray | None]],
+    order: np.ndarray,
+    starts: np.ndarray,
+) -> tuple[State, ...]:
+    """The partials ``columns`` taken in ``order`` (sorted by (key, slice)), one per (key,
+    slice) run ``starts`` marks: each run's first partial, with the runs of more than one
+    (pairs several chunks share) reduced by their kernel. Frees each column once taken."""
+    heads = order[starts]
+    group = np.cumsum(starts) - 1  # per sorted position
+    shared = np.zeros(len(heads), dtype=bool)  # groups of more than one partial
+    shared[group[~starts]] = True
+    targets = np.flatnonzero(shared)
+    if len(targets):
+        in_shared = shared[group]
+        member_rows = order[in_shared]
+        member_groups = (np.cumsum(shared) - 1)[group[in_shared]]
+        del in_shared
+    del group, shared
+    merged: list[State] = []
+    for kernel, kernel_columns in zip(kernels, columns, strict=True):
+        state: list[np.ndarray] = []
+        members: list[np.ndarray] = []
+        for index, column in enumerate(kernel_columns):
+            assert column is not None
+            state.append(column[heads])
+            if len(targets):
+                members.append(column[member_rows])
+            kernel_columns[index] = None  # freed once taken
+            del column
+        if len(targets):
+            reduced = kernel.reduce(tuple(members), member_groups, len(targets))
+            for values, shared_values in zip(state, reduced, strict=True):
+                values[targets] = shared_values
+        merged.append(tuple(state))
+    return tuple(merged)
 
 
 def _take(parts: tuple[State, ...], rows: np.ndarray) -> tuple[State, ...]:
