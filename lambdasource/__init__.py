@@ -19,6 +19,7 @@ from .errors import (
     LakeStateError,
     LambdaSourceError,
     OperatorError,
+    ScaleOutError,
     SchemaError,
     SinkError,
     SourceError,
@@ -32,6 +33,7 @@ from .messages import Barrier, End, Watermark
 from .operator import Context, Operator, Timer
 from .pipeline import Pipeline, Stream, WindowedStream
 from .s3 import S3Config
+from .scaleout import TaskContext, Worker, run_workers
 from .sinks.base import Sink
 from .sinks.collect import CollectSink
 from .sinks.duckdb import DuckDBUpsert
@@ -99,6 +101,7 @@ __all__ = [
     "Pipeline",
     "PostgresUpsert",
     "S3Config",
+    "ScaleOutError",
     "SchemaError",
     "Session",
     "Sink",
@@ -111,10 +114,12 @@ __all__ = [
     "Stream",
     "StreamError",
     "StreamGapError",
+    "TaskContext",
     "Timer",
     "Tumbling",
     "Watermark",
     "WindowedStream",
+    "Worker",
     "backfill",
     "count",
     "count_distinct",
@@ -125,6 +130,7 @@ __all__ = [
     "max",
     "mean",
     "min",
+    "run_workers",
     "sink_from_url",
     "sum",
 ]

@@ -163,3 +163,11 @@ __all__ = [
     "StreamError",
     "StreamGapError",
 ]
+
+
+class ScaleOutError(LambdaSourceError):
+    """A job run as several workers (one consumer group) failed as a whole: the group could not
+    be joined or kept, or a worker process or one of its partition tasks failed (named)."""
+
+
+__all__ += ["ScaleOutError"]

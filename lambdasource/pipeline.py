@@ -418,6 +418,16 @@ class Pipeline:
             raise ConfigError(f"{self.name}: trigger_checkpoint needs a running pipeline")
         return self._runtime.request_checkpoint()
 
+    async def write_final_checkpoint(self) -> int | None:
+        """After ``run()`` returned normally: checkpoint the final state of every node (the
+        positions at the end, the windows as flushed) and return its id; None without
+        checkpoints or when the run did not finish (scale-out tasks use it: a partition's next
+        owner then resumes at its end)."""
+        runtime = self._runtime
+        if runtime is None or runtime.coordinator is None:
+            return None
+        return await runtime.coordinator.write_final()
+
     @property
     def snapshots(self) -> dict[int, dict[str, Any]]:
         """Snapshots collected per checkpoint id (node name → state)."""

@@ -456,6 +456,31 @@ class CheckpointCoordinator:
         self._written(checkpoint_id, encoded, duration, duration)
         return checkpoint_id
 
+    async def write_final(self) -> int | None:
+        """After a run that ended by itself (every sink finished): write every node's final
+        state as one more checkpoint and return its id (None when the run did not end so, or
+        the checkpoint could not be completed). Sinks are not called (they have ended), and
+        nothing is pruned. A scale-out task uses it so that the next owner of a complete
+        partition restores it at its end instead of replaying from an earlier checkpoint."""
+        runtime = self.runtime
+        if runtime is None or not runtime.done or runtime.status != "finished":
+            return None
+        checkpoint_id = runtime.request_checkpoint()  # every node has its final state
+        ready = [entry for entry in self._ready if entry[0] == checkpoint_id]
+        if not ready:
+            return None
+        self._ready.remove(ready[0])
+        _, states, started = ready[0]
+        await self.store.open()
+        try:
+            sources = {source.name for source in runtime.sources}
+            encoded = await self._store(checkpoint_id, states, sources)
+        finally:
+            await self.store.close()
+        end = time.perf_counter()
+        self._written(checkpoint_id, encoded, end - started, end - started)
+        return checkpoint_id
+
     def _written(self, checkpoint_id: int, encoded: Encoded, duration: float, write: float) -> None:
         """Count a checkpoint written in ``write`` s, ``duration`` s after its trigger."""
         self.count += 1
