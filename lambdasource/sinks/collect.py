@@ -14,11 +14,16 @@ class CollectSink(Sink):
     """
 
     name = "collect"
+    single_writer = True  # rows stay in the process that received them
 
     def __init__(self) -> None:
         self.batches: list[pa.RecordBatch] = []
         self.watermarks: list[int] = []
         self.schema: pa.Schema | None = None
+
+    def _fresh_for_task(self, task_id: str) -> None:
+        self.batches = []
+        self.watermarks = []
 
     def bind(self, schema: pa.Schema | None) -> None:
         self.schema = schema

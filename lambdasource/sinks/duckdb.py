@@ -4,12 +4,19 @@ One flush is one transaction: the coalesced rows are registered as an Arrow view
 the stored row or tombstone are counted and left out, the rest go through
 ``INSERT … ON CONFLICT (key) DO UPDATE … WHERE excluded.version >= target.version``; deletions
 remove the row and leave a tombstone in ``<table>__deleted``. All DuckDB calls run in a thread.
+
+Single writer: a DuckDB file takes one writing process at a time (``single_writer = True``), so a
+job run as several workers refuses it before it starts (:func:`.base.require_multi_writer`).
+``close`` always releases the file, also when the run was cancelled during a flush: the flush
+still running in its thread is interrupted and awaited, then the connection is closed, so the
+process can open the file again (read-only or not) right after.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +61,12 @@ def unwritable_reason(path: Path) -> str | None:
     return None
 
 
+def _close_result(connecting: asyncio.Future[Any]) -> None:
+    """Close the connection a cancelled ``open`` still made (nothing holds it)."""
+    if not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().close()
+
+
 class DuckDBUpsert(UpsertSink):
     """Upsert into ``table`` of the DuckDB database at ``path`` (created when absent).
 
@@ -63,6 +76,7 @@ class DuckDBUpsert(UpsertSink):
     """
 
     kind = "duckdb"
+    single_writer = True
 
     def __init__(
         self,
@@ -90,6 +104,15 @@ class DuckDBUpsert(UpsertSink):
         self._ready = False
         self._flushes = 0
         self._optimistic_after = 0  # flush number from which a plain INSERT is tried first
+        self._using = threading.Lock()  # held by the thread using the connection
+
+    def _fresh_for_task(self, task_id: str) -> None:
+        super()._fresh_for_task(task_id)
+        self._con = None
+        self._ready = False
+        self._flushes = 0
+        self._optimistic_after = 0
+        self._using = threading.Lock()
 
     async def open(self) -> None:
         """Open (create) the database file; missing parent directories are created.
@@ -99,7 +122,12 @@ class DuckDBUpsert(UpsertSink):
         :class:`SinkError` naming the path and the cause, before the sink takes any record.
         """
         if self._con is None:
-            self._con = await asyncio.to_thread(self._connect)
+            connecting = asyncio.ensure_future(asyncio.to_thread(self._connect))
+            try:
+                self._con = await asyncio.shield(connecting)
+            except asyncio.CancelledError:
+                connecting.add_done_callback(_close_result)  # the thread still connects
+                raise
 
     def _cannot_open(self, problem: str) -> SinkError:
         return SinkError(
@@ -134,14 +162,29 @@ class DuckDBUpsert(UpsertSink):
         return con
 
     async def close(self) -> None:
+        """Close the connection; a flush still running in its thread (the run was cancelled
+        mid-flush) is interrupted — its transaction rolls back — and awaited first."""
         if self._con is not None:
             con, self._con = self._con, None
-            await asyncio.to_thread(con.close)
+            closing = asyncio.ensure_future(asyncio.to_thread(self._close_when_idle, con))
+            await asyncio.shield(closing)  # cancelled or not, the thread closes the file
+
+    def _close_when_idle(self, con: Any) -> None:
+        if self._using.locked():
+            con.interrupt()  # DuckDB's one call another thread may make on a busy connection
+        with self._using:
+            con.close()
 
     async def _apply(self, table: pa.Table) -> ApplyResult:
         if self._con is None:
             await self.open()
-        return await asyncio.to_thread(self._apply_sync, table)
+        return await asyncio.to_thread(self._apply_locked, table)
+
+    def _apply_locked(self, table: pa.Table) -> ApplyResult:
+        with self._using:
+            if self._con is None:  # closed while this call waited for its thread
+                raise SinkError(f"sink={self.name} table={self.table}: the sink was closed")
+            return self._apply_sync(table)
 
     def _is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, duckdb.TransactionException | RetriableSinkError)

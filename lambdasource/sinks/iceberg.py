@@ -101,6 +101,12 @@ class IcebergUpsert(UpsertSink):
         self.lineage = lineage
         self._checked = False
 
+    def _fresh_for_task(self, task_id: str) -> None:
+        super()._fresh_for_task(task_id)
+        self._checked = False
+        if isinstance(self._catalog_arg, Mapping):
+            self._catalog = None  # each task loads its own (a user's Catalog object is shared)
+
     async def open(self) -> None:
         """Load the catalog; a failure (unreachable, misconfigured) is a one-line SinkError
         naming the catalog (its ``uri``, secrets hidden) and the cause."""

@@ -25,6 +25,14 @@ pre-committed rows and recovery fails loudly. Consumers must read with
 ``isolation_level="read_committed"``: ``read_uncommitted`` also shows rows of aborted
 transactions (the dead run's rows after its last checkpoint, produced again by the replay).
 
+Several writers (one sink per task, :meth:`~.base.Sink.for_task`): every task has its own
+producer, and with ``exactly_once`` its own transactional id ``<transactional_id>-<task id>``
+(the default base is ``lambdasource-<topic>-<sink name>``), the same on every restart and on
+whichever worker owns the task next, so starting the task again fences its previous producer: a
+zombie's late commit fails with ``ProducerFenced`` and its rows stay invisible to
+``read_committed`` consumers. Tasks write disjoint keys (keys are co-partitioned with the stream),
+so last-write-wins per key still follows the task's order.
+
 Connecting: ``open()`` starts the producer within ``connect_timeout`` (``security``: TLS/SASL, a
 :class:`~lambdasource.KafkaSecurity`); when that fails (broker down, refusing, accepting TCP and
 never answering, an untrusted certificate, a wrong password) the producer is stopped again and a
@@ -128,17 +136,34 @@ class KafkaUpsert(UpsertSink):
         self.idempotent = idempotent
         self._idempotence: bool | None = None  # what the broker granted (None: not asked yet)
         self._transactions: CheckpointTransactions | None = None
+        # the job's transactional id; a task's is ``<it>-<task id>`` (see ``for_task``)
+        self.base_transactional_id: str | None = None
         if exactly_once or transactional_id is not None:
+            self.base_transactional_id = transactional_id or f"lambdasource-{topic}-{self.name}"
             timeout_ms = parse_duration(transaction_timeout, name="transaction_timeout") // 1000
-            self._transactions = CheckpointTransactions(
-                transactional_id=transactional_id or f"lambdasource-{topic}-{self.name}",
-                topic=topic,
-                sink=self.name,
-                transaction_timeout_ms=int(timeout_ms),
-                start_producer=self._start_producer,
-                client_options=self._client_options,
-                timeout=self.connect_timeout,
-            )
+            self._transaction_timeout_ms = int(timeout_ms)
+            self._transactions = self._new_transactions(self.base_transactional_id)
+
+    def _new_transactions(self, transactional_id: str) -> CheckpointTransactions:
+        return CheckpointTransactions(
+            transactional_id=transactional_id,
+            topic=self.topic,
+            sink=self.name,
+            transaction_timeout_ms=self._transaction_timeout_ms,
+            start_producer=self._start_producer,
+            client_options=self._client_options,
+            timeout=self.connect_timeout,
+        )
+
+    def _fresh_for_task(self, task_id: str) -> None:
+        """A task's own producer; with ``exactly_once`` its own transactional id
+        ``<transactional_id>-<task_id>``: stable across restarts and rebalances, so the task's
+        next owner fences the previous one's producer (a zombie's late commit fails)."""
+        super()._fresh_for_task(task_id)
+        self._producer = None
+        self._idempotence = None
+        if self.base_transactional_id is not None:
+            self._transactions = self._new_transactions(f"{self.base_transactional_id}-{task_id}")
 
     @property
     def exactly_once(self) -> bool:

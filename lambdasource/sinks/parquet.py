@@ -30,6 +30,12 @@ class ParquetSink(BufferedSink):
     """Append to hour partitions of ``time_column`` under ``path``."""
 
     kind = "parquet"
+    single_writer = False  # file names never collide: any number of writers may append
+    files_written: list[str]
+
+    def _fresh_for_task(self, task_id: str) -> None:
+        super()._fresh_for_task(task_id)
+        self.files_written = []
 
     def __init__(
         self,
@@ -47,7 +53,7 @@ class ParquetSink(BufferedSink):
         )
         self.time_column = time_column
         self.compression = compression
-        self.files_written: list[str] = []
+        self.files_written = []
         text = str(path)
         if text.startswith(("s3://", "s3a://")):
             bucket, prefix = split_s3_url(text)

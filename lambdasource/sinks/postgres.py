@@ -5,7 +5,22 @@ One flush is one transaction: the coalesced rows are written as CSV (pyarrow, ve
 ``INSERT … ON CONFLICT (key) DO UPDATE … WHERE excluded.version >= target.version``. When the batch
 has no deletions and the tombstone table ``<table>__deleted`` is empty this is one statement;
 otherwise a decision table marks rows older than the stored row or tombstone first. Connection
-loss, serialization failures and deadlocks are retried (reconnecting) with backoff.
+loss, serialization failures and deadlocks are retried (reconnecting) with bounded, jittered
+backoff; when they persist past ``retries`` the flush fails with a SinkError naming the table and
+the attempts.
+
+Several writers (one sink per task, each its own connection) may write one table at once:
+
+* every write transaction first takes a transaction-level advisory lock on the table
+  (:func:`table_lock_key`): *shared* for a flush without deletions, *exclusive* for a flush with
+  deletions (and for creating the tables). Upserts of any keys run concurrently — the version
+  guard in ``ON CONFLICT … WHERE`` is evaluated on the newest committed row, so two writers of
+  one key keep the newer version — while a deletion never races an insert of the key it
+  deletes (without the lock, an insert that did not yet see the tombstone resurrects the key:
+  write skew across the table and its tombstone table);
+* rows are applied in key order, so writers of overlapping keys lock rows in one order;
+* staging and decision tables are ``TEMP … ON COMMIT DROP``: private to the connection, so
+  their names cannot collide across writers.
 
 PostgreSQL cannot store the NUL character (``\\x00``) in text. By default (``nul_bytes="error"``)
 a flush holding one is refused before anything of it is written, with a :class:`SinkError` naming
@@ -105,6 +120,17 @@ def _is_transient_pg(exc: BaseException) -> bool:
     return isinstance(exc, transient)
 
 
+def table_lock_key(table: str) -> str:
+    """The text whose ``hashtextextended`` is the advisory-lock key of ``table``'s writers."""
+    return f"lambdasource-upsert:{table}"
+
+
+async def lock_table(conn: Any, table: str, *, exclusive: bool) -> None:
+    """Take ``table``'s writer lock until the end of the open transaction (see the module doc)."""
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    await conn.execute(f"SELECT {function}(hashtextextended($1, 0))", table_lock_key(table))
+
+
 def _to_csv(table: pa.Table) -> bytes:
     casts = []
     for field in table.schema:
@@ -162,6 +188,12 @@ class PostgresUpsert(UpsertSink):
         self.nul_bytes = nul_bytes
         self._nul_stripped = 0
         self._conn: Any = None
+        self._ready = False
+
+    def _fresh_for_task(self, task_id: str) -> None:
+        super()._fresh_for_task(task_id)
+        self._nul_stripped = 0
+        self._conn = None
         self._ready = False
 
     async def open(self) -> None:
@@ -247,6 +279,13 @@ class PostgresUpsert(UpsertSink):
     # schema ---------------------------------------------------------------------------------------
 
     async def _ensure_table(self, conn: Any) -> None:
+        """Create or check the table and its tombstone table, holding the writers' lock
+        exclusively (writers starting at once would race in CREATE TABLE IF NOT EXISTS)."""
+        async with conn.transaction():
+            await lock_table(conn, self.table, exclusive=True)
+            await self._ensure_table_locked(conn)
+
+    async def _ensure_table_locked(self, conn: Any) -> None:
         assert self.schema is not None and self.version is not None
         types = {
             f.name: pg_type(f.type, f.name, self.table) for f in self.schema if f.name != DELETED
@@ -304,6 +343,7 @@ class PostgresUpsert(UpsertSink):
             self._ready = True
         assert self.schema is not None and self.version is not None
         cols = self.stored_columns
+        table = table.take(pc.sort_indices(table, [(k, "ascending") for k in self.keys]))
         n_deleted = int(pc.sum(table.column(DELETED).cast(pa.int64())).as_py() or 0)
         copied = [*cols, DELETED] if n_deleted else cols  # stage: _deleted defaults to false
         data = await asyncio.to_thread(_to_csv, table.select(copied))
@@ -315,6 +355,7 @@ class PostgresUpsert(UpsertSink):
             if written is not None:
                 return ApplyResult(written=written)
         async with conn.transaction():
+            await lock_table(conn, self.table, exclusive=n_deleted > 0)
             await conn.execute(
                 f"CREATE TEMP TABLE __ls_stage ({stage_cols}, "
                 f"{quote_column(DELETED)} boolean NOT NULL DEFAULT false) ON COMMIT DROP"
@@ -347,6 +388,7 @@ class PostgresUpsert(UpsertSink):
         k = quote_column(key)
         try:
             async with conn.transaction():
+                await lock_table(conn, self.table, exclusive=False)
                 clash = await conn.fetchval(
                     f"SELECT EXISTS (SELECT 1 FROM {target} WHERE {k} = ANY($1::{array_type})) "
                     f"OR EXISTS (SELECT 1 FROM {tomb} WHERE {k} = ANY($1::{array_type}))",
@@ -381,7 +423,7 @@ class PostgresUpsert(UpsertSink):
         keys = ", ".join(quote_column(k) for k in self.keys)
         status = await conn.execute(
             f"INSERT INTO {quote(self.table)} ({col_list}) SELECT {col_list} FROM {source} "
-            f"WHERE {where} ON CONFLICT ({keys}) {self._conflict_action()}"
+            f"WHERE {where} ORDER BY {keys} ON CONFLICT ({keys}) {self._conflict_action()}"
         )
         return int(status.split()[-1])
 

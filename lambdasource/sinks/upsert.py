@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from .base import Sink
 DELETED = "_deleted"
 TOMBSTONE_SUFFIX = "__deleted"
 DEFAULT_VERSION = "window_end"
+MAX_BACKOFF = 5.0  # seconds: the longest pause between two attempts of one flush
+_jitter = random.Random()  # retry jitter only (no test depends on its values)
 
 
 class RetriableSinkError(SinkError):
@@ -160,6 +163,10 @@ class BufferedSink(Sink):
         self.flush_interval = parse_duration(flush_interval, name="flush_interval") / 1e6
         self.retries = retries
         self.backoff = backoff
+        self._fresh_runtime()
+
+    def _fresh_runtime(self) -> None:
+        """The buffer and counters of a new instance (also of each ``for_task`` copy)."""
         self.watermark: int | None = None
         self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
@@ -172,6 +179,9 @@ class BufferedSink(Sink):
         self._batches = 0
         self._retried = 0
         self._latencies: list[float] = []
+
+    def _fresh_for_task(self, task_id: str) -> None:
+        self._fresh_runtime()
 
     # subclass API ---------------------------------------------------------------------------------
 
@@ -242,7 +252,15 @@ class BufferedSink(Sink):
         self._skipped += result.skipped
         self._deletes += result.deletes
 
+    def _retry_pause(self, attempt: int) -> float:
+        """Seconds before retry ``attempt`` (0-based): exponential from ``backoff``, capped at
+        :data:`MAX_BACKOFF`, with ±50 % jitter so writers that conflicted do not retry in step."""
+        return min(self.backoff * 2**attempt, MAX_BACKOFF) * (0.5 + _jitter.random())
+
     async def _with_retries(self, table: pa.Table) -> ApplyResult:
+        """``_apply`` with up to ``retries`` retries of transient errors (after ``_reset``); a
+        permanent error, or a transient one after the last retry, is a SinkError naming the
+        sink, the table, the attempts and a key (schema and config errors pass unchanged)."""
         attempt = 0
         while True:
             try:
@@ -252,16 +270,16 @@ class BufferedSink(Sink):
             except Exception as exc:
                 if self._is_transient(exc) and attempt < self.retries:
                     self._retried += 1
-                    await asyncio.sleep(self.backoff * 2**attempt)
+                    await asyncio.sleep(self._retry_pause(attempt))
                     attempt += 1
                     await self._reset()
                     continue
                 if isinstance(exc, SchemaError | ConfigError):
                     raise
+                tries = f" after {attempt + 1} attempts" if attempt else ""
                 raise SinkError(
                     f"sink={self.name} table={self.target}: writing {self._describe(table)} "
-                    f"failed{' after ' + str(attempt) + ' retries' if attempt else ''}: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"failed{tries}: {type(exc).__name__}: {exc}"
                 ) from exc
 
     def metrics(self) -> dict[str, Any]:
