@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import bootstrap, checkpoints, engine, lake, peers, sinks, skew, stream
+from . import bootstrap, checkpoints, engine, lake, partition_reads, peers, sinks, skew, stream
 from .common import RESULTS_DIR, Report
 
 
@@ -77,6 +77,14 @@ BENCHMARKS: dict[str, Benchmark] = {
             skew.add_arguments,
             skew.run,
             skew.summary,
+        ),
+        Benchmark(
+            "partition_reads",
+            "read amplification of N partition tasks over a lake: split (archiver) vs unsplit "
+            "(every task filters by key) ÷ one read of the lake",
+            partition_reads.add_arguments,
+            partition_reads.run,
+            partition_reads.summary,
         ),
         Benchmark(
             "peers",

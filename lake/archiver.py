@@ -10,6 +10,12 @@ Invariants (what the exact-offset handoff relies on, DESIGN §3):
   files of a failed attempt are orphans no commit lists.
 - **Event-time partitions.** Rows are written by their event time, sorted; late records land in
   their own (old) hour partition.
+- **Split by Kafka partition.** Each commit writes its rows per Kafka partition: a Parquet file
+  holds one partition's records (``part-<sequence>-p<partition>-<uuid>.parquet``, same hour
+  directories), an Iceberg table has the identity partition field ``_kafka_partition``; so a
+  scale-out task reads only its partition's files and the commit records' per-partition offsets
+  make its handoff exact. Lakes archived before the split stay readable (their files are read
+  whole and filtered by key, :mod:`lambdasource.sources.lake.partitioned`).
 - **Nothing lost silently.** A message that does not decode (or has no event time) becomes a
   dead letter (topic/partition/offset/timestamp/key/value/reason) stored under the same commit;
   counted in :meth:`Archiver.metrics`. An offset gap (retention deleted records never archived) is
@@ -63,9 +69,10 @@ from lambdasource.sources.lake.commits import (
     merge_event_times,
     merge_offsets,
 )
+from lambdasource.sources.lake.partitioned import KAFKA_PARTITION_COLUMN
 from lambdasource.timeutil import Duration, parse_duration
 
-from .writer import DEAD_LETTER_SCHEMA, IcebergLakeWriter, LakeWriter, ParquetLakeWriter
+from .writer import DEAD_LETTER_SCHEMA, Commit, IcebergLakeWriter, LakeWriter, ParquetLakeWriter
 
 __all__ = ["ArchiveSummary", "Archiver", "add_arguments", "command"]
 
@@ -88,9 +95,9 @@ class ArchiveSummary:
 
 @dataclass
 class _Buffer:
-    """Decoded rows and dead letters consumed since the last commit."""
+    """Decoded rows (per Kafka partition) and dead letters consumed since the last commit."""
 
-    batches: list[pa.RecordBatch] = field(default_factory=list)
+    batches: dict[int, list[pa.RecordBatch]] = field(default_factory=dict)
     rows: int = 0
     dead: list[dict[str, Any]] = field(default_factory=list)
 
@@ -172,6 +179,11 @@ class Archiver:
                 )
             )
         self.output_schema = output_schema(schema, format=format, time_column=time_column)
+        if self.output_schema is not None and KAFKA_PARTITION_COLUMN in self.output_schema.names:
+            raise ConfigError(
+                f"archive: column {KAFKA_PARTITION_COLUMN!r} is reserved: the archiver writes "
+                "each record's Kafka partition there (Iceberg)"
+            )
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.lake = lake
@@ -574,7 +586,7 @@ class Archiver:
                 )
             batch = batch.filter(pc.is_valid(times))
         if batch.num_rows:
-            self._buffer.batches.append(batch)
+            self._buffer.batches.setdefault(partition, []).append(batch)
             self._buffer.rows += batch.num_rows
             newest = pc.max(batch.column(time_name))
             if newest.is_valid:
@@ -605,20 +617,27 @@ class Archiver:
         await self._wait_inflight()
         buffer, self._buffer = self._buffer, _Buffer()
         offsets = dict(self._next)
-        if self.output_schema is not None:
-            table = pa.Table.from_batches(buffer.batches, schema=self.output_schema)
-        elif buffer.batches:
-            table = pa.Table.from_batches(buffer.batches)
+        table: Commit
+        if buffer.batches:  # written split by Kafka partition (the partition in the file)
+            table = {
+                p: pa.Table.from_batches(batches, schema=self.output_schema)
+                for p, batches in sorted(buffer.batches.items())
+            }
+        elif self.output_schema is not None:
+            table = self.output_schema.empty_table()
         else:  # a callable decoder with unknown schema and nothing decoded: offsets only
             table = pa.table({self.lake.time_column: pa.array([], pa.timestamp("us", tz="UTC"))})
         dead = pa.Table.from_pylist(buffer.dead, schema=DEAD_LETTER_SCHEMA) if buffer.dead else None
         self._submitted = offsets
         times = dict(self._event_times)
-        self._inflight = asyncio.ensure_future(self._write(table, dead, offsets, times))
+        self._inflight = asyncio.ensure_future(
+            self._write(table, buffer.rows, dead, offsets, times)
+        )
 
     async def _write(
         self,
-        table: pa.Table,
+        table: Commit,
+        rows: int,
         dead: pa.Table | None,
         offsets: dict[int, int],
         event_times: dict[int, int],
@@ -638,7 +657,7 @@ class Archiver:
             )
 
         record = await _to_thread_uncancellable(write)
-        self._metrics["rows"] += table.num_rows
+        self._metrics["rows"] += rows
         self._metrics["dead_letters"] += 0 if dead is None else dead.num_rows
         self._metrics["commits"] += 1
         self._metrics["last_sequence"] = record.sequence

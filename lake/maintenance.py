@@ -1,7 +1,10 @@
 """Lake maintenance: compaction of the small files frequent commits leave in an hour partition.
 
 :func:`compact` rewrites every partition holding at least ``min_files`` live files into one file
-per ``target_rows`` rows, sorted by event time (row groups as the writer makes them), then:
+per ``target_rows`` rows, sorted by event time (row groups as the writer makes them) — per Kafka
+partition: the archiver's split files (``part-…-p<partition>-….parquet``) of one partition are
+merged only with each other and keep the partition in their new names, unsplit files only with
+unsplit ones, so a scale-out task still reads only its partition's files — then:
 
 1. writes the new files;
 2. writes a commit record (next sequence, atomically, exactly like a writer) listing the new files
@@ -32,6 +35,7 @@ import pyarrow.parquet as pq
 from lambdasource.errors import LakeReadError, SinkError
 from lambdasource.sources.lake.commits import CommitRecord, merge_event_times, merge_offsets
 from lambdasource.sources.lake.commits import live_files as committed_files
+from lambdasource.sources.lake.partitioned import file_kafka_partition, split_file_name
 
 from .writer import ParquetLakeWriter, _prepare, row_group_bounds
 
@@ -80,14 +84,17 @@ def compact(
     the replaced files at once (jobs that pinned an older state may then fail on restart).
     """
     commits = writer.commits()
-    by_partition: dict[str, list[str]] = {}
+    # a group: one time partition's files of one Kafka partition (None: unsplit files); files
+    # of different Kafka partitions are never merged, so tasks still read only their own
+    by_partition: dict[tuple[str, int | None], list[str]] = {}
     for f in live_files(writer):
-        by_partition.setdefault(f.rsplit("/", 1)[0], []).append(f)
+        group = (f.rsplit("/", 1)[0], file_kafka_partition(f))
+        by_partition.setdefault(group, []).append(f)
     wanted = None if partitions is None else {p.strip("/") for p in partitions}
     chosen = {
-        p: files
-        for p, files in sorted(by_partition.items())
-        if len(files) >= min_files and (wanted is None or p in wanted)
+        group: files
+        for group, files in sorted(by_partition.items(), key=lambda item: _group_order(item[0]))
+        if len(files) >= min_files and (wanted is None or group[0] in wanted)
     }
     if not chosen:
         return CompactionResult(0, 0, 0, 0, None, ())
@@ -95,7 +102,7 @@ def compact(
     new_files: list[str] = []
     replaced: list[str] = []
     rows = 0
-    for directory, files in chosen.items():
+    for (directory, tag), files in chosen.items():
         tables = []
         for f in files:
             try:
@@ -111,7 +118,13 @@ def compact(
         parts = max(1, -(-n // target_rows))
         for i in range(parts):
             start, stop = i * n // parts, (i + 1) * n // parts
-            relative = f"{directory}/part-{sequence:020d}-{uuid.uuid4().hex}.parquet"
+            unique = uuid.uuid4().hex
+            name = (
+                f"part-{sequence:020d}-{unique}.parquet"
+                if tag is None
+                else split_file_name(sequence, tag, unique)
+            )
+            relative = f"{directory}/{name}"
             bounds = row_group_bounds(
                 prepared.micros[start:stop],
                 writer.row_group_rows,
@@ -152,13 +165,18 @@ def compact(
     if delete_replaced:
         _delete(writer, replaced)
     return CompactionResult(
-        partitions=len(chosen),
+        partitions=len({directory for directory, _ in chosen}),
         files_before=len(replaced),
         files_after=len(new_files),
         rows=rows,
         sequence=sequence,
         removed=tuple(replaced),
     )
+
+
+def _group_order(group: tuple[str, int | None]) -> tuple[str, int]:
+    directory, tag = group
+    return directory, -1 if tag is None else tag
 
 
 def expire_replaced(writer: ParquetLakeWriter, *, keep_last: int = 0) -> list[str]:

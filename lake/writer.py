@@ -20,6 +20,13 @@ One ``write`` call is one commit. Invariants both writers keep:
   reader sees the same type whatever the input was (any timestamp unit, naive = UTC, or int64 epoch
   milliseconds). ``normalize_time=False`` keeps the user's type in Parquet files (partitioning still
   uses the normalised time; Parquet itself stores ``timestamp[s]`` as ``timestamp[ms]``). Iceberg always normalises (``hours()`` needs a timestamp column).
+- **Split by Kafka partition** (rows given as ``{partition: rows}``, as the archiver does): a
+  Parquet lake writes one file per (time partition, Kafka partition), the Kafka partition in
+  the name — ``part-<sequence:020d>-p<partition>-<uuid>.parquet`` in the same hour directory,
+  so hour partitioning, older lakes and every reader stay as they were; an Iceberg table gets the
+  column ``_kafka_partition`` (int, identity partition field, added to an older table by schema
+  and spec evolution). A scale-out task then reads only its partition's files
+  (:mod:`lambdasource.sources.lake.partitioned`). Rows given as one table are written unsplit.
 - Rows with a null event time are rejected (:class:`~lambdasource.errors.SchemaError`): they
   belong to no partition. The archiver dead-letters them before they reach a writer.
 
@@ -50,6 +57,7 @@ import pyarrow.parquet as pq
 from lambdasource.errors import ConfigError, LambdaSourceError, SchemaError, SinkError
 from lambdasource.s3 import S3Config, split_s3_url
 from lambdasource.sources.lake.commits import COMMITS_DIR, CommitRecord, merge_offsets
+from lambdasource.sources.lake.partitioned import KAFKA_PARTITION_COLUMN, split_file_name
 from lambdasource.timeutil import (
     DAY,
     HOUR,
@@ -100,6 +108,8 @@ _COMMIT_NAME = re.compile(r"^(\d{20})\.json$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 TableLike: TypeAlias = "pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch]"
+Commit: TypeAlias = "TableLike | Mapping[int, TableLike]"
+"""What one ``write`` takes: rows, or rows per Kafka partition (written split, see below)."""
 
 
 def partition_path(start_us: int, layout: str) -> str:
@@ -187,6 +197,36 @@ def _prepare(data: TableLike, time_column: str, *, normalize: bool, where: str) 
         table = table.take(pa.array(order))
         micros = micros[order]
     return _Prepared(table.combine_chunks(), micros)
+
+
+def _split(data: Commit) -> list[tuple[int | None, TableLike]]:
+    """``data`` as (Kafka partition or None, rows) parts, partitions in order."""
+    if isinstance(data, Mapping):
+        for tag in data:
+            if not isinstance(tag, int) or isinstance(tag, bool) or tag < 0:
+                raise ConfigError(f"write: Kafka partitions must be ints >= 0, got {tag!r}")
+        return [(tag, data[tag]) for tag in sorted(data)]
+    return [(None, data)]
+
+
+def _tagged_table(data: Commit) -> tuple[pa.Table, bool]:
+    """One table of ``data``; rows given per Kafka partition get it in
+    :data:`KAFKA_PARTITION_COLUMN` (the Iceberg writer's identity partition field)."""
+    if not isinstance(data, Mapping):
+        return _as_table(data), False
+    tables = []
+    for tag, rows in _split(data):
+        table = _as_table(rows)
+        if KAFKA_PARTITION_COLUMN in table.column_names:
+            raise SchemaError(
+                f"write: column {KAFKA_PARTITION_COLUMN!r} is reserved for the Kafka partition "
+                "of rows written per partition"
+            )
+        column = pa.array(np.full(table.num_rows, tag, dtype=np.int32), pa.int32())
+        tables.append(table.append_column(pa.field(KAFKA_PARTITION_COLUMN, pa.int32()), column))
+    if not tables:
+        raise ConfigError("write: no rows and no schema (an empty mapping); pass a pa.Table")
+    return pa.concat_tables(tables, promote_options="permissive"), True
 
 
 class _Root:
@@ -330,7 +370,7 @@ class LakeWriter:
 
     def write(
         self,
-        data: TableLike,
+        data: Commit,
         *,
         offsets: Mapping[int, int] | None = None,
         topic: str | None = None,
@@ -403,7 +443,9 @@ class ParquetLakeWriter(LakeWriter):
     default: the AWS environment). ``layout``: ``"hour"`` (``dt=YYYY-MM-DD/hour=HH``),
     ``"iso_hour"`` (``hour=YYYY-MM-DDTHH``), ``"ymdh"`` (``year=/month=/day=/hour=``) or ``"day"``
     (``dt=YYYY-MM-DD``). Each commit writes one file per partition it touches, named
-    ``part-<sequence:020d>-<uuid>.parquet``; the commit record lists them (paths relative to root).
+    ``part-<sequence:020d>-<uuid>.parquet`` (per Kafka partition when the rows are given as
+    ``{partition: rows}``: ``part-<sequence:020d>-p<partition>-<uuid>.parquet``); the commit
+    record lists them (paths relative to root).
     Not safe for several concurrent writers on one root (a taken sequence raises SinkError).
     """
 
@@ -485,7 +527,7 @@ class ParquetLakeWriter(LakeWriter):
 
     def write(
         self,
-        data: TableLike,
+        data: Commit,
         *,
         offsets: Mapping[int, int] | None = None,
         topic: str | None = None,
@@ -503,17 +545,20 @@ class ParquetLakeWriter(LakeWriter):
         ``properties`` are accepted for API symmetry with Iceberg and ignored by Parquet lakes.
         """
         where = f"lake={self.root.url}"
-        prepared = _prepare(data, self.time_column, normalize=self.normalize_time, where=where)
+        parts = [
+            (tag, _prepare(rows, self.time_column, normalize=self.normalize_time, where=where))
+            for tag, rows in _split(data)
+        ]
         try:
             sequence = self._sequence()
-            files = self._write_files(prepared, sequence)
+            files = self._write_files(parts, sequence)
             _write_dead_letters(self.root, sequence, dead_letters)
             record = CommitRecord(
                 sequence=sequence,
                 offsets=dict(offsets or {}),
                 topic=topic,
                 files=tuple(files),
-                rows=prepared.table.num_rows,
+                rows=sum(prepared.table.num_rows for _, prepared in parts),
                 high_watermark=high_watermark,
                 event_times=dict(event_times or {}),
             )
@@ -529,23 +574,31 @@ class ParquetLakeWriter(LakeWriter):
         self._next_sequence = sequence + 1
         return record
 
-    def _write_files(self, prepared: _Prepared, sequence: int) -> list[str]:
-        micros = prepared.micros
-        if len(micros) == 0:
-            return []
-        keys = micros // self.partition_us
-        cuts = [0, *(np.flatnonzero(np.diff(keys)) + 1).tolist(), len(micros)]
-        sorting = [pq.SortingColumn(prepared.table.column_names.index(self.time_column))]
-        jobs: list[tuple[str, int, int]] = []
-        for start, stop in itertools.pairwise(cuts):
-            directory = partition_path(int(keys[start]) * self.partition_us, self.layout)
-            name = f"part-{sequence:020d}-{uuid.uuid4().hex}.parquet"
-            jobs.append((f"{directory}/{name}", start, stop))
+    def _write_files(self, parts: list[tuple[int | None, _Prepared]], sequence: int) -> list[str]:
+        """One file per (time partition, Kafka partition) of ``parts``; a Kafka partition's
+        files carry it in their name (:func:`split_file_name`)."""
+        jobs: list[tuple[str, _Prepared, int, int]] = []
+        for tag, prepared in parts:
+            micros = prepared.micros
+            if len(micros) == 0:
+                continue
+            keys = micros // self.partition_us
+            cuts = [0, *(np.flatnonzero(np.diff(keys)) + 1).tolist(), len(micros)]
+            for start, stop in itertools.pairwise(cuts):
+                directory = partition_path(int(keys[start]) * self.partition_us, self.layout)
+                unique = uuid.uuid4().hex
+                name = (
+                    f"part-{sequence:020d}-{unique}.parquet"
+                    if tag is None
+                    else split_file_name(sequence, tag, unique)
+                )
+                jobs.append((f"{directory}/{name}", prepared, start, stop))
 
-        def one(job: tuple[str, int, int]) -> str:
-            relative, start, stop = job
+        def one(job: tuple[str, _Prepared, int, int]) -> str:
+            relative, prepared, start, stop = job
+            sorting = [pq.SortingColumn(prepared.table.column_names.index(self.time_column))]
             bounds = row_group_bounds(
-                micros[start:stop],
+                prepared.micros[start:stop],
                 self.row_group_rows,
                 self.row_group_span,
                 self.row_group_min_rows,
@@ -560,6 +613,8 @@ class ParquetLakeWriter(LakeWriter):
             )
             return relative
 
+        if not jobs:
+            return []
         if len(jobs) == 1 or self.max_concurrent_files == 1:
             return [one(job) for job in jobs]
         with ThreadPoolExecutor(min(self.max_concurrent_files, len(jobs))) as pool:
@@ -573,7 +628,9 @@ class IcebergLakeWriter(LakeWriter):
     ``"default"``); ``s3`` adds its ``s3.*`` properties. A missing table (and namespace) is created
     from the first written schema: every column optional, the time column ``timestamptz``
     (microseconds, UTC), partition spec ``hours(time)`` (``days(time)`` with ``partition="day"``),
-    sort order ``time ASC``, and ``write.parquet.row-group-limit = row_group_rows``. Data is sorted
+    sort order ``time ASC``, and ``write.parquet.row-group-limit = row_group_rows``; rows given per
+    Kafka partition (``{partition: rows}``) also fill ``_kafka_partition``, an identity partition
+    field (module docstring). Data is sorted
     by time before each append, so each data file is sorted. Every snapshot carries its
     :class:`CommitRecord` in the summary (``CommitRecord.snapshot_properties()``) plus any custom
     ``properties``.
@@ -663,10 +720,35 @@ class IcebergLakeWriter(LakeWriter):
                     spec.add_field(
                         self.time_column, transform, f"{self.time_column}_{self.partition}"
                     )
+                    if KAFKA_PARTITION_COLUMN in schema.names:
+                        spec.add_identity(KAFKA_PARTITION_COLUMN)
                 with tx.update_sort_order() as order:
                     order.asc(self.time_column, IdentityTransform())
         except TableAlreadyExistsError:
             pass  # created concurrently: use it
+        return self.catalog.load_table(self.identifier)
+
+    def _ensure_partition_column(self, table: Any) -> Any:
+        """A table written per Kafka partition has the ``_kafka_partition`` column and an
+        identity partition field on it: added to a table created before (schema and spec
+        evolution; its older files have no value there and are read as unsplit)."""
+        from pyiceberg.transforms import IdentityTransform
+        from pyiceberg.types import IntegerType
+
+        schema = table.schema()
+        column = next((f for f in schema.fields if f.name == KAFKA_PARTITION_COLUMN), None)
+        spec = table.spec()
+        if column is not None and any(
+            f.source_id == column.field_id and isinstance(f.transform, IdentityTransform)
+            for f in spec.fields
+        ):
+            return table
+        with table.transaction() as tx:
+            if column is None:
+                with tx.update_schema() as update:
+                    update.add_column(KAFKA_PARTITION_COLUMN, IntegerType())
+            with tx.update_spec() as update_spec:
+                update_spec.add_identity(KAFKA_PARTITION_COLUMN)
         return self.catalog.load_table(self.identifier)
 
     def commits(self) -> list[CommitRecord]:
@@ -734,7 +816,7 @@ class IcebergLakeWriter(LakeWriter):
 
     def write(
         self,
-        data: TableLike,
+        data: Commit,
         *,
         offsets: Mapping[int, int] | None = None,
         topic: str | None = None,
@@ -750,9 +832,12 @@ class IcebergLakeWriter(LakeWriter):
         from pyiceberg.exceptions import CommitFailedException
 
         where = f"table={self.identifier}"
-        prepared = _prepare(data, self.time_column, normalize=True, where=where)
+        rows, tagged = _tagged_table(data)
+        prepared = _prepare(rows, self.time_column, normalize=True, where=where)
         try:
             table = self._load() or self._create(prepared.table.schema)
+            if tagged:
+                table = self._ensure_partition_column(table)
             target = table.schema().as_arrow()
             missing = [n for n in target.names if n not in prepared.table.column_names]
             extra = [n for n in prepared.table.column_names if n not in target.names]

@@ -165,6 +165,17 @@ __all__ = [
 ]
 
 
+class MisplacedKeyError(StreamError):
+    """A record whose key Kafka's default partitioner maps to another partition than the one
+    it arrived on (or was archived from): the stream is not co-partitioned by that key, so a
+    task of one partition would miss it (topic, partition, offset or lake file named)."""
+
+    retriable = False
+
+
+__all__ += ["MisplacedKeyError"]
+
+
 class ScaleOutError(LambdaSourceError):
     """A job run as several workers (one consumer group) failed as a whole: the group could not
     be joined or kept, or a worker process or one of its partition tasks failed (named)."""

@@ -38,11 +38,22 @@ stays paused; a lake batch waits for the bound unless the lake holds the minimum
 batches of sorted rows span at most ``max_drift + out_of_orderness``. ``alignment=None`` runs the
 same job unaligned: the stream is read as fast as it comes, so downstream buffers grow;
 ``max_lead_us`` / ``rows_beyond_drift`` make that visible.
+
+One task of a scale-out job (DESIGN §3 "Tasks"): :meth:`LambdaSource.for_partition` reads Kafka
+partition ``p`` of ``N`` only — its stream split, the lake's part of ``p``
+(:meth:`LakeSource.for_partition`: the archiver's split files, or the rows whose key maps to
+``p``) and the handoff of ``p`` (its recorded offset, or the cutoff). Every stream record's key is
+checked with Kafka's default partitioner: a non-null key that maps to another partition is a
+:class:`~lambdasource.errors.MisplacedKeyError` naming topic, partition and offset (the topic is
+not partitioned by that key, so the job's keyed state would be split across tasks — an error, not
+a dead letter, because every later result of that key would be wrong). A record with a null key
+stays with the partition it arrived on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from typing import Any, Protocol, runtime_checkable
@@ -51,7 +62,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import ConfigError, HandoffError, HandoffGapError, SchemaError
+from ..errors import ConfigError, HandoffError, HandoffGapError, MisplacedKeyError, SchemaError
+from ..partitioning import NULL_KEY, KeyPartitioner
 from ..timeutil import (
     TIME_TYPE,
     Duration,
@@ -64,10 +76,11 @@ from ..timeutil import (
 from .alignment import Alignment, AlignmentGroup
 from .base import Source, SourceOutput
 from .conform import cast_failures, conform
-from .kafka.emit import DriveHooks
+from .kafka.emit import DriveHooks, FetchEmitter
 from .kafka.split import PartitionSplit
 from .kafka.stream import KafkaStream, PartitionStart
 from .lake.commits import CommitRecord
+from .lake.partitioned import make_partitioner
 from .lake.pinned import LakeState
 from .lake.source import LakeSource
 
@@ -207,11 +220,50 @@ class LambdaSource(Source):
         self._finished: float | None = None
         self._pending: list[tuple[str, np.ndarray]] = []
         self._pending_rows = 0
+        self.partitioner: KeyPartitioner | None = None  # for_partition: checks stream keys
+        self.expected_partitions: int | None = None  # for_partition: the topic's partitions
         self.lake_only = False
         """Set by the state bootstrap for its pass: plan the handoff and open the stream (its
         start offsets, gap checks), read the lake alone with the lake's own watermarks (the
         stream, not read, holds nothing back), end with the lake's last one; the snapshot then
         holds the lake's end and the stream's start positions."""
+
+    def for_partition(
+        self,
+        partition: int,
+        partitions: int,
+        key: list[str] | str,
+        partitioner: KeyPartitioner | None = None,
+    ) -> LambdaSource:
+        """A copy of this (not yet run) source for the task of Kafka partition ``partition`` of
+        ``partitions``: the stream reads only that partition, the lake is
+        ``lake.for_partition(...)``, the handoff is that partition's, and a stream record whose
+        ``key`` maps to another partition raises :class:`MisplacedKeyError` (module docstring).
+        ``partitioner`` says how the producer serialised the key (default: as a string)."""
+        chosen = make_partitioner(partition, partitions, key, partitioner)
+        lake: object = self.lake
+        if not isinstance(lake, LakeSource):
+            raise ConfigError(
+                f"source={self.name}: for_partition needs a lake source (ls.ParquetLake / "
+                f"ls.IcebergLake), got {lake!r}"
+            )
+        if self.stream.schema is not None:
+            chosen.check_schema(self.stream.schema, f"source={self.name} topic={self.stream.topic}")
+        clone = LambdaSource(
+            lake.for_partition(partition, partitions, key, chosen),
+            _stream_of_partition(self.stream, partition),
+            handoff=self.handoff,
+            out_of_orderness=self.out_of_orderness,
+            idle_timeout=self.idle_timeout,
+            alignment=self.alignment,
+            allow_gaps=self.allow_gaps,
+            name=self.name,
+        )
+        clone.cutoff = self.cutoff
+        clone.lake_only = self.lake_only
+        clone.partitioner = chosen
+        clone.expected_partitions = partitions
+        return clone
 
     @property
     def schema(self) -> pa.Schema | None:
@@ -243,6 +295,8 @@ class LambdaSource(Source):
             # while the lake is the minimum split
             lake.batch_span = self.alignment_drift + self.out_of_orderness
         starts, default, floor = await self._plan_handoff()
+        if self.partitioner is not None:  # a task: only its partition's recorded offset
+            starts = {p: start for p, start in starts.items() if p in self._task_partitions()}
         await self.stream.open(
             starts=starts,
             default_start=default,
@@ -263,6 +317,7 @@ class LambdaSource(Source):
                 p: s.start for p, s in self.stream.splits.items() if s.start is not None
             }
         try:
+            self._check_partition_count()
             if self.handoff == "offsets":
                 await self._check_gaps()
             else:
@@ -416,10 +471,51 @@ class LambdaSource(Source):
             return []
         return cast_failures(batch, schema)
 
+    def _task_partitions(self) -> list[int]:
+        return list(self.stream.partitions or [])
+
+    def _check_partition_count(self) -> None:
+        """A task's partition count must be the topic's: else keys map to other partitions."""
+        expected = self.expected_partitions
+        consumer = self.stream._consumer
+        if expected is None or consumer is None:
+            return
+        total = len(consumer.partitions_for_topic(self.stream.topic) or ())
+        if total and total != expected:
+            raise ConfigError(
+                f"source={self.name} topic={self.stream.topic}: for_partition was given "
+                f"partitions={expected}, but the topic has {total} partition(s): keys would "
+                "map to the wrong tasks"
+            )
+
+    def _check_keys(
+        self, split: PartitionSplit, batch: pa.RecordBatch, offsets: np.ndarray
+    ) -> None:
+        """A task's stream: every non-null key must map to the partition it arrived on."""
+        partitioner = self.partitioner
+        if partitioner is None or not batch.num_rows:
+            return
+        where = f"source={self.name} topic={self.stream.topic} partition={split.partition}"
+        partitioner.check_schema(batch.schema, where)
+        owners = partitioner.partitions_of(batch)
+        wrong = np.flatnonzero((owners != NULL_KEY) & (owners != split.partition))
+        if len(wrong):
+            row = int(wrong[0])
+            value = [batch.column(c)[row].as_py() for c in partitioner.key]
+            shown = repr(value[0]) if len(value) == 1 else repr(tuple(value))
+            raise MisplacedKeyError(
+                f"{where} offset={int(offsets[row])}: key {','.join(partitioner.key)}={shown} "
+                f"belongs to partition {int(owners[row])} of {partitioner.partitions} by Kafka's "
+                f"default partitioner ({len(wrong)} such record(s) in this fetch): the topic is "
+                "not partitioned by this key (check key= and the serializer)"
+            )
+
     def _transform(
         self, split: PartitionSplit, batch: pa.RecordBatch, offsets: np.ndarray
     ) -> tuple[pa.RecordBatch, np.ndarray]:
-        """Stream side: drop (and count) records before the cutoff; conform to the lake schema."""
+        """Stream side: check a task's keys; drop (and count) records before the cutoff;
+        conform to the lake schema."""
+        self._check_keys(split, batch, offsets)
         if self.handoff == "timestamp":
             assert self.cutoff is not None
             keep = pc.fill_null(
@@ -606,6 +702,11 @@ class LambdaSource(Source):
 
     def metrics(self) -> dict[str, Any]:
         group = self._group
+        task = (
+            None
+            if self.partitioner is None
+            else {"partition": self._task_partitions(), "key": list(self.partitioner.key)}
+        )
         alignment = group.metrics() if group is not None else {}
         if self.alignment is None:
             alignment["max_drift"] = None
@@ -638,4 +739,38 @@ class LambdaSource(Source):
             "rows_beyond_drift": dict(self.rows_beyond_drift),
             "lake": self.lake.metrics(),
             "stream": self.stream.metrics(),
+            "task": task,
         }
+
+
+def _stream_of_partition(stream: KafkaStream, partition: int) -> KafkaStream:
+    """A fresh copy of an unopened ``stream`` that reads only ``partition`` (no discovery of
+    added partitions: a task's partition set is fixed)."""
+    if stream.splits:
+        raise ConfigError(
+            f"stream={stream.name}: for_partition needs a stream that has not run yet"
+        )
+    if stream.partitions is not None and partition not in stream.partitions:
+        raise ConfigError(
+            f"stream={stream.name}: partition {partition} is not among its partitions "
+            f"{stream.partitions}"
+        )
+    clone = copy.copy(stream)
+    for name, value in vars(stream).items():  # no shared mutable state between the copies
+        if isinstance(value, dict | list | set):
+            setattr(clone, name, copy.copy(value))
+    clone.partitions = [partition]
+    clone.discovery = None
+    clone._consumer_options.pop("metadata_max_age_ms", None)
+    if getattr(stream.beginning_offsets, "__self__", None) is stream:
+        clone.beginning_offsets = clone._beginning_offsets
+    emitter = stream._emitter
+    clone._emitter = FetchEmitter(
+        emitter.topic,
+        emitter.schema,
+        format=emitter.format,
+        event_time_column=emitter.event_time_column,
+        time_column=emitter.time_column,
+        max_ahead=emitter.max_ahead,
+    )
+    return clone

@@ -32,6 +32,7 @@ from ...s3 import S3Config
 from ...timeutil import DAY, HOUR, Duration, parse_duration
 from ..base import SourceOutput
 from .commits import CommitRecord, dead_letters_path
+from .partitioned import KAFKA_PARTITION_COLUMN, PartitionCounts
 from .pinned import LakeState
 from .reader import (
     BATCH_ROWS,
@@ -145,7 +146,7 @@ class IcebergLake(LakeSource):
     def _plan_sync(self, *, bounded: bool = True) -> _Planned:
         from pyiceberg.conversions import from_bytes
         from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, LessThan
-        from pyiceberg.transforms import DayTransform, HourTransform
+        from pyiceberg.transforms import DayTransform, HourTransform, IdentityTransform
 
         table = self._table()
         planned = _Planned()
@@ -177,13 +178,21 @@ class IcebergLake(LakeSource):
             raise LakeReadError(f"cannot plan a scan of table={self.identifier}: {exc}") from exc
         specs = table.specs()
         time_fields: dict[int, tuple[int, int]] = {}  # spec id → (position, width)
+        tag_fields: dict[int, int] = {}  # spec id → position of the archiver's Kafka partition
+        schema = table.schema()
+        tag_id = next((f.field_id for f in schema.fields if f.name == KAFKA_PARTITION_COLUMN), None)
         for spec_id, spec in specs.items():
             for pos, pf in enumerate(spec.fields):
+                if pf.source_id == tag_id and isinstance(pf.transform, IdentityTransform):
+                    tag_fields[spec_id] = pos
                 if pf.source_id == field.field_id and isinstance(pf.transform, HourTransform):
                     time_fields[spec_id] = (pos, HOUR)
                 elif pf.source_id == field.field_id and isinstance(pf.transform, DayTransform):
                     time_fields.setdefault(spec_id, (pos, DAY))
         files: list[tuple[LakeFile, int | None, int | None]] = []
+        restricted = self._partition_filter
+        if restricted is not None:
+            restricted.counts = PartitionCounts()
         for task in tasks:
             df = task.file
             if task.delete_files:
@@ -203,6 +212,9 @@ class IcebergLake(LakeSource):
                 max_time=_bound(from_bytes, field.field_type, high),
                 est_bytes=int(df.file_size_in_bytes) * 3,
             )
+            if df.spec_id in tag_fields:
+                raw_tag = df.partition[tag_fields[df.spec_id]]
+                lf.kafka_partition = None if raw_tag is None else int(raw_tag)
             planned.roots[rel] = root
             if lf.max_time is not None:
                 planned.max_upper = max(planned.max_upper or lf.max_time, lf.max_time)
@@ -235,8 +247,31 @@ class IcebergLake(LakeSource):
                 key=lambda f: (f.min_time if f.min_time is not None else -(2**62), f.path),
             )
             planned.partitions = [LakePartition(f.path, None, None, [f]) for f in ordered]
-        planned.file_schema = table.schema().as_arrow()
+        if restricted is not None:
+            # other partitions' split files are not read; their hours stay (empty), so the
+            # watermarks are the whole table's (see :mod:`.partitioned`)
+            every = [f for p in planned.partitions for f in p.files]
+            for p in planned.partitions:
+                p.files = [f for f in p.files if restricted.wants(f.kafka_partition)]
+            if not planned.event_time_partitioned:
+                planned.partitions = [p for p in planned.partitions if p.files]
+            read = [f for p in planned.partitions for f in p.files]
+            restricted.counts.files_other_partitions = len(every) - len(read)
+            restricted.counts.split_files = sum(f.kafka_partition is not None for f in read)
+            restricted.counts.filtered_files = sum(f.kafka_partition is None for f in read)
+        arrow_schema = schema.as_arrow()
+        if KAFKA_PARTITION_COLUMN in arrow_schema.names and not self._wants_tag_column():
+            # the archiver's bookkeeping column is not part of the records
+            arrow_schema = arrow_schema.remove(arrow_schema.get_field_index(KAFKA_PARTITION_COLUMN))
+        planned.file_schema = arrow_schema
         return planned
+
+    def _wants_tag_column(self) -> bool:
+        """Whether the user asked for the archiver's ``_kafka_partition`` column."""
+        declared = self.declared
+        return (self.columns is not None and KAFKA_PARTITION_COLUMN in self.columns) or (
+            declared is not None and KAFKA_PARTITION_COLUMN in declared.names
+        )
 
     # reading ------------------------------------------------------------------------------------
 

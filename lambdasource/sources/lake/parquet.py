@@ -24,6 +24,7 @@ from ...timeutil import TIME_TYPE, Duration, parse_duration
 from ..base import SourceOutput
 from .commits import COMMITS_DIR, DEAD_LETTERS_DIR, CommitRecord, dead_letters_path
 from .layout import Layout, classify, detect
+from .partitioned import PartitionCounts, file_kafka_partition
 from .pinned import LakeState, follow_compactions, pinned_commits, pinned_live_files
 from .reader import (
     BATCH_ROWS,
@@ -193,9 +194,19 @@ class ParquetLake(LakeSource):
         )
         result.layout = layout
         groups: dict[str, LakePartition] = {}
+        restricted = self._partition_filter
+        if restricted is not None:
+            restricted.counts = PartitionCounts()
+            missing = [f for f in missing if restricted.wants(file_kafka_partition(f))]
         for f in data:
+            tag = file_kafka_partition(f.path)
+            # a task's lake: other partitions' split files are not read, but their hour stays
+            # (empty): the watermarks are the whole lake's, no hour is reported missing
+            wanted = restricted is None or restricted.wants(tag)
+            lake_file = LakeFile(f.path, f.size, kafka_partition=tag)
             if layout.flat:
-                groups[f.path] = LakePartition(f.path, None, None, [LakeFile(f.path, f.size)])
+                if wanted:
+                    groups[f.path] = LakePartition(f.path, None, None, [lake_file])
                 continue
             key = layout.key(f.path)
             if key is None:
@@ -204,7 +215,15 @@ class ParquetLake(LakeSource):
                 )
                 continue
             part = groups.setdefault(key.label, LakePartition(key.label, key.start, key.end))
-            part.files.append(LakeFile(f.path, f.size))
+            if wanted:
+                part.files.append(lake_file)
+        if restricted is not None:
+            read = [f for p in groups.values() for f in p.files]
+            restricted.counts.files_other_partitions = sum(
+                not restricted.wants(file_kafka_partition(f.path)) for f in data
+            )
+            restricted.counts.split_files = sum(f.kafka_partition is not None for f in read)
+            restricted.counts.filtered_files = sum(f.kafka_partition is None for f in read)
         self._report_left_out(metrics)
         partitions = sorted(groups.values(), key=lambda p: (p.start or 0, p.label))
         # merge partitions of the same range (e.g. dt=/hour=3 and dt=/hour=03)

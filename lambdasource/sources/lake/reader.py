@@ -35,7 +35,7 @@ import math
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -47,6 +47,7 @@ from ...checkpoints.codec import state_type
 from ...errors import LakeReadError, LakeStateError, LambdaSourceError, SchemaError
 from ...timeutil import TIME_TYPE, normalize_time_array, to_micros
 from ..base import SourceOutput
+from .partitioned import PartitionFilter
 from .schema import unify
 from .storage import LocalStorage, Storage
 
@@ -71,6 +72,7 @@ class LakeFile:
     footer: bytes | None = None
     metadata: pq.FileMetaData | None = None
     est_bytes: int = 0
+    kafka_partition: int | None = None  # the Kafka partition a split file holds (archiver)
 
 
 @dataclass
@@ -110,6 +112,7 @@ class Chunk:
     dead: pa.Table | None = None
     outside: int = 0
     times: np.ndarray | None = None
+    null_keys: pa.Table | None = None  # rows of a restricted lake with a null key (dead letters)
 
 
 MERGED = "<files merged by time>"  # the file of a partition's merged chunk
@@ -146,6 +149,7 @@ def in_time_order(chunks: list[Chunk], time_column: str) -> list[Chunk]:
     times = np.asarray(table.column(time_column).cast(pa.int64()).to_numpy(), dtype=np.int64)
     order = np.argsort(times, kind="stable")
     deads = [c.dead for c in chunks if c.dead is not None and c.dead.num_rows]
+    nulls = [c.null_keys for c in chunks if c.null_keys is not None and c.null_keys.num_rows]
     merged = Chunk(
         MERGED,
         -1,
@@ -155,6 +159,7 @@ def in_time_order(chunks: list[Chunk], time_column: str) -> list[Chunk]:
         pa.concat_tables(deads, promote_options="permissive") if deads else None,
         sum(c.outside for c in chunks),
         times[order],
+        pa.concat_tables(nulls, promote_options="permissive") if nulls else None,
     )
     return [merged]
 
@@ -393,6 +398,7 @@ class Decoder:
     filter: pc.Expression | None
     schema: pa.Schema | None  # declared (time column already TIME_TYPE) or learnt from file 1
     trust_layout: bool
+    partition_filter: PartitionFilter | None = None  # a task's lake: its Kafka partition's rows
 
     def read_columns(self, file_schema: pa.Schema) -> list[str] | None:
         if self.filter is not None:
@@ -401,15 +407,18 @@ class Decoder:
         if names is None:
             return None
         wanted = set(names) | {self.time_column}
+        if self.partition_filter is not None:
+            wanted |= set(self.partition_filter.key)
         return [n for n in file_schema.names if n in wanted]
 
     def schema_names(self) -> list[str] | None:
         return None if self.schema is None else list(self.schema.names)
 
     def prepare(
-        self, table: pa.Table, where: str, partition: LakePartition
-    ) -> tuple[pa.Table, pa.Table | None, int | None, int | None, int]:
-        """Normalise time, apply start/until/filter/projection/schema; count outside rows."""
+        self, table: pa.Table, where: str, partition: LakePartition, tag: int | None = None
+    ) -> Prepared:
+        """Normalise time, apply start/until/filter, a task's key partition (``tag``: the
+        Kafka partition of a split file), projection and schema; count outside rows."""
         column = self.time_column
         if column not in table.schema.names:
             raise SchemaError(f"time column {column!r} missing in file={where}")
@@ -441,6 +450,12 @@ class Decoder:
                 table = table.filter(pc.fill_null(mask, True))
         if self.filter is not None:
             table = table.filter(self.filter)
+        null_keys: pa.Table | None = None
+        other_rows = null_rows = 0
+        if self.partition_filter is not None:
+            table, null_keys, other_rows, null_rows = self.partition_filter.apply(
+                table, tag, f"file={where}"
+            )
         if self.columns is not None:
             keep_cols = [c for c in self.columns if c in table.schema.names]
             if column not in keep_cols:
@@ -469,7 +484,20 @@ class Decoder:
                 pc.greater_equal(times_out, pa.scalar(partition.end, TIME_TYPE)),
             )
             outside_rows = int(pc.sum(outside).as_py() or 0)
-        return table, dead, low, high, outside_rows
+        return Prepared(table, dead, low, high, outside_rows, null_keys, other_rows, null_rows)
+
+
+class Prepared(NamedTuple):
+    """A decoded row group: rows to emit, dead letters, time bounds and what was left out."""
+
+    table: pa.Table
+    dead: pa.Table | None
+    low: int | None
+    high: int | None
+    outside: int
+    null_keys: pa.Table | None  # a restricted lake's null-key rows to dead-letter
+    other_rows: int  # rows of other Kafka partitions (restricted lake)
+    null_rows: int  # rows with a null key (restricted lake)
 
 
 def reference_schema(
@@ -565,16 +593,31 @@ async def load_file(
                 fetched.append((tail_start, tail))
             source = pa.PythonFile(_SparseFile(file.size, fetched, where), mode="r")
 
+    left_out = [0, 0]  # rows of other partitions, null-key rows (a restricted lake)
+
     def decode() -> list[Chunk]:
         try:
             reader = pq.ParquetFile(source, metadata=metadata, memory_map=False)
             chunks = []
             for rg in row_groups:
                 table = reader.read_row_group(rg, columns=columns)
-                table, dead, low, high, outside = decoder.prepare(
-                    table, f"{where} row_group={rg}", partition
+                got = decoder.prepare(
+                    table, f"{where} row_group={rg}", partition, file.kafka_partition
                 )
-                chunks.append(Chunk(file.path, rg, table, low, high, dead, outside))
+                chunks.append(
+                    Chunk(
+                        file.path,
+                        rg,
+                        got.table,
+                        got.low,
+                        got.high,
+                        got.dead,
+                        got.outside,
+                        null_keys=got.null_keys,
+                    )
+                )
+                left_out[0] += got.other_rows
+                left_out[1] += got.null_rows
             return chunks
         except LambdaSourceError:
             raise
@@ -585,6 +628,10 @@ async def load_file(
     file.footer = None  # the tail was only kept for this load
     metrics.row_groups_read += len(chunks)
     metrics.rows_outside_partition += sum(c.outside for c in chunks)
+    restricted = decoder.partition_filter
+    if restricted is not None:
+        restricted.counts.rows_other_partitions += left_out[0]
+        restricted.counts.null_key_rows += left_out[1]
     return chunks
 
 
@@ -664,6 +711,8 @@ class LakeReader:
         self.position: Position | None = None
         self.restored: Position | None = None
         self._last_watermark: int | None = None
+        # why a restricted lake's null-key rows are dead letters (set by the lake source)
+        self.null_key_reason = "null key: the record belongs to no Kafka partition"
 
     async def _advance(self, out: SourceOutput, candidate: float, bound: float) -> None:
         value = min(candidate, bound - 1)
@@ -823,6 +872,10 @@ class LakeReader:
                         self.metrics.dead_letters += chunk.dead.num_rows
                         for batch in chunk.dead.to_batches():
                             await out.dead_letter(batch, "unparseable event time", where)
+                    if chunk.null_keys is not None and chunk.null_keys.num_rows and skip == 0:
+                        self.metrics.dead_letters += chunk.null_keys.num_rows
+                        for batch in chunk.null_keys.to_batches():
+                            await out.dead_letter(batch, self.null_key_reason, where)
                     table, times = chunk.table, chunk.times
                     done = skip
                     while done < table.num_rows:

@@ -25,19 +25,23 @@ Iceberg table) and where files live; once partitions are planned, both hand them
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ...errors import ConfigError, LakeReadError, LakeStateError
+from ...partitioning import KeyPartitioner
 from ...s3 import S3Config
 from ...timeutil import TIME_TYPE, Duration, parse_duration
 from ..base import Source, SourceOutput
 from ..kafka.emit import DEAD_LETTER_SCHEMA
 from .commits import CommitRecord
+from .partitioned import PartitionFilter, make_partitioner
 from .pinned import LakeState
 from .reader import (
     BATCH_ROWS,
@@ -155,6 +159,44 @@ class LakeSource(Source):
         self.dead_letters_below: dict[int, int] | None = None
         self._dead_emitted = 0  # archived dead letters emitted by this job (the checkpoint's)
         self._restored_dead = 0
+        # for_partition: a task's lake, only its Kafka partition's rows (:mod:`.partitioned`)
+        self._partition_filter: PartitionFilter | None = None
+
+    def for_partition(
+        self,
+        partition: int,
+        partitions: int,
+        key: list[str] | str,
+        partitioner: KeyPartitioner | None = None,
+    ) -> Self:
+        """A copy of this (not yet run) lake source that reads only Kafka partition
+        ``partition`` of ``partitions``'s part of the lake: the archiver's split files of that
+        partition, and of every other file the rows whose ``key`` Kafka's default partitioner
+        (``partitioner``, default: the key serialised as a string) maps to it. Its recorded
+        offsets are that partition's; its watermarks are the whole lake's (see
+        :mod:`.partitioned`)."""
+        if self._partition_filter is not None:
+            raise ConfigError(
+                f"lake={self.name}: for_partition of a lake already restricted to partition "
+                f"{self._partition_filter.partition}"
+            )
+        chosen = make_partitioner(partition, partitions, key, partitioner)
+        clone = copy.copy(self)
+        clone._metrics = LakeMetrics()
+        clone._reader = None
+        clone._restored = None
+        clone._restored_state = None
+        clone._pinned = None
+        clone._pin_active = False
+        clone.dead_letters_below = None
+        clone._dead_emitted = clone._restored_dead = 0
+        clone._partition_filter = PartitionFilter(partition, chosen)
+        return clone
+
+    @property
+    def partition_filter(self) -> PartitionFilter | None:
+        """The Kafka partition this lake is restricted to (None: the whole lake)."""
+        return self._partition_filter
 
     @property
     def schema(self) -> pa.Schema | None:
@@ -163,6 +205,8 @@ class LakeSource(Source):
     def metrics(self) -> dict[str, Any]:
         out = self._metrics.as_dict()
         out["pinned"] = None if self._pinned is None else self._pinned.to_dict()
+        if self._partition_filter is not None:
+            out["kafka_partition"] = self._partition_filter.as_dict()
         return out
 
     # the pinned state ---------------------------------------------------------------------------
@@ -194,8 +238,15 @@ class LakeSource(Source):
         """Refuse a restored state of another kind of lake (e.g. a Parquet pin on Iceberg)."""
 
     async def recorded_offsets(self) -> CommitRecord | None:
-        """The Kafka offsets recorded up to the pinned state (None: the lake records none)."""
-        return (await self.pin()).commit_record()
+        """The Kafka offsets recorded up to the pinned state (None: the lake records none);
+        a lake restricted to one Kafka partition records that partition's offset only."""
+        record = (await self.pin()).commit_record()
+        restricted = self._partition_filter
+        if record is None or restricted is None:
+            return record
+        mine = restricted.partition
+        offsets = {mine: record.offsets[mine]} if mine in record.offsets else {}
+        return dataclasses.replace(record, offsets=offsets)
 
     # positions ----------------------------------------------------------------------------------
 
@@ -255,6 +306,9 @@ class LakeSource(Source):
         seen = 0
         for sequence, table, where in archived:
             rows = archived_dead_letter_rows(table, where)
+            if self._partition_filter is not None:  # a task emits its own partition's
+                mine = pa.scalar(self._partition_filter.partition, pa.int32())
+                rows = rows.filter(pc.equal(rows.column("partition"), mine))
             if below:
                 limits = pa.array(
                     [below.get(p, 2**62) for p in rows.column("partition").to_pylist()], pa.int64()
@@ -295,6 +349,7 @@ class LakeSource(Source):
             filter=self.filter,
             schema=self.declared,
             trust_layout=trust,
+            partition_filter=self._partition_filter,
         )
 
     def _new_reader(self, metrics: LakeMetrics, trust: bool) -> LakeReader:
@@ -313,6 +368,8 @@ class LakeSource(Source):
             until=self.until,
         )
         reader.restored = self._restored
+        if self._partition_filter is not None:
+            reader.null_key_reason = self._partition_filter.null_reason()
         self._reader = reader
         return reader
 
