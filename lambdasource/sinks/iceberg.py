@@ -13,8 +13,16 @@ pyiceberg's own ``table.upsert`` does not guard versions, so a flush does it her
    repairs.
 
 Each commit records lineage in the snapshot summary: ``lambdasource.watermark`` (µs) and whatever
-``lineage()`` returns (e.g. source positions). Commit conflicts are retried with backoff. Every
-pyiceberg call runs in a thread.
+``lineage()`` returns (e.g. source positions). Every pyiceberg call runs in a thread.
+
+Several writers (one sink per task) commit optimistically to one table. pyiceberg first retries a
+conflicting commit itself, rebasing it on the new snapshot (table properties
+``commit.retry.*``; a rebased delete is validated: a concurrent commit that added rows matching
+its filter fails it with ``ValidationException``). What still fails is retried here from scratch —
+load the table, probe, decide, commit — up to ``retries`` times with capped, jittered backoff, then
+a SinkError names the table and the attempts. A rebased plain append (only keys the probe found
+absent) is exact when writers own disjoint keys, as tasks do; two writers inserting the same new
+key at once (a zombie and the new owner) could store it twice.
 """
 
 from __future__ import annotations
@@ -136,10 +144,19 @@ class IcebergUpsert(UpsertSink):
         return label
 
     def _is_transient(self, exc: BaseException) -> bool:
-        from pyiceberg.exceptions import CommitFailedException
+        """Commit conflicts are retried: ``CommitFailedException`` (the table moved on after
+        pyiceberg's own rebased attempts) and ``ValidationException`` (a concurrent commit
+        added rows our delete filter matches); the retry loads the table again and decides
+        again on the fresh snapshot."""
+        from pyiceberg.exceptions import CommitFailedException, ValidationException
 
         return isinstance(
-            exc, CommitFailedException | RetriableSinkError | ConnectionError | TimeoutError
+            exc,
+            CommitFailedException
+            | ValidationException
+            | RetriableSinkError
+            | ConnectionError
+            | TimeoutError,
         )
 
     async def _apply(self, table: pa.Table) -> ApplyResult:

@@ -253,7 +253,17 @@ class CheckpointTransactions:
         """Checkpoint ``checkpoint_id`` is durable: commit the transaction it pre-committed."""
         if self._pending is None or self._pending[0] != checkpoint_id:
             return
-        await self._producer.commit_transaction()
+        from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
+
+        try:
+            await self._producer.commit_transaction()
+        except (ProducerFenced, InvalidProducerEpoch) as exc:
+            raise SinkError(
+                f"sink={self.sink} topic={self.topic}: fenced: another producer started with "
+                f"transactional id {self.transactional_id!r} (the task runs elsewhere now), so "
+                f"this instance's transaction of checkpoint {checkpoint_id} is aborted; its rows "
+                "come from the new owner's replay"
+            ) from exc
         self.committed += 1
         self._in_transaction = False
         producer, self._producer = self._producer, None
