@@ -44,6 +44,7 @@ from lambdasource.sources.lake.partitioned import file_kafka_partition
 from lambdasource.sources.lambda_source import LambdaSource
 from lambdasource.timeutil import HOUR, MS
 from tests.services.kafka import KafkaService
+from tests.services.s3 import S3Service
 
 pytestmark = [pytest.mark.kafka]
 
@@ -409,3 +410,27 @@ def test_java_producer_partitioner_agrees(tmp_path: Path) -> None:
             .tolist()
         )
         assert java == ours
+
+
+@pytest.mark.s3
+async def test_split_lake_on_s3_tasks_partition_the_rows(s3: S3Service) -> None:
+    """A lake written per Kafka partition on (moto) S3: each task lists only its files, the
+    tasks' rows are the lake's, each row in the task its key maps to."""
+    table = clickstream(1500, seed=13)
+    owners = KeyPartitioner("user_id", PARTITIONS).partitions_of(table)
+    url = f"s3://{s3.new_bucket('split')}/lake"
+    writer = ParquetLakeWriter(url, TIME, s3=s3.config(), layout="day")  # few S3 objects
+    writer.write({p: table.filter(pa.array(owners == p)) for p in range(PARTITIONS)})
+    duckdb.register("lake_rows", table)
+    union: Counter[int] = Counter()
+    for p in range(PARTITIONS):
+        lake = ParquetLake(url, TIME, partitioning="day", s3=s3.config())
+        lake = lake.for_partition(p, PARTITIONS, ["user_id"])
+        got = await run_ids(lake)
+        assert got == Counter(table.filter(pa.array(owners == p)).column("event_id").to_pylist())
+        counts = lake.metrics()["kafka_partition"]
+        assert counts["split_files"] > 0 and counts["filtered_files"] == 0
+        union += got
+    query = duckdb.sql("SELECT event_id FROM lake_rows")
+    assert query is not None
+    assert union == Counter(int(row[0]) for row in query.fetchall())
