@@ -15,14 +15,13 @@ pyiceberg's own ``table.upsert`` does not guard versions, so a flush does it her
 Each commit records lineage in the snapshot summary: ``lambdasource.watermark`` (µs) and whatever
 ``lineage()`` returns (e.g. source positions). Every pyiceberg call runs in a thread.
 
-Several writers (one sink per task) commit optimistically to one table. pyiceberg first retries a
-conflicting commit itself, rebasing it on the new snapshot (table properties
-``commit.retry.*``; a rebased delete is validated: a concurrent commit that added rows matching
-its filter fails it with ``ValidationException``). What still fails is retried here from scratch —
-load the table, probe, decide, commit — up to ``retries`` times with capped, jittered backoff, then
-a SinkError names the table and the attempts. A rebased plain append (only keys the probe found
-absent) is exact when writers own disjoint keys, as tasks do; two writers inserting the same new
-key at once (a zombie and the new owner) could store it twice.
+Several writers (one sink per task) commit optimistically to one table. A commit is valid only on
+the snapshot its decision read, so pyiceberg's own retry (which rebases the commit on a newer
+snapshot: a key another writer added meanwhile would be stored twice) is turned off for the
+sink's commits (:func:`without_rebase`). A conflict (``CommitFailedException``, or
+``ValidationException`` from pyiceberg's checks) is retried here from scratch — load the table,
+probe, decide, commit — up to ``retries`` times with capped, jittered backoff; then a SinkError
+names the table and the attempts. Exact for disjoint keys (tasks) and for overlapping writers.
 """
 
 from __future__ import annotations
@@ -307,11 +306,28 @@ class IcebergUpsert(UpsertSink):
         return ApplyResult(written=upserts.num_rows, skipped=n_stale, deletes=deletes.num_rows)
 
 
+def without_rebase(tbl: Any) -> Any:
+    """``tbl`` as a handle whose commits pyiceberg does not retry by itself.
+
+    pyiceberg retries a conflicting commit by rebasing it on the new snapshot (table property
+    ``commit.retry.num-retries``, default 4). The upsert's decision — which rows are new, which
+    stored rows they replace — holds only for the snapshot it was made on: a rebased append of a
+    key another writer added meanwhile stores the key twice. So the commit fails on any conflict
+    and the sink's retry decides again on the fresh table. The property is overridden in this
+    handle's in-memory metadata only (read at commit time); the table itself is not changed."""
+    from pyiceberg.table import Table, TableProperties
+
+    properties = {**tbl.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
+    metadata = tbl.metadata.model_copy(update={"properties": properties})
+    return Table(tbl.name(), metadata, tbl.metadata_location, tbl.io, tbl.catalog, tbl.config)
+
+
 def _rewrite(tbl: Any, delete: Any, rows: pa.Table, props: dict[str, str]) -> None:
-    """One atomic commit: delete the rows ``delete`` selects (if any), append ``rows``."""
+    """One atomic commit: delete the rows ``delete`` selects (if any), append ``rows``; a
+    concurrent commit in between fails it (:func:`without_rebase`)."""
     if delete is None and rows.num_rows == 0:
         return
-    with tbl.transaction() as tx:
+    with without_rebase(tbl).transaction() as tx:
         if delete is not None:
             tx.delete(delete, snapshot_properties=props)
         if rows.num_rows:
