@@ -310,12 +310,19 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", type=Path, help="the job file (TOML)")
     parser.add_argument("--check", action="store_true", help="validate the job and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    from .scaleout import jobs as scaleout_jobs
+
+    scaleout_jobs.add_arguments(parser)  # --workers N, --join GROUP
     add_metrics_arguments(parser)
 
 
 def run_command(args: argparse.Namespace) -> int:
     """``lambdasource run JOB.toml``."""
     spec = JobSpec.from_toml(args.job)
+    from .scaleout import jobs as scaleout_jobs
+
+    if scaleout_jobs.scaled(args):  # N workers of one consumer group (DESIGN §3 "Tasks")
+        return scaleout_jobs.run(spec, args)
     if args.check:
         build_job(spec)  # validates every key and checks the job against the source's schema
         print(f"{args.job}: ok")

@@ -420,7 +420,7 @@ class CheckpointCoordinator:
             log.warning("checkpoints: pruning %s failed: %r", self.store.url, exc)
 
     async def _store(
-        self, checkpoint_id: int, states: dict[str, Any], sources: set[str]
+        self, checkpoint_id: int, states: dict[str, Any], sources: set[str], final: bool = False
     ) -> Encoded:
         """Encode ``states`` (off the event loop) and write them with their manifest."""
 
@@ -441,6 +441,8 @@ class CheckpointCoordinator:
             "state_bytes": encoded.sizes,  # per node (sources, operators, sink:<name>)
             "positions": positions,  # for people and `inspect`; restores read the state
         }
+        if final:
+            manifest["final"] = True  # write_final: the run had ended (scale-out completion)
         await self.store.write(checkpoint_id, encoded, manifest)
         return encoded
 
@@ -459,9 +461,10 @@ class CheckpointCoordinator:
     async def write_final(self) -> int | None:
         """After a run that ended by itself (every sink finished): write every node's final
         state as one more checkpoint and return its id (None when the run did not end so, or
-        the checkpoint could not be completed). Sinks are not called (they have ended), and
-        nothing is pruned. A scale-out task uses it so that the next owner of a complete
-        partition restores it at its end instead of replaying from an earlier checkpoint."""
+        the checkpoint could not be completed); its manifest says ``"final": true``. Sinks are
+        not called (they have ended), and nothing is pruned. A scale-out task uses it so that
+        the next owner of a complete partition restores it at its end instead of replaying
+        from an earlier checkpoint, and workers see which partitions are complete."""
         runtime = self.runtime
         if runtime is None or not runtime.done or runtime.status != "finished":
             return None
@@ -474,7 +477,7 @@ class CheckpointCoordinator:
         await self.store.open()
         try:
             sources = {source.name for source in runtime.sources}
-            encoded = await self._store(checkpoint_id, states, sources)
+            encoded = await self._store(checkpoint_id, states, sources, final=True)
         finally:
             await self.store.close()
         end = time.perf_counter()

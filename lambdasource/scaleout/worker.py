@@ -10,11 +10,11 @@ the checkpoint store carries the state between owners.
 Ending. An unbounded job's worker runs until :meth:`Worker.request_stop` (SIGTERM / Ctrl-C in
 the CLI): it stops its tasks with a checkpoint and leaves the group, so the others take its
 partitions at once. In a bounded job (``stop_at="latest"``) a task ends when its partition is
-complete; a worker ends when every partition it owns is complete (a worker never restarts a
-partition it completed itself). Its partitions then move to the workers still running, which
-restore them from their newest checkpoint and replay the rest to the end (the same rows again:
-idempotent upserts), so the job ends when the last worker ends. A worker whose assignment is
-empty (more workers than partitions) waits as a standby.
+complete and writes a final checkpoint; a worker never restarts a partition it completed itself,
+and it ends only when *every* partition of the topic is complete (:mod:`.completion`, polled
+every ``completion_poll`` s once its own are), so the partitions of a worker that died are
+taken over by the ones still in the group. A worker whose assignment is empty (more workers
+than partitions) waits as a standby.
 
 A task that fails fails the worker (:class:`~lambdasource.errors.ScaleOutError` naming the task,
 with the task's error as its cause) after the other tasks stopped with a checkpoint.
@@ -31,7 +31,9 @@ from typing import Any, Literal
 
 from ..errors import ConfigError, ScaleOutError
 from ..kafka_security import KafkaSecurity
+from ..s3 import S3Config
 from ..timeutil import Duration, parse_duration
+from .completion import complete_partitions
 from .membership import GroupMembership
 from .task import PartitionTask, StopOutcome, TaskContext, TaskFactory, task_checkpoint_url
 
@@ -51,7 +53,8 @@ class Worker:
     task. ``session_timeout`` / ``heartbeat_interval`` / ``rebalance_timeout``: the group's
     timing (a killed worker's partitions move after ``session_timeout``). ``stop_timeout``
     (default: a third of ``rebalance_timeout``): how long a revoked task waits for its
-    checkpoint before it is cancelled.
+    checkpoint before it is cancelled. ``s3``: the checkpoint store's S3 settings (default:
+    the AWS environment), for reading which partitions are complete.
     """
 
     def __init__(
@@ -69,6 +72,8 @@ class Worker:
         heartbeat_interval: Duration = "1s",
         rebalance_timeout: Duration = "60s",
         stop_timeout: Duration | None = None,
+        s3: S3Config | None = None,
+        completion_poll: float = 1.0,
     ) -> None:
         if not callable(build):
             raise ConfigError(
@@ -119,6 +124,11 @@ class Worker:
         self._changed = asyncio.Event()
         self._stop = asyncio.Event()
         self.started_at: float | None = None
+        self.s3 = s3
+        self.completion_poll = completion_poll
+        self._next_completion_check = 0.0
+        self.complete = False
+        """Every partition of the topic is complete (a bounded job's end; see run())."""
 
     # group callbacks ----------------------------------------------------------------------------
 
@@ -169,10 +179,22 @@ class Worker:
         self._stop.set()
         self._changed.set()
 
-    def _complete(self) -> bool:
-        """Every partition of a non-empty assignment was run to its end here."""
+    def _owned_done(self) -> bool:
+        """Outside a rebalance, every partition owned here (maybe none) ran to its end."""
         assignment = self._assignment
-        return bool(assignment) and all(p in self.finished for p in assignment or ())
+        return assignment is not None and all(p in self.finished for p in assignment)
+
+    async def _job_complete(self) -> bool:
+        """Every partition of the topic is complete (:mod:`.completion`), checked at most
+        every ``completion_poll`` seconds."""
+        now = time.monotonic()
+        if now < self._next_completion_check:
+            return False
+        self._next_completion_check = now + self.completion_poll
+        partitions = self.membership.partitions or 0
+        done = await complete_partitions(self.checkpoints, self.topic, partitions, self.s3)
+        self.complete = partitions > 0 and len(done) == partitions
+        return self.complete
 
     def _collect(self) -> None:
         """Move tasks that ended by themselves to ``finished`` / ``_failures``."""
@@ -207,13 +229,20 @@ class Worker:
                 if member.done():
                     member.result()  # raises the group's error
                     raise ScaleOutError(f"worker {self.worker_id}: group membership ended")
-                if self._stop.is_set() or self._complete():
+                if self._stop.is_set():
+                    break
+                owned_done = self._owned_done()
+                if owned_done and await self._job_complete():
                     break
                 runners = [t._runner for t in self.tasks.values() if t._runner is not None]
                 waiting: set[asyncio.Future[Any]] = {member, *runners}
                 changed = asyncio.ensure_future(self._changed.wait())
                 try:
-                    await asyncio.wait({changed, *waiting}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {changed, *waiting},
+                        timeout=self.completion_poll if owned_done else None,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
                 finally:
                     changed.cancel()
         finally:
@@ -224,7 +253,7 @@ class Worker:
         log.info(
             "worker %s: done (%s)",
             self.worker_id,
-            "complete" if self._complete() else "stopped",
+            "complete" if self.complete else "stopped",
         )
 
     def metrics(self) -> dict[str, Any]:

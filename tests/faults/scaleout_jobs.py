@@ -11,7 +11,7 @@ keyed by ``(user_id, window_end)``, ``flush="all"`` — the store :func:`tests.f
 compare_hourly` checks record by record.
 
 ``python -m tests.faults.scaleout_jobs --join GROUP ...`` runs one worker and prints JSON lines:
-``{"event": "start"}``, ``{"event": "assigned", "partitions": [...]}`` on each assignment,
+``{"event": "start"}``, ``{"event": "assigned", "partitions": [...]}`` after each rebalance,
 ``{"event": "progress", ...}`` every ``--progress`` s, ``{"event": "done", "runs": [...]}``.
 """
 
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from aiokafka.partitioner import murmur2
 
 import lambdasource as ls
 from lake.writer import ParquetLakeWriter
@@ -47,9 +48,11 @@ from tests.faults.jobs import (
     KEY,
     OUT_OF_ORDERNESS,
     SCHEMA,
+    arrival_ms,
     clickstream,
     hour_ordered,
     produce_parts,
+    to_json,
 )
 
 
@@ -91,7 +94,79 @@ async def prepare_partitioned(
         offsets[p] = int(np.count_nonzero(times < cutoff))
         writer = ParquetLakeWriter(f"{lake_root}/p{p}", "event_time", row_group_rows=256)
         writer.write(part.slice(0, offsets[p]), offsets={p: offsets[p]}, topic=topic)
-    positions = pa.concat_tables(
+    return PartitionedDataset(
+        table=pa.concat_tables(parts.values()),
+        topic=topic,
+        lake_root=str(lake_root),
+        offsets=offsets,
+        cutoff=cutoff,
+        positions=_positions(parts),
+    )
+
+
+def keyed_partition(user_id: int, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives the key ``str(user_id)`` (UTF-8)."""
+    return (murmur2(str(user_id).encode()) & 0x7FFFFFFF) % partitions
+
+
+async def prepare_keyed_lake(
+    bootstrap: str,
+    topic: str,
+    lake: str | Path,
+    *,
+    partitions: int,
+    events: int,
+    seed: int,
+    users: int = 40,
+    archived: float = 0.5,
+) -> PartitionedDataset:
+    """One lake for every partition, as an archiver writes it (a commit recording every
+    partition's offset), over a topic keyed by ``str(user_id)`` with Kafka's default
+    partitioner: what a job file's tasks split with ``for_partition`` (murmur2 over the key)."""
+    table = clickstream(events, seed, users)
+    micros = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
+    cutoff = int(micros.min()) // HOUR_US * HOUR_US + round(24 * archived) * HOUR_US
+    owner = np.array([keyed_partition(u, partitions) for u in table.column(KEY).to_pylist()])
+    parts = {p: hour_ordered(table.filter(pa.array(owner == p))) for p in range(partitions)}
+    await produce_keyed(bootstrap, topic, parts)
+    offsets: dict[int, int] = {}
+    for p, part in parts.items():
+        times = pc.cast(part.column("event_time"), pa.int64()).to_numpy()
+        offsets[p] = int(np.count_nonzero(times < cutoff))
+    writer = ParquetLakeWriter(str(lake), "event_time", row_group_rows=256)
+    prefix = pa.concat_tables(part.slice(0, offsets[p]) for p, part in parts.items())
+    writer.write(prefix, offsets=offsets, topic=topic)
+    return PartitionedDataset(
+        table=pa.concat_tables(parts.values()),
+        topic=topic,
+        lake_root=str(lake),
+        offsets=offsets,
+        cutoff=cutoff,
+        positions=_positions(parts),
+    )
+
+
+async def produce_keyed(bootstrap: str, topic: str, parts: dict[int, pa.Table]) -> None:
+    """Produce each table to its partition with the key ``str(user_id)``, in order."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = []
+        for p, rows in parts.items():
+            keys = [str(u).encode() for u in rows.column(KEY).to_pylist()]
+            for key, value, ts in zip(keys, to_json(rows), arrival_ms(rows), strict=True):
+                futures.append(
+                    await producer.send(topic, value, key=key, partition=p, timestamp_ms=ts)
+                )
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def _positions(parts: dict[int, pa.Table]) -> pa.Table:
+    return pa.concat_tables(
         pa.table(
             {
                 "event_id": part.column("event_id"),
@@ -100,14 +175,6 @@ async def prepare_partitioned(
             }
         )
         for p, part in parts.items()
-    )
-    return PartitionedDataset(
-        table=pa.concat_tables(parts.values()),
-        topic=topic,
-        lake_root=str(lake_root),
-        offsets=offsets,
-        cutoff=cutoff,
-        positions=positions,
     )
 
 
@@ -206,13 +273,12 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     say("start", pid=os.getpid(), worker=worker.worker_id)
     run = asyncio.create_task(serve(worker))
-    assigned: list[int] | None = None
+    rebalances = 0
     while not run.done():
         await asyncio.wait({run}, timeout=args.progress)
-        now = sorted(worker.tasks)
-        if now != assigned and worker.membership.assigned:
-            assigned = now
-            say("assigned", partitions=now, finished=sorted(worker.finished))
+        if worker.membership.rebalances != rebalances:
+            rebalances = worker.membership.rebalances
+            say("assigned", partitions=sorted(worker.membership.assigned))
         say(
             "progress",
             tasks={

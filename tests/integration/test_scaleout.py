@@ -25,12 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import pyarrow as pa
 import pytest
 
 import lambdasource as ls
 from tests.faults import oracle
 from tests.faults.jobs import read_hourly_postgres
-from tests.faults.scaleout_jobs import HourlyTasks, PartitionedDataset, prepare_partitioned
+from tests.faults.scaleout_jobs import (
+    HourlyTasks,
+    PartitionedDataset,
+    prepare_keyed_lake,
+    prepare_partitioned,
+)
 from tests.services.apache_kafka import ApacheKafkaService
 from tests.services.postgres import PostgresService
 
@@ -87,15 +94,21 @@ class Setup:
 
 
 def make_setup(
-    kafka: ApacheKafkaService, postgres: PostgresService, tmp_path: Path, *, events: int, seed: int
+    kafka: ApacheKafkaService,
+    postgres: PostgresService,
+    tmp_path: Path,
+    *,
+    events: int,
+    seed: int,
+    partitions: int = PARTITIONS,
 ) -> Setup:
-    topic = kafka.new_topic(PARTITIONS, "scaleout", config={"retention.ms": "-1"})
+    topic = kafka.new_topic(partitions, "scaleout", config={"retention.ms": "-1"})
     data = asyncio.run(
         prepare_partitioned(
             kafka.bootstrap,
             topic,
             tmp_path / "lakes",
-            partitions=PARTITIONS,
+            partitions=partitions,
             events=events,
             seed=seed,
         )
@@ -241,3 +254,104 @@ def test_rebalance_add_then_remove_a_worker_moves_tasks_through_checkpoints(
         f"rebalance: {len(runs)} task runs read {read} records for {total} "
         f"({read / total:.2f}x) in {time.monotonic() - started:.1f}s"
     )
+
+
+JOB_FILE = """
+[lake]
+path = "{lake}"
+time_column = "event_time"
+
+[stream]
+topic = "{topic}"
+bootstrap_servers = "{bootstrap}"
+time_column = "event_time"
+schema = "lake"
+stop_at = "latest"
+
+[source]
+handoff = "offsets"
+out_of_orderness = "10m"
+idle_timeout = "300ms"
+
+[window]
+key = "user_id"
+kind = "tumbling"
+size = "1h"
+emit = "every"
+aggregates = {{ n = "count()", ids = "count_distinct(event_id)", id_sum = "sum(event_id)", amount = "sum(amount)" }}
+
+[sink]
+url = "{dsn}"
+table = "user_hour"
+
+[checkpoints]
+url = "{checkpoints}"
+interval = "300ms"
+"""
+
+
+def completed_by_partition(data: PartitionedDataset) -> pa.Table:
+    """The input records whose hour window each partition's task completes: a bounded task's
+    final watermark is the newest event time of its partition (flush="watermark", the job
+    file's default), so a window is written when it ends at or before that time."""
+    con = duckdb.connect()
+    con.register("events", data.table)
+    con.register("positions", data.positions)
+    return con.sql(
+        """
+        WITH placed AS (
+            SELECT e.*, p.partition FROM events e JOIN positions p USING (event_id)
+        ), newest AS (
+            SELECT partition, max(event_time) AS newest FROM placed GROUP BY partition
+        )
+        SELECT placed.* EXCLUDE (partition) FROM placed JOIN newest USING (partition)
+        WHERE date_trunc('hour', event_time) + INTERVAL 1 HOUR <= newest
+        """
+    ).to_arrow_table()
+
+
+def test_job_file_runs_as_two_worker_processes(
+    apache_kafka: ApacheKafkaService, postgres: PostgresService, tmp_path: Path
+) -> None:
+    """`lambdasource run job.toml --workers 2`: one archiver-style lake for all partitions
+    (each task keeps its partition's rows by Kafka's partitioner over the key) and a topic
+    keyed by user; the store equals the SQL reference of the windows each partition completes."""
+    topic = apache_kafka.new_topic(PARTITIONS, "scaleout-job", config={"retention.ms": "-1"})
+    data = asyncio.run(
+        prepare_keyed_lake(
+            apache_kafka.bootstrap,
+            topic,
+            tmp_path / "lake",
+            partitions=PARTITIONS,
+            events=4000,
+            seed=13,
+        )
+    )
+    dsn = postgres.new_database()
+    job = tmp_path / "job.toml"
+    job.write_text(
+        JOB_FILE.format(
+            lake=data.lake_root,
+            topic=topic,
+            bootstrap=apache_kafka.bootstrap,
+            dsn=dsn,
+            checkpoints=(tmp_path / "checkpoints").as_uri(),
+        )
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "lambdasource", "run", str(job), "--workers", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "2 workers in consumer group lambdasource-" in done.stderr
+    store = asyncio.run(read_hourly_postgres(dsn))
+    expected = completed_by_partition(data)
+    check = oracle.compare_hourly(store, expected, positions=data.positions)
+    assert check.ok, check.message("job file, 2 workers")
+    assert expected.num_rows > data.table.num_rows * 0.9
+    print(f"job file, 2 workers: {check.totals()} in {elapsed:.1f}s")
