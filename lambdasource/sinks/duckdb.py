@@ -7,6 +7,10 @@ remove the row and leave a tombstone in ``<table>__deleted``. All DuckDB calls r
 
 Single writer: a DuckDB file takes one writing process at a time (``single_writer = True``), so a
 job run as several workers refuses it before it starts (:func:`.base.require_multi_writer`).
+Within one process, the sinks of several tasks (``for_task`` copies) writing one file take turns:
+a flush holds the file's lock (:func:`file_lock`) for its transaction. DuckDB's optimistic
+concurrency would otherwise fail concurrent upserts of one key from two connections with a
+primary-key ConstraintException instead of applying the version guard.
 ``close`` always releases the file, also when the run was cancelled during a flush: the flush
 still running in its thread is interrupted and awaited, then the connection is closed, so the
 process can open the file again (read-only or not) right after.
@@ -59,6 +63,17 @@ def unwritable_reason(path: Path) -> str | None:
     elif not os.access(ancestor, os.W_OK | os.X_OK):
         return f"the directory {str(ancestor)!r} is not writable (permission denied)"
     return None
+
+
+_file_locks: dict[str, threading.Lock] = {}
+_file_locks_guard = threading.Lock()
+
+
+def file_lock(path: str) -> threading.Lock:
+    """The lock this process's writers of the database file ``path`` hold while flushing."""
+    key = path if path == ":memory:" else os.path.realpath(path)
+    with _file_locks_guard:
+        return _file_locks.setdefault(key, threading.Lock())
 
 
 def _close_result(connecting: asyncio.Future[Any]) -> None:
@@ -181,8 +196,8 @@ class DuckDBUpsert(UpsertSink):
         return await asyncio.to_thread(self._apply_locked, table)
 
     def _apply_locked(self, table: pa.Table) -> ApplyResult:
-        with self._using:
-            if self._con is None:  # closed while this call waited for its thread
+        with file_lock(self.path), self._using:
+            if self._con is None:  # closed while this call waited for its turn
                 raise SinkError(f"sink={self.name} table={self.table}: the sink was closed")
             return self._apply_sync(table)
 

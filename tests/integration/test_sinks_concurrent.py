@@ -246,6 +246,26 @@ def pg_store(dsn: str) -> dict[int, tuple[int, str]]:
     return {int(r["k"]): (int(r["v"]), str(r["payload"])) for r in asyncio.run(fetch())}
 
 
+def pg_tables(dsn: str) -> list[str]:
+    """Every table of the database that outlives a session (temporary ones excluded)."""
+
+    async def fetch() -> list[Any]:
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            return list(
+                await conn.fetch(
+                    "SELECT relname FROM pg_class WHERE relkind = 'r' AND relpersistence <> 't' "
+                    "AND relnamespace = 'public'::regnamespace ORDER BY relname"
+                )
+            )
+        finally:
+            await conn.close()
+
+    return [str(row["relname"]) for row in asyncio.run(fetch())]
+
+
 def pg_execute(dsn: str, *statements: str) -> None:
     async def run() -> None:
         import asyncpg
@@ -280,6 +300,7 @@ def test_postgres_writers_at_once_equal_the_reference(postgres: Any, scenario: s
     sent = WORKLOADS[scenario]()
     metrics = all_ok(run_writers("postgres", {"dsn": dsn}, sent, flush_rows=20))
     assert_store_equals(pg_store(dsn), sent)
+    assert pg_tables(dsn) == ["store", "store__deleted"]  # staging tables were per-connection
     retries = sum(m["retries"] for m in metrics)
     print(f"postgres {scenario}: 4 writers, {retries} retries")
 

@@ -124,3 +124,35 @@ def test_duckdb_cancelled_mid_flush_releases_the_file(tmp_path: Path) -> None:
     with duckdb.connect(str(path), read_only=True) as reader:
         stored = reader.sql("SELECT k, v, x FROM t ORDER BY k").to_arrow_table()
     assert stored.equals(ROWS.cast(stored.schema))
+
+
+def test_duckdb_task_sinks_of_one_process_take_turns(tmp_path: Path) -> None:
+    """One worker runs several tasks: their DuckDBUpsert copies flush into one file from
+    threads at once, with overlapping keys and deletions; the file equals the reference (without
+    the file lock, DuckDB fails concurrent upserts of one key with a ConstraintException)."""
+    from tests.integration.test_sinks_concurrent import SCHEMA, assert_store_equals, workload
+
+    path = tmp_path / "f.duckdb"
+    sent = workload(writers=4, keys=200, versions=3, overlap=True, seed=21)
+    job = DuckDBUpsert(path, table="store", key="k", version="v", batch_rows=10**6)
+    job.bind(SCHEMA)
+
+    async def task(sink: DuckDBUpsert, rows: pa.Table) -> None:
+        try:
+            for start in range(0, rows.num_rows, 25):
+                for batch in rows.slice(start, 25).to_batches():
+                    await sink.write(batch)
+                await sink.flush()
+        finally:
+            await sink.close()
+
+    async def run() -> None:
+        copies = [job.for_task(f"events-{i}") for i in range(len(sent))]
+        await asyncio.gather(
+            *(task(sink, rows) for sink, rows in zip(copies, sent, strict=True))  # type: ignore[arg-type]
+        )
+
+    asyncio.run(run())
+    with duckdb.connect(str(path), read_only=True) as reader:
+        rows = reader.execute("SELECT k, v, payload FROM store").fetchall()
+    assert_store_equals({k: (v, payload) for k, v, payload in rows}, sent)
