@@ -7,8 +7,9 @@ every window it belongs to, and the state a replay leaves behind is a function o
 the final watermark alone — not of the order or batching they came in:
 
 1. :class:`SliceAccumulator` aggregates the rows per (key id, slice start) with the engine's
-   own kernels (``Kernel.partial``, one sort per chunk of rows) and, at the end, merges the
-   chunks' partials per (key, slice) (``Kernel.reduce``), sorted by (key, slice);
+   own kernels (``Kernel.partial``, one radix ordering per chunk of rows) and, at the end,
+   merges the chunks' partials per (key, slice) (``Kernel.combine``/``reduce``), sorted by
+   (key, slice);
 2. ``emit="latest"``: :func:`completed_state` builds the engine's documented state
    (:mod:`.state_tables`) as of the final watermark directly — slices entered or pending, each
    key's window value at the newest completed end, the block prefix — and the rows an upsert
@@ -28,6 +29,7 @@ addition order), as they do between two replays with different batch sizes.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import numpy as np
@@ -52,6 +54,8 @@ RECORDS = "_records"
 (``state_tables``: ``_records.count``)."""
 
 _DIGIT_BITS = 16
+_DENSE_SLACK = 1 << 16
+"""Per-key arrays of the run merge may exceed the rows merged by this many entries."""
 CHUNK_ROWS = 1 << 20
 """Rows a :class:`SliceAccumulator` aggregates at once (one ordering each)."""
 
@@ -124,23 +128,19 @@ def _run_starts(keys: np.ndarray, slices: np.ndarray) -> np.ndarray:
     return starts
 
 
-def _ordered(keys: np.ndarray, slices: np.ndarray) -> bool:
-    """Whether rows sorted by key have their slices ascending within each key."""
-    return not bool(((keys[1:] == keys[:-1]) & (slices[1:] < slices[:-1])).any())
-
-
 class SliceAccumulator:
     """Partial aggregates per (key id, slice start) of every row added (none is ever late).
 
     Rows are kept as they come and aggregated in chunks of about ``chunk_rows`` (one ordering
     per chunk, not per batch: lake batches are small) into *runs* of partials sorted by (key,
     slice); :meth:`result` merges the runs. A lake read in event-time order gives runs whose
-    slice ranges follow one another (at most a boundary slice shared), so the merge is one
-    stable pass by key plus a reduce of the few (key, slice) pairs two runs share; when the
-    result is not in (key, slice) order after that pass (runs out of order, rows out of time
-    order), a pass by slice comes first — the result never depends on the arrival order.
-    Memory: one chunk of rows plus the runs (at most one row per (key, slice) each); the merge
-    copies the runs' columns once, freeing each run as it is copied.
+    slice ranges follow one another per key (at most a boundary slice shared): each run is
+    then written straight into the result, a shared pair combined into the row before
+    (:func:`_scatter_runs`); otherwise (runs out of order, sparse key ids) the runs are
+    concatenated, ordered by radix passes and the pairs several runs hold reduced. Which path
+    is checked on the runs, never assumed: the result does not depend on the arrival order.
+    Memory: one chunk of rows plus the runs (at most one row per (key, slice) each); the
+    ordered merge adds one result column at a time, the other path one copy of the runs.
     """
 
     def __init__(
@@ -186,14 +186,17 @@ class SliceAccumulator:
             np.concatenate([batch.seq for batch in batches]),
         )
         del batches
-        slices = rows.times // self.slice_width * self.slice_width
+        slices = rows.times // self.slice_width
+        slices *= self.slice_width
         order = _key_slice_order(keys, slices, self.slice_width)
         sorted_keys, sorted_slices = keys[order], slices[order]
         del keys, slices
         starts = _run_starts(sorted_keys, sorted_slices)
         groups = np.empty(len(order), dtype=np.int64)  # each row's (key, slice), in row order
-        groups[order] = np.cumsum(starts) - 1
-        del order
+        rank = np.cumsum(starts)
+        rank -= 1
+        groups[order] = rank
+        del order, rank
         count = int(np.count_nonzero(starts))
         parts = tuple(kernel.partial(rows, groups, count) for kernel in self.kernels)
         self._runs.append((sorted_keys[starts], sorted_slices[starts], parts))
@@ -207,23 +210,159 @@ class SliceAccumulator:
             return empty, empty, tuple(kernel.identity(0) for kernel in self.kernels)
         if len(runs) == 1:
             return runs[0]
+        pa.default_memory_pool().release_unused()  # the pass's buffers, for the merge
+        _release_freed_memory()
+        totals = _ordered_runs(runs)
+        if totals is not None:
+            return _scatter_runs(self.kernels, runs, totals)
         keys, slices, columns = _concatenate(runs)
-        order = _stable_order(keys)
-        sorted_keys, sorted_slices = keys[order], slices[order]
-        if not _ordered(sorted_keys, sorted_slices):  # runs overlap in time: slices first
-            del sorted_keys, sorted_slices
-            offsets = (slices - int(slices.min())) // self.slice_width
-            order = _stable_order(keys, _stable_order(offsets))
-            del offsets
-            sorted_keys, sorted_slices = keys[order], slices[order]
-        del keys, slices
+        offsets = slices - int(slices.min())
+        offsets //= self.slice_width
+        order = _stable_order(keys, _stable_order(offsets))
+        del offsets
+        sorted_keys = keys[order]
+        del keys
+        sorted_slices = slices[order]
+        del slices
         starts = _run_starts(sorted_keys, sorted_slices)
         merged = _merge_sorted(self.kernels, columns, order, starts)
         return sorted_keys[starts], sorted_slices[starts], merged
 
 
+Run = tuple[np.ndarray, np.ndarray, tuple[State, ...]]
+
+
+def _key_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(keys, first rows, row counts)`` of the key groups of a run (sorted by key)."""
+    starts = np.empty(len(keys), dtype=bool)
+    starts[:1] = True
+    np.not_equal(keys[1:], keys[:-1], out=starts[1:])
+    first = np.flatnonzero(starts)
+    counts = np.diff(first, append=len(keys))
+    return keys[first], first, counts
+
+
+def _ordered_runs(runs: list[Run]) -> np.ndarray | None:
+    """Per key id, the rows the merged result holds — when every key's slices follow one
+    another from run to run (a run's first slice of a key at or after the key's last slice
+    in the runs before: equal is one pair two runs share) and the key ids are dense enough
+    for per-key arrays (at most rows + ``_DENSE_SLACK``); None otherwise (the merge sorts)."""
+    rows = sum(len(run[0]) for run in runs)
+    key_count = 1 + max(int(run[0][-1]) for run in runs if len(run[0])) if rows else 0
+    if (
+        key_count > rows + _DENSE_SLACK
+        or min((int(run[0][0]) for run in runs if len(run[0])), default=0) < 0
+    ):
+        return None
+    totals = np.zeros(key_count, dtype=np.int64)
+    last = np.full(key_count, np.iinfo(np.int64).min, dtype=np.int64)
+    for keys, slices, _ in runs:
+        present, first, counts = _key_groups(keys)
+        first_slices, before = slices[first], last[present]
+        if bool((first_slices < before).any()):
+            return None
+        totals[present] += counts - (first_slices == before)
+        last[present] = slices[first + counts - 1]
+    return totals
+
+
+def _scatter_runs(kernels: list[Kernel], runs: list[Run], totals: np.ndarray) -> Run:
+    """The merge of runs that :func:`_ordered_runs` found in order (``totals``: rows per key):
+    each run's rows written straight to their place in the result — the key's offset plus
+    the rows the key had before — and a pair a run shares with the runs before combined into
+    the row already written (``Kernel.combine``, the earlier data first). One column at a time
+    over all runs, the runs' copy of it freed (and returned to the OS) once written: the merge
+    holds the runs plus one result column, not the runs plus the result. ``runs`` is
+    emptied."""
+    count = len(totals)
+    offsets = np.cumsum(totals) - totals  # each key's first row in the result
+    written = np.zeros(count, dtype=np.int64)
+    last = np.full(count, np.iinfo(np.int64).min, dtype=np.int64)
+    targets: list[np.ndarray] = []  # per run: each fresh row's place in the result
+    fresh: list[np.ndarray | None] = []  # per run: its rows not shared (None: all)
+    joined: list[tuple[np.ndarray, np.ndarray]] = []  # per run: shared rows, their places
+    slice_columns: list[np.ndarray | None] = []
+    part_columns: list[list[list[np.ndarray | None]]] = []  # per run, per kernel, per array
+    runs.reverse()
+    while runs:
+        run_keys, pair_slices, parts = runs.pop()
+        present, first, counts = _key_groups(run_keys)
+        shared = pair_slices[first] == last[present]  # its first pair continues a written one
+        # row i of key group j goes to offsets[k] + written[k] + (i - first[j]) - shared[j]
+        target = np.repeat(offsets[present] + written[present] - first - shared, counts)
+        target += np.arange(len(run_keys), dtype=np.int64)
+        written[present] += counts - shared
+        last[present] = pair_slices[first + counts - 1]
+        shared_rows = first[shared]
+        joined.append((shared_rows, target[shared_rows]))
+        if len(shared_rows):
+            keep = np.ones(len(run_keys), dtype=bool)
+            keep[shared_rows] = False
+            fresh.append(np.flatnonzero(keep))
+            target = target[keep]
+        else:
+            fresh.append(None)
+        targets.append(target)
+        slice_columns.append(pair_slices)
+        part_columns.append([list(state) for state in parts])
+        del run_keys, pair_slices, parts, target
+    size = int(totals.sum())
+
+    def scatter(column: np.ndarray, run: int, values: np.ndarray) -> None:
+        rows = fresh[run]
+        column[targets[run]] = values if rows is None else values[rows]
+
+    slices = np.empty(size, dtype=np.int64)
+    for run, run_slices in enumerate(slice_columns):
+        assert run_slices is not None
+        scatter(slices, run, run_slices)
+        slice_columns[run] = None
+    _release_freed_memory()
+    merged: list[State] = []
+    for index, kernel in enumerate(kernels):
+        state = tuple(
+            np.empty(size, dtype=np.result_type(*(run[index][i] for run in part_columns)))
+            for i in range(len(part_columns[0][index]))
+        )
+        for run, run_parts in enumerate(part_columns):
+            values = run_parts[index]
+            for column, run_column in zip(state, values, strict=True):
+                assert run_column is not None
+                scatter(column, run, run_column)
+            shared_rows, places = joined[run]
+            if len(shared_rows):
+                earlier = tuple(column[places] for column in state)
+                later = tuple(
+                    run_column[shared_rows] for run_column in values if run_column is not None
+                )
+                for column, value in zip(state, kernel.combine(earlier, later), strict=True):
+                    column[places] = value
+            values[:] = [None] * len(values)
+        merged.append(state)
+        _release_freed_memory()
+    keys = np.repeat(np.arange(count, dtype=np.int64), totals)
+    return keys, slices, tuple(merged)
+
+
+def _release_freed_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``; elsewhere nothing):
+    the runs are many heap blocks freed one by one, which glibc would otherwise keep."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
 def _concatenate(
-    runs: list[tuple[np.ndarray, np.ndarray, tuple[State, ...]]],
+    runs: list[Run],
 ) -> tuple[np.ndarray, np.ndarray, list[list[np.ndarray | None]]]:
     """The runs' keys, slices and partial columns (per kernel, per state array) concatenated
     in run order; ``runs`` is emptied as it is copied, so each run is freed once copied."""
@@ -263,14 +402,15 @@ def _merge_sorted(
     slice) run ``starts`` marks: each run's first partial, with the runs of more than one
     (pairs several chunks share) reduced by their kernel. Frees each column once taken."""
     heads = order[starts]
-    group = np.cumsum(starts) - 1  # per sorted position
+    group = np.cumsum(starts)  # per sorted position, from 1
+    group -= 1
     shared = np.zeros(len(heads), dtype=bool)  # groups of more than one partial
     shared[group[~starts]] = True
     targets = np.flatnonzero(shared)
     if len(targets):
         in_shared = shared[group]
         member_rows = order[in_shared]
-        member_groups = (np.cumsum(shared) - 1)[group[in_shared]]
+        member_groups = np.cumsum(shared)[group[in_shared]] - 1
         del in_shared
     del group, shared
     merged: list[State] = []
