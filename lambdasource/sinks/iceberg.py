@@ -40,6 +40,7 @@ from .upsert import DELETED, TOMBSTONE_SUFFIX, ApplyResult, RetriableSinkError, 
 from .urls import redact_url
 
 Lineage = Mapping[str, str] | Callable[[], Mapping[str, str]] | None
+CREATE_ATTEMPTS = 3  # creating a table that concurrent writers create too
 
 
 def load_catalog(catalog: Any) -> Any:
@@ -171,16 +172,26 @@ class IcebergUpsert(UpsertSink):
     # blocking part --------------------------------------------------------------------------------
 
     def _load_or_create(self, identifier: str, schema: pa.Schema, create: bool) -> Any:
+        """The table (None when absent and not ``create``), created with its namespace when
+        absent. Writers starting at once race to create them; a catalog may report the loser's
+        create as a database error (pyiceberg's SQL catalog on SQLite: an IntegrityError for
+        the namespace), so a failed create is tried again after loading again."""
         from pyiceberg.exceptions import NoSuchTableError
 
-        try:
-            return self._catalog.load_table(identifier)
-        except NoSuchTableError:
-            if not create:
-                return None
         namespace = identifier.rsplit(".", 1)[0]
-        self._catalog.create_namespace_if_not_exists(namespace)
-        return self._catalog.create_table_if_not_exists(identifier, schema=schema)
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                return self._catalog.load_table(identifier)
+            except NoSuchTableError:
+                if not create:
+                    return None
+            try:
+                self._catalog.create_namespace_if_not_exists(namespace)
+                return self._catalog.create_table_if_not_exists(identifier, schema=schema)
+            except Exception:
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def _check(self, tbl: Any, schema: pa.Schema) -> None:
         have = {f.name: f.type for f in tbl.schema().as_arrow()}
