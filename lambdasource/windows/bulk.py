@@ -437,25 +437,31 @@ def _take(parts: tuple[State, ...], rows: np.ndarray) -> tuple[State, ...]:
 
 
 def _reduce_by_key(
-    kernels: list[Kernel], keys: np.ndarray, parts: tuple[State, ...], mask: np.ndarray
+    kernels: list[Kernel],
+    keys: np.ndarray,
+    parts: tuple[State, ...],
+    mask: np.ndarray,
+    groups: np.ndarray,
 ) -> tuple[np.ndarray, tuple[State, ...]]:
-    """Per key (``keys`` sorted), the partials of the rows in ``mask`` merged in row order (the
-    other rows go to a last, dropped group: the partials are not copied)."""
-    rows = np.flatnonzero(mask)
-    selected = keys[rows]
-    if not len(rows):
-        return selected, tuple(kernel.identity(0) for kernel in kernels)
-    starts = np.empty(len(rows), dtype=bool)
-    starts[0] = True
-    np.not_equal(selected[1:], selected[:-1], out=starts[1:])
-    count = int(np.count_nonzero(starts))
-    groups = np.full(len(keys), count, dtype=np.int64)
-    groups[rows] = np.cumsum(starts) - 1
+    """Per key (``keys`` sorted) with rows in ``mask``, the partials of those rows merged (the
+    other rows go to a last, dropped group: the partials are not copied). ``groups``: an int64
+    scratch array of one element per row, overwritten (reused between calls: a fresh array
+    costs its page faults)."""
+    key_starts = np.empty(len(keys), dtype=bool)
+    key_starts[:1] = True
+    np.not_equal(keys[1:], keys[:-1], out=key_starts[1:])
+    np.cumsum(key_starts, out=groups)  # each row's key rank, from 1
+    distinct = int(groups[-1]) if len(groups) else 0
+    groups -= 1
+    groups[~mask] = distinct
+    present = np.zeros(distinct + 1, dtype=bool)
+    present[groups] = True
+    chosen = np.flatnonzero(present[:distinct])
     merged = tuple(
-        tuple(array[:count] for array in kernel.reduce(values, groups, count + 1))
+        tuple(array[chosen] for array in kernel.reduce(values, groups, distinct + 1))
         for kernel, values in zip(kernels, parts, strict=True)
     )
-    return selected[starts], merged
+    return keys[key_starts][chosen], merged
 
 
 def _record_counter(names: list[str], kernels: list[Kernel]) -> int:
@@ -495,13 +501,17 @@ def completed_state(
         keys, starts = keys[rows], starts[rows]
         parts = _take(parts, rows)
     entered = starts < end
-    window_keys, window = _reduce_by_key(kernels, keys, parts, entered & (starts >= end - size))
+    groups = np.empty(len(keys), dtype=np.int64)
+    window_keys, window = _reduce_by_key(
+        kernels, keys, parts, entered & (starts >= end - size), groups
+    )
     counter = _record_counter(names, kernels)
     filled = np.flatnonzero(window[counter][0] > 0)
     window_keys = window_keys[filled]
     window = _take(window, filled)
     block = (end - 1) // size * size
-    prefix_keys, prefix = _reduce_by_key(kernels, keys, parts, entered & (starts >= block))
+    prefix_keys, prefix = _reduce_by_key(kernels, keys, parts, entered & (starts >= block), groups)
+    del groups
 
     def table(rows: np.ndarray | None) -> pa.Table:
         """The ``slices`` rows ``rows`` (None: all of them, shared, not copied)."""
