@@ -8,7 +8,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import bootstrap, checkpoints, engine, lake, partition_reads, peers, sinks, skew, stream
+from . import (
+    bootstrap,
+    checkpoints,
+    engine,
+    lake,
+    partition_reads,
+    peers,
+    scaleout,
+    sinks,
+    skew,
+    stream,
+)
 from .common import RESULTS_DIR, Report
 
 
@@ -85,6 +96,14 @@ BENCHMARKS: dict[str, Benchmark] = {
             partition_reads.add_arguments,
             partition_reads.run,
             partition_reads.summary,
+        ),
+        Benchmark(
+            "scaleout",
+            "bootstrap throughput of one job as 2 workers ÷ 1 worker of a consumer group, "
+            "lake split per Kafka partition (issue 15 target >= 1.7 on 2 cores)",
+            scaleout.add_arguments,
+            scaleout.run,
+            scaleout.summary,
         ),
         Benchmark(
             "peers",
