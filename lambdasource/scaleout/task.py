@@ -131,6 +131,7 @@ class PartitionTask:
         self.pipeline: Pipeline | None = None
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
+        self._finalizing = False  # the run ended by itself; its final checkpoint is being written
         self.started_at: float | None = None
         self.stopped: StopOutcome | None = None
         self.stop_seconds: float | None = None
@@ -157,6 +158,7 @@ class PartitionTask:
         self.pipeline = pipeline
         log.info("task %s: starting (worker %s)", self.task_id, self.context.worker_id)
         await pipeline.run(restore="latest", bootstrap=self._bootstrap)
+        self._finalizing = True
         self.final_checkpoint = await pipeline.write_final_checkpoint()
 
     @property
@@ -230,7 +232,14 @@ class PartitionTask:
                         checkpoint_id,
                         self.stop_timeout,
                     )
-        if runner.done() and outcome == "cancelled":
+        if self._finalizing and not runner.done():
+            # the run ended by itself meanwhile: let it write its final checkpoint (a cancel
+            # could land after the write but before it is counted, hiding the newest state)
+            remaining = max(0.0, began + self.stop_timeout - time.monotonic())
+            await asyncio.wait({runner}, timeout=remaining)
+        if runner.done() and not runner.cancelled() and runner.exception() is None:
+            outcome = "finished"  # complete: its final checkpoint is the newest
+        elif runner.done() and outcome == "cancelled":
             outcome = "failed" if not runner.cancelled() and runner.exception() else "finished"
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError, LambdaSourceError, Exception):
@@ -254,7 +263,8 @@ class PartitionTask:
 
     def summary(self) -> dict[str, Any]:
         """How this run of the task went (for the worker's ``runs``): outcome, records its
-        sources read in this run (a restore starts at 0), the checkpoint it restored."""
+        sources read in this run (a restore starts at 0), the checkpoint it restored, the ones
+        it took to stop / at its end, and the newest it wrote (what the next owner restores)."""
         metrics = self.pipeline.metrics() if self.pipeline is not None else {}
         sources = metrics.get("sources") or {}
         return {
@@ -265,6 +275,7 @@ class PartitionTask:
             "restored_from": (metrics.get("checkpoints") or {}).get("restored_from"),
             "stop_checkpoint": self.stop_checkpoint,
             "final_checkpoint": self.final_checkpoint,
+            "last_checkpoint": (metrics.get("checkpoints") or {}).get("last_id"),
             "stop_seconds": self.stop_seconds,
             "ended_at": time.time(),
         }

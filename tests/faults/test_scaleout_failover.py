@@ -23,6 +23,7 @@ import pytest
 
 from tests.integration.test_scaleout import WorkerProcess, make_setup, wait_for
 from tests.services.apache_kafka import ApacheKafkaService
+from tests.services.brokers import Broker
 from tests.services.postgres import PostgresService
 
 pytestmark = [pytest.mark.slow, pytest.mark.apache_kafka, pytest.mark.postgres]
@@ -34,7 +35,9 @@ SESSION_TIMEOUT_S = 6  # Apache Kafka's group.min.session.timeout.ms
 def test_kill_one_of_three_workers(
     apache_kafka: ApacheKafkaService, postgres: PostgresService, tmp_path: Path, seed: int
 ) -> None:
-    setup = make_setup(apache_kafka, postgres, tmp_path, events=9000, seed=seed, partitions=6)
+    setup = make_setup(
+        Broker("apache", apache_kafka), postgres, tmp_path, events=9000, seed=seed, partitions=6
+    )
     total = setup.data.table.num_rows
     options = {"interval": "300ms", "throttle_ms": 40, "session_timeout": f"{SESSION_TIMEOUT_S}s"}
     names = ["A", "B", "C"]
