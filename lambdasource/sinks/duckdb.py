@@ -8,9 +8,11 @@ remove the row and leave a tombstone in ``<table>__deleted``. All DuckDB calls r
 Single writer: a DuckDB file takes one writing process at a time (``single_writer = True``), so a
 job run as several workers refuses it before it starts (:func:`.base.require_multi_writer`).
 Within one process, the sinks of several tasks (``for_task`` copies) writing one file take turns:
-a flush holds the file's lock (:func:`file_lock`) for its transaction. DuckDB's optimistic
-concurrency would otherwise fail concurrent upserts of one key from two connections with a
-primary-key ConstraintException instead of applying the version guard.
+connecting, each flush's transaction and closing hold the file's lock (:func:`file_lock`).
+DuckDB's optimistic concurrency would otherwise fail concurrent upserts of one key from two
+connections with a primary-key ConstraintException instead of applying the version guard, and a
+connect racing another connection's work sometimes left it without Python's Arrow scan
+(``python_arrow_scan does not exist``).
 ``close`` always releases the file, also when the run was cancelled during a flush: the flush
 still running in its thread is interrupted and awaited, then the connection is closed, so the
 process can open the file again (read-only or not) right after.
@@ -34,6 +36,7 @@ from ..timeutil import Duration
 from .upsert import DELETED, TOMBSTONE_SUFFIX, ApplyResult, RetriableSinkError, UpsertSink
 
 OPTIMISTIC_PAUSE = 16  # flushes without the plain-INSERT attempt after a key conflict
+INTERRUPT_EVERY = 0.05  # seconds between interrupts of a flush that ``close`` waits for
 
 
 def quote(name: str) -> str:
@@ -163,7 +166,8 @@ class DuckDBUpsert(UpsertSink):
                     f"cannot create the directory {str(parent)!r}: {exc.strerror or exc}"
                 ) from exc
         try:
-            con = duckdb.connect(self.path)
+            with file_lock(self.path):  # connects racing in one process can break DuckDB
+                con = duckdb.connect(self.path)
         except (OSError, duckdb.Error) as exc:
             text = str(exc)
             if "permission denied" in text.lower():
@@ -185,10 +189,18 @@ class DuckDBUpsert(UpsertSink):
             await asyncio.shield(closing)  # cancelled or not, the thread closes the file
 
     def _close_when_idle(self, con: Any) -> None:
-        if self._using.locked():
-            con.interrupt()  # DuckDB's one call another thread may make on a busy connection
-        with self._using:
-            con.close()
+        # Wait for the file's turn; while this sink's own flush holds it, interrupt that flush
+        # (the one call DuckDB takes from another thread on a busy connection) — repeatedly: an
+        # interrupt between two of its statements stops nothing.
+        lock = file_lock(self.path)
+        while not lock.acquire(timeout=INTERRUPT_EVERY):
+            if self._using.locked():
+                con.interrupt()
+        try:
+            with self._using:  # free: a flush takes the file's lock first
+                con.close()  # an open transaction of the interrupted flush is rolled back
+        finally:
+            lock.release()
 
     async def _apply(self, table: pa.Table) -> ApplyResult:
         if self._con is None:
