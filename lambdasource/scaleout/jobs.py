@@ -22,6 +22,9 @@ Kafka's partitioner over ``key``). ``key`` is the window's key (a raw-row job: t
 record whose key belongs to another partition (the topic is not keyed by the window's key) is
 an error naming topic, partition and offset.
 
+``--metrics-port PORT`` serves each running task's ``metrics()`` (labels ``worker``, ``task``)
+on the worker's Prometheus endpoint; with ``--workers N`` worker ``i`` serves on ``PORT + i``.
+
 Refused before anything runs (:class:`~lambdasource.errors.ConfigError`): no ``[stream]``, no
 ``[checkpoints]``, and a single-writer store (DuckDB) with more than one worker or with
 ``--join`` (other machines may join).
@@ -42,8 +45,8 @@ from typing import Any, Literal
 from ..errors import ConfigError
 from ..pipeline import Pipeline
 from .local import run_commands, serve
-from .task import TaskContext
-from .worker import Worker
+from .task import PartitionTask, TaskContext
+from .worker import Worker, default_worker_id
 
 log = logging.getLogger("lambdasource.scaleout")
 
@@ -182,7 +185,28 @@ def _worker_command(args: argparse.Namespace, group: str, index: int) -> list[st
     command += ["--worker-id", f"{socket.gethostname()}-{index}", "--quiet"]
     command += ["--key-serializer", args.key_serializer]
     command += ["--session-timeout", args.session_timeout]
+    port = getattr(args, "metrics_port", None)
+    if port is not None:  # one endpoint per worker process: PORT, PORT+1, … (0: free ports)
+        command += ["--metrics-port", str(port + index if port else 0)]
+        command += ["--metrics-host", getattr(args, "metrics_host", "127.0.0.1")]
     return command
+
+
+class _ServedTasks:
+    """Serves each running task's metrics on the worker's endpoint, labelled worker and task."""
+
+    def __init__(self, endpoint: Any, worker_id: str) -> None:
+        self.endpoint = endpoint
+        self.worker_id = worker_id
+
+    def started(self, task: PartitionTask) -> None:
+        if task.pipeline is not None:
+            labels = {"worker": self.worker_id, "task": task.task_id}
+            self.endpoint.register(task.pipeline, labels)
+
+    def ended(self, task: PartitionTask) -> None:
+        if task.pipeline is not None:
+            self.endpoint.unregister(task.pipeline)
 
 
 def run(spec: Any, args: argparse.Namespace) -> int:
@@ -202,19 +226,23 @@ def run(spec: Any, args: argparse.Namespace) -> int:
 def run_worker(spec: Any, args: argparse.Namespace, group: str) -> int:
     """One worker in this process until complete or stopped (SIGINT/SIGTERM: exit 130)."""
     from ..jobfile.build import build_security
+    from ..metrics_endpoint import endpoint_from_args, serving
 
     stream = spec.stream
     tasks = JobTasks(spec, args.key_serializer)
+    worker_id = args.worker_id or default_worker_id()
+    endpoint = endpoint_from_args(args)
     worker = Worker(
         tasks,
         topic=stream["topic"],
         bootstrap_servers=stream["bootstrap_servers"],
         group=group,
         checkpoints=str(spec.checkpoints["url"]),
-        worker_id=args.worker_id,
+        worker_id=worker_id,
         security=build_security(stream.get("security"), Path(spec.base)),
         bootstrap=tasks.bootstrap,
         session_timeout=args.session_timeout,
+        observer=None if endpoint is None else _ServedTasks(endpoint, worker_id),
     )
     if not args.quiet:
         print(f"{args.job}: worker {worker.worker_id} joins group {group}", file=sys.stderr)
@@ -227,7 +255,8 @@ def run_worker(spec: Any, args: argparse.Namespace, group: str) -> int:
                 print(progress_line(worker.metrics()), file=sys.stderr)
         await running
 
-    asyncio.run(main())
+    with serving(endpoint, lambda line: print(line, file=sys.stderr)):
+        asyncio.run(main())
     complete = worker.complete
     if not args.quiet:
         print(

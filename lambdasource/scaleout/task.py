@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from ..errors import ConfigError, LambdaSourceError
 from ..pipeline import Pipeline
@@ -73,6 +73,15 @@ class TaskContext:
 
 TaskFactory = Callable[[TaskContext], Pipeline]
 """``build(context) -> Pipeline``: the job's pipeline restricted to ``context.partition``."""
+
+
+class TaskObserver(Protocol):
+    """Told when a task's pipeline starts running and when that run ends (on the worker's
+    loop), e.g. to serve its metrics (``--metrics-port``)."""
+
+    def started(self, task: PartitionTask) -> None: ...
+
+    def ended(self, task: PartitionTask) -> None: ...
 
 
 def _sink_specs(pipeline: Pipeline) -> list[Any]:
@@ -122,8 +131,10 @@ class PartitionTask:
         bootstrap: Literal["replay", "state"] = "replay",
         stop_timeout: float = 30.0,
         poll_interval: float = 0.02,
+        observer: TaskObserver | None = None,
     ) -> None:
         self.context = context
+        self._observer = observer
         self._build = build
         self._bootstrap = bootstrap
         self.stop_timeout = stop_timeout
@@ -157,9 +168,15 @@ class PartitionTask:
         give_sinks_to_task(pipeline, self.task_id)
         self.pipeline = pipeline
         log.info("task %s: starting (worker %s)", self.task_id, self.context.worker_id)
-        await pipeline.run(restore="latest", bootstrap=self._bootstrap)
-        self._finalizing = True
-        self.final_checkpoint = await pipeline.write_final_checkpoint()
+        if self._observer is not None:
+            self._observer.started(self)
+        try:
+            await pipeline.run(restore="latest", bootstrap=self._bootstrap)
+            self._finalizing = True
+            self.final_checkpoint = await pipeline.write_final_checkpoint()
+        finally:
+            if self._observer is not None:
+                self._observer.ended(self)
 
     @property
     def done(self) -> bool:

@@ -35,7 +35,14 @@ from ..s3 import S3Config
 from ..timeutil import Duration, parse_duration
 from .completion import complete_partitions
 from .membership import GroupMembership
-from .task import PartitionTask, StopOutcome, TaskContext, TaskFactory, task_checkpoint_url
+from .task import (
+    PartitionTask,
+    StopOutcome,
+    TaskContext,
+    TaskFactory,
+    TaskObserver,
+    task_checkpoint_url,
+)
 
 log = logging.getLogger("lambdasource.scaleout")
 
@@ -54,7 +61,8 @@ class Worker:
     timing (a killed worker's partitions move after ``session_timeout``). ``stop_timeout``
     (default: a third of ``rebalance_timeout``): how long a revoked task waits for its
     checkpoint before it is cancelled. ``s3``: the checkpoint store's S3 settings (default:
-    the AWS environment), for reading which partitions are complete.
+    the AWS environment), for reading which partitions are complete. ``observer``: told when
+    each task's pipeline starts and ends (:class:`~.task.TaskObserver`).
     """
 
     def __init__(
@@ -74,6 +82,7 @@ class Worker:
         stop_timeout: Duration | None = None,
         s3: S3Config | None = None,
         completion_poll: float = 1.0,
+        observer: TaskObserver | None = None,
     ) -> None:
         if not callable(build):
             raise ConfigError(
@@ -125,6 +134,7 @@ class Worker:
         self._stop = asyncio.Event()
         self.started_at: float | None = None
         self.s3 = s3
+        self.observer = observer
         self.completion_poll = completion_poll
         self._next_completion_check = 0.0
         self.complete = False
@@ -151,7 +161,11 @@ class Worker:
                 checkpoint_url=task_checkpoint_url(self.checkpoints, self.topic, partition),
             )
             task = PartitionTask(
-                context, self.build, bootstrap=self.bootstrap, stop_timeout=self.stop_timeout
+                context,
+                self.build,
+                bootstrap=self.bootstrap,
+                stop_timeout=self.stop_timeout,
+                observer=self.observer,
             )
             task.start()
             self.tasks[partition] = task

@@ -12,13 +12,16 @@ each stop's barrier).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +43,7 @@ from tests.faults.scaleout_jobs import (
 )
 from tests.services.apache_kafka import ApacheKafkaService
 from tests.services.brokers import Broker, both_brokers
+from tests.services.ports import free_port
 from tests.services.postgres import PostgresService
 
 pytestmark = [pytest.mark.postgres]
@@ -327,7 +331,8 @@ def test_job_file_runs_as_two_worker_processes(
 ) -> None:
     """`lambdasource run job.toml --workers 2`: one archiver-style lake for all partitions
     (each task keeps its partition's rows by Kafka's partitioner over the key) and a topic
-    keyed by user; the store equals the SQL reference of the windows each partition completes."""
+    keyed by user; the store equals the SQL reference of the windows each partition completes;
+    each worker serves its tasks' metrics on its own port (--metrics-port P: P and P+1)."""
     topic = apache_kafka.new_topic(PARTITIONS, "scaleout-job", config={"retention.ms": "-1"})
     data = asyncio.run(
         prepare_keyed_lake(
@@ -351,16 +356,28 @@ def test_job_file_runs_as_two_worker_processes(
         )
     )
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "lambdasource", "run", str(job), "--workers", "2"],
+    port = free_port()
+    command = [sys.executable, "-m", "lambdasource", "run", str(job), "--workers", "2"]
+    process = subprocess.Popen(
+        [*command, "--metrics-port", str(port)],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
     )
+    served: set[str] = set()  # task="…" labels seen on the workers' endpoints while running
+    while process.poll() is None and time.monotonic() - started < 120:
+        for worker_port in (port, port + 1):
+            with contextlib.suppress(OSError):
+                url = f"http://127.0.0.1:{worker_port}/metrics"
+                text = urllib.request.urlopen(url, timeout=1).read().decode()
+                served.update(re.findall(r'task="([^"]+)"', text))
+        time.sleep(0.1)
+    _, stderr = process.communicate(timeout=120)
     elapsed = time.monotonic() - started
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert "2 workers in consumer group lambdasource-" in done.stderr
+    assert process.returncode == 0, stderr[-4000:]
+    assert "2 workers in consumer group lambdasource-" in stderr
+    assert served and served <= {f"{topic}-{p}" for p in range(PARTITIONS)}, served
     store = asyncio.run(read_hourly_postgres(dsn))
     expected = completed_by_partition(data)
     check = oracle.compare_hourly(store, expected, positions=data.positions)
