@@ -31,9 +31,10 @@ def _bin_dir() -> Path | None:
 class PostgresService:
     port: int
     root: Path
+    host: str = "127.0.0.1"  # the address it listens on (clients connect there)
 
     def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
 
     def new_database(self) -> str:
         """Create an empty database; returns its DSN."""
@@ -42,7 +43,7 @@ class PostgresService:
             [
                 "psql",
                 "-h",
-                "127.0.0.1",
+                self.host,
                 "-p",
                 str(self.port),
                 "-U",
@@ -56,6 +57,85 @@ class PostgresService:
         )
         return self.dsn(name)
 
+    @classmethod
+    def start(cls, host: str = "127.0.0.1") -> PostgresService:
+        """initdb a fresh cluster and start it listening on ``host`` (a free port)."""
+        bindir = _bin_dir()
+        if bindir is None:
+            raise RuntimeError(
+                "PostgreSQL is not installed: apt-get install -y postgresql (.ci/run does it)"
+            )
+        root = Path(tempfile.mkdtemp(prefix="ls-pg-"))
+        data = root / "data"
+        if os.geteuid() == 0:
+            shutil.chown(root, "postgres", "postgres")
+        subprocess.run(
+            _as_postgres(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        if host != "127.0.0.1":  # initdb trusts loopback only: let the other hosts in too
+            with (data / "pg_hba.conf").open("a") as hba:
+                hba.write("host all all all trust\n")
+        port = free_port()
+        options = (
+            f"-p {port} -k {root} -c listen_addresses={host} -c fsync=off -c full_page_writes=off"
+        )
+        service = cls(port=port, root=root, host=host)
+        started = subprocess.run(
+            _as_postgres(
+                [
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(root / "log"),
+                    "-o",
+                    options,
+                    "-w",
+                    "start",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+        )
+        if started.returncode != 0:
+            service.stop()
+            raise RuntimeError(f"pg_ctl start failed: {started.stderr or started.stdout}")
+        if host == "127.0.0.1":  # pg_ctl -w waited for readiness; this checks the TCP listener
+            wait_for_port(port, what="postgres")
+        return service
+
+    def stop(self) -> None:
+        bindir = _bin_dir()
+        if bindir is not None and (self.root / "data").exists():
+            subprocess.run(
+                _as_postgres(
+                    [
+                        str(bindir / "pg_ctl"),
+                        "-D",
+                        str(self.root / "data"),
+                        "-m",
+                        "immediate",
+                        "stop",
+                    ]
+                ),
+                capture_output=True,
+            )
+        shutil.rmtree(self.root, ignore_errors=True)
+
 
 def _as_postgres(cmd: list[str]) -> list[str]:
     if os.geteuid() != 0:
@@ -65,60 +145,13 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresService]:
-    bindir = _bin_dir()
-    if bindir is None:
+    if _bin_dir() is None:
         pytest.fail("PostgreSQL is not installed: apt-get install -y postgresql (.ci/run does it)")
-    root = Path(tempfile.mkdtemp(prefix="ls-pg-"))
-    data = root / "data"
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-    subprocess.run(
-        _as_postgres(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    options = (
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
-    )
-    subprocess.run(
-        _as_postgres(
-            [
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(root / "log"),
-                "-o",
-                options,
-                "-w",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
+    service = PostgresService.start()
     try:
-        wait_for_port(port, what="postgres")
-        yield PostgresService(port=port, root=root)
+        yield service
     finally:
-        subprocess.run(
-            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        service.stop()
 
 
 @pytest.fixture
