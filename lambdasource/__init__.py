@@ -18,6 +18,7 @@ from .errors import (
     LakeReadError,
     LakeStateError,
     LambdaSourceError,
+    MisplacedKeyError,
     OperatorError,
     ScaleOutError,
     SchemaError,
@@ -31,6 +32,7 @@ from .kafka_security import KafkaSecurity
 from .lead import LeadMeter
 from .messages import Barrier, End, Watermark
 from .operator import Context, Operator, Timer
+from .partitioning import KeyPartitioner
 from .pipeline import Pipeline, Stream, WindowedStream
 from .s3 import S3Config
 from .scaleout import TaskContext, Worker, run_workers
@@ -87,6 +89,7 @@ __all__ = [
     "KafkaSecurity",
     "KafkaStream",
     "KafkaUpsert",
+    "KeyPartitioner",
     "LakeReadError",
     "LakeReport",
     "LakeStateError",
@@ -94,6 +97,7 @@ __all__ = [
     "LambdaSourceError",
     "LeadMeter",
     "MemorySource",
+    "MisplacedKeyError",
     "Operator",
     "OperatorError",
     "ParquetLake",
