@@ -53,7 +53,6 @@ stays with the partition it arrived on.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
 from typing import Any, Protocol, runtime_checkable
@@ -76,7 +75,7 @@ from ..timeutil import (
 from .alignment import Alignment, AlignmentGroup
 from .base import Source, SourceOutput
 from .conform import cast_failures, conform
-from .kafka.emit import DriveHooks, FetchEmitter
+from .kafka.emit import DriveHooks
 from .kafka.split import PartitionSplit
 from .kafka.stream import KafkaStream, PartitionStart
 from .lake.commits import CommitRecord
@@ -251,7 +250,7 @@ class LambdaSource(Source):
             chosen.check_schema(self.stream.schema, f"source={self.name} topic={self.stream.topic}")
         clone = LambdaSource(
             lake.for_partition(partition, partitions, key, chosen),
-            _stream_of_partition(self.stream, partition),
+            self.stream.for_partitions([partition]),
             handoff=self.handoff,
             out_of_orderness=self.out_of_orderness,
             idle_timeout=self.idle_timeout,
@@ -741,36 +740,3 @@ class LambdaSource(Source):
             "stream": self.stream.metrics(),
             "task": task,
         }
-
-
-def _stream_of_partition(stream: KafkaStream, partition: int) -> KafkaStream:
-    """A fresh copy of an unopened ``stream`` that reads only ``partition`` (no discovery of
-    added partitions: a task's partition set is fixed)."""
-    if stream.splits:
-        raise ConfigError(
-            f"stream={stream.name}: for_partition needs a stream that has not run yet"
-        )
-    if stream.partitions is not None and partition not in stream.partitions:
-        raise ConfigError(
-            f"stream={stream.name}: partition {partition} is not among its partitions "
-            f"{stream.partitions}"
-        )
-    clone = copy.copy(stream)
-    for name, value in vars(stream).items():  # no shared mutable state between the copies
-        if isinstance(value, dict | list | set):
-            setattr(clone, name, copy.copy(value))
-    clone.partitions = [partition]
-    clone.discovery = None
-    clone._consumer_options.pop("metadata_max_age_ms", None)
-    if getattr(stream.beginning_offsets, "__self__", None) is stream:
-        clone.beginning_offsets = clone._beginning_offsets
-    emitter = stream._emitter
-    clone._emitter = FetchEmitter(
-        emitter.topic,
-        emitter.schema,
-        format=emitter.format,
-        event_time_column=emitter.event_time_column,
-        time_column=emitter.time_column,
-        max_ahead=emitter.max_ahead,
-    )
-    return clone

@@ -134,6 +134,8 @@ class KafkaStream(Source):
         security: KafkaSecurity | None = None,
         connect_timeout: Duration = "30s",
     ) -> None:
+        # the arguments as given, for copies restricted to other partitions (for_partitions)
+        self._arguments = {name: value for name, value in locals().items() if name != "self"}
         if stop_at not in (None, "latest"):
             raise ConfigError(f"KafkaStream: stop_at must be None or 'latest', got {stop_at!r}")
         if max_batch_records < 1:
@@ -212,6 +214,25 @@ class KafkaStream(Source):
     @property
     def schema(self) -> pa.Schema | None:
         return self._schema
+
+    def for_partitions(self, partitions: Sequence[int]) -> KafkaStream:
+        """A new stream with this one's settings that reads only ``partitions`` (a scale-out
+        task's; no discovery of partitions added later: a task's set is fixed). Only a stream
+        that has not run yet can be copied; a replaced ``beginning_offsets`` carries over."""
+        if self.splits:
+            raise ConfigError(f"stream={self.name}: for_partitions needs a stream that has not run")
+        outside = sorted(set(partitions) - set(self.partitions or partitions))
+        if outside:
+            raise ConfigError(
+                f"stream={self.name}: partitions {outside} are not among its partitions "
+                f"{self.partitions}"
+            )
+        copy = KafkaStream(
+            **{**self._arguments, "partitions": list(partitions), "partition_discovery": None}
+        )
+        if getattr(self.beginning_offsets, "__self__", None) is not self:
+            copy.beginning_offsets = self.beginning_offsets
+        return copy
 
     def _where(self, partition: int | None = None, offset: int | None = None) -> str:
         return record_position(self.topic, partition, offset)
