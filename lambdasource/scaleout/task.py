@@ -8,7 +8,9 @@ over its own splits, its own sink instance and its own checkpoints under
 checkpoint to :attr:`TaskContext.checkpoint_url` (checked here before the task runs).
 
 Start restores the newest checkpoint of that location, as a single-process run resumes
-(``Pipeline.run(restore="latest")``; nothing is deleted). :meth:`PartitionTask.stop` hands the
+(``Pipeline.run(restore="latest")``; nothing is deleted) — unless that is a final checkpoint:
+then the newest one before it (:func:`~.completion.resume_point`: state after the final flush
+would make later records of its windows late). :meth:`PartitionTask.stop` hands the
 partition over: it triggers a checkpoint (``Pipeline.trigger_checkpoint``), waits until the
 checkpoint store has it (the coordinator's ``last_id`` reaches its id), then cancels the run.
 Whatever the run wrote after that barrier is written again by the next owner from the same
@@ -19,9 +21,10 @@ checkpoint and redoes that work. A checkpoint not written within ``stop_timeout`
 given up the same way, so a stop always ends well inside the group's rebalance timeout.
 
 A run that ends by itself (a bounded job's partition is complete) writes its final state as one
-more checkpoint (``Pipeline.write_final_checkpoint``): a later owner of the partition (its worker
-left before the others finished) resumes at the end instead of replaying from an earlier
-checkpoint.
+more checkpoint (``Pipeline.write_final_checkpoint``): it marks the partition complete
+(:mod:`.completion`); a later owner (its worker left before the others finished, or the job runs
+again) resumes from the checkpoint before it and replays the tail, so records that arrived after
+the end still count.
 """
 
 from __future__ import annotations
@@ -170,8 +173,20 @@ class PartitionTask:
         log.info("task %s: starting (worker %s)", self.task_id, self.context.worker_id)
         if self._observer is not None:
             self._observer.started(self)
+        from .completion import resume_point  # completion imports this module
+
         try:
-            await pipeline.run(restore="latest", bootstrap=self._bootstrap)
+            checkpoints = pipeline.checkpoints
+            assert checkpoints is not None  # check_task_pipeline
+            restore = await resume_point(checkpoints.url, checkpoints.s3)
+            if restore != "latest":
+                log.info(
+                    "task %s: the newest checkpoint is final: restoring %s before it (new "
+                    "records after the end would be late against the final flush)",
+                    self.task_id,
+                    "nothing" if restore is None else f"checkpoint {restore}",
+                )
+            await pipeline.run(restore=restore, bootstrap=self._bootstrap)
             self._finalizing = True
             self.final_checkpoint = await pipeline.write_final_checkpoint()
         finally:
