@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import signal
+import struct
 import sys
 import time
 import uuid
@@ -34,19 +35,25 @@ import pyarrow.compute as pc
 import pytest
 
 import lambdasource as ls
+from lake.writer import ParquetLakeWriter
 from lambdasource.checkpoints import Checkpoints
+from lambdasource.errors import MisplacedKeyError
+from lambdasource.partitioning import KeyPartitioner
 from lambdasource.scaleout import TaskContext, Worker, serve
 from lambdasource.sinks.postgres import PostgresUpsert
 from lambdasource.sources.kafka.stream import KafkaStream
 from lambdasource.sources.lake.parquet import ParquetLake
 from lambdasource.sources.lambda_source import LambdaSource
 from tests.faults.jobs import (
+    HOUR_US,
     KEY,
     OUT_OF_ORDERNESS,
     SCHEMA,
+    arrival_ms,
     clickstream,
     hour_ordered,
     produce_parts,
+    to_json,
 )
 from tests.faults.scaleout_jobs import PartitionedDataset, prepare_partitioned
 from tests.integration.test_scaleout import WorkerProcess, check_handovers, wait_for
@@ -474,6 +481,167 @@ def test_bounded_rerun_after_new_stream_data(
     ls.run_workers(tasks, workers=1, **settings)
     everything = pa.concat_tables([job.data.table, *later.values()])
     assert_exact(job.dsn, everything, "re-run with 1 worker after new records")
+
+
+@pytest.mark.slow
+@pytest.mark.apache_kafka
+@pytest.mark.postgres
+def test_standby_takes_over_when_an_owner_leaves(
+    apache_kafka: ApacheKafkaService, postgres: PostgresService, tmp_path: Path
+) -> None:
+    """5 workers on 4 partitions: one waits as a standby; mid-stream an owner leaves (SIGTERM)
+    and the standby gets a partition; later an owner is killed (SIGKILL). The store is exact."""
+    job = make_job(apache_kafka, postgres, tmp_path, events=4000, seed=55)
+    options = {"throttle_ms": 300, "lake_batch": 500}
+    workers = {n: WorkerProcess.start(n, job.command(n, **options)) for n in "ABCDE"}
+    every = list(workers.values())
+    try:
+        wait_for(
+            lambda: (
+                owned(every) == list(range(PARTITIONS))
+                and all(w.assigned() is not None for w in every)
+            ),
+            "4 owners and a standby",
+            90,
+        )
+        standby = next(w for w in every if not w.assigned())
+        leaver = next(w for w in every if w.assigned())
+        wait_for(lambda: in_stream_phase(leaver), "the stream phase", 60)
+        leaver.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: bool(standby.assigned()), "the standby taking a partition", 60)
+        rest = [w for w in every if w is not leaver]
+        wait_for(lambda: owned(rest) == list(range(PARTITIONS)), "4 owners again", 60)
+        victim = next(w for w in rest if w is not standby and w.assigned())
+        time.sleep(0.5)
+        victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait(10)
+        runs, _ = finish_all([w for w in every if w is not victim])
+    except BaseException:
+        dump(workers)
+        raise
+    finally:
+        stop_all(every)
+    assert_exact(job.dsn, job.data.table, "standby takes over")
+    assert any(run["worker_id"] == standby.name for run in runs), runs
+
+
+@dataclass(frozen=True)
+class KeyedTasks:
+    """Task factory over one lake for every partition (rows kept by Kafka's partitioner of the
+    key, serialised by ``serializer``) and the whole topic, via ``for_partition``."""
+
+    lake_root: str
+    topic: str
+    bootstrap: str
+    postgres: str
+    serializer: str
+
+    def __call__(self, context: TaskContext) -> ls.Pipeline:
+        source = LambdaSource(
+            ParquetLake(self.lake_root, "event_time", schema=SCHEMA),
+            KafkaStream(
+                self.topic,
+                self.bootstrap,
+                time_column="event_time",
+                schema=SCHEMA,
+                stop_at="latest",
+            ),
+            handoff="offsets",
+            out_of_orderness=OUT_OF_ORDERNESS,
+            idle_timeout="300ms",
+        ).for_partition(
+            context.partition,
+            context.partitions,
+            KEY,
+            KeyPartitioner(KEY, context.partitions, self.serializer),
+        )
+        pipeline = ls.Pipeline(
+            checkpoints=Checkpoints(context.checkpoint_url, interval="300ms"),
+            name="attack5-keyed",
+            flush="all",
+        )
+        (
+            pipeline.source(source)
+            .key_by(KEY)
+            .window(ls.Tumbling("1h"), emit="every")
+            .aggregate(n=ls.count(), id_sum=ls.sum("event_id"), amount=ls.sum("amount"))
+            .sink(PostgresUpsert(self.postgres, table=TABLE, key=[KEY, "window_end"]))
+        )
+        return pipeline
+
+
+async def produce_int64_keyed(bootstrap: str, topic: str, table: pa.Table) -> list[int]:
+    """Produce every row keyed by its user id as a big-endian int64 (Java's LongSerializer),
+    the partition left to aiokafka's default partitioner; each row's partition."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = []
+        users = table.column(KEY).to_pylist()
+        for user, value, ts in zip(users, to_json(table), arrival_ms(table), strict=True):
+            key = struct.pack(">q", user)
+            futures.append(await producer.send(topic, value, key=key, timestamp_ms=ts))
+        return [metadata.partition for metadata in await asyncio.gather(*futures)]
+    finally:
+        await producer.stop()
+
+
+def int64_keyed_job(
+    kafka: ApacheKafkaService, postgres: PostgresService, tmp_path: Path, seed: int
+) -> tuple[pa.Table, str, str]:
+    """A topic keyed by int64 user ids (aiokafka's partitioner) and one archiver-style lake of
+    the rows before the middle hour, recording each partition's offset: (rows, topic, lake)."""
+    topic = kafka.new_topic(PARTITIONS, "attack5-int64", config={"retention.ms": "-1"})
+    table = hour_ordered(clickstream(2000, seed))
+    placed = asyncio.run(produce_int64_keyed(kafka.bootstrap, topic, table))
+    micros = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
+    cutoff = int(micros.min()) // HOUR_US * HOUR_US + 12 * HOUR_US
+    before = micros < cutoff
+    offsets = {
+        p: sum(1 for q, b in zip(placed, before, strict=True) if q == p and b)
+        for p in range(PARTITIONS)
+    }
+    lake = str(tmp_path / "lake")
+    ParquetLakeWriter(lake, "event_time", row_group_rows=256).write(
+        table.filter(pa.array(before)), offsets=offsets, topic=topic
+    )
+    return table, topic, lake
+
+
+@pytest.mark.apache_kafka
+@pytest.mark.postgres
+def test_int64_keys_partitioned_like_the_producer(
+    apache_kafka: ApacheKafkaService, postgres: PostgresService, tmp_path: Path
+) -> None:
+    """A producer sends int64 keys through aiokafka's default partitioner; a job told so
+    (KeyPartitioner(..., "int64")) keeps each lake row in the task of its key's partition: the
+    store is exact. Told "string" instead, the job fails naming the misplaced stream record."""
+    table, topic, lake = int64_keyed_job(apache_kafka, postgres, tmp_path, seed=56)
+    settings: dict[str, Any] = dict(
+        topic=topic,
+        bootstrap_servers=apache_kafka.bootstrap,
+        session_timeout="6s",
+        heartbeat_interval="500ms",
+    )
+    dsn = postgres.new_database()
+    ls.run_workers(
+        KeyedTasks(lake, topic, apache_kafka.bootstrap, dsn, "int64"),
+        group=f"attack5-{uuid.uuid4().hex[:8]}",
+        checkpoints=(tmp_path / "int64").as_uri(),
+        **settings,
+    )
+    assert_exact(dsn, table, "int64 keys")
+    with pytest.raises(ls.ScaleOutError) as failed:
+        ls.run_workers(
+            KeyedTasks(lake, topic, apache_kafka.bootstrap, postgres.new_database(), "string"),
+            group=f"attack5-{uuid.uuid4().hex[:8]}",
+            checkpoints=(tmp_path / "string").as_uri(),
+            **settings,
+        )
+    assert isinstance(failed.value.__cause__, MisplacedKeyError), repr(failed.value)
+    assert f"topic={topic} partition=" in str(failed.value.__cause__)
 
 
 # the worker process ------------------------------------------------------------------------------
