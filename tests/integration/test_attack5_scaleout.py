@@ -299,13 +299,15 @@ def task_records(worker: WorkerProcess) -> dict[int, int]:
 
 
 def in_stream_phase(worker: WorkerProcess) -> bool:
-    """Every task of ``worker`` runs and is past its lake (reads the stream)."""
+    """``worker`` owns partitions and each of its running tasks is past its lake (reads the
+    stream; a task that already finished is no longer listed)."""
     line = worker.last("progress")
     tasks = {} if line is None else line["tasks"]
-    return bool(tasks) and all(info["stream"] for info in tasks.values())
+    return bool(worker.assigned()) and all(info["stream"] for info in tasks.values())
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 @pytest.mark.apache_kafka
 @pytest.mark.postgres
 def test_rescale_4_2_3_mid_stream_after_state_bootstrap(
@@ -357,12 +359,14 @@ def test_rescale_4_2_3_mid_stream_after_state_bootstrap(
     elapsed = time.monotonic() - started
     assert_exact(job.dsn, job.data.table, "4 -> 2 -> 3 workers, state bootstrap")
     by_task = check_handovers([run for run in runs if run["outcome"] != "cancelled"])
-    assert all(len(task_runs) >= 3 for task_runs in by_task.values()), by_task
+    assert all(len(task_runs) >= 2 for task_runs in by_task.values()), by_task
+    assert any(len(task_runs) >= 3 for task_runs in by_task.values()), by_task
     assert modes.count("state") >= PARTITIONS, modes  # each partition began with the pass
     print(f"4 -> 2 -> 3: {len(runs)} task runs, modes {modes}, {elapsed:.1f}s")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 @pytest.mark.apache_kafka
 @pytest.mark.postgres
 @pytest.mark.parametrize("moment", ["state-pass", "rebalance"])
@@ -484,6 +488,7 @@ def test_bounded_rerun_after_new_stream_data(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 @pytest.mark.apache_kafka
 @pytest.mark.postgres
 def test_standby_takes_over_when_an_owner_leaves(
