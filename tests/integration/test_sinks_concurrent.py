@@ -400,7 +400,9 @@ def iceberg_store(props: dict[str, str]) -> dict[int, tuple[int, str]]:
     [
         pytest.param(2, False, marks=pytest.mark.slow),
         pytest.param(4, False, marks=pytest.mark.slow),
-        (3, True),
+        # slow (15 s): the default run keeps the rebase guard through
+        # test_iceberg_conflict_on_every_attempt_is_a_sink_error (fails on the same break)
+        pytest.param(3, True, marks=pytest.mark.slow),
     ],
     ids=["2-disjoint", "4-disjoint", "3-overlap"],
 )
