@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..checkpoints.store import store_for
+from ..checkpoints.lineage import Inventory
+from ..checkpoints.store import CheckpointStore, store_for
 from ..s3 import S3Config
 from .task import task_checkpoint_url
 
@@ -32,15 +33,17 @@ async def partition_complete(url: str, s3: S3Config | None = None) -> bool:
     store = store_for(url, s3)
     await store.open()
     try:
-        inventory = await store.inventory()
-        lineage = inventory.newest_lineage()
-        members = inventory.members(lineage) if lineage is not None else []
-        if not members:
-            return False
-        manifest = await store.read_manifest(members[-1])
-        return bool(manifest.get("final"))
+        _, members = await _newest_lineage(store)
+        return bool(members) and bool((await store.read_manifest(members[-1])).get("final"))
     finally:
         await store.close()
+
+
+async def _newest_lineage(store: CheckpointStore) -> tuple[Inventory, list[int]]:
+    """The store's inventory and the checkpoint ids of its newest lineage (oldest first)."""
+    inventory = await store.inventory()
+    lineage = inventory.newest_lineage()
+    return inventory, inventory.members(lineage) if lineage is not None else []
 
 
 async def complete_partitions(
@@ -62,9 +65,8 @@ async def resume_point(url: str, s3: S3Config | None = None) -> Literal["latest"
     store = store_for(url, s3)
     await store.open()
     try:
-        inventory = await store.inventory()
+        inventory, members = await _newest_lineage(store)
         lineage = inventory.newest_lineage()
-        members = inventory.members(lineage) if lineage is not None else []
         if not members or not (await store.read_manifest(members[-1])).get("final"):
             return "latest"
         for checkpoint_id in reversed(members[:-1]):

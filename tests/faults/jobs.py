@@ -308,8 +308,11 @@ def hour_ordered(part: pa.Table) -> pa.Table:
     return part.take(pa.array(order))
 
 
-async def produce_parts(bootstrap: str, topic: str, parts: dict[int, pa.Table]) -> None:
-    """Produce each table to its partition, in order, record timestamp = running max time."""
+async def produce_parts(
+    bootstrap: str, topic: str, parts: dict[int, pa.Table], *, keyed: bool = False
+) -> None:
+    """Produce each table to its partition, in order, record timestamp = running max time;
+    ``keyed``: with the message key ``str(user_id)`` (what a keyed producer sends)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
@@ -317,8 +320,15 @@ async def produce_parts(bootstrap: str, topic: str, parts: dict[int, pa.Table]) 
     try:
         futures = []
         for p, rows in parts.items():
-            for value, ts in zip(to_json(rows), arrival_ms(rows), strict=True):
-                futures.append(await producer.send(topic, value, partition=p, timestamp_ms=ts))
+            keys = (
+                [str(user).encode() for user in rows.column(KEY).to_pylist()]
+                if keyed
+                else [None] * rows.num_rows
+            )
+            for key, value, ts in zip(keys, to_json(rows), arrival_ms(rows), strict=True):
+                futures.append(
+                    await producer.send(topic, value, key=key, partition=p, timestamp_ms=ts)
+                )
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

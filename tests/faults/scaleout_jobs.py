@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from aiokafka.partitioner import murmur2
 
 import lambdasource as ls
 from lake.writer import ParquetLakeWriter
 from lambdasource.checkpoints import Checkpoints
+from lambdasource.partitioning import KeyPartitioner
 from lambdasource.scaleout import TaskContext, Worker, serve
 from lambdasource.sinks.postgres import PostgresUpsert
 from lambdasource.sources.alignment import Alignment
@@ -48,11 +48,9 @@ from tests.faults.jobs import (
     KEY,
     OUT_OF_ORDERNESS,
     SCHEMA,
-    arrival_ms,
     clickstream,
     hour_ordered,
     produce_parts,
-    to_json,
 )
 
 
@@ -83,15 +81,11 @@ async def prepare_partitioned(
     must exist with ``partitions`` partitions) and write each partition's records before the
     hour nearest ``archived`` of the day into its own lake with the offsets they cover."""
     table = clickstream(events, seed, users)
-    micros = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
-    cutoff = int(micros.min()) // HOUR_US * HOUR_US + round(24 * archived) * HOUR_US
-    owner = table.column(KEY).to_numpy() % partitions
-    parts = {p: hour_ordered(table.filter(pa.array(owner == p))) for p in range(partitions)}
+    cutoff, parts, offsets = _split(
+        table, table.column(KEY).to_numpy() % partitions, partitions, archived
+    )
     await produce_parts(bootstrap, topic, parts)
-    offsets: dict[int, int] = {}
     for p, part in parts.items():
-        times = pc.cast(part.column("event_time"), pa.int64()).to_numpy()
-        offsets[p] = int(np.count_nonzero(times < cutoff))
         writer = ParquetLakeWriter(f"{lake_root}/p{p}", "event_time", row_group_rows=256)
         writer.write(part.slice(0, offsets[p]), offsets={p: offsets[p]}, topic=topic)
     return PartitionedDataset(
@@ -104,9 +98,19 @@ async def prepare_partitioned(
     )
 
 
-def keyed_partition(user_id: int, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives the key ``str(user_id)`` (UTF-8)."""
-    return (murmur2(str(user_id).encode()) & 0x7FFFFFFF) % partitions
+def _split(
+    table: pa.Table, owner: np.ndarray, partitions: int, archived: float
+) -> tuple[int, dict[int, pa.Table], dict[int, int]]:
+    """``(cutoff, parts, offsets)``: the hour nearest ``archived`` of the day, each partition's
+    rows (``owner`` per row) in hour order, and per partition how many lie before the cutoff."""
+    micros = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
+    cutoff = int(micros.min()) // HOUR_US * HOUR_US + round(24 * archived) * HOUR_US
+    parts = {p: hour_ordered(table.filter(pa.array(owner == p))) for p in range(partitions)}
+    offsets = {
+        p: int(np.count_nonzero(pc.cast(part.column("event_time"), pa.int64()).to_numpy() < cutoff))
+        for p, part in parts.items()
+    }
+    return cutoff, parts, offsets
 
 
 async def prepare_keyed_lake(
@@ -124,15 +128,9 @@ async def prepare_keyed_lake(
     partition's offset), over a topic keyed by ``str(user_id)`` with Kafka's default
     partitioner: what a job file's tasks split with ``for_partition`` (murmur2 over the key)."""
     table = clickstream(events, seed, users)
-    micros = pc.cast(table.column("event_time"), pa.int64()).to_numpy()
-    cutoff = int(micros.min()) // HOUR_US * HOUR_US + round(24 * archived) * HOUR_US
-    owner = np.array([keyed_partition(u, partitions) for u in table.column(KEY).to_pylist()])
-    parts = {p: hour_ordered(table.filter(pa.array(owner == p))) for p in range(partitions)}
-    await produce_keyed(bootstrap, topic, parts)
-    offsets: dict[int, int] = {}
-    for p, part in parts.items():
-        times = pc.cast(part.column("event_time"), pa.int64()).to_numpy()
-        offsets[p] = int(np.count_nonzero(times < cutoff))
+    owner = KeyPartitioner([KEY], partitions).partitions_of(table)  # key str(user_id), murmur2
+    cutoff, parts, offsets = _split(table, owner, partitions, archived)
+    await produce_parts(bootstrap, topic, parts, keyed=True)
     writer = ParquetLakeWriter(str(lake), "event_time", row_group_rows=256)
     prefix = pa.concat_tables(part.slice(0, offsets[p]) for p, part in parts.items())
     writer.write(prefix, offsets=offsets, topic=topic)
@@ -144,25 +142,6 @@ async def prepare_keyed_lake(
         cutoff=cutoff,
         positions=_positions(parts),
     )
-
-
-async def produce_keyed(bootstrap: str, topic: str, parts: dict[int, pa.Table]) -> None:
-    """Produce each table to its partition with the key ``str(user_id)``, in order."""
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        futures = []
-        for p, rows in parts.items():
-            keys = [str(u).encode() for u in rows.column(KEY).to_pylist()]
-            for key, value, ts in zip(keys, to_json(rows), arrival_ms(rows), strict=True):
-                futures.append(
-                    await producer.send(topic, value, key=key, partition=p, timestamp_ms=ts)
-                )
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 def _positions(parts: dict[int, pa.Table]) -> pa.Table:
