@@ -103,7 +103,7 @@ def check_job(spec: Any, workers: int | None) -> None:
     """ConfigError before anything runs when the job cannot run as ``workers`` workers
     (None: an unknown number, ``--join``): see the module docstring."""
     from ..job import build_job
-    from ..sinks.duckdb import DuckDBUpsert
+    from ..sinks.base import require_multi_writer
 
     if spec.stream is None:
         raise ConfigError(
@@ -121,18 +121,12 @@ def check_job(spec: Any, workers: int | None) -> None:
     built = build_job(spec)  # every key, the schema checks
     if workers == 1:
         return
-    sink = built.sink
-    single = getattr(sink, "single_writer", None)
-    if single is None:
-        single = isinstance(sink, DuckDBUpsert)
-    if single:
-        how_many = f"{workers} workers" if workers is not None else "--join (other machines)"
+    try:
+        require_multi_writer([built.sink], workers)
+    except ConfigError as refused:
         raise ConfigError(
-            f"{spec.origin}: [sink] url = {spec.sink.get('url')!r} is a store only one process "
-            f"may write (DuckDB locks its file), so it cannot take the writes of {how_many}: "
-            "write to PostgreSQL (postgresql://…), Iceberg (iceberg://…) or Kafka (kafka://…), "
-            "which take several writers, or run with --workers 1"
-        )
+            f"{spec.origin}: [sink] url = {spec.sink.get('url')!r}: {refused}"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -106,9 +106,10 @@ def multi_writer_advice(sink: Sink) -> str:
     """What to do instead of running a single-writer ``sink`` in several workers."""
     kind = type(sink).__name__
     return (
-        f"sink={sink.name} ({kind}) takes writes from one process only, so it cannot be the "
+        f"sink={sink.name} ({kind}) takes writes from only one process, so it cannot be the "
         "store of a job run as several workers: write to a store that takes concurrent "
-        "writers (PostgresUpsert, IcebergUpsert, KafkaUpsert, or ParquetSink for appends), or "
+        "writers (PostgreSQL: PostgresUpsert, Iceberg: IcebergUpsert, Kafka: KafkaUpsert, or "
+        "ParquetSink for appends), or "
         "run the job as one worker (--workers 1) — a DuckDB file can then be filled from "
         "one of those stores afterwards"
     )
