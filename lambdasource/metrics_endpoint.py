@@ -485,9 +485,16 @@ class MetricsEndpoint:
     def start(self) -> MetricsEndpoint:
         """Bind and serve (idempotent while running)."""
         if self._server is None:
-            server, thread = start_http_server(
-                self.requested_port, addr=self.host, registry=self.registry
-            )
+            try:
+                server, thread = start_http_server(
+                    self.requested_port, addr=self.host, registry=self.registry
+                )
+            except OSError as error:
+                raise ConfigError(
+                    f"metrics endpoint: cannot serve on {self.host}:{self.requested_port} "
+                    f"({error.strerror or error}); choose another --metrics-port "
+                    "(0: a free port) — a scaled-out worker i uses port + i"
+                ) from error
             thread.name = f"lambdasource-metrics:{server.server_port}"
             self._server, self._thread = server, thread
         return self

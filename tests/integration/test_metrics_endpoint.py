@@ -306,6 +306,15 @@ async def test_registrations_label_series_and_stop_releases_port() -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("lambdasource-metrics")]
 
 
+def test_a_port_in_use_is_a_config_error_naming_it() -> None:
+    """Another server on the port: a ConfigError naming host and port, not a bare OSError."""
+    with MetricsEndpoint(0) as first:
+        busy = MetricsEndpoint(first.port)
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{first.port}.*--metrics-port"):
+            busy.start()
+        assert busy.requested_port == first.port
+
+
 class GatedSource(ls.Source):
     """Emits its rows, then waits for ``release``; notes the thread of every metrics() call."""
 

@@ -43,7 +43,7 @@ from tests.faults.scaleout_jobs import (
 )
 from tests.services.apache_kafka import ApacheKafkaService
 from tests.services.brokers import Broker, both_brokers
-from tests.services.ports import free_port
+from tests.services.ports import free_port_run
 from tests.services.postgres import PostgresService
 
 pytestmark = [pytest.mark.postgres]
@@ -361,7 +361,7 @@ def test_job_file_runs_as_two_worker_processes(
         )
     )
     started = time.monotonic()
-    port = free_port()
+    port = free_port_run(2)
     command = [sys.executable, "-m", "lambdasource", "run", str(job), "--workers", "2"]
     process = subprocess.Popen(
         [*command, "--metrics-port", str(port)],
