@@ -33,7 +33,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lambdasource.errors import LakeReadError, SinkError
-from lambdasource.sources.lake.commits import CommitRecord, merge_event_times, merge_offsets
+from lambdasource.sources.lake.commits import (
+    CommitRecord,
+    merge_event_times,
+    merge_offsets,
+    merge_shards,
+    stream_kind_of,
+)
 from lambdasource.sources.lake.commits import live_files as committed_files
 from lambdasource.sources.lake.partitioned import file_kafka_partition, split_file_name
 
@@ -155,6 +161,8 @@ def compact(
         removed=tuple(replaced),
         operation="compact",
         event_times=merge_event_times(records),
+        stream_kind=stream_kind_of(records),
+        shards=merge_shards(records),
     )
     try:
         writer.root.put_atomic(record.file_name(), record.to_json(), exclusive=True)

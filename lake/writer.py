@@ -56,7 +56,12 @@ import pyarrow.parquet as pq
 
 from lambdasource.errors import ConfigError, LambdaSourceError, SchemaError, SinkError
 from lambdasource.s3 import S3Config, split_s3_url
-from lambdasource.sources.lake.commits import COMMITS_DIR, CommitRecord, merge_offsets
+from lambdasource.sources.lake.commits import (
+    COMMITS_DIR,
+    CommitRecord,
+    ShardRecord,
+    merge_offsets,
+)
 from lambdasource.sources.lake.partitioned import KAFKA_PARTITION_COLUMN, split_file_name
 from lambdasource.timeutil import (
     DAY,
@@ -378,6 +383,8 @@ class LakeWriter:
         event_times: Mapping[int, int] | None = None,
         dead_letters: pa.Table | None = None,
         properties: Mapping[str, str] | None = None,
+        stream_kind: str = "kafka",
+        shards: Mapping[int, ShardRecord] | None = None,
     ) -> CommitRecord:
         raise NotImplementedError
 
@@ -535,6 +542,8 @@ class ParquetLakeWriter(LakeWriter):
         event_times: Mapping[int, int] | None = None,
         dead_letters: pa.Table | None = None,
         properties: Mapping[str, str] | None = None,
+        stream_kind: str = "kafka",
+        shards: Mapping[int, ShardRecord] | None = None,
     ) -> CommitRecord:
         """Write ``data`` as one commit; return its record. Blocking (use ``asyncio.to_thread``).
 
@@ -543,6 +552,8 @@ class ParquetLakeWriter(LakeWriter):
         Kafka partition the newest event time archived so far (µs); ``dead_letters``
         (schema :data:`DEAD_LETTER_SCHEMA`) are stored beside the lake under this commit.
         ``properties`` are accepted for API symmetry with Iceberg and ignored by Parquet lakes.
+        ``stream_kind``/``shards``: a Kinesis archiver's commit (offsets are sequence numbers per
+        shard number, ``shards`` the lineage; :mod:`lambdasource.sources.lake.commits`).
         """
         where = f"lake={self.root.url}"
         parts = [
@@ -561,6 +572,8 @@ class ParquetLakeWriter(LakeWriter):
                 rows=sum(prepared.table.num_rows for _, prepared in parts),
                 high_watermark=high_watermark,
                 event_times=dict(event_times or {}),
+                stream_kind=stream_kind,
+                shards=dict(shards or {}),
             )
             if self._after_files_written is not None:
                 self._after_files_written(record)
@@ -824,6 +837,8 @@ class IcebergLakeWriter(LakeWriter):
         event_times: Mapping[int, int] | None = None,
         dead_letters: pa.Table | None = None,
         properties: Mapping[str, str] | None = None,
+        stream_kind: str = "kafka",
+        shards: Mapping[int, ShardRecord] | None = None,
     ) -> CommitRecord:
         """Append ``data`` as one snapshot carrying the commit record (and ``properties``).
 
@@ -862,6 +877,8 @@ class IcebergLakeWriter(LakeWriter):
                 rows=aligned.num_rows,
                 high_watermark=high_watermark,
                 event_times=dict(event_times or {}),
+                stream_kind=stream_kind,
+                shards=dict(shards or {}),
             )
             _write_dead_letters(self._dead_letter_root(table), sequence, dead_letters)
             if self._after_files_written is not None:

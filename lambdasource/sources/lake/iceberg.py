@@ -374,6 +374,8 @@ class IcebergLake(LakeSource):
             high_watermark=of_commits.high_watermark,
             rows=of_commits.rows,
             sequence=of_commits.sequence,
+            stream_kind=of_commits.stream_kind,
+            shards=of_commits.shards,
         )
 
     async def _choose_state(self) -> LakeState:

@@ -232,9 +232,7 @@ def format_report(report: LakeReport) -> str:
         out.append(f"unreadable files ({len(report.unreadable_files)}):")
         out += [f"  {u['file']}: {u['reason']}" for u in report.unreadable_files[:50]]
     if report.recorded is not None:
-        r = report.recorded
-        offsets = ", ".join(f"{p}:{o}" for p, o in sorted(r.offsets.items())) or "-"
-        out.append(f"recorded offsets (commit {r.sequence}, topic {r.topic or '-'}): {offsets}")
+        out.append(report.recorded.describe_positions())
     else:
         out.append("recorded offsets: none")
     return "\n".join(out)

@@ -28,7 +28,14 @@ from typing import Any, Literal
 
 from ...checkpoints.codec import state_type
 from ...errors import LakeStateError
-from .commits import CommitRecord, live_files, merge_offsets
+from .commits import (
+    CommitRecord,
+    ShardRecord,
+    live_files,
+    merge_offsets,
+    merge_shards,
+    stream_kind_of,
+)
 
 Kind = Literal["commits", "snapshot", "files"]
 
@@ -46,6 +53,8 @@ class LakeState:
     topic: str | None = None
     high_watermark: int | None = None  # recorded by the writer (µs, exclusive), if any
     rows: int = 0  # rows committed up to this state (commits/snapshot), for humans
+    stream_kind: str = "kafka"  # "kinesis": offsets are sequence numbers per shard number
+    shards: dict[int, ShardRecord] = field(default_factory=dict)  # Kinesis: shard lineage
 
     def commit_record(self) -> CommitRecord | None:
         """The recorded offsets as a :class:`CommitRecord` (None: the lake records none)."""
@@ -57,6 +66,8 @@ class LakeState:
             topic=self.topic,
             rows=self.rows,
             high_watermark=self.high_watermark,
+            stream_kind=self.stream_kind,
+            shards=dict(self.shards),
         )
 
     def describe(self) -> str:
@@ -76,6 +87,16 @@ class LakeState:
             "topic": self.topic,
             "high_watermark_us": self.high_watermark,
             "rows": self.rows,
+            **(
+                {
+                    "stream_kind": self.stream_kind,
+                    # Kinesis sequence numbers exceed 64 bits: decimal strings
+                    "offsets": {str(p): str(o) for p, o in sorted(self.offsets.items())},
+                    "shards": {str(n): s.to_json() for n, s in sorted(self.shards.items())},
+                }
+                if self.stream_kind != "kafka"
+                else {}
+            ),
         }
 
     @classmethod
@@ -93,6 +114,11 @@ class LakeState:
             topic=raw.get("topic"),
             high_watermark=None if hwm is None else int(hwm),
             rows=int(raw.get("rows", 0)),
+            stream_kind=str(raw.get("stream_kind", "kafka")),
+            shards={
+                int(n): ShardRecord.from_json(entry)
+                for n, entry in (raw.get("shards") or {}).items()
+            },
         )
 
     @classmethod
@@ -108,6 +134,8 @@ class LakeState:
                 (c.high_watermark for c in reversed(commits) if c.high_watermark is not None), None
             ),
             rows=sum(c.rows for c in commits),
+            stream_kind=stream_kind_of(commits),
+            shards=merge_shards(commits),
         )
 
 
