@@ -44,85 +44,29 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from collections.abc import Mapping
+from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from aiokafka.errors import OffsetOutOfRangeError
 
 from lambdasource import kafka_security
 from lambdasource.errors import ConfigError, StreamError, StreamGapError
 from lambdasource.kafka_security import KafkaSecurity, diagnose_connect_failure
-from lambdasource.sources.kafka.decode import (
-    RECORD_TIMESTAMP,
-    Decoder,
-    decode_records,
-    output_schema,
-)
+from lambdasource.sources.kafka.decode import Decoder
 from lambdasource.sources.kafka.positions import topic_partitions
-from lambdasource.sources.lake.commits import (
-    CommitRecord,
-    archived_high_watermark,
-    merge_event_times,
-    merge_offsets,
-)
-from lambdasource.sources.lake.partitioned import KAFKA_PARTITION_COLUMN
+from lambdasource.sources.lake.commits import merge_event_times, merge_offsets
 from lambdasource.timeutil import Duration, parse_duration
 
-from .writer import DEAD_LETTER_SCHEMA, Commit, IcebergLakeWriter, LakeWriter, ParquetLakeWriter
+from .archive_core import ArchiverCore, ArchiveSummary
+from .writer import IcebergLakeWriter, LakeWriter, ParquetLakeWriter
 
 __all__ = ["ArchiveSummary", "Archiver", "add_arguments", "command"]
 
 log = logging.getLogger("lake.archiver")
 
-T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class ArchiveSummary:
-    """What one :meth:`Archiver.run` did."""
-
-    records: int  # messages consumed
-    rows: int  # rows written to the lake
-    dead_letters: int
-    commits: int
-    offsets: dict[int, int]  # next offset per partition after the last commit
-    elapsed_s: float
-
-
-@dataclass
-class _Buffer:
-    """Decoded rows (per Kafka partition) and dead letters consumed since the last commit."""
-
-    batches: dict[int, list[pa.RecordBatch]] = field(default_factory=dict)
-    rows: int = 0
-    dead: list[dict[str, Any]] = field(default_factory=list)
-
-    def clear(self) -> None:
-        self.batches.clear()
-        self.dead.clear()
-        self.rows = 0
-
-
-async def _to_thread_uncancellable(func: Callable[[], T]) -> T:
-    """Run blocking ``func`` in a thread; if cancelled meanwhile, wait for it, then re-raise.
-
-    A lake commit must not keep running unsupervised after its task was cancelled (a restarted
-    archiver could otherwise race it for the same commit sequence).
-    """
-    future = asyncio.ensure_future(asyncio.to_thread(func))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await future
-        raise
-
-
-class Archiver:
+class Archiver(ArchiverCore):
     """Consume ``topic`` (all partitions, manual assignment) into ``lake``, committing periodically.
 
     A commit happens when ``commit_rows`` rows are buffered, when ``commit_interval`` has passed
@@ -163,96 +107,48 @@ class Archiver:
         security: KafkaSecurity | None = None,
         connect_timeout: Duration = "30s",
     ) -> None:
-        if stop_at not in (None, "latest"):
-            raise ConfigError(f"archive: stop_at must be None or 'latest', got {stop_at!r}")
-        if commit_rows < 1:
-            raise ConfigError(f"archive: commit_rows must be >= 1, got {commit_rows}")
-        expected_time = time_column if time_column is not None else RECORD_TIMESTAMP
-        if expected_time != lake.time_column:
-            raise ConfigError(
-                f"archive: time column {expected_time!r} differs from the lake writer's "
-                f"{lake.time_column!r}"
-                + (
-                    " (time_column=None archives the record timestamp)"
-                    if time_column is None
-                    else ""
-                )
-            )
-        self.output_schema = output_schema(schema, format=format, time_column=time_column)
-        if self.output_schema is not None and KAFKA_PARTITION_COLUMN in self.output_schema.names:
-            raise ConfigError(
-                f"archive: column {KAFKA_PARTITION_COLUMN!r} is reserved: the archiver writes "
-                "each record's Kafka partition there (Iceberg)"
-            )
+        super().__init__(
+            topic,
+            lake,
+            time_column,
+            format=format,
+            schema=schema,
+            commit_interval=commit_interval,
+            commit_rows=commit_rows,
+            stop_at=stop_at,
+            progress_interval=progress_interval,
+            max_records=max_records,
+            out_of_orderness=out_of_orderness,
+            max_ahead=max_ahead,
+        )
         self.bootstrap_servers = bootstrap_servers
-        self.topic = topic
-        self.lake = lake
-        self.time_column = time_column
-        self.format = format
-        self.schema = schema
-        self.commit_interval_s = parse_duration(commit_interval, name="commit_interval") / 1e6
-        self.commit_rows = commit_rows
-        self.stop_at = stop_at
         self.group_id = group_id
-        self.progress_interval_s = parse_duration(progress_interval, name="progress_interval") / 1e6
-        self.max_records = max_records
         self.consumer_options = dict(consumer_options or {})
         self.security = security
         self.connect_timeout_s = parse_duration(connect_timeout, name="connect_timeout") / 1e6
         self.topic_timeout_s = parse_duration(topic_timeout, name="topic_timeout") / 1e6
-        self.out_of_orderness = parse_duration(out_of_orderness, name="out_of_orderness")
-        # a record whose event time is beyond the wall clock + max_ahead is a dead letter
-        self.max_ahead = None if max_ahead is None else parse_duration(max_ahead, name="max_ahead")
         self.discovery_s: float | None = (
             None
             if partition_discovery is None or stop_at is not None
             else parse_duration(partition_discovery, name="partition_discovery") / 1e6
         )
         self.partitions_added: list[int] = []
-        self._event_times: dict[int, int] = {}  # newest event time consumed, per partition
-        self._after_files_written: Callable[[CommitRecord], None] | None = None
-        self._stopping = asyncio.Event()
-        self._buffer = _Buffer()
-        self._next: dict[int, int] = {}  # next offset per partition, as consumed
-        self._committed: dict[int, int] = {}  # offsets of the last durable commit
-        self._submitted: dict[int, int] = {}  # offsets of the last commit handed to the writer
-        self._inflight: asyncio.Future[None] | None = None
         self._consumer: Any = None
         self._tps: dict[int, Any] = {}
         self._targets: dict[int, int] = {}
         self._highwater: dict[int, int] = {}
-        self._metrics: dict[str, Any] = {
-            "records": 0,
-            "rows": 0,
-            "dead_letters": 0,
-            "commits": 0,
-            "offset_gaps": 0,
-            "missing_offsets": 0,
-            "last_sequence": None,
-        }
-        self._started = 0.0
 
     # -- public ------------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Ask :meth:`run` to commit what it has and return (safe from signal handlers)."""
-        self._stopping.set()
+    def _lag(self) -> dict[int, int]:
+        return {p: max(0, hw - self._next.get(p, hw)) for p, hw in sorted(self._highwater.items())}
 
     def metrics(self) -> dict[str, Any]:
         """Plain-data progress: counts, offsets, highwaters and lag per partition."""
-        elapsed = max(time.monotonic() - self._started, 1e-9) if self._started else 0.0
-        lag = {p: max(0, hw - self._next.get(p, hw)) for p, hw in sorted(self._highwater.items())}
         return {
-            **self._metrics,
-            "topic": self.topic,
-            "lake": self.lake.describe(),
+            **super().metrics(),
             "partitions_added": list(self.partitions_added),
-            "offsets": dict(sorted(self._committed.items())),
             "highwater": dict(sorted(self._highwater.items())),
-            "lag": lag,
-            "total_lag": sum(lag.values()),
-            "buffered_rows": self._buffer.rows,
-            "records_per_s": self._metrics["records"] / elapsed if elapsed else 0.0,
         }
 
     async def run(self) -> ArchiveSummary:
@@ -323,29 +219,12 @@ class Archiver:
                 ),
             )
             self._consumer, self._tps = consumer, tps
-            await self._loop(consumer, tps)
+            await self._loop()
         except KafkaError as exc:
             raise StreamError(f"archive: topic={self.topic}: {exc}") from exc
         finally:
             await consumer.stop()
-        summary = ArchiveSummary(
-            records=self._metrics["records"],
-            rows=self._metrics["rows"],
-            dead_letters=self._metrics["dead_letters"],
-            commits=self._metrics["commits"],
-            offsets=dict(sorted(self._committed.items())),
-            elapsed_s=time.monotonic() - self._started,
-        )
-        log.info(
-            "archive topic=%s done: %d records, %d rows, %d dead letters, %d commits in %.1fs",
-            self.topic,
-            summary.records,
-            summary.rows,
-            summary.dead_letters,
-            summary.commits,
-            summary.elapsed_s,
-        )
-        return summary
+        return self._summary()
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -363,28 +242,14 @@ class Archiver:
             await asyncio.sleep(0.2)
 
     def _reset(self) -> None:
-        """Fresh per-run state (an Archiver may be run again, e.g. under another event loop)."""
-        self._started = time.monotonic()
-        if not self._stopping.is_set():
-            self._stopping = asyncio.Event()
-        self._buffer = _Buffer()
-        self._next, self._committed, self._submitted = {}, {}, {}
+        super()._reset()
         self._targets, self._highwater = {}, {}
-        self._event_times = {}
         self.partitions_added = []
-        self._inflight = None
-        for key in ("records", "rows", "dead_letters", "commits", "offset_gaps", "missing_offsets"):
-            self._metrics[key] = 0
 
     def _resume_offsets(self) -> tuple[dict[int, int], dict[int, int]]:
         """Next offsets and newest archived event times per partition, from the lake's commits."""
         commits = self.lake.commits()
-        topics = {c.topic for c in commits if c.offsets and c.topic is not None}
-        if topics - {self.topic}:
-            raise ConfigError(
-                f"archive: {self.lake.describe()} already archives topic(s) "
-                f"{sorted(topics)}, not topic={self.topic}"
-            )
+        self._check_lake_stream(commits)
         return merge_offsets(commits), merge_event_times(commits)
 
     def _done(self) -> bool:
@@ -392,77 +257,19 @@ class Archiver:
             return False
         return all(self._next[p] >= target for p, target in self._targets.items())
 
-    def _has_new(self) -> bool:
-        return bool(self._buffer.rows or self._buffer.dead or self._next != self._submitted)
-
-    async def _loop(self, consumer: Any, tps: dict[int, Any]) -> None:
-        last_commit = time.monotonic()
-        last_progress = time.monotonic()
-        last_records = 0
-        stop_wait = asyncio.ensure_future(self._stopping.wait())
+    async def _fetch_once(self, timeout_s: float) -> None:
+        consumer, tps = self._consumer, self._tps
+        if self.discovery_s is not None:
+            await self._discover_partitions(consumer, tps)
         try:
-            while True:
-                if self._stopping.is_set() or self._done():
-                    break
-                remaining = self.commit_interval_s - (time.monotonic() - last_commit)
-                timeout_ms = int(max(10.0, min(remaining * 1000, 1000.0)))
-                if self.discovery_s is not None:
-                    await self._discover_partitions(consumer, tps)
-                fetch = asyncio.ensure_future(
-                    consumer.getmany(
-                        timeout_ms=timeout_ms, max_records=min(self.max_records, self.commit_rows)
-                    )
-                )
-                done, _ = await asyncio.wait(
-                    {fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if fetch not in done:
-                    fetch.cancel()
-                    try:
-                        await fetch
-                    except asyncio.CancelledError:
-                        if not self._stopping.is_set():  # we were cancelled, not stopped
-                            raise
-                    break
-                try:
-                    fetched = fetch.result()
-                except OffsetOutOfRangeError as exc:
-                    await self._out_of_range(exc, consumer)
-                    continue
-                await self._absorb(fetched, consumer, tps)
-                if self._inflight is not None and self._inflight.done():
-                    await self._wait_inflight()  # surfaces a failed commit promptly
-                now = time.monotonic()
-                if self._buffer.rows >= self.commit_rows or (
-                    self._has_new() and now - last_commit >= self.commit_interval_s
-                ):
-                    await self._commit()
-                    last_commit = time.monotonic()
-                if now - last_progress >= self.progress_interval_s:
-                    rate = (self._metrics["records"] - last_records) / (now - last_progress)
-                    m = self.metrics()
-                    log.info(
-                        "archive topic=%s records=%d (%.0f/s) rows=%d dead_letters=%d "
-                        "commits=%d lag=%d",
-                        self.topic,
-                        m["records"],
-                        rate,
-                        m["rows"],
-                        m["dead_letters"],
-                        m["commits"],
-                        m["total_lag"],
-                    )
-                    last_progress, last_records = now, self._metrics["records"]
-        except BaseException:
-            stop_wait.cancel()
-            if self._inflight is not None:  # let a commit in flight finish (all or nothing)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._inflight)
-            raise
-        stop_wait.cancel()
-        if self._has_new():
-            await self._commit()
-        await self._wait_inflight()
+            fetched = await consumer.getmany(
+                timeout_ms=int(timeout_s * 1000),
+                max_records=min(self.max_records, self.commit_rows),
+            )
+        except OffsetOutOfRangeError as exc:
+            await self._out_of_range(exc, consumer)
+            return
+        await self._absorb(fetched, consumer, tps)
 
     async def _absorb(
         self, fetched: dict[Any, list[Any]], consumer: Any, tps: dict[int, Any]
@@ -559,119 +366,20 @@ class Archiver:
             [self._next[p] for p in added],
         )
 
-    def _decode(self, partition: int, messages: list[Any]) -> None:
-        values = [m.value for m in messages]
-        timestamps = np.fromiter(
-            (m.timestamp for m in messages), dtype=np.int64, count=len(messages)
-        )
-        decoded = decode_records(
-            values,
-            self.schema,
-            format=self.format,
-            time_column=self.time_column,
-            timestamps_ms=timestamps,
-            max_ahead=self.max_ahead,
-        )
-        for index, reason in decoded.errors:
-            self._dead_letter(partition, messages[index], reason)
-        batch = decoded.batch
-        time_name = self.time_column or RECORD_TIMESTAMP
-        times = batch.column(time_name)
-        if times.null_count:
-            rows = decoded.row_indices(len(messages))
-            nulls = np.flatnonzero(np.asarray(times.is_null()))
-            for i in nulls.tolist():
-                self._dead_letter(
-                    partition, messages[int(rows[i])], f"null event time in column {time_name!r}"
-                )
-            batch = batch.filter(pc.is_valid(times))
-        if batch.num_rows:
-            self._buffer.batches.setdefault(partition, []).append(batch)
-            self._buffer.rows += batch.num_rows
-            newest = pc.max(batch.column(time_name))
-            if newest.is_valid:
-                micros = int(newest.cast(pa.int64()).as_py())
-                self._event_times[partition] = max(micros, self._event_times.get(partition, micros))
+    def _dead_letter_row(self, partition: int, message: Any, reason: str) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "partition": partition,
+            "offset": message.offset,
+            "timestamp": message.timestamp,
+            "key": message.key,
+            "value": message.value,
+            "reason": reason,
+        }
 
-    def _dead_letter(self, partition: int, message: Any, reason: str) -> None:
-        self._buffer.dead.append(
-            {
-                "topic": self.topic,
-                "partition": partition,
-                "offset": message.offset,
-                "timestamp": message.timestamp,
-                "key": message.key,
-                "value": message.value,
-                "reason": reason,
-            }
-        )
-
-    async def _wait_inflight(self) -> None:
-        inflight, self._inflight = self._inflight, None
-        if inflight is not None:
-            await inflight
-
-    async def _commit(self) -> None:
-        """Hand the buffer to a background write (one commit in flight at most, in order) and
-        keep consuming meanwhile; the previous commit must have succeeded first."""
-        await self._wait_inflight()
-        buffer, self._buffer = self._buffer, _Buffer()
-        offsets = dict(self._next)
-        table: Commit
-        if buffer.batches:  # written split by Kafka partition (the partition in the file)
-            table = {
-                p: pa.Table.from_batches(batches, schema=self.output_schema)
-                for p, batches in sorted(buffer.batches.items())
-            }
-        elif self.output_schema is not None:
-            table = self.output_schema.empty_table()
-        else:  # a callable decoder with unknown schema and nothing decoded: offsets only
-            table = pa.table({self.lake.time_column: pa.array([], pa.timestamp("us", tz="UTC"))})
-        dead = pa.Table.from_pylist(buffer.dead, schema=DEAD_LETTER_SCHEMA) if buffer.dead else None
-        self._submitted = offsets
-        times = dict(self._event_times)
-        self._inflight = asyncio.ensure_future(
-            self._write(table, buffer.rows, dead, offsets, times)
-        )
-
-    async def _write(
-        self,
-        table: Commit,
-        rows: int,
-        dead: pa.Table | None,
-        offsets: dict[int, int],
-        event_times: dict[int, int],
-    ) -> None:
-        lake = self.lake
-
-        def write() -> CommitRecord:
-            if self._after_files_written is not None:
-                lake._after_files_written = self._after_files_written
-            return lake.write(
-                table,
-                offsets=offsets,
-                topic=self.topic,
-                high_watermark=archived_high_watermark(event_times, self.out_of_orderness),
-                event_times=event_times,
-                dead_letters=dead,
-            )
-
-        record = await _to_thread_uncancellable(write)
-        self._metrics["rows"] += rows
-        self._metrics["dead_letters"] += 0 if dead is None else dead.num_rows
-        self._metrics["commits"] += 1
-        self._metrics["last_sequence"] = record.sequence
-        self._committed = offsets
+    async def _after_commit(self, positions: dict[int, int]) -> None:
         if self.group_id is not None:
-            await self._commit_group(offsets)
-        log.debug(
-            "archive topic=%s commit sequence=%d rows=%d files=%d offsets=%s",
-            self.topic,
-            record.sequence,
-            record.rows,
-            len(record.files),
-            offsets,
-        )
+            await self._commit_group(positions)
 
     async def _commit_group(self, offsets: dict[int, int]) -> None:
         """Mirror the lake's offsets into the consumer group (monitoring only; best effort)."""
