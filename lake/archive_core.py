@@ -161,6 +161,10 @@ class ArchiverCore:
 
     # -- what an input provides ---------------------------------------------------------------
 
+    async def run(self) -> ArchiveSummary:
+        """Archive until cancelled, :meth:`stop` is called, or (``stop_at="latest"``) caught up."""
+        raise NotImplementedError
+
     async def _fetch_once(self, timeout_s: float) -> None:
         """Read what arrives within ``timeout_s``, decode it, advance ``_next``."""
         raise NotImplementedError
@@ -181,6 +185,11 @@ class ArchiverCore:
 
     def _lag(self) -> dict[int, int]:
         return {}
+
+    def _high_watermark(self, event_times: dict[int, int]) -> int | None:
+        """The commit's high-water mark from the newest event time per partition (Kinesis
+        leaves out shards archived to their end: they hold nothing back)."""
+        return archived_high_watermark(event_times, self.out_of_orderness)
 
     # -- shared ------------------------------------------------------------------------------
 
@@ -371,7 +380,8 @@ class ArchiverCore:
         dead = pa.Table.from_pylist(buffer.dead, schema=DEAD_LETTER_SCHEMA) if buffer.dead else None
         self._submitted = offsets
         times = dict(self._event_times)
-        extra = self._commit_kwargs()
+        extra = self._commit_kwargs()  # taken with the offsets: one consistent state
+        extra["high_watermark"] = self._high_watermark(times)
         self._inflight = asyncio.ensure_future(
             self._write(table, buffer.rows, dead, offsets, times, extra)
         )
@@ -394,7 +404,6 @@ class ArchiverCore:
                 table,
                 offsets=offsets,
                 topic=self.topic,
-                high_watermark=archived_high_watermark(event_times, self.out_of_orderness),
                 event_times=event_times,
                 dead_letters=dead,
                 **extra,

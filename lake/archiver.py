@@ -407,8 +407,20 @@ class Archiver(ArchiverCore):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``lambdasource archive``."""
-    parser.add_argument("--bootstrap-servers", required=True, help="Kafka bootstrap host:port")
-    parser.add_argument("--topic", required=True)
+    parser.add_argument("--bootstrap-servers", help="Kafka bootstrap host:port (with --topic)")
+    stream = parser.add_mutually_exclusive_group(required=True)
+    stream.add_argument("--topic", help="the Kafka topic to archive")
+    stream.add_argument(
+        "--kinesis",
+        metavar="STREAM",
+        help="archive this Kinesis stream instead (every shard; positions are sequence numbers)",
+    )
+    parser.add_argument(
+        "--kinesis-endpoint-url",
+        default=None,
+        help="Kinesis endpoint (default: AWS_ENDPOINT_URL_KINESIS / AWS_ENDPOINT_URL / AWS)",
+    )
+    parser.add_argument("--region", default=None, help="AWS region (default: AWS_REGION …)")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--lake", help="Parquet lake root: local path, file:// or s3:// URL")
     target.add_argument("--iceberg", metavar="IDENT", help="Iceberg table identifier (ns.table)")
@@ -496,7 +508,56 @@ def _writer_from_args(args: argparse.Namespace) -> ParquetLakeWriter | IcebergLa
 def command(args: argparse.Namespace) -> int:
     """``lambdasource archive``: run the archiver; SIGINT/SIGTERM commit what was read and stop."""
     schema = _schema_from_args(args)
-    archiver = Archiver(
+    archiver: ArchiverCore
+    if getattr(args, "kinesis", None):
+        archiver = _kinesis_archiver(args, schema)
+    elif not args.bootstrap_servers:
+        raise ConfigError("archive --topic needs --bootstrap-servers")
+    else:
+        archiver = _kafka_archiver(args, schema)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log.setLevel(logging.INFO)
+
+    async def main() -> ArchiveSummary:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # non-Unix
+                loop.add_signal_handler(sig, archiver.stop)
+        return await archiver.run()
+
+    summary = asyncio.run(main())
+    offsets = ", ".join(f"{p}:{o}" for p, o in summary.offsets.items()) or "-"
+    print(
+        f"archived {archiver.label}={archiver.topic} records={summary.records} "
+        f"rows={summary.rows} dead_letters={summary.dead_letters} commits={summary.commits} "
+        f"offsets={{{offsets}}} in {summary.elapsed_s:.1f}s"
+    )
+    return 0
+
+
+def _kinesis_archiver(args: argparse.Namespace, schema: pa.Schema | None) -> ArchiverCore:
+    from lambdasource.sources.kinesis.config import KinesisConfig
+
+    from .kinesis_archiver import KinesisArchiver
+
+    return KinesisArchiver(
+        args.kinesis,
+        _writer_from_args(args),
+        args.time_column,
+        config=KinesisConfig(endpoint_url=args.kinesis_endpoint_url, region=args.region),
+        format=args.format,
+        schema=schema,
+        commit_interval=args.commit_interval,
+        commit_rows=args.commit_rows,
+        stop_at=args.stop_at,
+        out_of_orderness=args.out_of_orderness,
+        max_ahead=None if str(args.max_ahead).lower() in ("none", "off") else args.max_ahead,
+    )
+
+
+def _kafka_archiver(args: argparse.Namespace, schema: pa.Schema | None) -> Archiver:
+    return Archiver(
         args.bootstrap_servers,
         args.topic,
         _writer_from_args(args),
@@ -512,22 +573,3 @@ def command(args: argparse.Namespace) -> int:
         security=kafka_security.from_args(args),
         connect_timeout=args.connect_timeout,
     )
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    log.setLevel(logging.INFO)
-
-    async def main() -> ArchiveSummary:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):  # non-Unix
-                loop.add_signal_handler(sig, archiver.stop)
-        return await archiver.run()
-
-    summary = asyncio.run(main())
-    offsets = ", ".join(f"{p}:{o}" for p, o in summary.offsets.items()) or "-"
-    print(
-        f"archived topic={args.topic} records={summary.records} rows={summary.rows} "
-        f"dead_letters={summary.dead_letters} commits={summary.commits} "
-        f"offsets={{{offsets}}} in {summary.elapsed_s:.1f}s"
-    )
-    return 0
