@@ -82,6 +82,7 @@ from .lake.commits import CommitRecord
 from .lake.partitioned import make_partitioner
 from .lake.pinned import LakeState
 from .lake.source import LakeSource
+from .stream_protocol import HandoffStream, stream_kind
 
 log = logging.getLogger("lambdasource.lambda_source")
 
@@ -160,7 +161,7 @@ class LambdaSource(Source):
     def __init__(
         self,
         lake: Source,
-        stream: KafkaStream,
+        stream: HandoffStream,
         cutoff: Any = None,
         handoff: str = "timestamp",
         out_of_orderness: Duration = "5m",
@@ -176,8 +177,12 @@ class LambdaSource(Source):
                 "LambdaSource: lake must be a lake source (ls.ParquetLake / ls.IcebergLake) with "
                 f"high_water_mark() and recorded_offsets(), got {lake!r}"
             )
-        if not isinstance(stream, KafkaStream):
-            raise ConfigError(f"LambdaSource: stream must be a KafkaStream, got {stream!r}")
+        if not isinstance(stream, KafkaStream) and not (
+            stream_kind(stream) == "kinesis" and isinstance(stream, HandoffStream)
+        ):
+            raise ConfigError(
+                f"LambdaSource: stream must be a KafkaStream or a KinesisStream, got {stream!r}"
+            )
         if stream.time_column != lake.time_column:
             raise SchemaError(
                 f"LambdaSource: lake time column {lake.time_column!r} differs from the stream's "
@@ -186,7 +191,8 @@ class LambdaSource(Source):
         if handoff == "offsets" and cutoff is not None:
             raise ConfigError("LambdaSource: cutoff= applies to handoff='timestamp' only")
         self.lake = lake
-        self.stream = stream
+        self.stream: HandoffStream = stream
+        self.kind = stream_kind(stream)
         self.handoff = handoff
         self.cutoff: int | None = None if cutoff is None else to_micros(cutoff)
         self.out_of_orderness = parse_duration(out_of_orderness, name="out_of_orderness")
@@ -239,6 +245,12 @@ class LambdaSource(Source):
         ``lake.for_partition(...)``, the handoff is that partition's, and a stream record whose
         ``key`` maps to another partition raises :class:`MisplacedKeyError` (module docstring).
         ``partitioner`` says how the producer serialised the key (default: as a string)."""
+        if self.kind != "kafka":
+            raise ConfigError(
+                f"source={self.name}: for_partition (scale-out tasks) needs a KafkaStream; "
+                f"tasks over Kinesis shards are not supported yet ({self.kind} stream "
+                f"{self.stream.topic})"
+            )
         chosen = make_partitioner(partition, partitions, key, partitioner)
         lake: object = self.lake
         if not isinstance(lake, LakeSource):
@@ -283,15 +295,11 @@ class LambdaSource(Source):
             self._group = AlignmentGroup(self.alignment_drift, enforce=False)
         self._group.register(LAKE, gate=True)
         lake: object = self.lake
-        if (
-            self.alignment is not None
-            and not self.lake_only
-            and isinstance(lake, LakeSource)
-            and lake.batch_span is None
-        ):
+        if self.alignment is not None and isinstance(lake, LakeSource) and lake.batch_span is None:
             # lake batches of sorted rows span at most max_drift + out_of_orderness of event
             # time, each followed by its watermark: lake records stay within the bound even
-            # while the lake is the minimum split
+            # while the lake is the minimum split — and in the state bootstrap's pass, which
+            # reads the lake alone (else an hour's batch leads its watermark by an hour)
             lake.batch_span = self.alignment_drift + self.out_of_orderness
         starts, default, floor = await self._plan_handoff()
         if self.partitioner is not None:  # a task: only its partition's recorded offset
@@ -476,7 +484,7 @@ class LambdaSource(Source):
     def _check_partition_count(self) -> None:
         """A task's partition count must be the topic's: else keys map to other partitions."""
         expected = self.expected_partitions
-        consumer = self.stream._consumer
+        consumer = getattr(self.stream, "_consumer", None)
         if expected is None or consumer is None:
             return
         total = len(consumer.partitions_for_topic(self.stream.topic) or ())

@@ -723,3 +723,45 @@ def test_exactly_once_kafka_sink_declines(dataset: Dataset) -> None:
         "sink 'kafka' commits its writes with checkpoints (exactly_once); the pass writes "
         "outside one"
     )
+
+
+# --- alignment's bound in the pass ----------------------------------------------------------------
+
+
+async def test_pass_keeps_alignment_bound_at_the_window_input(dataset: Dataset) -> None:
+    """DESIGN §3: no record leaves the lambda source more than max_drift + out_of_orderness
+    ahead of the watermark — in the state bootstrap's pass too, where the lake is read alone
+    (its batches must still be cut to that span, each followed by its watermark). Measured by a
+    LeadMeter right after the source, over the pass and the stream phase."""
+    drift, lateness = 5 * 60 * 10**6, 60 * 10**6
+    source = LambdaSource(
+        ParquetLake(dataset.lake, TIME, schema=SCHEMA),  # default (large) batches
+        KafkaStream(
+            dataset.topic,
+            dataset.broker.bootstrap,
+            time_column=TIME,
+            schema=SCHEMA,
+            stop_at="latest",
+        ),
+        handoff="offsets",
+        out_of_orderness="1m",
+        idle_timeout="300ms",
+        alignment=ls.Alignment(max_drift="5m"),
+    )
+    meter = ls.LeadMeter(TIME, bound_us=drift + lateness)
+    pipeline = ls.Pipeline(name="lead-in-pass")
+    (
+        pipeline.source(source)
+        .process(meter, name="lead")
+        .key_by(KEY)
+        .window(ls.Sliding("2h", "10m"), emit="latest")
+        .aggregate(clicks=ls.count())
+        .sink(ls.CollectSink(), name="out")
+    )
+    await asyncio.wait_for(pipeline.run(bootstrap="state"), 90)
+    assert pipeline.metrics()["bootstrap"]["mode"] == "state"
+    assert meter.batches > LAKE_HOURS
+    assert meter.max_lead_us is not None and meter.max_lead_us <= drift + lateness, (
+        f"lead {meter.max_lead_us / 6e7:.1f} min > bound {(drift + lateness) / 6e7:.1f} min "
+        f"({meter.batches_beyond} batch(es) beyond)"
+    )
