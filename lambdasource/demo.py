@@ -3,9 +3,11 @@
 1. Generate ``days`` of synthetic clickstream ending at the current hour (``lake.generator``).
 2. Write the older part as an hour-partitioned Parquet lake and as an Iceberg table (SqlCatalog
    on SQLite, file warehouse) with the ``lake`` writer.
-3. Start the embedded Kafka broker (Tansu) on a free port and put the recent ``stream_days`` on a
-   topic (JSON, keyed by user). The ``lake`` archiver lands the first part of them in both lakes,
-   recording per-partition offsets; the rest stays a backlog only the stream has.
+3. Start the embedded stream (``--stream kafka``: a Tansu broker; ``kinesis``: moto's Kinesis
+   server, :mod:`.demo_streams`) on a free port and put the recent ``stream_days`` on it (JSON,
+   keyed by user). The ``lake`` archiver lands the first part of them in both lakes, recording
+   per-partition offsets (per-shard sequence numbers); the rest stays a backlog only the stream
+   has.
 4. Bootstrap: ``LambdaSource(lake, stream, handoff="offsets", alignment=…)`` → ``key_by(user_id)``
    → ``Sliding(30d, 5m)`` count + sum(amount), ``emit="latest"`` → ``DuckDBUpsert``, with live
    progress, from state by default (``run(bootstrap="state")``: the lake part in one columnar
@@ -37,6 +39,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .demo_streams import DemoStream, demo_stream
 from .errors import ConfigError, LambdaSourceError
 from .progress import ProgressPanel, lambda_metrics
 from .timeutil import format_span, format_time, parse_duration, to_micros
@@ -71,6 +74,16 @@ class DemoConfig:
     jitter: str = "30s"
     bootstrap: str = "state"  # Pipeline.run(bootstrap=...): "state" | "replay"
     compare: bool = True  # also time a replay of the lake part (bootstrap="state" only)
+    stream: str = "kafka"  # the embedded stream: kafka (Tansu) | kinesis (moto)
+
+    @property
+    def unit(self) -> str:
+        """What the stream's ``partitions`` are called."""
+        return "shard" if self.stream == "kinesis" else "partition"
+
+    @property
+    def position(self) -> str:
+        return "sequence number" if self.stream == "kinesis" else "offset"
 
 
 @dataclass
@@ -110,40 +123,30 @@ def _peak_rss_mib() -> float:
 
 
 async def _live_producer(
-    bootstrap: str, topic: str, cfg: DemoConfig, seconds: float, counter: list[int]
+    backend: DemoStream, cfg: DemoConfig, seconds: float, counter: list[int]
 ) -> None:
     """Events at the current wall-clock time, ``live_rate`` per second, for ``seconds``."""
-    from aiokafka import AIOKafkaProducer
-
     from lake.generator import generate_clickstream
 
-    from .embedded import send_json
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
-    await producer.start()
-    try:
-        started = time.monotonic()
-        tick = 0
-        while time.monotonic() - started < seconds:
-            now = datetime.now(UTC).replace(microsecond=0)
-            batch = generate_clickstream(
-                max(cfg.live_rate // 4, 1), 1, cfg.users, seed=cfg.seed + 1_000 + tick, start=now
-            )
-            # squeeze the day's spread into the next quarter second of event time
-            times = pc.add(
-                pa.scalar(to_micros(now), pa.int64()),
-                pc.divide(
-                    pc.subtract(batch.column("event_time").cast(pa.int64()), to_micros(now)),
-                    345_600,  # 1 day → 0.25 s
-                ),
-            ).cast(pa.timestamp("us", tz="UTC"))
-            batch = batch.set_column(0, "event_time", times)
-            await send_json(producer, topic, batch, "user_id")
-            counter[0] += batch.num_rows
-            tick += 1
-            await asyncio.sleep(0.25)
-    finally:
-        await producer.stop()
+    started = time.monotonic()
+    tick = 0
+    while time.monotonic() - started < seconds:
+        now = datetime.now(UTC).replace(microsecond=0)
+        batch = generate_clickstream(
+            max(cfg.live_rate // 4, 1), 1, cfg.users, seed=cfg.seed + 1_000 + tick, start=now
+        )
+        # squeeze the day's spread into the next quarter second of event time
+        times = pc.add(
+            pa.scalar(to_micros(now), pa.int64()),
+            pc.divide(
+                pc.subtract(batch.column("event_time").cast(pa.int64()), to_micros(now)),
+                345_600,  # 1 day → 0.25 s
+            ),
+        ).cast(pa.timestamp("us", tz="UTC"))
+        await backend.put(batch.set_column(0, "event_time", times))
+        counter[0] += batch.num_rows
+        tick += 1
+        await asyncio.sleep(0.25)
 
 
 def _store_state(path: Path) -> pa.Table:
@@ -211,11 +214,8 @@ async def run_demo(
 ) -> DemoResult:
     """Run the demo; ``say`` prints a line, ``show`` receives live metrics (progress display)."""
     import lambdasource as ls
-    from lake.archiver import Archiver
     from lake.generator import CLICKSTREAM_SCHEMA, generate_clickstream
     from lake.writer import IcebergLakeWriter, ParquetLakeWriter
-
-    from .embedded import EmbeddedBroker, create_topic, produce_json
 
     workdir = cfg.workdir or Path(tempfile.mkdtemp(prefix="lambdasource-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -259,30 +259,22 @@ async def run_demo(
         f"Iceberg table demo.clicks ({time.perf_counter() - t0:.1f}s)"
     )
 
-    broker = EmbeddedBroker().start()
+    backend = demo_stream(cfg.stream)
     live_counter = [0]
     try:
-        topic = "clicks"
-        await create_topic(broker.bootstrap_servers, topic, cfg.partitions)
+        await backend.start("clicks", cfg.partitions)
         t0 = time.perf_counter()
-        await produce_json(broker.bootstrap_servers, topic, archived, key_column="user_id")
+        await backend.put(archived)
         for writer in (parquet_writer, iceberg_writer):
-            archiver = Archiver(
-                broker.bootstrap_servers,
-                topic,
-                writer,
-                "event_time",
-                schema=CLICKSTREAM_SCHEMA,
-                stop_at="latest",
-                commit_interval="5s",
-                progress_interval="60s",
+            archiver = backend.archiver(
+                writer, CLICKSTREAM_SCHEMA, commit_interval="5s", progress_interval="60s"
             )
             await archiver.run()
-        await produce_json(broker.bootstrap_servers, topic, backlog, key_column="user_id")
+        await backend.put(backlog)
         say(
-            f"kafka: broker {broker.bootstrap_servers}, topic {topic!r} ({cfg.partitions} "
-            f"partitions): {archived.num_rows + backlog.num_rows:,} recent events; the archiver "
-            f"landed {archived.num_rows:,} in both lakes with their offsets, "
+            f"{backend.describe()} ({cfg.partitions} {cfg.unit}s): "
+            f"{archived.num_rows + backlog.num_rows:,} recent events; the archiver "
+            f"landed {archived.num_rows:,} in both lakes with their {cfg.position}s, "
             f"{backlog.num_rows:,} are only on the stream ({time.perf_counter() - t0:.1f}s)"
         )
 
@@ -292,14 +284,8 @@ async def run_demo(
             return ls.ParquetLake(str(lake_dir), time_column="event_time")
 
         lake = make_lake()
-        stream = ls.KafkaStream(
-            topic,
-            bootstrap_servers=broker.bootstrap_servers,
-            time_column="event_time",
-            format="json",
-            schema=CLICKSTREAM_SCHEMA,
-            out_of_orderness=cfg.jitter,
-            idle_timeout="2s",
+        stream = backend.source(
+            CLICKSTREAM_SCHEMA, out_of_orderness=cfg.jitter, idle_timeout="2s"
         )
         source = ls.LambdaSource(
             lake,
@@ -318,7 +304,7 @@ async def run_demo(
             ls.DuckDBUpsert(str(store_path), table=TABLE, key=["user_id"], flush_interval="0.5s"),
         )
         say(
-            f"bootstrap: LambdaSource({cfg.lake_format} lake, kafka, handoff=offsets, "
+            f"bootstrap: LambdaSource({cfg.lake_format} lake, {cfg.stream}, handoff=offsets, "
             f"alignment={'Alignment(' + cfg.max_drift + ')' if cfg.alignment else 'None'}) → "
             f"key_by(user_id) → Sliding({SIZE}, {SLIDE}) count + sum(amount), emit=latest → "
             f"DuckDB {store_path.name}:{TABLE}"
@@ -371,7 +357,7 @@ async def run_demo(
                 say(
                     f"live for {cfg.live:.0f}s: producing ~{cfg.live_rate:,} events/s at the current time …"
                 )
-                await _live_producer(broker.bootstrap_servers, topic, cfg, cfg.live, live_counter)
+                await _live_producer(backend, cfg, cfg.live, live_counter)
                 deadline = time.monotonic() + 5
                 while time.monotonic() < deadline and not task.done():
                     show(pipeline.metrics())
@@ -391,7 +377,7 @@ async def run_demo(
         result.peak_rss_mib = _peak_rss_mib()
         return result
     finally:
-        broker.stop()
+        await backend.stop()
         if not cfg.keep and cfg.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 
