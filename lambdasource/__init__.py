@@ -47,6 +47,7 @@ from .sinks.urls import sink_from_url
 from .sources.alignment import Alignment
 from .sources.base import Source, SourceOutput
 from .sources.kafka.stream import KafkaStream
+from .sources.kinesis import KinesisConfig, KinesisStream
 from .sources.lake.iceberg import IcebergLake
 from .sources.lake.inspect import LakeReport, inspect_iceberg, inspect_parquet
 from .sources.lake.parquet import ParquetLake
@@ -90,6 +91,8 @@ __all__ = [
     "KafkaStream",
     "KafkaUpsert",
     "KeyPartitioner",
+    "KinesisConfig",
+    "KinesisStream",
     "LakeReadError",
     "LakeReport",
     "LakeStateError",

@@ -3,16 +3,18 @@
 partition = shard number (``shardId-000000000007`` → 7), offset = sequence number (a Python int of
 any size; written as a decimal string in JSON), position = the next sequence number to emit (last
 emitted + 1). :mod:`.config` (endpoint and credentials), :mod:`.shards` (listing and lineage),
-:mod:`.reader` (one shard's GetRecords loop).
+:mod:`.reader` (one shard's GetRecords loop), :mod:`.stream` (``ls.KinesisStream``).
 """
 
 from .config import KinesisConfig
 from .reader import KinesisRecord, ShardFetch, ShardReader, first_retained
 from .shards import Shard, ShardLineage, list_shards, shard_id, shard_number
+from .stream import KinesisStream
 
 __all__ = [
     "KinesisConfig",
     "KinesisRecord",
+    "KinesisStream",
     "Shard",
     "ShardFetch",
     "ShardLineage",

@@ -121,6 +121,15 @@ class ShardReader:
         ):
             self.ended = True  # resumed beyond a closed shard's last record
 
+    def reposition(self, position: int) -> None:
+        """Move to ``position`` (the next sequence number to read) without a call: the next
+        :meth:`read` asks for the iterator."""
+        self._seek = ("position", int(position))
+        self.position = int(position)
+        self._iterator = None
+        ending = self.shard.ending_sequence
+        self.ended = ending is not None and int(position) > ending
+
     def _iterator_request(self) -> dict[str, Any]:
         """GetShardIterator's arguments for the current position (or the original seek)."""
         request: dict[str, Any] = {"StreamName": self.stream, "ShardId": self.shard.shard_id}
