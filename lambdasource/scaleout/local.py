@@ -24,7 +24,8 @@ from types import FrameType
 from typing import Any, Protocol
 
 from ..errors import ConfigError, ScaleOutError
-from .task import TaskFactory
+from ..sinks.base import require_multi_writer
+from .task import TaskContext, TaskFactory, sink_specs
 from .worker import Worker
 
 log = logging.getLogger("lambdasource.scaleout")
@@ -149,6 +150,13 @@ def _spawned_main(build: TaskFactory, options: dict[str, Any], worker_id: str) -
     asyncio.run(serve(Worker(build, worker_id=worker_id, **options)))
 
 
+def _refuse_single_writers(build: TaskFactory, topic: str, checkpoints: str, workers: int) -> None:
+    """ConfigError before any process starts when the job writes to a single-writer store
+    (DuckDB): its pipeline for one partition is built (not run) to see its sinks."""
+    probe = build(TaskContext(topic, 0, workers, "probe", f"{checkpoints}/probe"))
+    require_multi_writer([spec.sink for spec in sink_specs(probe)], workers)
+
+
 def run_workers(
     build: TaskFactory,
     *,
@@ -181,11 +189,11 @@ def run_workers(
         checkpoints=checkpoints,
         **options,
     )
+    Worker(build, **settings)  # configuration errors before anything runs
     if workers == 1:
-        Worker(build, **settings)  # configuration errors before anything runs
         asyncio.run(serve(Worker(build, worker_id=worker_id, **settings)))
         return
-    Worker(build, **settings)
+    _refuse_single_writers(build, topic, checkpoints, workers)
     context = multiprocessing.get_context("spawn")
     base = worker_id or "worker"
     processes = []

@@ -87,7 +87,7 @@ class TaskObserver(Protocol):
     def ended(self, task: PartitionTask) -> None: ...
 
 
-def _sink_specs(pipeline: Pipeline) -> list[Any]:
+def sink_specs(pipeline: Pipeline) -> list[Any]:
     """The pipeline's sink nodes as built (before it runs)."""
     return [spec for spec in pipeline._specs if spec.kind == "sink"]
 
@@ -96,7 +96,7 @@ def give_sinks_to_task(pipeline: Pipeline, task: str) -> None:
     """Replace every sink of a built, unrun ``pipeline`` by its ``sink.for_task(task)`` copy
     (sinks without ``for_task`` stay as they are): task instances share no buffers, clients or
     transactional ids."""
-    for spec in _sink_specs(pipeline):
+    for spec in sink_specs(pipeline):
         for_task = getattr(spec.sink, "for_task", None)
         if for_task is not None:
             spec.sink = for_task(task)
