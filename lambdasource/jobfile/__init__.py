@@ -14,6 +14,8 @@ job file is a readable record of a Python program::
     time_column = "event_time"
     format = "json"
     schema = "lake"             # or {event_time = "timestamp[us, UTC]", user_id = "int64", ...}
+    # or Kinesis: kind = "kinesis", stream_name = "clicks", endpoint_url/region (optional;
+    # credentials from the AWS environment) instead of topic and bootstrap_servers
 
     [source]                    # LambdaSource(lake, stream, ...) when both are present
     handoff = "offsets"         # or "timestamp"

@@ -134,13 +134,18 @@ def _stream_schema(value: object) -> str | dict[str, str]:
 
 
 def _stream_start(value: object) -> str | datetime | dict[int, int]:
-    if value in ("earliest", "latest"):
+    if value in ("earliest", "latest", "trim_horizon"):
         return str(value)
     if isinstance(value, dict):
         offsets: dict[int, int] = {}
         for partition, offset in value.items():
+            if isinstance(offset, str) and offset.isdigit():  # a Kinesis sequence number
+                offset = int(offset)
             if not (str(partition).isdigit() and isinstance(offset, int) and offset >= 0):
-                raise _fail('expected a table of partition = offset, e.g. {"0" = 1200, "1" = 0}')
+                raise _fail(
+                    "expected a table of partition (shard number) = offset (next sequence "
+                    'number, may be a string of digits), e.g. {"0" = 1200, "1" = 0}'
+                )
             offsets[int(partition)] = offset
         return offsets
     if isinstance(value, str):
@@ -148,7 +153,8 @@ def _stream_start(value: object) -> str | datetime | dict[int, int]:
             return _time(value)
         except PydanticCustomError:
             raise _fail(
-                'expected "earliest", "latest", a time or a table of partition = offset'
+                'expected "earliest" ("trim_horizon"), "latest", a time or a table of '
+                "partition = offset"
             ) from None
     return _time(value)
 
@@ -285,11 +291,23 @@ class SecuritySection(Section):
         return self
 
 
-class StreamSection(Section):
-    """``[stream]``: ``KafkaStream(topic, bootstrap_servers, …)``."""
+KAFKA_ONLY = ("topic", "bootstrap_servers", "group_id", "partition_discovery", "connect_timeout")
+KINESIS_ONLY = ("stream_name", "endpoint_url", "region", "shard_discovery", "poll_interval")
 
-    topic: str
-    bootstrap_servers: str
+
+class StreamSection(Section):
+    """``[stream]``: ``KafkaStream(topic, bootstrap_servers, …)``, or with ``kind = "kinesis"``
+    ``KinesisStream(stream_name, config=KinesisConfig(endpoint_url, region), …)`` (credentials
+    from the standard AWS environment)."""
+
+    kind: Literal["kafka", "kinesis"] = "kafka"
+    topic: str | None = None
+    bootstrap_servers: str | None = None
+    stream_name: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    shard_discovery: DurationOrOff = None  # false: no discovery
+    poll_interval: Duration | None = None
     time_column: str | None = None
     format: Literal["json", "raw"] = "json"
     schema_: StreamSchema | None = Field(None, alias="schema")
@@ -305,10 +323,33 @@ class StreamSection(Section):
     security: SecuritySection | None = None
 
     @model_validator(mode="after")
-    def _json_needs_a_schema(self) -> StreamSection:
+    def _fits_its_kind(self) -> StreamSection:
+        problems: list[tuple[str, str]] = []
         if self.format == "json" and self.schema_ is None:
-            _rules([("schema", 'is required for JSON: {col = "type", …} or "lake"')])
+            problems.append(("schema", 'is required for JSON: {col = "type", …} or "lake"'))
+        given = self.model_fields_set
+        if self.kind == "kinesis":
+            if self.stream_name is None:
+                problems.append(("stream_name", 'is required with kind = "kinesis"'))
+            problems += [(key, "applies to Kafka streams") for key in KAFKA_ONLY if key in given]
+            if "security" in given:
+                problems.append(("security", "applies to Kafka (Kinesis: the AWS environment)"))
+        else:
+            for key in ("topic", "bootstrap_servers"):
+                if key not in given:
+                    problems.append((key, 'is required (or kind = "kinesis" with stream_name)'))
+            problems += [
+                (key, 'applies to kind = "kinesis"') for key in KINESIS_ONLY if key in given
+            ]
+        _rules(problems)
         return self
+
+    def stream_options(self) -> dict[str, Any]:
+        """The keyword arguments of KafkaStream / KinesisStream (``kind`` and, for Kinesis, the
+        endpoint keys taken out: they build its ``KinesisConfig``)."""
+        options = self.options()
+        options.pop("kind", None)
+        return options
 
 
 class AlignmentSection(Section):

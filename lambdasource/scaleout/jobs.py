@@ -110,6 +110,11 @@ def check_job(spec: Any, workers: int | None) -> None:
             f"{spec.origin}: --workers/--join need a [stream] section: workers split the "
             "job by the topic's partitions (a lake-only job runs in one process)"
         )
+    if spec.stream.get("kind") == "kinesis":
+        raise ConfigError(
+            f"{spec.origin}: --workers/--join scale out over a Kafka consumer group; a Kinesis "
+            "job runs in one process (shards as scale-out tasks are not built yet)"
+        )
     if spec.checkpoints is None:
         raise ConfigError(
             f"{spec.origin}: --workers/--join need a [checkpoints] section (url = ...): a "

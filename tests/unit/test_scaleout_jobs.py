@@ -8,8 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+import lambdasource as ls
 from lake.writer import ParquetLakeWriter
 from lambdasource.cli import main
+from lambdasource.errors import ConfigError
 from lambdasource.job import JobSpec
 from lambdasource.scaleout import task_checkpoint_url
 from lambdasource.scaleout.jobs import default_group
@@ -78,6 +80,20 @@ def test_checkpoints_are_required(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "need a [checkpoints] section" in capsys.readouterr().err
 
 
+def test_a_kinesis_job_is_refused_for_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = job_file(tmp_path, "postgresql://127.0.0.1:1/x")
+    job.write_text(
+        job.read_text().replace(
+            'topic = "clicks"\nbootstrap_servers = "127.0.0.1:1"',
+            'kind = "kinesis"\nstream_name = "clicks"',
+        )
+    )
+    assert main(["run", str(job), "--workers", "2"]) == 1
+    assert "a Kinesis job runs in one process" in capsys.readouterr().err
+
+
 def test_default_group_follows_topic_and_checkpoint_url(tmp_path: Path) -> None:
     job = job_file(tmp_path, "postgresql://127.0.0.1:1/x")
     spec = JobSpec.from_toml(job)
@@ -93,3 +109,31 @@ def test_task_checkpoints_live_under_the_job_url() -> None:
     context = TaskContext("clicks", 3, 8, "w", task_checkpoint_url("/tmp/ck", "clicks", 3))
     assert context.task_id == "clicks-3"
     assert context.checkpoint_url == "/tmp/ck/tasks/clicks-3"
+
+
+class DuckDBTasks:
+    """A task factory whose job writes to a DuckDB store (single-writer)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, context: TaskContext) -> ls.Pipeline:
+        rows = pa.table({"event_time": pa.array([1], pa.timestamp("us", tz="UTC")), "k": [1]})
+        pipeline = ls.Pipeline(checkpoints=ls.Checkpoints(context.checkpoint_url))
+        pipeline.source(ls.MemorySource(rows, "event_time")).sink(
+            ls.DuckDBUpsert(str(self.path), table="t", key=["k"], version="event_time")
+        )
+        return pipeline
+
+
+def test_run_workers_refuses_a_duckdb_store_before_any_process_starts(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="only one process"):
+        ls.run_workers(
+            DuckDBTasks(tmp_path / "f.duckdb"),
+            topic="clicks",
+            bootstrap_servers="127.0.0.1:1",  # nothing listens: nothing may connect
+            group="g",
+            checkpoints=(tmp_path / "ck").as_uri(),
+            workers=2,
+        )
+    assert not (tmp_path / "f.duckdb").exists() and not (tmp_path / "ck").exists()
