@@ -43,58 +43,33 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 
-from ...errors import ConfigError, StreamError, StreamGapError
-from ...timeutil import MS, Duration, parse_duration, to_micros
+from ...errors import ConfigError, StreamError
+from ...timeutil import Duration, parse_duration
 from ..alignment import AlignmentGroup
 from ..base import Source, SourceOutput
 from ..kafka.decode import RECORD_TIMESTAMP, Decoder, output_schema
 from ..kafka.emit import DriveHooks
-from ..kafka.split import held_times
-from ..kafka.stream import _from_ipc, _to_ipc
 from .calls import call_with_retries
 from .config import KinesisConfig
 from .emit import ShardEmitter, record_position
 from .reader import ShardFetch, ShardReader, first_retained
-from .shards import Shard, ShardLineage, list_shards, shard_number
-from .split import ShardSplit, offsets_array
+from .shards import Shard, ShardLineage, list_shards
+from .shardset import ShardSet
+from .split import ShardSplit
+from .starts import (
+    PartitionStart,
+    check_start,
+    lookup_time,
+    parse_start,
+    shard_key,
+)
 
 log = logging.getLogger("lambdasource.kinesis")
-
-PartitionStart = tuple[str, int]
-"""``("trim_horizon"|"earliest", 0)``, ``("latest", 0)``, ``("position"|"offset", n)``, ``("time", µs)``."""
-
-_KINDS = {"earliest": "trim_horizon", "offset": "position"}
-
-
-def _normal(start: PartitionStart) -> PartitionStart:
-    kind, value = start
-    return _KINDS.get(kind, kind), int(value)
-
-
-def _shard_key(key: Any) -> int:
-    return key if isinstance(key, int) else shard_number(str(key))
-
-
-def _parse_start(start: Any) -> Callable[[int], PartitionStart]:
-    if start in ("trim_horizon", "earliest", "latest"):
-        kind = _KINDS.get(start, start)
-        return lambda number: (kind, 0)
-    if isinstance(start, dict):
-        positions = {_shard_key(k): int(v) for k, v in start.items()}
-        return lambda n: ("position", positions[n]) if n in positions else ("trim_horizon", 0)
-    if isinstance(start, datetime | int) and not isinstance(start, bool):
-        micros = to_micros(start)
-        return lambda number: ("time", micros)
-    raise ConfigError(
-        "KinesisStream: start must be 'trim_horizon' ('earliest'), 'latest', {shard: next "
-        f"sequence number}}, a datetime or µs since the epoch, got {start!r}"
-    )
 
 
 class KinesisStream(Source):
@@ -144,8 +119,8 @@ class KinesisStream(Source):
         self._schema = output_schema(schema, format=format, time_column=time_column)
         self.stop_at = stop_at
         self.bounded = stop_at is not None
-        self._start = _parse_start(start)
-        self.partitions = None if shards is None else sorted({_shard_key(s) for s in shards})
+        self._start = parse_start(start)
+        self.partitions = None if shards is None else sorted({shard_key(s) for s in shards})
         self.out_of_orderness = parse_duration(out_of_orderness, name="out_of_orderness")
         self.idle_timeout = parse_duration(idle_timeout, name="idle_timeout") / 1e6
         self.max_ahead = None if max_ahead is None else parse_duration(max_ahead, name="max_ahead")
@@ -159,9 +134,10 @@ class KinesisStream(Source):
         self.min_interval = 1.0 / calls_per_second
         self.allow_gaps = allow_gaps
         self.name = name
-        self.splits: dict[int, ShardSplit] = {}
-        self.readers: dict[int, ShardReader] = {}
-        self.lineage = ShardLineage()
+        self.shardset = ShardSet(
+            stream_name, self.time_column, self._start, self._new_reader, self._in_scope
+        )
+        self.shardset.bounded = self.bounded
         self.ranges: dict[int, tuple[int | None, int | None]] = {}  # (first retained, end)
         self.lookups: dict[int, dict[str, Any]] = {}
         self.missing_offsets: dict[int, tuple[int, int]] = {}
@@ -176,21 +152,26 @@ class KinesisStream(Source):
         )
         self._client: Any = None
         self._client_context: Any = None
-        self._plan: dict[int, PartitionStart] = {}
-        self._sentinels: dict[int, ShardReader] = {}
-        self._ended: dict[int, int | None] = {}  # shard → the watermark it ended with
-        self._emitted: int | None = None  # the last combined watermark emitted
-        self._split_options: dict[str, Any] = {}
-        self._floor: int | None = None
         self._next_poll: dict[int, float] = {}
         self._listed_at = 0.0
-        self._restored: dict[str, Any] | None = None
-        self._unread: dict[int, PartitionStart] = {}  # how each split was started
         self._rng = random.Random(0)  # backoff jitter of control-plane calls
 
     @property
     def schema(self) -> pa.Schema | None:
         return self._schema
+
+    @property
+    def splits(self) -> dict[int, ShardSplit]:
+        """Shard number → split, for the shards started so far."""
+        return self.shardset.splits
+
+    @property
+    def readers(self) -> dict[int, ShardReader]:
+        return self.shardset.readers
+
+    @property
+    def lineage(self) -> ShardLineage:
+        return self.shardset.lineage
 
     @property
     def endpoint(self) -> str:
@@ -263,10 +244,19 @@ class KinesisStream(Source):
         try:
             await self._open(starts or {}, default_start, floor, out_of_orderness, idle_timeout)
             if check_offsets:
-                for number, (kind, value) in list(self._plan.items()):
-                    if kind == "position" and (moved := self._check_start(number, value)):
-                        self._plan[number] = ("position", moved)
-            await self._advance_lineage(None)
+                for number, (kind, value) in list(self.shardset.plan.items()):
+                    if kind != "position" or number not in self.ranges:
+                        continue
+                    moved = check_start(
+                        self._where(number),
+                        value,
+                        self.ranges[number],
+                        allow_gaps=self.allow_gaps,
+                    )
+                    if moved is not None:
+                        self.missing_offsets[number] = (value, moved)
+                        self.shardset.plan[number] = ("position", moved)
+            await self.shardset.advance(None)
         except BaseException:
             await self.close()
             raise
@@ -288,41 +278,17 @@ class KinesisStream(Source):
         if missing:
             raise StreamError(f"{self._where()}: no shard(s) {missing} (has {sorted(known)})")
         idle = self.idle_timeout if idle_timeout is None else idle_timeout
-        self._floor = floor
-        self._split_options = {
-            "out_of_orderness": self.out_of_orderness
-            if out_of_orderness is None
-            else out_of_orderness,
+        self.shardset.floor = floor
+        self.shardset.split_options = {
+            "out_of_orderness": (
+                self.out_of_orderness if out_of_orderness is None else out_of_orderness
+            ),
             "idle_timeout": idle,
             "confirm_window": min(
                 max(2.0, 10 * self.poll_interval), max(idle, 2 * self.poll_interval)
             ),
         }
-        restored = self._restored or {}
-        positions = {int(k): int(v) for k, v in (restored.get("positions") or {}).items()}
-        unread = {int(k): (str(v[0]), int(v[1])) for k, v in (restored.get("unread") or {}).items()}
-        self._ended = {
-            int(k): (None if v is None else int(v))
-            for k, v in (restored.get("finished") or {}).items()
-        }
-        for shard in listed:
-            number = shard.number
-            if not self._in_scope(number) or number in self._ended:
-                continue
-            if number in positions:
-                plan = ("position", positions[number])
-            elif number in unread:
-                plan = unread[number]
-            elif number in starts:
-                plan = _normal(starts[number])
-            elif default_start is not None:
-                plan = _normal(default_start)
-            else:
-                plan = self._start(number)
-            if plan[0] == "latest" and shard.closed:
-                self._ended[number] = None  # closed: nothing will arrive on it
-                continue
-            self._plan[number] = plan
+        self.shardset.plan_starts(listed, starts, default_start)
         scope = [shard for shard in listed if self._in_scope(shard.number)]
         begins = await asyncio.gather(
             *(first_retained(self._new_reader(shard, limit=1)) for shard in scope)
@@ -332,144 +298,28 @@ class KinesisStream(Source):
             self.ranges[shard.number] = (begin, end)
         if self.stop_at == "latest":
             for shard in scope:
-                if not shard.closed and shard.number not in self._ended:
+                if not shard.closed and shard.number not in self.shardset.ended:
                     sentinel = self._new_reader(shard, limit=1)
                     await sentinel.seek("latest")
-                    self._sentinels[shard.number] = sentinel
+                    self.shardset.sentinels[shard.number] = sentinel
         await self._resolve_times()
 
     async def _resolve_times(self) -> None:
-        """For time starts: the first record that arrived at or after the time, checked (its
-        arrival ≥ the time), as :attr:`lookups`; the shard then starts at that record."""
-        for number, (kind, micros) in list(self._plan.items()):
-            if kind != "time":
-                continue
-            probe = self._new_reader(self.lineage.shards[number], limit=1)
-            await probe.seek("time", micros)
-            found = None
-            for _ in range(20):
-                fetch = await probe.read()
-                if fetch.records or fetch.ended or fetch.millis_behind_latest == 0:
-                    found = fetch.records[0] if fetch.records else None
-                    break
-            self.lookups[number] = {
-                "time_us": micros,
-                "offset": None if found is None else found.offset,
-                "arrival_ms": None if found is None else found.timestamp,
-                "verified": found is None or found.timestamp >= micros // MS,
-            }
-            if found is not None:
-                self._plan[number] = ("position", found.offset)
-
-    def _check_start(self, number: int, position: int) -> int | None:
-        """Raise :class:`StreamGapError` when ``position`` lies outside the shard's retained
-        range; with ``allow_gaps``, the position to continue from instead of a trimmed one."""
-        begin, end = self.ranges.get(number, (None, None))
-        where = self._where(number)
-        if end is not None and position > end:
-            raise StreamGapError(
-                f"{where}: start sequence number {position} is beyond the closed shard's end "
-                f"{end}: sequence numbers {end}..{position - 1} do not exist (was the stream "
-                "deleted and recreated?); start it elsewhere (restore=None, or start='trim_horizon')"
-            )
-        if begin is None or position >= begin:
-            return None
-        if not self.allow_gaps:
-            raise StreamGapError(
-                f"{where}: sequence numbers {position}..{begin - 1} were trimmed (retention) "
-                f"before they were read; the first retained record is {begin}; pass "
-                "allow_gaps=True to continue from there"
-            )
-        log.warning(
-            "%s: sequence numbers %d..%d were trimmed before they were read",
-            where,
-            position,
-            begin - 1,
-        )
-        self.missing_offsets[number] = (position, begin)
-        return begin
-
-    async def _start_split(self, shard: Shard, hooks: DriveHooks | None) -> None:
-        """Create, seek and register the split of a ready shard, its floor carried from its
-        parents (their watermarks when they ended; else the stream's last)."""
-        number = shard.number
-        kind, value = self._plan.pop(number) if number in self._plan else self._start(number)
-        carried_from = [
-            mark for p in shard.parent_numbers if (mark := self._ended.get(p)) is not None
-        ]
-        restored_carry = (self._restored or {}).get("carried", {}).get(number)
-        carried = min(carried_from) if carried_from else self._emitted if shard.parent_ids else None
-        if restored_carry is not None:
-            carried = (
-                max(int(restored_carry), carried) if carried is not None else int(restored_carry)
-            )
-        floors = [f for f in (self._floor, carried) if f is not None]
-        split = ShardSplit(
-            self.stream_name,
-            number,
-            floor=max(floors) if floors else None,
-            shard_id=shard.shard_id,
-            carried=carried,
-            **self._split_options,
-        )
-        reader = self._new_reader(shard)
-        if kind == "position":
-            reader.reposition(value)
-            split.start = split.position = value
-        else:
-            await reader.seek(kind, value)
-        self._unread[number] = (kind, value)
-        self.splits[number] = split
-        self.readers[number] = reader
-        self._next_poll[number] = 0.0
-        held = ((self._restored or {}).get("held") or {}).get(number)
-        if held is not None:
-            batch = _from_ipc(held["rows"])
-            if batch.num_rows:
-                times = held_times(batch, self.time_column)
-                split.hold(batch, offsets_array([int(o) for o in held["offsets"]]), times)
-                split.max_seen = int(times.max())
-        self._check_ended(split)
-        if hooks is not None and hooks.aligner is not None:
-            hooks.aligner.register(f"{hooks.split_prefix}:{split.key}")
-            self._report(split, hooks)
-
-    def _check_ended(self, split: ShardSplit) -> None:
-        reader = self.readers[split.partition]
-        if not split.ended and (reader.ended or split.stop_reached) and split.held is None:
-            split.ended = True
-            self._ended[split.partition] = split.watermark
-
-    async def _advance_lineage(self, hooks: DriveHooks | None) -> None:
-        """Start every ready shard in scope; an ended split becomes finished once each of its
-        children in scope has a split (repeated: a child may end at once)."""
-        while True:
-            changed = False
-            for shard in self.lineage.ready(set(self._ended)):
-                if self._in_scope(shard.number) and shard.number not in self.splits:
-                    if self.bounded and shard.number not in self._sentinels and not shard.closed:
-                        self._ended[shard.number] = None  # appeared after a bounded stream opened
-                        changed = True
-                        continue
-                    await self._start_split(shard, hooks)
-                    changed = True
-            for split in self.splits.values():
-                if split.ended and not split.finished:
-                    children = [
-                        c
-                        for c in self.lineage.children(split.partition)
-                        if self._in_scope(c.number)
-                    ]
-                    if all(c.number in self.splits or c.number in self._ended for c in children):
-                        split.finished = True
-                        changed = True
-                        if hooks is not None:
-                            self._report(split, hooks)
-            if not changed:
-                return
+        """Time starts: the first record that arrived at or after the time, checked, as
+        :attr:`lookups`; the shard then starts at that record (else at the time)."""
+        for number, (kind, micros) in list(self.shardset.plan.items()):
+            if kind == "time":
+                probe = self._new_reader(self.lineage.shards[number], limit=1)
+                self.lookups[number] = lookup = await lookup_time(probe, micros)
+                if lookup["offset"] is not None:
+                    self.shardset.plan[number] = ("position", lookup["offset"])
 
     def seek(self, partition: int, offset: int) -> None:
-        """Move an opened shard to ``offset`` (the next sequence number) before :meth:`drive`."""
+        """Move an opened shard to ``offset`` (the next sequence number) before :meth:`drive`
+        (a shard not started yet, waiting for its parents, starts there)."""
+        if partition not in self.splits and partition in self.shardset.plan:
+            self.shardset.plan[partition] = ("position", offset)
+            return
         if partition not in self.splits:
             raise StreamError(
                 f"{self._where(partition)}: seek() before open() or before it is ready"
@@ -496,22 +346,11 @@ class KinesisStream(Source):
 
     def combined_watermark(self) -> tuple[int | None, bool]:
         """(minimum over live non-idle shards, all idle?) — KafkaStream's rule."""
-        live = [s for s in self.splits.values() if not s.finished]
-        active = [s for s in live if not s.idle]
-        if active:
-            marks = [s.watermark for s in active]
-            if any(m is None for m in marks):
-                return None, False
-            return min(m for m in marks if m is not None), False
-        known = [m for s in live if (m := s.watermark) is not None]
-        return (max(known) if known else None), bool(live)
+        return self.shardset.combined_watermark()
 
     def final_watermark(self) -> int | None:
         """End of a bounded read: the maximum event time read (or the floor)."""
-        known = [m for s in self.splits.values() if (m := s.max_seen) is not None]
-        floors = [s.floor for s in self.splits.values() if s.floor is not None]
-        values = known + floors
-        return max(values) if values else None
+        return self.shardset.final_watermark()
 
     def _readable(self, split: ShardSplit, now: float) -> bool:
         return (
@@ -526,13 +365,13 @@ class KinesisStream(Source):
         """One read of a shard; bounded: then one of its sentinel, which decides the stop
         (True: the read was caught up and no record arrived since the stream opened)."""
         fetch = await self.readers[split.partition].read()
-        sentinel = self._sentinels.get(split.partition)
+        sentinel = self.shardset.sentinels.get(split.partition)
         if sentinel is None or split.stop_offset is not None:
             return fetch, False
         after = await sentinel.read()
         if after.records:
             split.stop_offset = after.records[0].offset
-            del self._sentinels[split.partition]
+            del self.shardset.sentinels[split.partition]
             return fetch, False
         return fetch, fetch.millis_behind_latest == 0
 
@@ -558,7 +397,7 @@ class KinesisStream(Source):
             split.stop_reached = True
         quiet = not fetch.records and fetch.millis_behind_latest == 0
         self._next_poll[split.partition] = now + (self.poll_interval if quiet else 0.0)
-        self._check_ended(split)
+        self.shardset.check_ended(split)
 
     async def drive(self, out: SourceOutput, hooks: DriveHooks | None = None) -> None:
         """Read until every shard finished (bounded) or forever; requires :meth:`open`.
@@ -580,7 +419,7 @@ class KinesisStream(Source):
                 now = time.monotonic()
                 if self.discovery is not None and now - self._listed_at >= self.discovery:
                     await self._discover(hooks)
-                await self._advance_lineage(hooks)
+                await self.shardset.advance(lambda split: self._register(split, hooks))
                 live = [s for s in self.splits.values() if not s.finished]
                 if not live and not inflight:
                     break
@@ -656,12 +495,14 @@ class KinesisStream(Source):
             log.info("%s: new shard(s) %s", self._where(), [s.shard_id for s in added])
 
     async def _progress(self, out: SourceOutput, hooks: DriveHooks) -> None:
+        mark, _ = self.combined_watermark()
+        if mark is not None and (self.shardset.emitted is None or mark > self.shardset.emitted):
+            self.shardset.emitted = mark  # a child without a read parent starts here
         if hooks.on_progress is not None:
             await hooks.on_progress()
             return
         mark, idle = self.combined_watermark()
         if mark is not None:
-            self._emitted = mark if self._emitted is None else max(self._emitted, mark)
             await out.emit_watermark(mark, idle)
 
     async def _release_held(
@@ -684,9 +525,16 @@ class KinesisStream(Source):
                 split.released(due)
                 self._report(split, hooks)
                 await self._progress(out, hooks)
-            self._check_ended(split)
+            self.shardset.check_ended(split)
             self._report(split, hooks)
         return released
+
+    def _register(self, split: ShardSplit, hooks: DriveHooks) -> None:
+        """A split started (registered with alignment) or finished."""
+        self._next_poll.setdefault(split.partition, 0.0)
+        if hooks.aligner is not None:
+            hooks.aligner.register(f"{hooks.split_prefix}:{split.key}")
+        self._report(split, hooks)
 
     def _report(self, split: ShardSplit, hooks: DriveHooks) -> None:
         if hooks.aligner is not None:
@@ -703,39 +551,13 @@ class KinesisStream(Source):
     # checkpoints and metrics --------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """Positions (decimal strings), held rows, unread shards' seeks, ended shards with their
-        watermarks and carried floors (see module docstring)."""
-        if not self.splits and self._restored is not None:
-            return dict(self._restored)
-        unread = self._unread
-        return {
-            "positions": {
-                n: str(s.position) for n, s in self.splits.items() if s.position is not None
-            },
-            "held": {
-                n: {"rows": _to_ipc(s.held), "offsets": [str(o) for o in s.held_offsets]}
-                for n, s in self.splits.items()
-                if s.held is not None and s.held_offsets is not None
-            },
-            "unread": {
-                n: list(unread[n])
-                for n, s in self.splits.items()
-                if s.position is None and n in unread
-            },
-            "finished": dict(self._ended),
-            "carried": {n: s.carried for n, s in self.splits.items() if s.carried is not None},
-        }
+        """Positions per shard (decimal strings), held rows, shard lineage state (see
+        :meth:`.shardset.ShardSet.snapshot`)."""
+        return self.shardset.snapshot()
 
     def restore(self, state: dict[str, Any]) -> None:
         """Resume from a :meth:`snapshot` (sequence numbers as strings or ints)."""
-        raw = dict(state)
-        self._restored = {
-            "positions": {int(k): int(v) for k, v in (raw.get("positions") or {}).items()},
-            "held": {int(k): v for k, v in (raw.get("held") or {}).items()},
-            "unread": {int(k): list(v) for k, v in (raw.get("unread") or {}).items()},
-            "finished": {int(k): v for k, v in (raw.get("finished") or {}).items()},
-            "carried": {int(k): v for k, v in (raw.get("carried") or {}).items()},
-        }
+        self.shardset.restore(state)
 
     def metrics(self) -> dict[str, Any]:
         mark, idle = self.combined_watermark()
