@@ -57,7 +57,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -70,6 +69,7 @@ import pytest
 
 from .kafka import Producing
 from .ports import free_port
+from .watchdog import release, start_watchdog
 
 KAFKA_VERSION = "4.1.1"
 POM = Path(__file__).with_name("apache_kafka_pom.xml")
@@ -90,25 +90,6 @@ logger.started.level = INFO
 """
 
 # Runs in its own session; blocks until every writer of its stdin is gone, then ends the broker.
-_WATCHDOG = """\
-import os, shutil, signal, sys, time
-sys.stdin.buffer.read()
-group, root = int(sys.argv[1]), sys.argv[2]
-def alive():
-    try:
-        os.killpg(group, 0)
-        return True
-    except ProcessLookupError:
-        return False
-if alive():
-    os.killpg(group, signal.SIGTERM)
-    deadline = time.monotonic() + float(sys.argv[3])
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if alive():
-        os.killpg(group, signal.SIGKILL)
-shutil.rmtree(root, ignore_errors=True)
-"""
 
 
 class ApacheKafkaUnavailable(RuntimeError):
@@ -364,13 +345,7 @@ class ApacheKafkaService(Producing):
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise
-        watchdog = subprocess.Popen(
-            [sys.executable, "-c", _WATCHDOG, str(process.pid), str(root), str(STOP_GRACE_S)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        watchdog = start_watchdog(process.pid, root, grace=STOP_GRACE_S, group=True)
         service = cls(
             port,
             controller_port,
@@ -441,14 +416,7 @@ class ApacheKafkaService(Producing):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
-        if self.watchdog.poll() is None:
-            assert self.watchdog.stdin is not None
-            self.watchdog.stdin.close()  # the broker is gone: the watchdog just removes the dir
-            try:
-                self.watchdog.wait(10)
-            except subprocess.TimeoutExpired:
-                self.watchdog.kill()
-                self.watchdog.wait()
+        release(self.watchdog)  # the broker is gone: the watchdog just removes the dir
         shutil.rmtree(self.root, ignore_errors=True)
 
     # ---- admin helpers -------------------------------------------------------------------

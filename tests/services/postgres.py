@@ -2,7 +2,9 @@
 
 initdb/pg_ctl refuse to run as root, so when root they run as the ``postgres`` user with data,
 socket and log directories it owns. ``postgres`` yields a :class:`PostgresService` with a DSN
-(``postgresql://postgres@127.0.0.1:PORT/postgres``) and ``new_database()`` for isolation.
+(``postgresql://postgres@127.0.0.1:PORT/postgres``) and ``new_database()`` for isolation. A
+watchdog (:mod:`.watchdog`) ends the cluster (SIGQUIT: immediate shutdown) and removes its files
+when the test process dies without stopping it (killed by a timeout or kill -9).
 """
 
 from __future__ import annotations
@@ -10,16 +12,18 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from .ports import free_port, wait_for_port
+from .watchdog import release, start_watchdog
 
 
 def _bin_dir() -> Path | None:
@@ -32,6 +36,7 @@ class PostgresService:
     port: int
     root: Path
     host: str = "127.0.0.1"  # the address it listens on (clients connect there)
+    watchdog: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@{self.host}:{self.port}/{database}"
@@ -114,6 +119,10 @@ class PostgresService:
         if started.returncode != 0:
             service.stop()
             raise RuntimeError(f"pg_ctl start failed: {started.stderr or started.stdout}")
+        postmaster = int((data / "postmaster.pid").read_text().split()[0])
+        service.watchdog = start_watchdog(
+            postmaster, root, grace=10.0, group=False, first_signal=signal.SIGQUIT
+        )
         if host == "127.0.0.1":  # pg_ctl -w waited for readiness; this checks the TCP listener
             wait_for_port(port, what="postgres")
         return service
@@ -134,6 +143,8 @@ class PostgresService:
                 ),
                 capture_output=True,
             )
+        if self.watchdog is not None:
+            release(self.watchdog)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
