@@ -23,6 +23,22 @@ Handoff (DESIGN §3, firm):
   error (``allow_gaps=True``: read the partition from its earliest offset, counted in
   ``metrics()["recorded_beyond_end"]``).
 
+Kinesis (issue 16): the stream may be a :class:`~lambdasource.KinesisStream`
+(:class:`~.stream_protocol.HandoffStream`: partition = shard number, offset = sequence number).
+``handoff="offsets"`` needs a lake the archiver wrote from that same stream (a lake of a Kafka
+topic, or of another stream, is a :class:`HandoffError`); each shard the lake recorded resumes at
+its recorded next sequence number; shards it never recorded (children created after its last
+commit) are read from TRIM_HORIZON once their parents are done, so every record is read once. A
+recorded position below the shard's first retained record is a :class:`HandoffGapError` naming
+stream, shard id and the missing sequence numbers (``allow_gaps=True``: continue at the first
+retained record, counted in ``metrics()["missing_offsets"]`` — sequence numbers, which are
+records on moto but sparse on Kinesis); a position beyond a closed shard's end, or a recorded
+unfinished shard the stream does not list, means the stream was recreated (same error;
+``allow_gaps=True``: ``metrics()["recorded_beyond_end"]``). The timestamp handoff works as for
+Kafka (AT_TIMESTAMP on the arrival time, verified on event time), except that Kinesis cannot tell
+whether a shard's first retained record was its first, so the retention check of the timestamp
+handoff is Kafka's only.
+
 Pinned lake state (DESIGN §3): ``run`` first pins the lake (:meth:`Lake.pin`) — the commit
 sequence, Iceberg snapshot or file list it reads — and takes the recorded offsets and the
 high-water mark from that same state; the lake's snapshot carries it, so a restore reads it again.
@@ -78,7 +94,7 @@ from .conform import cast_failures, conform
 from .kafka.emit import DriveHooks
 from .kafka.split import PartitionSplit
 from .kafka.stream import KafkaStream, PartitionStart
-from .lake.commits import CommitRecord
+from .lake.commits import CommitRecord, ShardRecord
 from .lake.partitioned import make_partitioner
 from .lake.pinned import LakeState
 from .lake.source import LakeSource
@@ -214,6 +230,7 @@ class LambdaSource(Source):
         self.beyond_end: dict[int, tuple[int, int]] = {}  # allow_gaps: (recorded, end)
         self.deleted_before: dict[int, int] = {}  # timestamp handoff, allow_gaps: earliest offset
         self.recorded: dict[int, int] = {}
+        self.lake_shards: dict[int, ShardRecord] = {}  # Kinesis: the lineage the lake recorded
         self.pinned: LakeState | None = None
         self.lake_covers: int | None = None  # offsets handoff: the lake's high-water mark
         self.rows = {LAKE: 0, "stream": 0}
@@ -374,11 +391,19 @@ class LambdaSource(Source):
                 f"source={self.name}: handoff='offsets' needs a lake written by the lambdasource "
                 f"archiver; lake {self.lake.name!r} has no commit records with Kafka offsets"
             )
-        if record.topic is not None and record.topic != self.stream.topic:
+        if record.stream_kind != self.kind:
             raise HandoffError(
-                f"source={self.name}: the lake recorded offsets of topic={record.topic}, but the "
-                f"stream reads topic={self.stream.topic}"
+                f"source={self.name}: the lake recorded positions of a {record.stream_kind} "
+                f"stream ({record.topic or '?'}), but the stream is a {self.kind} stream "
+                f"({self.stream.topic}): an exact handoff needs the stream the lake archived"
             )
+        if record.topic is not None and record.topic != self.stream.topic:
+            noun = "topic" if self.kind == "kafka" else "stream"
+            raise HandoffError(
+                f"source={self.name}: the lake recorded offsets of {noun}={record.topic}, but the "
+                f"stream reads {noun}={self.stream.topic}"
+            )
+        self.lake_shards = dict(record.shards)
         self.recorded = dict(record.offsets)
         self.lake_covers = await lake.high_water_mark(self.out_of_orderness)
         starts: dict[int, PartitionStart] = {p: ("offset", o) for p, o in record.offsets.items()}
@@ -388,9 +413,13 @@ class LambdaSource(Source):
         """Every partition must continue exactly where the lake stopped: a recorded offset
         below the earliest retained one is a gap (retention), one beyond the partition's end
         means the topic is not the one the lake archived (deleted and recreated)."""
+        if self.kind == "kinesis":
+            self._check_shard_gaps()
+            return
         for p, split in sorted(self.stream.splits.items()):
             need = self.recorded.get(p, 0) if split.start is None else split.start
             begin, end = self.stream.ranges[p]
+            assert begin is not None  # Kafka: the earliest offset is always known
             if end is not None and need > end:
                 if not self.allow_gaps:
                     raise HandoffGapError(
@@ -424,16 +453,82 @@ class LambdaSource(Source):
                 self.missing_offsets[p] = (need, begin)
                 self.stream.seek(p, begin)
 
+    def _check_shard_gaps(self) -> None:
+        """Kinesis (module docstring): per shard the lake recorded a position ``need`` for,
+        ``begin > need`` is a gap (records trimmed by retention before they were archived),
+        ``need > end`` of a closed shard or a recorded shard the stream does not list (and the
+        lake did not finish) means another stream (deleted and recreated). Shards the lake never
+        recorded are read from TRIM_HORIZON once their parents are done."""
+        stream = self.stream.topic
+        for number, need in sorted(self.recorded.items()):
+            shard = self.lake_shards.get(number)
+            shard_name = shard.shard_id if shard is not None else f"shard number {number}"
+            if number not in self.stream.ranges:
+                if shard is not None and shard.finished:
+                    continue  # archived to its end, then trimmed: nothing is missing
+                if not self.allow_gaps:
+                    raise HandoffGapError(
+                        f"source={self.name}: stream={stream} shard={shard_name}: the lake is "
+                        f"complete up to sequence number {need}, but the stream does not list "
+                        "this shard: was the stream deleted and recreated (or the shard trimmed "
+                        "before it was archived)? Its records are not the ones the lake archived; "
+                        "pass allow_gaps=True to continue without it"
+                    )
+                log.warning(
+                    "source=%s stream=%s shard=%s: recorded by the lake but not in the stream; "
+                    "continuing (allow_gaps)",
+                    self.name,
+                    stream,
+                    shard_name,
+                )
+                self.beyond_end[number] = (need, need)
+                continue
+            begin, end = self.stream.ranges[number]
+            if end is not None and need > end:
+                if not self.allow_gaps:
+                    raise HandoffGapError(
+                        f"source={self.name}: stream={stream} shard={shard_name}: the lake is "
+                        f"complete up to sequence number {need}, but the shard ends at {end} "
+                        "(closed): was the stream deleted and recreated? Its records are not "
+                        "the ones the lake archived; pass allow_gaps=True to read the shard from "
+                        "its first retained record"
+                    )
+                log.warning(
+                    "source=%s stream=%s shard=%s: the lake recorded sequence number %d beyond "
+                    "the shard's end %d (stream recreated?); reading it from its start",
+                    self.name,
+                    stream,
+                    shard_name,
+                    need,
+                    end,
+                )
+                self.beyond_end[number] = (need, end)
+                if begin is not None:
+                    self.stream.seek(number, begin)
+            elif begin is not None and begin > need:
+                if not self.allow_gaps:
+                    raise HandoffGapError(
+                        f"source={self.name}: stream={stream} shard={shard_name}: sequence "
+                        f"numbers {need}..{begin - 1} are neither in the lake (complete up to "
+                        f"sequence number {need}) nor in the stream (first retained record "
+                        f"{begin}: retention trimmed the records before it); pass "
+                        "allow_gaps=True to continue without them"
+                    )
+                self.missing_offsets[number] = (need, begin)
+                self.stream.seek(number, begin)
+
     def _check_retained_since_cutoff(self) -> None:
         """Timestamp handoff: each partition must still hold its records from ``cutoff −
         out_of_orderness`` on. When the first such record is the earliest one retained and
         earlier offsets were deleted (retention), the deleted records may have been after that
         time too: a possible gap, raised like one (``allow_gaps=True``: counted in
         ``metrics()["deleted_before"]``)."""
+        if self.kind == "kinesis":
+            return  # Kinesis does not say whether a shard's first retained record was its first
         for p in sorted(self.stream.splits):
             lookup = self.stream.lookups.get(p)
             begin, _ = self.stream.ranges.get(p, (0, None))
-            if lookup is None or begin == 0 or lookup["offset"] != begin:
+            if lookup is None or begin is None or begin == 0 or lookup["offset"] != begin:
                 continue
             if not self.allow_gaps:
                 raise HandoffGapError(

@@ -25,13 +25,12 @@ from lake.writer import IcebergLakeWriter, ParquetLakeWriter
 from lambdasource.errors import ConfigError, StreamGapError
 from lambdasource.sources.kinesis.config import KinesisConfig
 from lambdasource.sources.lake.commits import CommitRecord
-from tests.integration.kinesis_moto import realistic_resharding
 from tests.integration.test_archiver import SCHEMA, TIME, encode, ids, lake_table, rows
 from tests.services.iceberg import load
 from tests.services.kinesis import KinesisService
+from tests.services.kinesis_reshard import kinesis_resharding  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.kinesis
-__all__ = ["realistic_resharding"]  # a fixture (moto keeps records where Kinesis does)
 
 
 def config_of(kinesis: KinesisService) -> KinesisConfig:
@@ -104,7 +103,7 @@ def split_shard(kinesis: KinesisService, stream: str, shard: str) -> None:
     )
 
 
-@pytest.mark.usefixtures("realistic_resharding")
+@pytest.mark.usefixtures("kinesis_resharding")
 async def test_exactly_once_by_sequence_number_then_split(
     kinesis: KinesisService, tmp_path: Path
 ) -> None:
