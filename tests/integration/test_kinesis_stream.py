@@ -358,3 +358,36 @@ async def test_unknown_stream_and_unreachable_endpoint(kinesis: KinesisService) 
         StreamError, match=r"stream=s: cannot reach the Kinesis endpoint http://127.0.0.1:9"
     ):
         await offline.open()
+
+
+async def test_watermark_carries_across_a_merge(kinesis: KinesisService) -> None:
+    """Shard 3 (behind: times T..T+0.5 s) and shard 1 (ahead: T+100 s, slow to read) merge into
+    4, whose records (T+0.2 s..) lie within out_of_orderness of shard 3's. The first parent to end
+    holds the stream at its watermark until the child starts (else the child's records are
+    late), and the child starts from it (else the stream's watermark regresses)."""
+    name = kinesis.new_stream(2)
+    client = kinesis.client()
+    client.split_shard(
+        StreamName=name, ShardToSplit="shardId-000000000000", NewStartingHashKey=str(2**126)
+    )
+    ahead = [(i, BASE_MS + 100_000 + i, f"a{i}") for i in range(60)]
+    behind = [(100 + i, BASE_MS + i * 100, f"b{i}") for i in range(6)]
+    put_events(kinesis, name, ahead, shard=1)
+    put_events(kinesis, name, [(200 + i, BASE_MS + 100_000 + i, "c") for i in range(5)], shard=2)
+    put_events(kinesis, name, behind, shard=3)
+    client.merge_shards(
+        StreamName=name,
+        ShardToMerge="shardId-000000000003",
+        AdjacentShardToMerge="shardId-000000000001",
+    )
+    child = [(300 + i, BASE_MS + 200 + i * 10, f"b{i}") for i in range(5)]
+    put_events(kinesis, name, child, shard=4)
+    stream = KinesisStream(
+        name, stop_at="latest", out_of_orderness="1s", **stream_args(kinesis, max_records=5)
+    )
+    recorder = Recorder()
+    await stream.run(recorder)
+    put = ahead + behind + child + [(200 + i, BASE_MS + 100_000 + i, "c") for i in range(5)]
+    assert Counter(recorder.ids()) == Counter(i for i, _, _ in put)
+    assert recorder.late == [] and recorder.regressions == []
+    assert stream.metrics()["shards"][4]["carried_watermark"] == (BASE_MS + 500 - 1000) * MS
