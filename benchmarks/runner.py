@@ -12,6 +12,7 @@ from . import (
     bootstrap,
     checkpoints,
     engine,
+    kinesis,
     lake,
     partition_reads,
     peers,
@@ -65,6 +66,13 @@ BENCHMARKS: dict[str, Benchmark] = {
             stream.add_arguments,
             stream.run,
             stream.summary,
+        ),
+        Benchmark(
+            "kinesis",
+            "KinesisStream ÷ a bare aiobotocore GetRecords loop over the same shards on moto",
+            kinesis.add_arguments,
+            kinesis.run,
+            kinesis.summary,
         ),
         Benchmark(
             "checkpoints",
