@@ -12,6 +12,7 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
+import orjson
 import pytest
 
 from lambdasource.errors import StreamError, StreamGapError
@@ -391,3 +392,31 @@ async def test_watermark_carries_across_a_merge(kinesis: KinesisService) -> None
     assert Counter(recorder.ids()) == Counter(i for i, _, _ in put)
     assert recorder.late == [] and recorder.regressions == []
     assert stream.metrics()["shards"][4]["carried_watermark"] == (BASE_MS + 500 - 1000) * MS
+
+
+async def test_raw_values_with_arrival_time_and_a_copy_for_one_shard(
+    kinesis: KinesisService,
+) -> None:
+    name = kinesis.new_stream(2)
+    before = time.time_ns() // 1000
+    put = events(0, 10)
+    placed = put_events(kinesis, name, put)
+    after = time.time_ns() // 1000
+    stream = KinesisStream(
+        name, format="raw", stop_at="latest", config=config_for(kinesis), poll_interval="20ms"
+    )
+    assert stream.schema is not None and stream.schema.names == ["value", "timestamp"]
+    one = stream.for_partitions([1])
+    batches: list[Any] = []
+
+    class Out(Recorder):
+        async def emit(self, batch: Any, position: str | None = None) -> None:
+            batches.append(batch)
+
+    await one.run(Out())
+    values = [v for b in batches for v in b.column("value").to_pylist()]
+    on_shard_1 = [i for (i, _, _), (sid, _) in zip(put, placed, strict=True) if sid.endswith("1")]
+    assert sorted(orjson.loads(v)["id"] for v in values) == on_shard_1 and on_shard_1
+    stamps = [t for b in batches for t in b.column("timestamp").cast("int64").to_pylist()]
+    assert all(before // 1000 * 1000 - 1000 <= t <= after + 1000 for t in stamps)
+    assert sorted(one.splits) == [1]
