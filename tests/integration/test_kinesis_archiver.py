@@ -25,6 +25,7 @@ from lake.writer import IcebergLakeWriter, ParquetLakeWriter
 from lambdasource.errors import ConfigError, StreamGapError
 from lambdasource.sources.kinesis.config import KinesisConfig
 from lambdasource.sources.lake.commits import CommitRecord
+from lambdasource.sources.lake.inspect import ainspect_parquet, format_report
 from tests.integration.test_archiver import SCHEMA, TIME, encode, ids, lake_table, rows
 from tests.services.iceberg import load
 from tests.services.kinesis import KinesisService
@@ -140,6 +141,8 @@ async def test_exactly_once_by_sequence_number_then_split(
     assert lineage[0].closed and lineage[0].finished
     assert lineage[2].parents == (0,) and lineage[3].parents == (0,)
     assert not lineage[2].closed and not lineage[1].finished
+    report = format_report(await ainspect_parquet(tmp_path / "lake"))  # `lambdasource inspect`
+    assert f"kinesis stream {stream}, next per shard): 0:" in report
     # a third run finds nothing new and commits nothing
     before = len(lake.commits())
     summary3 = await archiver(kinesis, stream, lake).run()
