@@ -1,9 +1,10 @@
 """Tools that make and keep the lake: the synthetic dataset generator, the Arrow table writer,
-the Kafka archiver and maintenance (compaction). ``lake`` may import ``lambdasource``; never the
-reverse."""
+the archivers (Kafka; Kinesis: :mod:`.kinesis_archiver`) and maintenance (compaction). ``lake``
+may import ``lambdasource``; never the reverse."""
 
 from .archiver import Archiver, ArchiveSummary
 from .generator import CLICKSTREAM_SCHEMA, generate_clickstream, iter_clickstream
+from .kinesis_archiver import KinesisArchiver
 from .maintenance import CompactionResult, compact, expire_replaced
 from .writer import DEAD_LETTER_SCHEMA, IcebergLakeWriter, ParquetLakeWriter
 
@@ -14,6 +15,7 @@ __all__ = [
     "Archiver",
     "CompactionResult",
     "IcebergLakeWriter",
+    "KinesisArchiver",
     "ParquetLakeWriter",
     "compact",
     "expire_replaced",

@@ -1,5 +1,8 @@
 """The archiver: a Kafka topic → an hour-partitioned lake, recording the offsets each commit covers.
 
+(What any stream input shares is :mod:`lake.archive_core`; the Kinesis input is
+:mod:`lake.kinesis_archiver`; ``lambdasource archive --kinesis STREAM`` runs it.)
+
 Invariants (what the exact-offset handoff relies on, DESIGN §3):
 
 - **Exactly once in the lake.** On start the archiver reads the lake's commits and resumes every

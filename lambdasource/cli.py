@@ -97,15 +97,17 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "archive",
         "lake.archiver",
-        "Kafka topic → hour-partitioned lake (Parquet or Iceberg), recording the offsets each "
-        "commit covers",
+        "Kafka topic or Kinesis stream → hour-partitioned lake (Parquet or Iceberg), recording "
+        "the offsets (sequence numbers) each commit covers",
         "examples:\n"
         "  lambdasource archive --bootstrap-servers 127.0.0.1:9092 --topic clicks \\\n"
         "      --lake data/clicks --time-column event_time --format json \\\n"
         "      --schema 'event_time:timestamp[ms, UTC],user_id:int64,kind:string' --stop-at latest\n"
         "  KAFKA_PASSWORD=… lambdasource archive --bootstrap-servers kafka.example.com:9096 \\\n"
         "      --security-protocol SASL_SSL --sasl-mechanism SCRAM-SHA-512 --sasl-username archiver \\\n"
-        "      --sasl-password-env KAFKA_PASSWORD --ssl-ca-file ca.pem --topic clicks ...",
+        "      --sasl-password-env KAFKA_PASSWORD --ssl-ca-file ca.pem --topic clicks ...\n"
+        "  lambdasource archive --kinesis clicks --region eu-west-1 --lake s3://bucket/clicks \\\n"
+        "      --time-column event_time --schema-from sample.parquet",
     ),
     Command(
         "backfill",
