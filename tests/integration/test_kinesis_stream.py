@@ -420,3 +420,53 @@ async def test_raw_values_with_arrival_time_and_a_copy_for_one_shard(
     stamps = [t for b in batches for t in b.column("timestamp").cast("int64").to_pylist()]
     assert all(before // 1000 * 1000 - 1000 <= t <= after + 1000 for t in stamps)
     assert sorted(one.splits) == [1]
+
+
+async def test_restart_with_rows_held_by_alignment(kinesis: KinesisService) -> None:
+    """Killed while shard 1 holds rows beyond the alignment bound: the snapshot carries them
+    (sequence numbers as strings), the restored stream holds them again and releases them once."""
+    name = kinesis.new_stream(2)
+    behind = [(i, BASE_MS + i * 100, "a") for i in range(80)]
+    ahead = [(1000 + i, BASE_MS + 5_000 + i * 100, "b") for i in range(40)]
+    put_events(kinesis, name, behind, shard=0)
+    put_events(kinesis, name, ahead, shard=1)
+
+    def hooks_for(stream: KinesisStream, recorder: Recorder) -> DriveHooks:
+        aligner = AlignmentGroup(max_drift=500 * MS)
+
+        async def on_progress() -> None:
+            mark, idle = stream.combined_watermark()
+            if mark is not None:
+                aligner.note_output(mark)
+                await recorder.emit_watermark(mark, idle)
+
+        return DriveHooks(aligner=aligner, on_progress=on_progress)
+
+    args = stream_args(kinesis, max_records=10)
+    first = KinesisStream(name, stop_at="latest", **args)
+    recorder = Recorder()
+    snapshots: list[dict[str, Any]] = []
+
+    def barrier(_: Any) -> None:
+        if first.metrics()["shards"][1]["held_rows"] and len(recorder.positions) >= 3:
+            snapshots.append(first.snapshot())
+            raise RuntimeError("killed")
+
+    recorder.on_emit = barrier
+    await first.open()
+    with pytest.raises(RuntimeError, match="killed"):
+        await first.drive(recorder, hooks_for(first, recorder))
+    await first.close()
+    [snapshot] = snapshots
+    assert snapshot["held"][1]["offsets"] and all(
+        isinstance(o, str) for o in snapshot["held"][1]["offsets"]
+    )
+    second = KinesisStream(name, stop_at="latest", **args)
+    second.restore(snapshot)
+    resumed = Recorder()
+    await second.open()
+    assert second.metrics()["shards"][1]["held_rows"] == len(snapshot["held"][1]["offsets"])
+    await second.drive(resumed, hooks_for(second, resumed))
+    await second.close()
+    union = Recorder(rows=recorder.rows + resumed.rows)
+    check_oracle(union, behind + ahead)
