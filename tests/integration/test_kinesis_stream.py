@@ -470,3 +470,28 @@ async def test_restart_with_rows_held_by_alignment(kinesis: KinesisService) -> N
     await second.close()
     union = Recorder(rows=recorder.rows + resumed.rows)
     check_oracle(union, behind + ahead)
+
+
+async def test_children_of_a_latest_start_are_read_from_their_beginning(
+    kinesis: KinesisService,
+) -> None:
+    """start='latest' applies to the shards listed at open; a child made by a later split is
+    read from its trim horizon (records put before the stream listed it are not skipped)."""
+    name = kinesis.new_stream(1)
+    put_events(kinesis, name, events(0, 5))  # before the stream: not read
+    stream = KinesisStream(
+        name, start="latest", shard_discovery="200ms", **stream_args(kinesis, max_records=10)
+    )
+    recorder = Recorder()
+    await stream.open()
+    task = asyncio.create_task(stream.drive(recorder))
+    await asyncio.sleep(0.1)
+    kinesis.client().split_shard(
+        StreamName=name, ShardToSplit="shardId-000000000000", NewStartingHashKey=str(2**127)
+    )
+    put = events(100, 30)
+    put_events(kinesis, name, put)  # on the children, before the stream lists them
+    await recorder.wait_for(len(put))
+    await asyncio.sleep(0.2)
+    await stop(task, stream)
+    check_oracle(recorder, put)

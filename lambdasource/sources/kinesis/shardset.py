@@ -66,8 +66,9 @@ class ShardSet:
         starts: dict[int, PartitionStart],
         default_start: PartitionStart | None,
     ) -> None:
-        """Each shard's start, in order of precedence: the restored snapshot, ``starts``,
-        ``default_start``, the constructor's; a closed shard started at LATEST has ended."""
+        """Each shard's start, in order of precedence: the restored snapshot (a shard it does not
+        name was added since: from its beginning), ``starts``, ``default_start``, the
+        constructor's; a closed shard started at LATEST has ended."""
         restored = self.restored or {}
         positions: dict[int, int] = restored.get("positions", {})
         unread: dict[int, PartitionStart] = restored.get("unread", {})
@@ -80,6 +81,8 @@ class ShardSet:
                 plan: PartitionStart = ("position", positions[number])
             elif number in unread:
                 plan = unread[number]
+            elif self.restored is not None:  # added since the checkpoint: none of it was read
+                plan = ("trim_horizon", 0)
             elif number in starts:
                 plan = normal_start(starts[number])
             elif default_start is not None:
@@ -102,7 +105,8 @@ class ShardSet:
     async def start_split(self, shard: Shard) -> ShardSplit:
         """Create and position the split of a ready shard (restored held rows included)."""
         number = shard.number
-        kind, value = self.plan.pop(number) if number in self.plan else self.start(number)
+        # a shard listed after the stream opened (a reshard's child) is read from its beginning
+        kind, value = self.plan.pop(number) if number in self.plan else ("trim_horizon", 0)
         carried = self._carried(shard)
         floors = [f for f in (self.floor, carried) if f is not None]
         split = ShardSplit(
