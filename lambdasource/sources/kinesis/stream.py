@@ -134,10 +134,7 @@ class KinesisStream(Source):
         self.min_interval = 1.0 / calls_per_second
         self.allow_gaps = allow_gaps
         self.name = name
-        self.shardset = ShardSet(
-            stream_name, self.time_column, self._start, self._new_reader, self._in_scope
-        )
-        self.shardset.bounded = self.bounded
+        self.shardset = self._new_shardset()
         self.ranges: dict[int, tuple[int | None, int | None]] = {}  # (first retained, end)
         self.lookups: dict[int, dict[str, Any]] = {}
         self.missing_offsets: dict[int, tuple[int, int]] = {}
@@ -155,6 +152,24 @@ class KinesisStream(Source):
         self._next_poll: dict[int, float] = {}
         self._listed_at = 0.0
         self._rng = random.Random(0)  # backoff jitter of control-plane calls
+
+    def _new_shardset(self) -> ShardSet:
+        shardset = ShardSet(
+            self.stream_name, self.time_column, self._start, self._new_reader, self._in_scope
+        )
+        shardset.bounded = self.bounded
+        return shardset
+
+    def _reset_run(self) -> None:
+        """Every open starts from no splits and readers (as KafkaStream's does): a stream
+        opened again — the state bootstrap's stream phase after its pass — must not read
+        through the previous run's readers (their client is closed) or positions; what
+        :meth:`restore` gave is kept."""
+        restored, raw = self.shardset.restored, self.shardset.restored_raw
+        self.shardset = self._new_shardset()
+        self.shardset.restored, self.shardset.restored_raw = restored, raw
+        self.ranges, self.lookups, self.missing_offsets = {}, {}, {}
+        self._next_poll = {}
 
     @property
     def schema(self) -> pa.Schema | None:
@@ -239,6 +254,7 @@ class KinesisStream(Source):
         ``default_start``, the constructor's ``start``, in that order), check explicit positions
         against the retained ranges and start the shards that are ready. ``floor`` raises every
         shard's watermark (the lambda source's ``cutoff − 1µs``)."""
+        self._reset_run()
         self._client_context = self.config.create_client()
         self._client = await self._client_context.__aenter__()
         try:
