@@ -50,21 +50,26 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     else:
         lake["path"] = args.lake
     stream: dict[str, Any] | None = None
+    if args.topic and args.kinesis:
+        raise ConfigError("--topic (Kafka) and --kinesis: choose one stream")
     if args.topic:
         if not args.bootstrap_servers:
             raise ConfigError("--topic needs --bootstrap-servers")
-        stream = {
-            "topic": args.topic,
-            "bootstrap_servers": args.bootstrap_servers,
-            "time_column": args.time_column,
-            "format": args.format,
-            "schema": args.schema or "lake",
-        }
-        if args.stop_at_latest:
-            stream["stop_at"] = "latest"
+        stream = {"topic": args.topic, "bootstrap_servers": args.bootstrap_servers}
         security = kafka_security.table_from_args(args)
         if security is not None:
             stream["security"] = security
+    elif args.kinesis:
+        stream = {"kind": "kinesis", "stream_name": args.kinesis}
+        if args.kinesis_endpoint_url:
+            stream["endpoint_url"] = args.kinesis_endpoint_url
+        if args.region:
+            stream["region"] = args.region
+    if stream is not None:
+        stream.update(time_column=args.time_column, format=args.format)
+        stream["schema"] = args.schema or "lake"
+        if args.stop_at_latest:
+            stream["stop_at"] = "latest"
     source: dict[str, Any] = {}
     if stream is not None:
         source = {
@@ -247,6 +252,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap-servers", help="Kafka host:port (with --topic)")
     kafka_security.add_arguments(parser)
     parser.add_argument("--topic", help="Kafka topic to hand over to (omit: lake only)")
+    parser.add_argument("--kinesis", metavar="STREAM", help="or a Kinesis stream to hand over to")
+    parser.add_argument(
+        "--kinesis-endpoint-url", help="Kinesis endpoint (default: the AWS environment's)"
+    )
+    parser.add_argument("--region", help="Kinesis region (default: the AWS environment's)")
     parser.add_argument("--format", default="json", choices=("json", "raw"))
     parser.add_argument("--schema", help="stream schema 'col:type,…' (default: the lake's)")
     parser.add_argument("--handoff", default="offsets", choices=("offsets", "timestamp"))
@@ -255,7 +265,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout", default="30s", help="partition idleness timeout (30s)")
     parser.add_argument("--max-drift", default="30m", help="watermark alignment drift (30m)")
     parser.add_argument("--no-alignment", action="store_true", help="disable watermark alignment")
-    parser.add_argument("--stop-at-latest", action="store_true", help="end at the topic's end")
+    parser.add_argument(
+        "--stop-at-latest", action="store_true", help="end at the topic's (stream's) end"
+    )
     parser.add_argument("--key", required=True, help="key column(s), comma-separated")
     parser.add_argument("--size", default="30d", help="window size (30d)")
     parser.add_argument("--slide", help="sliding window slide (e.g. 5m; omit: tumbling)")

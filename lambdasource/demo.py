@@ -284,9 +284,7 @@ async def run_demo(
             return ls.ParquetLake(str(lake_dir), time_column="event_time")
 
         lake = make_lake()
-        stream = backend.source(
-            CLICKSTREAM_SCHEMA, out_of_orderness=cfg.jitter, idle_timeout="2s"
-        )
+        stream = backend.source(CLICKSTREAM_SCHEMA, out_of_orderness=cfg.jitter, idle_timeout="2s")
         source = ls.LambdaSource(
             lake,
             stream,
@@ -471,13 +469,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--partitions",
         type=_positive,
         default=d.partitions,
-        help=f"Kafka partitions ({d.partitions})",
+        help=f"Kafka partitions or Kinesis shards ({d.partitions})",
     )
     parser.add_argument(
         "--live",
         type=float,
         default=d.live,
         help=f"seconds to stay live after the bootstrap ({d.live:g})",
+    )
+    parser.add_argument(
+        "--stream",
+        choices=("kafka", "kinesis"),
+        default=d.stream,
+        help="the embedded stream: kafka (a Tansu broker) or kinesis (moto's server; "
+        "pip install -e '.[kinesis-demo]')",
     )
     parser.add_argument(
         "--lake",
@@ -538,6 +543,7 @@ def command(args: argparse.Namespace) -> int:
         alignment=not args.no_alignment,
         max_drift=args.max_drift,
         lake_format=args.lake,
+        stream=args.stream,
         bootstrap=args.bootstrap,
         compare=not args.no_compare,
         seed=args.seed,
@@ -546,7 +552,8 @@ def command(args: argparse.Namespace) -> int:
     )
     console = Console(highlight=False)
     console.print(
-        "[bold]lambdasource demo[/] — lake + Kafka → 30-day sliding windows → DuckDB upsert store"
+        f"[bold]lambdasource demo[/] — lake + {'Kinesis' if cfg.stream == 'kinesis' else 'Kafka'}"
+        " → 30-day sliding windows → DuckDB upsert store"
     )
     started = time.monotonic()
 
@@ -574,8 +581,9 @@ def _summary(console: Any, cfg: DemoConfig, result: DemoResult) -> None:
     table.add_row("events", f"{result.events:,} generated + {result.live_rows:,} live")
     table.add_row("from the lake", f"{result.lake_rows:,} ({cfg.lake_format})")
     table.add_row("from the stream", f"{result.stream_rows:,} before going live")
-    offsets = ", ".join(f"p{p}@{o:,}" for p, o in sorted(result.handoff.items())) or "-"
-    table.add_row("handoff", f"exact offsets: {offsets}")
+    label = "shard" if cfg.stream == "kinesis" else "p"
+    offsets = ", ".join(f"{label}{p}@{o:,}" for p, o in sorted(result.handoff.items())) or "-"
+    table.add_row("handoff", f"exact {cfg.position}s: {offsets}")
     table.add_row(
         "bootstrap",
         f"{result.bootstrap_s:.1f}s to catch up, from {result.bootstrap_mode} "

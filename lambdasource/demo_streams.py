@@ -106,10 +106,91 @@ class DemoKafka:
         )
 
 
+class DemoKinesis:
+    """moto's Kinesis server on a free loopback port (:mod:`..embedded_kinesis`), one stream
+    of ``partitions`` shards, one aiobotocore client kept open for the puts."""
+
+    kind = "kinesis"
+
+    def __init__(self) -> None:
+        self.server: Any = None
+        self.client: Any = None
+        self._clients: contextlib.AsyncExitStack | None = None
+        self.stream = ""
+
+    def config(self) -> Any:
+        from .embedded_kinesis import CREDENTIALS, REGION
+        from .sources.kinesis.config import KinesisConfig
+
+        return KinesisConfig(
+            endpoint_url=self.server.endpoint_url,
+            region=REGION,
+            access_key_id=CREDENTIALS["aws_access_key_id"],
+            secret_access_key=CREDENTIALS["aws_secret_access_key"],
+        )
+
+    async def start(self, name: str, partitions: int) -> None:
+        from aiobotocore.session import get_session
+
+        from .embedded_kinesis import EmbeddedKinesis, create_stream
+
+        self.server = EmbeddedKinesis().start()
+        self.stream = name
+        self._clients = contextlib.AsyncExitStack()
+        self.client = await self._clients.enter_async_context(
+            get_session().create_client("kinesis", **self.server.client_kwargs())
+        )
+        await create_stream(self.client, name, partitions)
+
+    async def stop(self) -> None:
+        clients, self._clients = self._clients, None
+        if clients is not None:
+            with contextlib.suppress(Exception):
+                await clients.aclose()
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
+
+    def describe(self) -> str:
+        return f"kinesis: moto at {self.server.endpoint_url}, stream {self.stream!r}"
+
+    async def put(self, table: pa.Table) -> None:
+        from .embedded_kinesis import put_json
+
+        await put_json(self.client, self.stream, table, KEY)
+
+    def archiver(self, writer: Any, schema: pa.Schema, **options: Any) -> Any:
+        from lake.kinesis_archiver import KinesisArchiver
+
+        return KinesisArchiver(
+            self.stream,
+            writer,
+            "event_time",
+            config=self.config(),
+            schema=schema,
+            stop_at="latest",
+            **options,
+        )
+
+    def source(self, schema: pa.Schema, **options: Any) -> Any:
+        import lambdasource as ls
+
+        return ls.KinesisStream(
+            self.stream,
+            time_column="event_time",
+            format="json",
+            schema=schema,
+            config=self.config(),
+            **options,
+        )
+
+
 def demo_stream(kind: str) -> DemoStream:
     """The backend for ``--stream kind``."""
     if kind == "kafka":
         return DemoKafka()
+    if kind == "kinesis":
+        return DemoKinesis()
     from .errors import ConfigError
 
     raise ConfigError(f"demo: --stream must be kafka or kinesis, got {kind!r}")

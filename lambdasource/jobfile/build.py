@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ..sinks.base import Sink
     from ..sources.base import Source
     from ..sources.kafka.stream import KafkaStream
+    from ..sources.kinesis.stream import KinesisStream
     from ..sources.lake.source import LakeSource
     from .spec import JobSpec
 
@@ -224,12 +225,15 @@ def build_security(options: Mapping[str, Any] | None, base: Path) -> KafkaSecuri
 
 def build_stream(
     spec: Mapping[str, Any] | StreamSection, lake: Any | None, base: Path | None = None
-) -> KafkaStream:
-    """``[stream]`` → ``KafkaStream``; ``schema = "lake"`` takes the lake's schema."""
+) -> KafkaStream | KinesisStream:
+    """``[stream]`` → ``KafkaStream`` (or ``KinesisStream``, ``kind = "kinesis"``);
+    ``schema = "lake"`` takes the lake's schema."""
     from ..sources.kafka.stream import KafkaStream
+    from ..sources.kinesis.config import KinesisConfig
+    from ..sources.kinesis.stream import KinesisStream
 
     section = spec if isinstance(spec, StreamSection) else validate_section("stream", spec)
-    options = section.options()
+    options = section.stream_options()
     schema = options.pop("schema", None)
     with _section("stream"):
         security = build_security(options.pop("security", None), base or Path.cwd())
@@ -246,6 +250,11 @@ def build_stream(
                 ) from exc
         elif schema is not None:
             options["schema"] = parse_schema(schema)
+        if section.kind == "kinesis":
+            config = KinesisConfig(
+                endpoint_url=options.pop("endpoint_url", None), region=options.pop("region", None)
+            )
+            return KinesisStream(options.pop("stream_name"), config=config, **options)
         return KafkaStream(options.pop("topic"), options.pop("bootstrap_servers"), **options)
 
 
