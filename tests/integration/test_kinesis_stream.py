@@ -495,3 +495,25 @@ async def test_children_of_a_latest_start_are_read_from_their_beginning(
     await asyncio.sleep(0.2)
     await stop(task, stream)
     check_oracle(recorder, put)
+
+
+async def test_a_bounded_shard_ends_only_on_an_empty_answer_at_the_tip(
+    kinesis: KinesisService,
+) -> None:
+    """One PutRecords of 40 records arrives within a millisecond: every partial answer (5 a call)
+    says MillisBehindLatest 0 though records remain; the shard must not end before they are."""
+    name = kinesis.new_stream(1)
+    put = events(0, 40)
+    kinesis.client().put_records(
+        StreamName=name,
+        Records=[
+            {"Data": orjson.dumps({"event_time": t, "id": i, "user": u}), "PartitionKey": u}
+            for i, t, u in put
+        ],
+    )
+    stream = KinesisStream(
+        name, stop_at="latest", out_of_orderness="1s", **stream_args(kinesis, max_records=5)
+    )
+    recorder = Recorder()
+    await stream.run(recorder)
+    check_oracle(recorder, put)

@@ -1,4 +1,4 @@
-"""Shard splits and the shard emitter: idleness needs MillisBehindLatest 0; held-row bookkeeping
+"""Shard splits and the shard emitter: idleness needs an empty answer at the tip; held-row bookkeeping
 and emitted positions stay exact for real Kinesis' 56-digit sequence numbers."""
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ def test_a_shard_is_idle_only_when_caught_up_and_quiet() -> None:
     split.millis_behind_latest = 4_000  # behind the tip: not idle however quiet
     split.update_idle(12.0)
     assert split.metrics()["idle"] is False
-    split.millis_behind_latest = 0
+    split.millis_behind_latest = 0  # a non-empty answer 0 ms behind: maybe more to read
+    split.update_idle(12.0)
+    assert split.metrics()["idle"] is False
+    split.at_tip = True  # an empty answer at the tip
     split.update_idle(12.0)
     assert split.metrics()["idle"] is True
     split.set_paused(True, 12.0)  # held by alignment: never idle

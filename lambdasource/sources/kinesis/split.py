@@ -2,8 +2,9 @@
 number, offsets = sequence numbers as Python ints; held offsets are an int64 array, or dtype=object
 once a sequence number exceeds 2**63-1) with Kinesis' notion of caught up.
 
-Caught up: the last GetRecords answer for the shard reported ``MillisBehindLatest`` 0 and returned
-no record beyond what was emitted (Kinesis has no highwater offset). Idle, as for Kafka: caught up,
+Caught up: the last GetRecords answer for the shard was empty and reported ``MillisBehindLatest``
+0 (Kinesis has no highwater offset; a non-empty answer may report 0 with more records to read —
+the value has millisecond resolution). Idle, as for Kafka: caught up,
 confirmed by an answer within ``confirm_window``, quiet for ``idle_timeout``, not paused.
 
 Lifecycle: ``ended`` once its reader read the closed shard to its end (or a bounded read reached
@@ -38,6 +39,7 @@ class ShardSplit(PartitionSplit):
 
     shard_id: str = ""
     millis_behind_latest: int | None = None
+    at_tip: bool = False  # the last answer was empty, 0 ms behind
     ended: bool = False
     stop_reached: bool = False  # bounded: everything before the stop was read
     carried: int | None = None  # the watermark carried over from its parents (a floor)
@@ -48,7 +50,7 @@ class ShardSplit(PartitionSplit):
 
     @property
     def caught_up(self) -> bool:
-        return self.millis_behind_latest == 0
+        return self.at_tip
 
     @property
     def lag(self) -> int | None:

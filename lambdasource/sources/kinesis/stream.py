@@ -389,7 +389,9 @@ class KinesisStream(Source):
             split.stop_offset = after.records[0].offset
             del self.shardset.sentinels[split.partition]
             return fetch, False
-        return fetch, fetch.millis_behind_latest == 0
+        # an empty answer at the tip: a non-empty one may say 0 ms behind with more to read
+        # (MillisBehindLatest has millisecond resolution)
+        return fetch, not fetch.records and fetch.millis_behind_latest == 0
 
     async def _handle(
         self,
@@ -408,11 +410,11 @@ class KinesisStream(Source):
                 split.position = stop if split.position is None else max(split.position, stop)
         reader = self.readers[split.partition]
         split.millis_behind_latest = fetch.millis_behind_latest
+        split.at_tip = not fetch.records and fetch.millis_behind_latest == 0
         split.responded(reader.calls, now)
         if complete:
             split.stop_reached = True
-        quiet = not fetch.records and fetch.millis_behind_latest == 0
-        self._next_poll[split.partition] = now + (self.poll_interval if quiet else 0.0)
+        self._next_poll[split.partition] = now + (self.poll_interval if split.at_tip else 0.0)
         self.shardset.check_ended(split)
 
     async def drive(self, out: SourceOutput, hooks: DriveHooks | None = None) -> None:
