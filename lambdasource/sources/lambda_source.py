@@ -515,7 +515,7 @@ class LambdaSource(Source):
                         "allow_gaps=True to continue without them"
                     )
                 self.missing_offsets[number] = (need, begin)
-                self.stream.seek(number, begin)
+                self.stream.seek(number, begin)  # a shard waiting for its parents starts there
 
     def _check_retained_since_cutoff(self) -> None:
         """Timestamp handoff: each partition must still hold its records from ``cutoff −

@@ -104,16 +104,26 @@ def split_shard(kinesis: KinesisService, stream: str, shard: str) -> None:
     )
 
 
+def merge_shards(kinesis: KinesisService, stream: str, shard: str, adjacent: int) -> None:
+    client = kinesis.client()
+    client.merge_shards(
+        StreamName=stream, ShardToMerge=shard, AdjacentShardToMerge=f"shardId-{adjacent:012d}"
+    )
+    client.get_waiter("stream_exists").wait(
+        StreamName=stream, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100}
+    )
+
+
 @pytest.mark.usefixtures("kinesis_resharding")
-async def test_exactly_once_by_sequence_number_then_split(
+async def test_exactly_once_by_sequence_number_then_split_and_merge(
     kinesis: KinesisService, tmp_path: Path
 ) -> None:
     stream = await asyncio.to_thread(kinesis.new_stream, 2)
-    first = rows(1_500)
+    first = rows(1_000)
     acked1 = await asyncio.to_thread(put, kinesis, stream, encode(first))
     lake = ParquetLakeWriter(tmp_path / "lake", TIME, row_group_rows=128)
-    summary = await archiver(kinesis, stream, lake, commit_rows=400).run()
-    assert summary.records == summary.rows == 1_500
+    summary = await archiver(kinesis, stream, lake, commit_rows=300).run()
+    assert summary.records == summary.rows == 1_000
     assert summary.commits >= 2  # commit_rows forces several commits
     assert lake.offsets() == summary.offsets == next_positions(acked1)
     assert ids(lake_table(lake)) == ids(first)
@@ -143,10 +153,21 @@ async def test_exactly_once_by_sequence_number_then_split(
     assert not lineage[2].closed and not lineage[1].finished
     report = format_report(await ainspect_parquet(tmp_path / "lake"))  # `lambdasource inspect`
     assert f"kinesis stream {stream}, next per shard): 0:" in report
-    # a third run finds nothing new and commits nothing
-    before = len(lake.commits())
+    # merge the two children back: the merged shard (parents 2 and 3) is archived after both
+    await asyncio.to_thread(merge_shards, kinesis, stream, "shardId-000000000002", 3)
+    third = rows(300, seed=9, first_id=200_000)
+    acked3 = await asyncio.to_thread(put, kinesis, stream, encode(third))
+    assert set(acked3) == {1, 4}
     summary3 = await archiver(kinesis, stream, lake).run()
-    assert summary3.records == 0 and len(lake.commits()) == before
+    assert summary3.records == 300
+    assert ids(lake_table(lake)) == ids(pa.concat_tables([everything, third]))
+    assert lake.offsets() == next_positions(acked1, acked_tail, acked2, acked3)
+    lineage = lake.commits()[-1].shards
+    assert lineage[4].parents == (2, 3) and lineage[2].finished and lineage[3].finished
+    # a fourth run finds nothing new and commits nothing
+    before = len(lake.commits())
+    summary4 = await archiver(kinesis, stream, lake).run()
+    assert summary4.records == 0 and len(lake.commits()) == before
 
 
 async def test_crash_between_commits_resumes_exactly_once(
