@@ -51,13 +51,17 @@ def put_events(
     if shard is not None:
         listed = {s["ShardId"]: s for s in client.list_shards(StreamName=stream)["Shards"]}
         hash_key = listed[shard_id(shard)]["HashKeyRange"]["StartingHashKey"]
-    placed = []
-    for event_id, t_ms, user in events:
-        extra = {} if hash_key is None else {"ExplicitHashKey": hash_key}
-        answer = client.put_record(
-            StreamName=stream, Data=event(event_id, t_ms, user), PartitionKey=user, **extra
-        )
-        placed.append((answer["ShardId"], int(answer["SequenceNumber"])))
+    placed: list[tuple[str, int]] = []
+    for first in range(0, len(events), 500):  # PutRecords keeps the order of a request's records
+        entries = []
+        for event_id, t_ms, user in events[first : first + 500]:
+            entry: dict[str, Any] = {"Data": event(event_id, t_ms, user), "PartitionKey": user}
+            if hash_key is not None:
+                entry["ExplicitHashKey"] = hash_key
+            entries.append(entry)
+        answer = client.put_records(StreamName=stream, Records=entries)
+        assert not answer.get("FailedRecordCount")
+        placed += [(r["ShardId"], int(r["SequenceNumber"])) for r in answer["Records"]]
     return placed
 
 
