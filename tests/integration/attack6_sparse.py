@@ -1,0 +1,142 @@
+"""A proxy in front of moto that gives Kinesis' real sequence numbers: sparse and 56 digits.
+
+moto numbers the records of a shard 1, 2, 3 …; real Kinesis numbers are ~56-digit decimals with
+large, irregular steps between consecutive records of a shard (never ``last + 1``). The proxy maps
+moto's ``n`` to ``OFFSET + n * STRIDE`` in every answer that carries a sequence number (PutRecord,
+PutRecords, GetRecords, ListShards, DescribeStream) and back in every request that names one
+(GetShardIterator at/after a sequence number): ``AT`` a number between two records starts at the
+next record, ``AFTER`` one starts after the previous record — a sequence number names a place in
+the shard's order, as on Kinesis. Iterators stay moto's (opaque to the client).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.services.kinesis import KinesisService
+from tests.services.ports import free_port
+
+OFFSET = 49_590_338_271_490_256_608_559_692_538_361_571_095_921_575_989_136_588_898
+STRIDE = 1_000_003
+
+
+def to_real(moto_sequence: str | int) -> str:
+    return str(OFFSET + int(moto_sequence) * STRIDE)
+
+
+def to_moto(real_sequence: str, iterator_type: str) -> str:
+    """A real number back to moto's: AT rounds up to the next record, AFTER rounds down."""
+    steps, remainder = divmod(int(real_sequence) - OFFSET, STRIDE)
+    if iterator_type == "AT_SEQUENCE_NUMBER" and remainder:
+        steps += 1
+    return str(max(steps, 0))
+
+
+def _rewrite_answer(operation: str, body: dict[str, Any]) -> None:
+    if operation == "PutRecord" and "SequenceNumber" in body:
+        body["SequenceNumber"] = to_real(body["SequenceNumber"])
+    for record in body.get("Records", []):
+        if "SequenceNumber" in record:
+            record["SequenceNumber"] = to_real(record["SequenceNumber"])
+    shards = body.get("Shards") or body.get("StreamDescription", {}).get("Shards", [])
+    for shard in shards:
+        numbers = shard.get("SequenceNumberRange", {})
+        for key in ("StartingSequenceNumber", "EndingSequenceNumber"):
+            if key in numbers:
+                numbers[key] = to_real(numbers[key])
+
+
+def _rewrite_request(operation: str, body: dict[str, Any]) -> None:
+    if operation == "GetShardIterator" and "StartingSequenceNumber" in body:
+        body["StartingSequenceNumber"] = to_moto(
+            body["StartingSequenceNumber"], body.get("ShardIteratorType", "")
+        )
+
+
+@dataclass
+class SparseSequenceProxy:
+    upstream: str
+    port: int = 0
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                operation = (self.headers.get("X-Amz-Target") or "").rpartition(".")[2]
+                if raw:
+                    request = json.loads(raw)
+                    _rewrite_request(operation, request)
+                    raw = json.dumps(request).encode()
+                host, _, port = proxy.upstream.partition(":")
+                connection = http.client.HTTPConnection(host, int(port), timeout=30)
+                try:
+                    headers = {
+                        k: v
+                        for k, v in self.headers.items()
+                        if k.lower() not in ("host", "content-length")
+                    }
+                    headers["Content-Length"] = str(len(raw))
+                    connection.request("POST", self.path, body=raw, headers=headers)
+                    response = connection.getresponse()
+                    data = response.read()
+                    if response.status == 200 and data:
+                        answer = json.loads(data)
+                        _rewrite_answer(operation, answer)
+                        data = json.dumps(answer).encode()
+                    self.send_response(response.status)
+                    for key, value in response.getheaders():
+                        if key.lower() not in (
+                            "content-length",
+                            "connection",
+                            "transfer-encoding",
+                            "x-amz-crc32",
+                        ):
+                            self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                finally:
+                    connection.close()
+
+        self.port = self.port or free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@pytest.fixture(name="sparse_kinesis")
+def sparse_kinesis_fixture(kinesis: KinesisService) -> Iterator[KinesisService]:
+    """The session's moto server seen through the proxy: a KinesisService whose endpoint (and
+    ``client()``) gives real-looking sparse 56-digit sequence numbers."""
+    proxy = SparseSequenceProxy(upstream=urlparse(kinesis.endpoint_url).netloc)
+    proxy.start()
+    try:
+        yield KinesisService(endpoint_url=proxy.endpoint_url, port=proxy.port)
+    finally:
+        proxy.stop()
