@@ -517,3 +517,64 @@ async def test_a_bounded_shard_ends_only_on_an_empty_answer_at_the_tip(
     recorder = Recorder()
     await stream.run(recorder)
     check_oracle(recorder, put)
+
+
+def _open_shards(client: Any, name: str) -> list[dict[str, Any]]:
+    shards = client.list_shards(StreamName=name)["Shards"]
+    return sorted(
+        (s for s in shards if "EndingSequenceNumber" not in s["SequenceNumberRange"]),
+        key=lambda s: int(s["HashKeyRange"]["StartingHashKey"]),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_resharding_while_producing(kinesis: KinesisService, seed: int) -> None:
+    """Eight rounds of a random split or merge of open shards while events are put and the
+    stream reads (slowly: 10 records a call): every event once, per key in put order, no late
+    record, no regression."""
+    rng = random.Random(seed)
+    name = kinesis.new_stream(2)
+    client = kinesis.client()
+    stream = KinesisStream(
+        name,
+        out_of_orderness="200ms",
+        shard_discovery="100ms",
+        idle_timeout="30s",
+        **stream_args(kinesis, max_records=10, calls_per_second=20.0),
+    )
+    recorder = Recorder()
+    await stream.open()
+    task = asyncio.create_task(stream.drive(recorder))
+    put: list[tuple[int, int, str]] = []
+    for round_ in range(8):
+        batch = events(round_ * 40, 40, users=20, seed=seed)
+        put_events(kinesis, name, batch)
+        put += batch
+        await asyncio.sleep(rng.uniform(0.0, 0.4))
+        shards = _open_shards(client, name)
+        if len(shards) >= 2 and rng.random() < 0.5:
+            at = rng.randrange(len(shards) - 1)
+            client.merge_shards(
+                StreamName=name,
+                ShardToMerge=shards[at]["ShardId"],
+                AdjacentShardToMerge=shards[at + 1]["ShardId"],
+            )
+        else:
+            shard = rng.choice(shards)
+            low = int(shard["HashKeyRange"]["StartingHashKey"])
+            high = int(shard["HashKeyRange"]["EndingHashKey"])
+            client.split_shard(
+                StreamName=name,
+                ShardToSplit=shard["ShardId"],
+                NewStartingHashKey=str(rng.randrange(low + 2, high - 1)),
+            )
+    final = events(1000, 40, users=20, seed=seed)
+    put_events(kinesis, name, final)
+    put += final
+    await recorder.wait_for(len(put), seconds=60)
+    await asyncio.sleep(0.5)
+    metrics = stream.metrics()
+    await stop(task, stream)
+    check_oracle(recorder, put)
+    assert len(metrics["shards"]) >= 10
