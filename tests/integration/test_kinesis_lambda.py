@@ -176,7 +176,7 @@ async def run_until(pipeline: ls.Pipeline, sink: OrderedSink, total: int, second
     task = asyncio.create_task(pipeline.run())
     try:
         await wait_for(lambda: task.done() or sum(sink.ids().values()) >= total, seconds)
-        await asyncio.sleep(0.5)  # duplicates, if any, would arrive now
+        await asyncio.sleep(0.4)  # duplicates, if any, would arrive now
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -210,8 +210,8 @@ async def test_handoff_exact(kinesis: KinesisService, tmp_path: Path, handoff: s
 async def test_records_put_while_the_job_plans_its_handoff(
     kinesis: KinesisService, tmp_path: Path
 ) -> None:
-    stream, ledger, writer = await archived_stream(kinesis, tmp_path)
-    more = [rows(150, seed=10 + i, first_id=20_000 + 1_000 * i) for i in range(6)]
+    stream, ledger, writer = await archived_stream(kinesis, tmp_path, archived=400)
+    more = [rows(150, seed=10 + i, first_id=20_000 + 1_000 * i) for i in range(4)]
     _, sink, pipeline = source(kinesis, stream, tmp_path / "lake", stop_at=None)
     done = threading.Event()
 
@@ -223,7 +223,7 @@ async def test_records_put_while_the_job_plans_its_handoff(
     putter = threading.Thread(target=put_meanwhile)
     putter.start()  # records arrive while the source pins the lake, lists shards and opens
     try:
-        await run_until(pipeline, sink, 800 + 900, 30)
+        await run_until(pipeline, sink, 400 + 600, 30)
     finally:
         await asyncio.to_thread(putter.join)
     assert done.is_set()
