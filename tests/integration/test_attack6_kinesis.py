@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import lambdasource as ls
 from lake.writer import ParquetLakeWriter
 from lambdasource.sources.kinesis import KinesisStream
 from tests.integration.attack6_sparse import OFFSET, sparse_kinesis_fixture, to_moto  # noqa: F401
@@ -177,3 +178,55 @@ async def test_allowed_gap_counts_records_not_sequence_number_width(
     check(sink, offsets_reference(lake_table(writer), ledger, recorded) - lost)
     [gap] = lambda_source.metrics()["missing_offsets"].values()
     assert gap["count"] <= 350, gap
+
+
+# (payload, event id it must come out as, or None: a dead letter)
+BAD_INPUT: list[tuple[bytes, int | None]] = [
+    (b'{"event_time": %d, "id": 1, "user": "a"}' % BASE_MS, 1),
+    (b'{"event_time": null, "id": 2, "user": "a"}', None),
+    (b'{"event_time": "abc", "id": 3, "user": "a"}', None),
+    (b'{"id": 4, "user": "a"}', None),
+    (b'{"event_time": 1, "id": 5', None),
+    (b"\xff\xfe\x00\x01", None),
+    (b"[1,2]", None),
+    (b"5", None),
+    (b"null", None),
+    (b'{"event_time": 100000000000000000, "id": 10, "user": "a"}', None),  # µs overflow int64
+    (b'{"event_time": 1e30, "id": 11, "user": "a"}', None),
+    (b'{"event_time": 1700000000000.5, "id": 12, "user": "a"}', 12),
+    (b'{"event_time": %d, "id": "x13", "user": "a"}' % BASE_MS, None),
+    (b'{"event_time": true, "id": 14, "user": "a"}', None),
+    (b'{"event_time": -5, "id": 15, "user": "a"}', 15),
+    (b'{"event_time": "2023-11-14T22:13:20Z", "id": 18, "user": "a"}', 18),
+    (b'\xef\xbb\xbf{"event_time": 1, "id": 19, "user": "a"}', None),
+    (b'{"event_time": 253402300799999, "id": 21, "user": "a"}', None),  # > max_ahead
+    (b'{"event_time": %d, "id": 22, "user": "a"}' % BASE_MS, 22),  # after the far future
+    (b'{"event_time": %d, "id": 22, "user": "a"}' % BASE_MS, 22),  # the same record again
+]
+
+
+async def test_every_bad_record_is_a_dead_letter_or_a_row_never_lost(
+    kinesis: KinesisService,
+) -> None:
+    """Each put record comes out exactly once: as a row (duplicates kept) or as a dead letter
+    naming its shard and sequence number; nothing crashes the job."""
+    name = await asyncio.to_thread(kinesis.new_stream, 1)
+    client = kinesis.client()
+    sequences = [
+        client.put_record(StreamName=name, Data=data, PartitionKey="p")["SequenceNumber"]
+        for data, _ in BAD_INPUT
+    ]
+    pipeline = ls.Pipeline()
+    events = pipeline.source(ls.KinesisStream(name, stop_at="latest", **stream_args(kinesis)))
+    rows_sink = events.sink(ls.CollectSink())
+    dead_sink = events.dead_letters().sink(ls.CollectSink())
+    await pipeline.run()
+    assert Counter(rows_sink.table().column("id").to_pylist()) == Counter(
+        event_id for _, event_id in BAD_INPUT if event_id is not None
+    )
+    dead_positions = Counter(dead_sink.table().column("_position").to_pylist())
+    assert dead_positions == Counter(
+        f"stream={name} shard=shardId-000000000000 sequence={sequence}"
+        for (_, event_id), sequence in zip(BAD_INPUT, sequences, strict=True)
+        if event_id is None
+    )
