@@ -3,7 +3,9 @@
 partition = shard number (``shardId-000000000007`` → 7), offset = sequence number (a Python int of
 any size; written as a decimal string in JSON), position = the next sequence number to emit (last
 emitted + 1). :mod:`.config` (endpoint and credentials), :mod:`.shards` (listing and lineage),
-:mod:`.reader` (one shard's GetRecords loop), :mod:`.stream` (``ls.KinesisStream``).
+:mod:`.reader` (one shard's GetRecords loop), :mod:`.stream` (``ls.KinesisStream``) with its
+:mod:`.shardset` (splits in lineage order, checkpoint), :mod:`.split`, :mod:`.emit` (Kafka's
+decoders over Kinesis records) and :mod:`.starts`.
 """
 
 from .config import KinesisConfig

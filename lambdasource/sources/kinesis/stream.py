@@ -7,9 +7,9 @@ shard (5 calls/s per shard at most; a caught-up shard is polled every ``poll_int
 each answer when it arrives, through Kafka's decoders (:class:`~.emit.ShardEmitter`).
 
 Watermarks: per shard bounded out-of-orderness; the stream's watermark is the minimum over live
-shards (neither idle nor finished); a shard is idle only when caught up (``MillisBehindLatest`` 0
-on a recent answer) and quiet for ``idle_timeout``; when all are idle the stream forwards their
-maximum, marked idle — as KafkaStream.
+shards (neither idle nor finished); a shard is idle only when caught up (a recent answer was
+empty, ``MillisBehindLatest`` 0) and quiet for ``idle_timeout``, never while paused; when all are
+idle the stream forwards their maximum, marked idle — as KafkaStream.
 
 Resharding: shards are listed at open and every ``shard_discovery``; a child shard is read only
 once all its parents ended (:class:`~.shards.ShardLineage`), and starts with the watermark its
@@ -26,8 +26,9 @@ were trimmed before they were read; ``allow_gaps=True`` continues from there, co
 closed shard's end likewise.
 
 Bounded reads (``stop_at="latest"``): each shard open at open gets a sentinel iterator at LATEST;
-the first record it returns is the stop (exclusive), and a caught-up read with the sentinel still
-empty ends the shard: exactly the records present when the stream opened. The final watermark is
+the first record it returns is the stop (exclusive), and an empty answer at the tip with the
+sentinel still empty ends the shard: exactly the records present when the stream opened (each
+read costs a sentinel read until the sentinel sees a record). The final watermark is
 the maximum event time read.
 
 Checkpoints: ``{"positions": {shard: next sequence (decimal string)}, "held": {shard: rows +
@@ -79,6 +80,11 @@ class KinesisStream(Source):
     column. ``format``: ``"json"`` (needs ``schema``), ``"raw"`` or a callable decoder.
     ``config``: endpoint and credentials (:class:`KinesisConfig`; default: the AWS environment).
     ``shards``: shard numbers or ids to read (default all, children included as they appear).
+    ``poll_interval``: the wait before polling a caught-up shard again; ``calls_per_second``: the
+    GetRecords budget per shard (Kinesis allows 5); ``max_records``: records per GetRecords;
+    ``shard_discovery``: how often ListShards looks for closures and children (unbounded reads
+    of all shards only); ``max_ahead``, ``allow_gaps``, ``out_of_orderness``, ``idle_timeout``:
+    as KafkaStream's.
     """
 
     kind = "kinesis"
