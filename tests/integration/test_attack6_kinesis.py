@@ -218,8 +218,9 @@ async def test_every_bad_record_is_a_dead_letter_or_a_row_never_lost(
     ]
     pipeline = ls.Pipeline()
     events = pipeline.source(ls.KinesisStream(name, stop_at="latest", **stream_args(kinesis)))
-    rows_sink = events.sink(ls.CollectSink())
-    dead_sink = events.dead_letters().sink(ls.CollectSink())
+    rows_sink, dead_sink = ls.CollectSink(), ls.CollectSink()
+    events.sink(rows_sink)
+    events.dead_letters().sink(dead_sink)
     await pipeline.run()
     assert Counter(rows_sink.table().column("id").to_pylist()) == Counter(
         event_id for _, event_id in BAD_INPUT if event_id is not None
