@@ -34,7 +34,13 @@ from lambdasource.timeutil import HOUR
 from tests.integration.kinesis_moto import trim
 from tests.integration.ordered import OrderedSink
 from tests.integration.test_archiver import SCHEMA, TIME, encode, lake_table, rows
-from tests.integration.test_kinesis_archiver import archiver, config_of, put, split_shard
+from tests.integration.test_kinesis_archiver import (
+    archiver,
+    config_of,
+    merge_shards,
+    put,
+    split_shard,
+)
 from tests.services.kinesis import KinesisService
 from tests.services.kinesis_reshard import kinesis_resharding  # noqa: F401 - a fixture
 
@@ -242,6 +248,22 @@ async def test_split_during_the_stream_phase(kinesis: KinesisService, tmp_path: 
     await asyncio.to_thread(ledger.put, kinesis, stream, rows(600, seed=4, first_id=40_000))
     await task
     assert {2, 3} <= set(ledger.parts[-1].column("shard").to_pylist())  # children got records
+    check(sink, offsets_reference(lake_table(writer), ledger, writer.offsets()), in_order=False)
+
+
+@pytest.mark.usefixtures("kinesis_resharding")
+async def test_merge_during_the_stream_phase(kinesis: KinesisService, tmp_path: Path) -> None:
+    """Both recorded shards merge into a child while the job reads them: the child is read
+    only after both parents ended, every record once."""
+    stream, ledger, writer = await archived_stream(kinesis, tmp_path)
+    await asyncio.to_thread(ledger.put, kinesis, stream, rows(300, seed=6, first_id=60_000))
+    _, sink, pipeline = source(kinesis, stream, tmp_path / "lake", stop_at=None)
+    task = asyncio.create_task(run_until(pipeline, sink, 800 + 300 + 600, 40))
+    assert await wait_for(lambda: sum(sink.ids().values()) >= 1_100, 20)
+    await asyncio.to_thread(merge_shards, kinesis, stream, "shardId-000000000000", 1)
+    await asyncio.to_thread(ledger.put, kinesis, stream, rows(600, seed=7, first_id=70_000))
+    await task
+    assert set(ledger.parts[-1].column("shard").to_pylist()) == {2}  # the child took them all
     check(sink, offsets_reference(lake_table(writer), ledger, writer.offsets()), in_order=False)
 
 
