@@ -14,18 +14,23 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 import lambdasource as ls
 from lake.writer import ParquetLakeWriter
 from lambdasource.sources.kinesis import KinesisStream
+from lambdasource.timeutil import HOUR
 from tests.integration.attack6_sparse import OFFSET, sparse_kinesis_fixture, to_moto  # noqa: F401
 from tests.integration.kinesis_helpers import BASE_MS, Recorder, put_events, stream_args
 from tests.integration.kinesis_moto import trim
-from tests.integration.test_archiver import lake_table, rows
+from tests.integration.ordered import OrderedSink
+from tests.integration.test_archiver import SCHEMA, lake_table, rows
 from tests.integration.test_kinesis_archiver import archiver, merge_shards, split_shard
 from tests.integration.test_kinesis_lambda import Ledger, check, offsets_reference, source
 from tests.services.kinesis import KinesisService
+from tests.services.kinesis_proxy import KinesisProxy, kinesis_proxy  # noqa: F401 - a fixture
 from tests.services.kinesis_reshard import kinesis_resharding  # noqa: F401 - a fixture
 
 pytestmark = [pytest.mark.kinesis, pytest.mark.timeout(90)]
@@ -377,3 +382,65 @@ async def test_restore_while_one_merge_parent_ended_keeps_its_hold(
     await second.close()
     assert Counter(recorder.ids() + resumed.ids()) == expected
     assert (resumed.regressions, resumed.late) == ([], [])
+
+
+def ordered_rows(first_id: int, count: int, start_us: int, step_us: int) -> pa.Table:
+    """``count`` rows with event ids from ``first_id``, times rising by ``step_us`` (ms-exact)."""
+    times = [start_us + i * step_us for i in range(count)]
+    return pa.table(
+        {
+            "event_time": pa.array(times, pa.int64()).cast(SCHEMA.field("event_time").type),
+            "event_id": pa.array(range(first_id, first_id + count), pa.int64()),
+            "user_id": pa.array([i % 7 for i in range(count)], pa.int64()),
+            "session_id": pa.array([0] * count, pa.int64()),
+            "kind": ["view"] * count,
+            "page": ["/"] * count,
+            "device": ["web"] * count,
+            "amount": pa.array([1.0] * count),
+        },
+        schema=SCHEMA,
+    )
+
+
+def stream_lead(sink: OrderedSink, first_id: int) -> int:
+    """Largest lead of a row with event id >= ``first_id`` over the watermark in force."""
+    worst, mark = -(2**62), None
+    for kind, payload in sink.events:
+        if kind == "wm":
+            mark = payload
+        elif mark is not None:
+            chosen = pc.greater_equal(payload.column("event_id"), first_id)
+            times = sink.micros(payload.filter(chosen))
+            if len(times):
+                worst = max(worst, int(times.max()) - mark)
+    return worst
+
+
+@pytest.mark.slow
+async def test_one_shard_hours_ahead_under_throttling_and_expired_iterators(
+    kinesis: KinesisService,
+    kinesis_proxy: KinesisProxy,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """After the lake, shard 1 runs 10 h ahead of shard 0 (alignment holds it: max_drift 1 m)
+    while the proxy throttles both shards and expires shard 1's iterators: every record once,
+    none late, and no stream row leads the watermark by more than max_drift + out_of_orderness.
+    (The lake's last rows, above its high-water mark, led it by 46 min here: not counted.)"""
+    stream, ledger, writer = await sparse_archived(kinesis, kinesis, tmp_path)
+    lake_end = max(pc.cast(lake_table(writer).column("event_time"), pa.int64()).to_pylist())
+    behind = ordered_rows(50_000, 200, lake_end + 1_000_000, 3_000_000)
+    ahead = ordered_rows(60_000, 200, lake_end + 10 * HOUR, 3_000_000)
+    await asyncio.to_thread(ledger.put, kinesis, stream, behind, "shardId-000000000000")
+    await asyncio.to_thread(ledger.put, kinesis, stream, ahead, "shardId-000000000001")
+    kinesis_proxy.inject("ProvisionedThroughputExceededException", 25)
+    kinesis_proxy.inject("ExpiredIteratorException", 4, shard="shardId-000000000001")
+    proxied = KinesisService(endpoint_url=kinesis_proxy.endpoint_url, port=kinesis_proxy.port)
+    _, sink, pipeline = source(
+        proxied, stream, tmp_path / "lake", alignment=ls.Alignment(max_drift="1m")
+    )
+    await pipeline.run()
+    expected = offsets_reference(lake_table(writer), ledger, writer.offsets())
+    assert sum(expected.values()) == 800
+    check(sink, expected)
+    assert stream_lead(sink, first_id=50_000) <= 60 * 1_000_000 + 5 * 60 * 1_000_000
+    assert kinesis_proxy.injected["ExpiredIteratorException"] == 4
