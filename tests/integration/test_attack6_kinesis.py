@@ -28,7 +28,14 @@ from tests.integration.kinesis_moto import trim
 from tests.integration.ordered import OrderedSink
 from tests.integration.test_archiver import SCHEMA, lake_table, rows
 from tests.integration.test_kinesis_archiver import archiver, merge_shards, split_shard
-from tests.integration.test_kinesis_lambda import Ledger, check, offsets_reference, source
+from tests.integration.test_kinesis_lambda import (
+    Ledger,
+    check,
+    offsets_reference,
+    run_until,
+    source,
+    wait_for,
+)
 from tests.services.kinesis import KinesisService
 from tests.services.kinesis_proxy import KinesisProxy, kinesis_proxy  # noqa: F401 - a fixture
 from tests.services.kinesis_reshard import kinesis_resharding  # noqa: F401 - a fixture
@@ -444,3 +451,29 @@ async def test_one_shard_hours_ahead_under_throttling_and_expired_iterators(
     check(sink, expected)
     assert stream_lead(sink, first_id=50_000) <= 60 * 1_000_000 + 5 * 60 * 1_000_000
     assert kinesis_proxy.injected["ExpiredIteratorException"] == 4
+
+
+@pytest.mark.usefixtures("kinesis_resharding")
+async def test_split_and_merge_while_the_job_reads_the_lake(
+    kinesis: KinesisService, tmp_path: Path
+) -> None:
+    """The lake recorded shards 0 and 1 part-way; while the job is still in its lake phase shard
+    0 is split (into 2, 3) and 3 merged with 1 (into 4), with records put in each era."""
+    stream, ledger, writer = await sparse_archived(kinesis, kinesis, tmp_path, archived=1_500)
+    await asyncio.to_thread(ledger.put, kinesis, stream, rows(100, seed=2, first_id=10_000))
+    _, sink, pipeline = source(kinesis, stream, tmp_path / "lake", stop_at=None)
+    task = asyncio.create_task(run_until(pipeline, sink, 1_500 + 100 + 150 + 150, 40))
+    assert await wait_for(lambda: sum(sink.ids().values()) >= 1, 20)
+    in_lake_phase = sum(sink.ids().values()) < 1_500
+    await asyncio.to_thread(split_shard, kinesis, stream, "shardId-000000000000")
+    await asyncio.to_thread(ledger.put, kinesis, stream, rows(150, seed=3, first_id=20_000))
+    await asyncio.to_thread(merge_shards, kinesis, stream, "shardId-000000000001", 3)
+    await asyncio.to_thread(ledger.put, kinesis, stream, rows(150, seed=4, first_id=30_000))
+    await task
+    assert in_lake_phase
+    assert set(ledger.parts[-1].column("shard").to_pylist()) == {2, 4}
+    check(
+        sink,
+        offsets_reference(lake_table(writer), ledger, writer.offsets()),
+        in_order=False,
+    )
