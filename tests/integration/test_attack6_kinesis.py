@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from tests.integration.test_kinesis_lambda import (
     offsets_reference,
     run_until,
     source,
+    timestamp_reference,
     wait_for,
 )
 from tests.services.kinesis import KinesisService
@@ -477,3 +479,35 @@ async def test_split_and_merge_while_the_job_reads_the_lake(
         offsets_reference(lake_table(writer), ledger, writer.offsets()),
         in_order=False,
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="attack6: the timestamp handoff's AT_TIMESTAMP(cutoff - out_of_orderness) on arrival "
+    "time finds no record after it, the start lookup reports verified=True with offset None, "
+    "and the 30 records with event time >= cutoff are silently lost (stream rows 0, "
+    "dropped_before_cutoff 0)",
+)
+async def test_timestamp_handoff_reads_records_whose_event_time_leads_their_arrival(
+    kinesis: KinesisService, tmp_path: Path
+) -> None:
+    """A producer's clock runs 20 min ahead: its records (event time >= cutoff) arrived before
+    cutoff - out_of_orderness (5 m). The stream side owns every record with time >= cutoff, so
+    the AT_TIMESTAMP start on arrival time must not skip them."""
+    now_us = time.time_ns() // 1_000 // 1_000 * 1_000
+    stream = await asyncio.to_thread(kinesis.new_stream, 1)
+    ledger = Ledger()
+    history = ordered_rows(0, 120, now_us - 2 * HOUR, 30_000_000)  # the last hour... ago
+    await asyncio.to_thread(ledger.put, kinesis, stream, history)
+    writer = ParquetLakeWriter(tmp_path / "lake", "event_time")
+    await archiver(kinesis, stream, writer, commit_rows=150).run()
+    cutoff = now_us + 20 * 60 * 1_000_000
+    skewed = ordered_rows(1_000, 30, cutoff, 1_000_000)  # event times from the cutoff on
+    await asyncio.to_thread(ledger.put, kinesis, stream, skewed)
+    _, sink, pipeline = source(
+        kinesis, stream, tmp_path / "lake", handoff="timestamp", cutoff=cutoff
+    )
+    await pipeline.run()
+    expected = timestamp_reference(lake_table(writer), ledger, cutoff)
+    assert sum(expected.values()) == 150
+    check(sink, expected)
