@@ -57,6 +57,7 @@ class ShardSet:
         self.split_options: dict[str, Any] = {}
         self.floor: int | None = None
         self.emitted: int | None = None  # the last combined watermark the stream emitted
+        self.holding: dict[int, int | None] = {}  # restored ended shards: the watermark they hold
         self.restored: dict[str, Any] | None = None
         self.restored_raw: dict[str, Any] | None = None
 
@@ -72,7 +73,19 @@ class ShardSet:
         restored = self.restored or {}
         positions: dict[int, int] = restored.get("positions", {})
         unread: dict[int, PartitionStart] = restored.get("unread", {})
-        self.ended = dict(restored.get("finished", {}))
+        finished: dict[int, int | None] = restored.get("finished", {})
+        self.ended = {}
+        self.holding = {}
+        for number, mark in finished.items():
+            children = [c.number for c in self.lineage.children(number) if self.in_scope(c.number)]
+            if number in positions and any(c not in finished for c in children):
+                # ended before the checkpoint while a child had not started: its split comes
+                # back (it ends at once) and holds the watermark at ``mark`` until the children
+                # start, as it did before the checkpoint — else the other parent of a merge
+                # could lift the watermark past it and the child's records would be late
+                self.holding[number] = mark
+            else:
+                self.ended[number] = mark
         for shard in listed:
             number = shard.number
             if not self.in_scope(number) or number in self.ended:
@@ -108,7 +121,7 @@ class ShardSet:
         # a shard listed after the stream opened (a reshard's child) is read from its beginning
         kind, value = self.plan.pop(number) if number in self.plan else ("trim_horizon", 0)
         carried = self._carried(shard)
-        floors = [f for f in (self.floor, carried) if f is not None]
+        floors = [f for f in (self.floor, carried, self.holding.pop(number, None)) if f is not None]
         split = ShardSplit(
             self.stream,
             number,
