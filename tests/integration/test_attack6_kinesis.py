@@ -15,12 +15,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 import lambdasource as ls
 from lake.writer import ParquetLakeWriter
+from lambdasource.sinks.duckdb import DuckDBUpsert
 from lambdasource.sources.kinesis import KinesisStream
 from lambdasource.timeutil import HOUR
 from tests.integration.attack6_sparse import OFFSET, sparse_kinesis_fixture, to_moto  # noqa: F401
@@ -64,6 +66,7 @@ async def sparse_archived(
     return stream, ledger, writer
 
 
+@pytest.mark.slow
 async def test_offsets_handoff_exact_with_real_sequence_numbers(
     kinesis: KinesisService, sparse_kinesis: KinesisService, tmp_path: Path
 ) -> None:
@@ -252,7 +255,8 @@ async def test_every_bad_record_is_a_dead_letter_or_a_row_never_lost(
 
 @pytest.mark.usefixtures("kinesis_resharding")
 @pytest.mark.parametrize(
-    "archived_after_merge", [pytest.param(False, marks=pytest.mark.slow), True]
+    "archived_after_merge",
+    [pytest.param(False, marks=pytest.mark.slow), pytest.param(True, marks=pytest.mark.slow)],
 )
 async def test_offsets_handoff_after_the_lakes_shards_were_merged(
     kinesis: KinesisService, tmp_path: Path, archived_after_merge: bool
@@ -527,3 +531,87 @@ async def test_split_between_archiver_runs_with_real_sequence_numbers(
     expected = offsets_reference(lake_table(writer), ledger, moto_positions(recorded))
     assert sum(expected.values()) == 800
     check(sink, expected, in_order=False)
+
+
+def hourly_job(
+    kinesis: KinesisService, stream: str, root: Path, seen: list[int], *, bounded: bool
+) -> ls.Pipeline:
+    """Lake + Kinesis (offsets handoff) -> per user hourly count and id sum -> DuckDB upsert,
+    file:// checkpoints every 100 ms; ``seen`` collects every event id the source gave."""
+    lambda_source, _, _ = source(
+        kinesis, stream, root / "lake", stop_at="latest" if bounded else None
+    )
+
+    def note(batch: pa.RecordBatch) -> pa.RecordBatch:
+        seen.extend(batch.column("event_id").to_pylist())
+        return batch
+
+    pipeline = ls.Pipeline(
+        checkpoints=ls.Checkpoints(f"file://{root}/checkpoints", interval="100ms"),
+        name="attack6-hourly",
+        flush="all",
+    )
+    (
+        pipeline.source(lambda_source)
+        .map(note, schema=SCHEMA)
+        .key_by("user_id")
+        .window(ls.Tumbling("1h"), emit="every")
+        .aggregate(n=ls.count(), id_sum=ls.sum("event_id"))
+        .sink(
+            DuckDBUpsert(str(root / "store.duckdb"), table="hourly", key=["user_id", "window_end"])
+        )
+    )
+    return pipeline
+
+
+def hourly_store_mismatches(store: Path, everything: pa.Table) -> list[tuple[Any, ...]]:
+    """(user, hour, expected n, expected id sum, stored n, stored id sum) where they differ."""
+    with duckdb.connect(str(store), read_only=True) as con:
+        con.register("events", everything.select(["event_time", "event_id", "user_id"]))
+        return con.execute(
+            """
+            WITH ref AS (
+                SELECT user_id, date_trunc('hour', event_time) AS hour, count(*) AS n,
+                       sum(event_id)::BIGINT AS id_sum
+                FROM events GROUP BY ALL
+            ), got AS (
+                SELECT user_id, window_start::TIMESTAMPTZ AS hour, n, id_sum::BIGINT AS id_sum
+                FROM hourly
+            )
+            SELECT r.user_id, r.hour, r.n, r.id_sum, g.n, g.id_sum
+            FROM ref r FULL OUTER JOIN got g ON r.user_id = g.user_id AND r.hour = g.hour
+            WHERE r.n IS DISTINCT FROM g.n OR r.id_sum IS DISTINCT FROM g.id_sum
+            ORDER BY 2, 1
+            """
+        ).fetchall()
+
+
+@pytest.mark.usefixtures("kinesis_resharding")
+async def test_cancel_right_after_a_split_then_restart_from_the_checkpoint(
+    kinesis: KinesisService, tmp_path: Path
+) -> None:
+    """The job runs on the stream; shard 0 is split and the job is cancelled as soon as it has
+    read records of a child; more records arrive; the restarted job (bounded) leaves the store
+    the SQL over every record put gives."""
+    stream, ledger, writer = await sparse_archived(kinesis, kinesis, tmp_path, archived=600)
+    lake_end = max(pc.cast(lake_table(writer).column("event_time"), pa.int64()).to_pylist())
+    start = lake_end - lake_end % HOUR + HOUR
+    eras = [ordered_rows(50_000 + 10_000 * n, 150, start + n * HOUR, 20_000_000) for n in range(3)]
+    await asyncio.to_thread(ledger.put, kinesis, stream, eras[0])
+    seen: list[int] = []
+    first = asyncio.create_task(hourly_job(kinesis, stream, tmp_path, seen, bounded=False).run())
+    assert await wait_for(lambda: first.done() or len(seen) >= 600 + 150, 20)
+    await asyncio.to_thread(split_shard, kinesis, stream, "shardId-000000000000")
+    await asyncio.to_thread(ledger.put, kinesis, stream, eras[1])
+    assert await wait_for(lambda: first.done() or any(i >= 60_000 for i in seen), 20)
+    await asyncio.sleep(0.3)  # checkpoints now hold the children's positions
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    await asyncio.to_thread(ledger.put, kinesis, stream, eras[2])
+    resumed: list[int] = []
+    await hourly_job(kinesis, stream, tmp_path, resumed, bounded=True).run()
+    assert 150 <= len(resumed) < len(seen) + 150  # restored from a checkpoint, not from scratch
+    everything = pa.concat_tables([lake_table(writer).select(SCHEMA.names), *eras])
+    assert everything.num_rows == 600 + 450
+    assert hourly_store_mismatches(tmp_path / "store.duckdb", everything) == []
