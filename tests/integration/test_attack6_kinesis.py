@@ -592,6 +592,7 @@ def hourly_store_mismatches(store: Path, everything: pa.Table) -> list[tuple[Any
         ).fetchall()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("kinesis_resharding")
 async def test_cancel_right_after_a_split_then_restart_from_the_checkpoint(
     kinesis: KinesisService, tmp_path: Path
