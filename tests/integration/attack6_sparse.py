@@ -6,11 +6,16 @@ moto's ``n`` to ``OFFSET + n * STRIDE`` in every answer that carries a sequence 
 PutRecords, GetRecords, ListShards, DescribeStream) and back in every request that names one
 (GetShardIterator at/after a sequence number): ``AT`` a number between two records starts at the
 next record, ``AFTER`` one starts after the previous record — a sequence number names a place in
-the shard's order, as on Kinesis. Iterators stay moto's (opaque to the client).
+the shard's order, as on Kinesis. Iterators stay moto's (opaque to the client). With
+``end_closed_shards`` (fixture ``real_kinesis``), an empty GetRecords answer at the end of a
+closed shard carries no ``NextShardIterator``, as Kinesis ends a closed shard, and a closed
+shard's ``EndingSequenceNumber`` is a number no record has (half a stride past its last one:
+on Kinesis an empty closed shard has an end too).
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import threading
@@ -41,7 +46,33 @@ def to_moto(real_sequence: str, iterator_type: str) -> str:
     return str(max(steps, 0))
 
 
-def _rewrite_answer(operation: str, body: dict[str, Any]) -> None:
+def _shard_is_closed(iterator: str) -> bool:
+    """Whether the shard of moto's iterator (base64 of ``stream:shardId:…``) is closed, asked of
+    the in-process moto model."""
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.kinesis.models import kinesis_backends
+
+    try:
+        stream, shard = base64.b64decode(iterator).decode().split(":")[:2]
+    except (ValueError, IndexError):
+        return False
+    for backend in kinesis_backends[DEFAULT_ACCOUNT_ID].values():
+        if stream in backend.streams:
+            found = backend.streams[stream].shards.get(shard)
+            return found is not None and not found.is_open
+    return False
+
+
+def _end_closed_shard(request: dict[str, Any], body: dict[str, Any]) -> None:
+    """Kinesis ends a closed shard: an empty answer at its end has no ``NextShardIterator``."""
+    if body.get("Records") or body.get("MillisBehindLatest", 0) != 0:
+        return
+    if _shard_is_closed(str(request.get("ShardIterator", ""))):
+        body.pop("NextShardIterator", None)
+        body["ChildShards"] = []
+
+
+def _rewrite_answer(operation: str, body: dict[str, Any], *, real_ends: bool = False) -> None:
     if operation == "PutRecord" and "SequenceNumber" in body:
         body["SequenceNumber"] = to_real(body["SequenceNumber"])
     for record in body.get("Records", []):
@@ -53,6 +84,11 @@ def _rewrite_answer(operation: str, body: dict[str, Any]) -> None:
         for key in ("StartingSequenceNumber", "EndingSequenceNumber"):
             if key in numbers:
                 numbers[key] = to_real(numbers[key])
+        if real_ends and "EndingSequenceNumber" in numbers:
+            # a closed shard's end is a number no record has (an empty closed shard has one too)
+            numbers["EndingSequenceNumber"] = str(
+                int(numbers["EndingSequenceNumber"]) + STRIDE // 2
+            )
 
 
 def _rewrite_request(operation: str, body: dict[str, Any]) -> None:
@@ -66,6 +102,7 @@ def _rewrite_request(operation: str, body: dict[str, Any]) -> None:
 class SparseSequenceProxy:
     upstream: str
     port: int = 0
+    end_closed_shards: bool = False
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -84,6 +121,7 @@ class SparseSequenceProxy:
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 operation = (self.headers.get("X-Amz-Target") or "").rpartition(".")[2]
+                request: dict[str, Any] = {}
                 if raw:
                     request = json.loads(raw)
                     _rewrite_request(operation, request)
@@ -102,7 +140,9 @@ class SparseSequenceProxy:
                     data = response.read()
                     if response.status == 200 and data:
                         answer = json.loads(data)
-                        _rewrite_answer(operation, answer)
+                        _rewrite_answer(operation, answer, real_ends=proxy.end_closed_shards)
+                        if proxy.end_closed_shards and operation == "GetRecords":
+                            _end_closed_shard(request, answer)
                         data = json.dumps(answer).encode()
                     self.send_response(response.status)
                     for key, value in response.getheaders():
@@ -135,6 +175,20 @@ def sparse_kinesis_fixture(kinesis: KinesisService) -> Iterator[KinesisService]:
     """The session's moto server seen through the proxy: a KinesisService whose endpoint (and
     ``client()``) gives real-looking sparse 56-digit sequence numbers."""
     proxy = SparseSequenceProxy(upstream=urlparse(kinesis.endpoint_url).netloc)
+    proxy.start()
+    try:
+        yield KinesisService(endpoint_url=proxy.endpoint_url, port=proxy.port)
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture(name="real_kinesis")
+def real_kinesis_fixture(kinesis: KinesisService) -> Iterator[KinesisService]:
+    """As ``sparse_kinesis``, and a closed shard read to its end answers without a
+    ``NextShardIterator`` (moto never ends an iterator; Kinesis does)."""
+    proxy = SparseSequenceProxy(
+        upstream=urlparse(kinesis.endpoint_url).netloc, end_closed_shards=True
+    )
     proxy.start()
     try:
         yield KinesisService(endpoint_url=proxy.endpoint_url, port=proxy.port)

@@ -27,6 +27,7 @@ from lambdasource.sources.kinesis import KinesisStream
 from lambdasource.timeutil import HOUR
 from tests.integration.attack6_sparse import (  # noqa: F401 - a fixture
     OFFSET,
+    real_kinesis_fixture,
     sparse_kinesis_fixture,
     to_moto,
     to_real,
@@ -45,6 +46,7 @@ from tests.integration.test_kinesis_lambda import (
     timestamp_reference,
     wait_for,
 )
+from tests.integration.test_kinesis_stream import drive_until, stop
 from tests.services.kinesis import KinesisService
 from tests.services.kinesis_proxy import KinesisProxy, kinesis_proxy  # noqa: F401 - a fixture
 from tests.services.kinesis_reshard import kinesis_resharding  # noqa: F401 - a fixture
@@ -691,3 +693,41 @@ async def test_every_dead_letter_names_shard_and_sequence_in_one_schema(
     for _, shard, sequence in bad:
         assert sum(f"shard={shard} sequence={sequence}" in p for p in positions) == 1, positions
     assert dead.table().num_rows == len(bad)
+
+
+@pytest.mark.usefixtures("kinesis_resharding")
+async def test_closed_shards_that_end_their_iterator_as_kinesis_does(
+    kinesis: KinesisService, real_kinesis: KinesisService
+) -> None:
+    """Kinesis answers the end of a closed shard without a NextShardIterator (moto never does):
+    a split, then a merge of the children, read once through that behaviour, bounded and
+    unbounded: every record once, per key in put order."""
+    name = await asyncio.to_thread(kinesis.new_stream, 2)
+    put: list[tuple[int, int, str]] = []
+
+    def era(first: int) -> None:
+        batch = [(i, BASE_MS + i * 10, f"user{i % 9}") for i in range(first, first + 40)]
+        put_events(kinesis, name, batch)
+        put.extend(batch)
+
+    await asyncio.to_thread(era, 0)
+    await asyncio.to_thread(split_shard, kinesis, name, "shardId-000000000000")
+    await asyncio.to_thread(era, 100)
+    await asyncio.to_thread(merge_shards, kinesis, name, "shardId-000000000002", 3)
+    await asyncio.to_thread(era, 200)
+    args = stream_args(real_kinesis, max_records=7, shard_discovery="200ms")
+    bounded = KinesisStream(name, stop_at="latest", out_of_orderness="100ms", **args)
+    recorder = Recorder()
+    await bounded.run(recorder)
+    await bounded.close()
+    assert Counter(recorder.ids()) == Counter(i for i, _, _ in put)
+    for user in {u for _, _, u in put}:
+        assert [r[0] for r in recorder.rows if r[2] == user] == [i for i, _, u in put if u == user]
+
+    unbounded = KinesisStream(name, out_of_orderness="100ms", **args)
+    recorder = Recorder()
+    await unbounded.open()
+    task = await drive_until(unbounded, recorder, len(put))
+    await asyncio.sleep(0.3)  # duplicates, if any, arrive now
+    await stop(task, unbounded)
+    assert Counter(recorder.ids()) == Counter(i for i, _, _ in put)
