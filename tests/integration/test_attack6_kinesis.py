@@ -522,19 +522,20 @@ async def test_timestamp_handoff_reads_records_whose_event_time_leads_their_arri
 @pytest.mark.slow
 @pytest.mark.usefixtures("kinesis_resharding")
 async def test_split_between_archiver_runs_with_real_sequence_numbers(
-    kinesis: KinesisService, sparse_kinesis: KinesisService, tmp_path: Path
+    kinesis: KinesisService, real_kinesis: KinesisService, tmp_path: Path
 ) -> None:
     """Shard 0 split between two archiver runs; the lake records the finished parent and the
-    children part-way in 56-digit sparse numbers; the offsets handoff reads the rest once."""
-    stream, ledger, writer = await sparse_archived(kinesis, sparse_kinesis, tmp_path)
+    children part-way in 56-digit sparse numbers (closed shards end as on Kinesis); the offsets
+    handoff reads the rest once."""
+    stream, ledger, writer = await sparse_archived(kinesis, real_kinesis, tmp_path)
     await asyncio.to_thread(ledger.put, kinesis, stream, rows(100, seed=2, first_id=10_000))
     await asyncio.to_thread(split_shard, kinesis, stream, "shardId-000000000000")
     await asyncio.to_thread(ledger.put, kinesis, stream, rows(150, seed=3, first_id=20_000))
-    await archiver(sparse_kinesis, stream, writer, commit_rows=150).run()
+    await archiver(real_kinesis, stream, writer, commit_rows=150).run()
     await asyncio.to_thread(ledger.put, kinesis, stream, rows(150, seed=4, first_id=30_000))
     recorded = writer.offsets()
     assert set(recorded) == {0, 1, 2, 3} and all(n > OFFSET for n in recorded.values())
-    _, sink, pipeline = source(sparse_kinesis, stream, tmp_path / "lake")
+    _, sink, pipeline = source(real_kinesis, stream, tmp_path / "lake")
     await pipeline.run()
     expected = offsets_reference(lake_table(writer), ledger, moto_positions(recorded))
     assert sum(expected.values()) == 800
