@@ -732,3 +732,31 @@ async def test_closed_shards_that_end_their_iterator_as_kinesis_does(
     await asyncio.sleep(0.3)  # duplicates, if any, arrive now
     await stop(task, unbounded)
     assert Counter(recorder.ids()) == Counter(i for i, _, _ in put)
+
+
+async def test_a_shard_that_gets_records_only_after_the_others_went_quiet(
+    kinesis: KinesisService, tmp_path: Path
+) -> None:
+    """Shard 1 is empty when the lake is archived and while the job reads shard 0 (it goes
+    idle, the watermark passes it); then it gets records, some older than the watermark: all
+    of them come out (late ones too: the source never drops a record)."""
+    stream = await asyncio.to_thread(kinesis.new_stream, 2)
+    ledger = Ledger()
+    first = rows(200, seed=1)
+    await asyncio.to_thread(ledger.put, kinesis, stream, first, "shardId-000000000000")
+    writer = ParquetLakeWriter(tmp_path / "lake", "event_time")
+    await archiver(kinesis, stream, writer, commit_rows=100).run()
+    lake_end = max(pc.cast(lake_table(writer).column("event_time"), pa.int64()).to_pylist())
+    on_zero = ordered_rows(50_000, 100, lake_end + 1_000_000, 10_000_000)
+    await asyncio.to_thread(ledger.put, kinesis, stream, on_zero, "shardId-000000000000")
+    _, sink, pipeline = source(kinesis, stream, tmp_path / "lake", stop_at=None)
+    task = asyncio.create_task(run_until(pipeline, sink, 200 + 100 + 60, 30))
+    idle_mark = lake_end + 99 * 10_000_000
+    assert await wait_for(lambda: (sink.last_watermark() or 0) >= idle_mark - 5 * 60_000_000, 15)
+    older = ordered_rows(60_000, 30, lake_end - HOUR, 1_000_000)  # behind the watermark
+    newer = ordered_rows(70_000, 30, lake_end + HOUR, 1_000_000)
+    await asyncio.to_thread(ledger.put, kinesis, stream, older, "shardId-000000000001")
+    await asyncio.to_thread(ledger.put, kinesis, stream, newer, "shardId-000000000001")
+    await task
+    check(sink, Counter(ledger.table().column("event_id").to_pylist()), in_order=False)
+    assert {event_id for event_id, _, _ in sink.late()} == set(range(60_000, 60_030))
