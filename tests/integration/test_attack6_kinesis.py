@@ -734,6 +734,7 @@ async def test_closed_shards_that_end_their_iterator_as_kinesis_does(
     assert Counter(recorder.ids()) == Counter(i for i, _, _ in put)
 
 
+@pytest.mark.slow
 async def test_a_shard_that_gets_records_only_after_the_others_went_quiet(
     kinesis: KinesisService, tmp_path: Path
 ) -> None:
