@@ -32,7 +32,13 @@ from tests.integration.attack6_sparse import (  # noqa: F401 - a fixture
     to_moto,
     to_real,
 )
-from tests.integration.kinesis_helpers import BASE_MS, Recorder, put_events, stream_args
+from tests.integration.kinesis_helpers import (
+    BASE_MS,
+    Recorder,
+    config_for,
+    put_events,
+    stream_args,
+)
 from tests.integration.kinesis_moto import trim
 from tests.integration.ordered import OrderedSink
 from tests.integration.test_archiver import SCHEMA, lake_table, rows
@@ -761,3 +767,27 @@ async def test_a_shard_that_gets_records_only_after_the_others_went_quiet(
     await task
     check(sink, Counter(ledger.table().column("event_id").to_pylist()), in_order=False)
     assert {event_id for event_id, _, _ in sink.late()} == set(range(60_000, 60_030))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="attack6: GetRecords answering KMSThrottlingException (an encrypted stream whose KMS "
+    "key is throttled: transient) ends the job with a StreamError instead of backing off",
+)
+async def test_kms_throttling_on_an_encrypted_stream_is_backed_off(
+    kinesis: KinesisService,
+    kinesis_proxy: KinesisProxy,  # noqa: F811 - the fixture
+) -> None:
+    name = await asyncio.to_thread(kinesis.new_stream, 2)
+    put = [(i, BASE_MS + i * 10, f"user{i % 5}") for i in range(60)]
+    await asyncio.to_thread(put_events, kinesis, name, put)
+    kinesis_proxy.inject("KMSThrottlingException", 3)
+    stream = KinesisStream(
+        name,
+        stop_at="latest",
+        **stream_args(kinesis, config=config_for(kinesis, kinesis_proxy.endpoint_url)),
+    )
+    recorder = Recorder()
+    await stream.run(recorder)
+    await stream.close()
+    assert Counter(recorder.ids()) == Counter(i for i, _, _ in put)
