@@ -1,8 +1,9 @@
 """Calling Kinesis: error classification, backoff and one-line errors (shared by every caller).
 
 Kinesis answers a busy shard with ``ProvisionedThroughputExceededException`` (GetRecords over
-5 calls or 2 MB per second per shard) and a busy control plane with ``LimitExceededException``;
-both are waited out with exponential backoff with full jitter, capped (:func:`backoff_delay`),
+5 calls or 2 MB per second per shard), a busy control plane with ``LimitExceededException`` and an
+encrypted stream whose KMS key is throttled with ``KMSThrottlingException`` (:data:`THROTTLING`);
+all are waited out with exponential backoff with full jitter, capped (:func:`backoff_delay`),
 indefinitely — throttling is normal operation, not a failure. Transient transport failures
 (connection errors, timeouts, 5xx) are retried at most ``retries`` times. Anything else is a
 :class:`~lambdasource.errors.StreamError` naming endpoint, stream and what was asked.
@@ -19,7 +20,14 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 
 from ...errors import StreamError
 
-THROTTLING = frozenset({"ProvisionedThroughputExceededException", "LimitExceededException"})
+THROTTLING = frozenset(
+    {
+        "ProvisionedThroughputExceededException",  # GetRecords: over 5 calls or 2 MB/s per shard
+        "LimitExceededException",  # control plane (ListShards, GetShardIterator)
+        "KMSThrottlingException",  # an encrypted stream's KMS key is being throttled
+        "ThrottlingException",  # AWS's generic throttling answer
+    }
+)
 EXPIRED = "ExpiredIteratorException"
 TRANSIENT = frozenset({"InternalFailure", "ServiceUnavailable", "InternalFailureException"})
 
