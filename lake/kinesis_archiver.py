@@ -162,6 +162,7 @@ class KinesisArchiver(ArchiverCore):
             "key": message.key,
             "value": message.value,
             "reason": f"shard={shard_name} sequence={message.offset}: {reason}",
+            "sequence": str(message.offset),
         }
 
     def _done(self) -> bool:

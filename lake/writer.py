@@ -96,9 +96,13 @@ DEAD_LETTER_SCHEMA = pa.schema(
         pa.field("key", pa.binary()),
         pa.field("value", pa.binary()),
         pa.field("reason", pa.string()),
+        pa.field("sequence", pa.string()),
     ]
 )
-"""One row per malformed message: where it was (topic/partition/offset), what it was, and why."""
+"""One row per malformed message: where it was (topic/partition/offset), what it was, and why.
+Kinesis: ``partition`` is the shard number and ``sequence`` the record's sequence number as a
+decimal string (``offset`` holds it too when it fits 64 bits); null for Kafka and in files written
+before the column existed."""
 
 Layout = Literal["hour", "dt_hour", "ymdh", "iso_hour", "day", "daily"]
 _LAYOUTS = {
@@ -407,6 +411,8 @@ class LakeWriter:
 
 
 def _check_dead_letters(table: pa.Table) -> pa.Table:
+    if "sequence" not in table.column_names:  # Kafka's: no sequence numbers
+        table = table.append_column("sequence", pa.nulls(table.num_rows, pa.string()))
     try:
         return table.select(DEAD_LETTER_SCHEMA.names).cast(DEAD_LETTER_SCHEMA)
     except (KeyError, pa.ArrowInvalid, ValueError) as exc:
@@ -440,7 +446,7 @@ def _read_dead_letters(root: _Root, committed: set[int]) -> pa.Table:
             )
     if not tables:
         return DEAD_LETTER_SCHEMA.empty_table()
-    return pa.concat_tables(tables)
+    return pa.concat_tables(tables, promote_options="default")  # older files: no sequence
 
 
 class ParquetLakeWriter(LakeWriter):

@@ -59,13 +59,15 @@ from .reader import (
 from .storage import Storage
 
 ARCHIVED_DEAD_LETTER_SCHEMA = DEAD_LETTER_SCHEMA
-"""An archived dead letter's columns: those of the Kafka stream's own dead letters (the runtime
-appends ``_error`` and ``_position``), so one dead-letter sink takes both."""
+"""An archived dead letter's columns: those of the stream's own dead letters (the runtime appends
+``_error`` and ``_position``), so one dead-letter sink takes both — Kafka's, or for a lake
+archived from Kinesis :data:`~lambdasource.sources.kinesis.emit.DEAD_LETTER_SCHEMA` (stream,
+shard id, sequence number)."""
 
 
 def archived_dead_letter_rows(table: pa.Table, where: str) -> pa.Table:
-    """A stored dead-letter file as :data:`ARCHIVED_DEAD_LETTER_SCHEMA` plus ``reason``, sorted
-    by (partition, offset)."""
+    """A stored dead-letter file as Kafka's dead-letter columns plus ``reason`` and ``sequence``
+    (Kinesis; null in Kafka's and older files), sorted by (partition, sequence number)."""
     try:
         rows = pa.table(
             {
@@ -76,11 +78,47 @@ def archived_dead_letter_rows(table: pa.Table, where: str) -> pa.Table:
                 "offset": table.column("offset").cast(pa.int64()),
                 "timestamp": table.column("timestamp").cast(TIME_TYPE),
                 "reason": table.column("reason").cast(pa.string()),
+                "sequence": (
+                    table.column("sequence").cast(pa.string())
+                    if "sequence" in table.column_names
+                    else pa.nulls(table.num_rows, pa.string())
+                ),
             }
         )
     except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise LakeReadError(f"unreadable archived dead letters file={where}: {exc}") from exc
-    return rows.sort_by([("partition", "ascending"), ("offset", "ascending")])
+    order = sorted(range(rows.num_rows), key=lambda row: _archived_position(rows, row))
+    return rows.take(pa.array(order, pa.int64()))
+
+
+def _archived_position(rows: pa.Table, row: int) -> tuple[int, int]:
+    """(partition, offset or sequence number as an int of any size; -1 when unknown)."""
+    sequence = rows.column("sequence")[row].as_py()
+    offset = rows.column("offset")[row].as_py()
+    number = int(sequence) if sequence is not None else offset
+    return rows.column("partition")[row].as_py(), -1 if number is None else number
+
+
+def kinesis_dead_letter(row: pa.Table) -> tuple[pa.RecordBatch, int | None]:
+    """One archived dead letter of a Kinesis lake in the Kinesis stream's dead-letter columns,
+    and its sequence number."""
+    from ..kinesis.emit import DEAD_LETTER_SCHEMA as KINESIS_DEAD_LETTERS
+    from ..kinesis.shards import shard_id
+
+    partition, number = _archived_position(row, 0)
+    sequence = None if number < 0 else number
+    batch = pa.RecordBatch.from_arrays(
+        [
+            row.column("value").combine_chunks(),
+            row.column("key").combine_chunks(),
+            row.column("topic").combine_chunks(),
+            pa.array([shard_id(partition)], pa.string()),
+            pa.array([None if sequence is None else str(sequence)], pa.string()),
+            row.column("timestamp").combine_chunks(),
+        ],
+        schema=KINESIS_DEAD_LETTERS,
+    )
+    return batch, sequence
 
 
 def declared_schema(
@@ -309,11 +347,12 @@ class LakeSource(Source):
             if self._partition_filter is not None:  # a task emits its own partition's
                 mine = pa.scalar(self._partition_filter.partition, pa.int32())
                 rows = rows.filter(pc.equal(rows.column("partition"), mine))
-            if below:
-                limits = pa.array(
-                    [below.get(p, 2**62) for p in rows.column("partition").to_pylist()], pa.int64()
-                )
-                rows = rows.filter(pc.less(rows.column("offset"), limits))
+            kinesis = self._pinned is not None and self._pinned.stream_kind == "kinesis"
+            if below:  # positions compared as ints of any size (Kinesis sequence numbers)
+                limits = below
+                positions = [_archived_position(rows, row) for row in range(rows.num_rows)]
+                keep = [at < limits.get(part, 2**200) for part, at in positions]
+                rows = rows.filter(pa.array(keep, pa.bool_()))
             for i in range(rows.num_rows):
                 seen += 1
                 if seen <= skip:
@@ -323,11 +362,17 @@ class LakeSource(Source):
                     row.column(c)[0].as_py() for c in ("topic", "partition", "offset")
                 )
                 reason = row.column("reason")[0].as_py() or "dead-lettered by the archiver"
-                position = (
-                    f"topic={topic} partition={partition} offset={offset} "
-                    f"(archived: lake={self.name} commit={sequence})"
-                )
-                batch = row.drop_columns(["reason"]).combine_chunks().to_batches()[0]
+                archived_in = f"(archived: lake={self.name} commit={sequence})"
+                if kinesis:
+                    from ..kinesis.emit import record_position
+
+                    batch, number = kinesis_dead_letter(row)
+                    position = f"{record_position(topic, partition, number)} {archived_in}"
+                else:
+                    batch = (
+                        row.drop_columns(["reason", "sequence"]).combine_chunks().to_batches()[0]
+                    )
+                    position = f"topic={topic} partition={partition} offset={offset} {archived_in}"
                 await out.dead_letter(batch, reason, position)
                 index += 1
                 self._dead_emitted = index
