@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from lambdasource.errors import StreamGapError
 from lambdasource.sources.kafka.decode import Decoder
-from lambdasource.sources.kinesis.calls import call_with_retries
+from lambdasource.sources.kinesis.calls import all_or_nothing, call_with_retries
 from lambdasource.sources.kinesis.config import KinesisConfig
 from lambdasource.sources.kinesis.reader import ShardFetch, ShardReader, first_retained
 from lambdasource.sources.kinesis.shards import Shard, ShardLineage, list_shards
@@ -318,7 +318,7 @@ class KinesisArchiver(ArchiverCore):
             await asyncio.sleep(timeout_s)
             return
         numbers = sorted(active)
-        fetches: list[ShardFetch] = await asyncio.gather(*(active[n].read() for n in numbers))
+        fetches: list[ShardFetch] = await all_or_nothing(active[n].read() for n in numbers)
         opened = False
         for number, fetch in zip(numbers, fetches, strict=True):
             reader = active[number]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
@@ -35,6 +35,20 @@ BACKOFF_BASE = 0.05  # seconds: the first wait after a throttled call (before ji
 BACKOFF_CAP = 5.0  # seconds: the longest wait
 
 T = TypeVar("T")
+
+
+async def all_or_nothing(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Await ``calls`` concurrently (results in order). When one fails, the others are
+    cancelled and awaited before its error is raised (itself, not an ExceptionGroup): no read of
+    another shard is left running on a client about to close."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def error_code(exc: BaseException) -> str | None:

@@ -55,7 +55,7 @@ from ..alignment import AlignmentGroup
 from ..base import Source, SourceOutput
 from ..kafka.decode import RECORD_TIMESTAMP, Decoder, output_schema
 from ..kafka.emit import DriveHooks
-from .calls import call_with_retries
+from .calls import all_or_nothing, call_with_retries
 from .config import KinesisConfig
 from .emit import ShardEmitter, record_position
 from .reader import ShardFetch, ShardReader, first_retained
@@ -312,8 +312,8 @@ class KinesisStream(Source):
         }
         self.shardset.plan_starts(listed, starts, default_start)
         scope = [shard for shard in listed if self._in_scope(shard.number)]
-        begins = await asyncio.gather(
-            *(first_retained(self._new_reader(shard, limit=1)) for shard in scope)
+        begins = await all_or_nothing(
+            first_retained(self._new_reader(shard, limit=1)) for shard in scope
         )
         for shard, begin in zip(scope, begins, strict=True):
             end = None if shard.ending_sequence is None else shard.ending_sequence + 1
