@@ -508,11 +508,12 @@ class LambdaSource(Source):
             elif begin is not None and begin > need:
                 if not self.allow_gaps:
                     raise HandoffGapError(
-                        f"source={self.name}: stream={stream} shard={shard_name}: sequence "
-                        f"numbers {need}..{begin - 1} are neither in the lake (complete up to "
-                        f"sequence number {need}) nor in the stream (first retained record "
-                        f"{begin}: retention trimmed the records before it); pass "
-                        "allow_gaps=True to continue without them"
+                        f"source={self.name}: stream={stream} shard={shard_name}: records with "
+                        f"sequence numbers {need}..{begin - 1} may be neither in the lake "
+                        f"(complete up to sequence number {need}) nor in the stream: its first "
+                        f"retained record is {begin}, so retention trimmed the last record the "
+                        "lake archived and any after it (Kinesis' sequence numbers are sparse: "
+                        "the range may hold none); pass allow_gaps=True to continue from there"
                     )
                 self.missing_offsets[number] = (need, begin)
                 self.stream.seek(number, begin)  # a shard waiting for its parents starts there
@@ -830,11 +831,16 @@ class LambdaSource(Source):
             "recorded_beyond_end": {
                 p: {"recorded": need, "end": end} for p, (need, end) in self.beyond_end.items()
             },
+            # Kinesis: a range of sequence numbers, which are sparse: no record count is known
             "missing_offsets": {
-                p: {"from": lo, "to": hi, "count": hi - lo}
+                p: {"from": lo, "to": hi, "count": None if self.kind == "kinesis" else hi - lo}
                 for p, (lo, hi) in self.missing_offsets.items()
             },
-            "missing_offsets_total": sum(hi - lo for lo, hi in self.missing_offsets.values()),
+            "missing_offsets_total": (
+                None
+                if self.kind == "kinesis"
+                else sum(hi - lo for lo, hi in self.missing_offsets.values())
+            ),
             "aligned": self.alignment is not None,
             "alignment": alignment,
             "max_lead_us": dict(self.max_lead),

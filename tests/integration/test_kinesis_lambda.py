@@ -285,7 +285,7 @@ async def test_gap_is_an_error_naming_stream_shard_and_range_unless_allowed(
     lambda_source, sink, pipeline = source(kinesis, stream, tmp_path / "lake", allow_gaps=True)
     await pipeline.run()
     assert lambda_source.metrics()["missing_offsets"] == {
-        0: {"from": need, "to": need + 5, "count": 5}
+        0: {"from": need, "to": need + 5, "count": None}  # sparse numbers: no count
     }
     expected = offsets_reference(lake_table(writer), ledger, writer.offsets())
     ledger_table = ledger.table()
