@@ -329,8 +329,8 @@ class StreamSection(Section):
             problems.append(("schema", 'is required for JSON: {col = "type", …} or "lake"'))
         given = self.model_fields_set
         if self.kind == "kinesis":
-            if self.stream_name is None:
-                problems.append(("stream_name", 'is required with kind = "kinesis"'))
+            if not self.stream_name:
+                problems.append(("stream_name", 'is required with kind = "kinesis" (not empty)'))
             problems += [(key, "applies to Kafka streams") for key in KAFKA_ONLY if key in given]
             if "security" in given:
                 problems.append(("security", "applies to Kafka (Kinesis: the AWS environment)"))

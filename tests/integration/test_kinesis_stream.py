@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from lambdasource.errors import StreamError, StreamGapError
+from lambdasource.errors import ConfigError, StreamError, StreamGapError
 from lambdasource.sources.alignment import AlignmentGroup
 from lambdasource.sources.kafka.emit import DriveHooks
 from lambdasource.sources.kinesis import KinesisStream
@@ -359,6 +359,19 @@ async def test_unknown_stream_and_unreachable_endpoint(kinesis: KinesisService) 
         StreamError, match=r"stream=s: cannot reach the Kinesis endpoint http://127.0.0.1:9"
     ):
         await offline.open()
+
+
+async def test_a_start_naming_a_shard_the_stream_lacks_and_an_empty_name_are_errors(
+    kinesis: KinesisService,
+) -> None:
+    """``start={7: …}`` on a 2-shard stream names shard 7 (it was ignored: every shard read from
+    its trim horizon), as ``shards=[7]`` does; an empty stream name is refused at once."""
+    name = await asyncio.to_thread(kinesis.new_stream, 2)
+    stream = KinesisStream(name, start={7: 1, "shardId-000000000001": 1}, **stream_args(kinesis))
+    with pytest.raises(StreamError, match=r"start names shard\(s\) \[7\].*it has \[0, 1\]"):
+        await stream.open()
+    with pytest.raises(ConfigError, match="stream_name must be a non-empty string"):
+        KinesisStream("", **stream_args(kinesis))
 
 
 async def test_watermark_carries_across_a_merge(kinesis: KinesisService) -> None:

@@ -47,6 +47,10 @@ def test_kafka_is_the_default_kind() -> None:
     [
         ({"kind": "kinesis", "schema": SCHEMA}, r"\[stream\] stream_name.*is required"),
         (
+            {"kind": "kinesis", "stream_name": "", "schema": SCHEMA},
+            r"\[stream\] stream_name.*not empty",
+        ),
+        (
             {"kind": "kinesis", "stream_name": "s", "topic": "t", "schema": SCHEMA},
             r"\[stream\] topic.*applies to Kafka",
         ),

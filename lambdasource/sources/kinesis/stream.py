@@ -117,6 +117,10 @@ class KinesisStream(Source):
             raise ConfigError(f"KinesisStream: max_records must be 1..10000, got {max_records}")
         if calls_per_second <= 0:
             raise ConfigError(f"KinesisStream: calls_per_second must be > 0: {calls_per_second}")
+        if not isinstance(stream_name, str) or not stream_name:
+            raise ConfigError(
+                f"KinesisStream: stream_name must be a non-empty string, got {stream_name!r}"
+            )
         self.stream_name = self.topic = stream_name
         self.config = config or KinesisConfig()
         self.event_time_column = time_column
@@ -126,6 +130,8 @@ class KinesisStream(Source):
         self.stop_at = stop_at
         self.bounded = stop_at is not None
         self._start = parse_start(start)
+        # shards a {shard: sequence number} start names: each must exist (checked at open)
+        self._start_shards = sorted(shard_key(k) for k in start) if isinstance(start, dict) else []
         self.partitions = None if shards is None else sorted({shard_key(s) for s in shards})
         self.out_of_orderness = parse_duration(out_of_orderness, name="out_of_orderness")
         self.idle_timeout = parse_duration(idle_timeout, name="idle_timeout") / 1e6
@@ -299,6 +305,12 @@ class KinesisStream(Source):
         missing = sorted(set(self.partitions or []) - known)
         if missing:
             raise StreamError(f"{self._where()}: no shard(s) {missing} (has {sorted(known)})")
+        unknown = sorted(set(self._start_shards) - known)
+        if unknown:
+            raise StreamError(
+                f"{self._where()}: start names shard(s) {unknown}, which the stream does not "
+                f"have (it has {sorted(known)})"
+            )
         idle = self.idle_timeout if idle_timeout is None else idle_timeout
         self.shardset.floor = floor
         self.shardset.split_options = {
