@@ -203,6 +203,16 @@ class FetchEmitter:
             decoded = fetch.result()
             await self._emit(split, records, decoded, out, hooks, now)
 
+    offsets_word = "offsets"  # how an emitted batch's position names its range
+
+    def record_offsets(self, records: list[ConsumerRecord[Any, Any]]) -> np.ndarray:
+        """The records' offsets, row for row (int64)."""
+        n = len(records)
+        first = records[0].offset
+        if records[-1].offset - first == n - 1:  # offsets rise strictly: no gap, no per-record read
+            return np.arange(first, first + n, dtype=np.int64)
+        return np.fromiter(map(_OFFSET, records), dtype=np.int64, count=n)  # compacted, markers
+
     async def _emit(
         self,
         split: PartitionSplit,
@@ -223,12 +233,7 @@ class FetchEmitter:
             reason = f"null event time in {self.time_column!r}"
             dead += [(records[index], reason) for index in decoded.row_indices(n)[null].tolist()]
             batch = batch.filter(pa.array(~null))
-        first = records[0].offset
-        if records[-1].offset - first == n - 1:  # offsets rise strictly: no gap, no per-record read
-            offsets = np.arange(first, first + n, dtype=np.int64)
-        else:  # compacted topic, transaction markers
-            offsets = np.fromiter(map(_OFFSET, records), dtype=np.int64, count=n)
-        offsets = offsets[decoded.row_indices(n)]
+        offsets = self.record_offsets(records)[decoded.row_indices(n)]
         if times.null_count:
             offsets = offsets[~null]
         if hooks.reject is not None and batch.num_rows:
@@ -255,8 +260,8 @@ class FetchEmitter:
             if batch.num_rows:
                 await out.emit(
                     batch,
-                    position=f"{self.where(split.partition)} offsets={records[0].offset}-"
-                    f"{records[-1].offset}",
+                    position=f"{self.where(split.partition)} {self.offsets_word}="
+                    f"{records[0].offset}-{records[-1].offset}",
                 )
             # The dead letters go after the rows: a barrier is injected only at a row emit
             # (before the rows), never at a dead letter, so both sides of the fetch fall after

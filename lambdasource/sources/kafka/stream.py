@@ -60,8 +60,8 @@ from aiokafka.structs import OffsetAndMetadata
 from ...errors import ConfigError, StreamError, StreamGapError
 from ...kafka_security import KafkaSecurity, diagnose_connect_failure
 from ...timeutil import MS, Duration, parse_duration, to_micros
-from ..alignment import AlignmentGroup
 from ..base import Source, SourceOutput
+from .aligned import AlignedSplits
 from .decode import RECORD_TIMESTAMP, Decoder, output_schema
 from .emit import DriveHooks, FetchEmitter, PendingFetch, record_position
 from .fetch_records import BatchFetcher
@@ -93,7 +93,7 @@ _DECODE_DEPTH = 2
 """Fetches in decode at most while the loop takes more (each holds at most max_batch_records)."""
 
 
-class KafkaStream(Source):
+class KafkaStream(AlignedSplits, Source):
     """A Kafka topic as a source (see module docstring).
 
     ``time_column=None`` uses the record timestamp, as a ``timestamp`` column. ``format``:
@@ -751,49 +751,14 @@ class KafkaStream(Source):
         if mark is not None:
             await out.emit_watermark(mark, idle)
 
-    async def _release_held(
-        self,
-        live: list[PartitionSplit],
-        out: SourceOutput,
-        hooks: DriveHooks,
-        aligner: AlignmentGroup,
-    ) -> bool:
-        """Emit the held rows the alignment bound now covers (True if any), step after step while
-        each release moves the bound on (sparse rows leave at once, not one per fetch round); a
-        split whose held rows are all out and whose end is reached finishes here."""
-        released = False
-        for split in live:
-            while split.held is not None:
-                due = split.due(aligner.release_bound(split.out_of_orderness))
-                if not due:
-                    break
-                released = True
-                batch, offsets = split.taken(due)
-                await out.emit(
-                    batch,
-                    position=f"{self._where(split.partition)} offsets={int(offsets.min())}-"
-                    f"{int(offsets.max())} (held by alignment)",
-                )
-                split.released(due)  # only now may its watermark rise
-                self._report(split, hooks)
-                await self._progress(out, hooks)  # the next split's bound follows at once
-            if (
-                split.held is None
-                and split.stop_offset is not None
-                and (split.position or 0) >= split.stop_offset
-            ):
-                split.finished = True
-            self._report(split, hooks)
-        return released
-
-    def _report(self, split: PartitionSplit, hooks: DriveHooks) -> None:
-        if hooks.aligner is not None:
-            hooks.aligner.report(
-                f"{hooks.split_prefix}:{split.key}",
-                split.watermark,
-                idle=split.idle,
-                finished=split.finished,
-            )
+    def _after_release(self, split: PartitionSplit) -> None:
+        """A split whose held rows are all out and whose end is reached finishes here."""
+        if (
+            split.held is None
+            and split.stop_offset is not None
+            and (split.position or 0) >= split.stop_offset
+        ):
+            split.finished = True
 
     async def _maybe_commit(self, *, force: bool = False) -> None:
         """Commit read positions to the group every ``commit_interval`` — only when the job takes

@@ -11,18 +11,13 @@ its rows, then its dead letters, are out.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ...timeutil import MS, TIME_TYPE
-from ..base import SourceOutput
-from ..kafka.decode import Decoded
-from ..kafka.emit import DriveHooks, FetchEmitter
-from ..kafka.split import PartitionSplit, held_times
+from ..kafka.emit import FetchEmitter
 from .shards import shard_id
 from .split import offsets_array
 
@@ -52,70 +47,14 @@ def record_position(stream: str, shard: int | None = None, sequence: int | None 
 class ShardEmitter(FetchEmitter):
     """Decodes and emits one shard fetch at a time (see module docstring)."""
 
+    offsets_word = "sequences"
+
     def where(self, partition: int | None = None, offset: int | None = None) -> str:
         return record_position(self.topic, partition, offset)
 
-    def readable_records(self, split: PartitionSplit, records: list[Any]) -> list[Any]:
-        if split.stop_offset is not None and records and records[-1].offset >= split.stop_offset:
-            return [r for r in records if r.offset < split.stop_offset]
-        return records
-
-    async def _emit(
-        self,
-        split: PartitionSplit,
-        records: list[Any],
-        decoded: Decoded,
-        out: SourceOutput,
-        hooks: DriveHooks,
-        now: float,
-    ) -> None:
-        """Filter, hold and emit one decoded fetch, then its dead letters; then move the split
-        on (Kafka's order, with Kinesis offsets)."""
-        n = len(records)
-        dead = [(records[index], reason) for index, reason in decoded.errors]
-        batch = decoded.batch
-        times = batch.column(self.time_column)
-        offsets = offsets_array([r.offset for r in records])[decoded.row_indices(n)]
-        if times.null_count:
-            null = np.asarray(times.is_null().to_numpy(zero_copy_only=False))
-            reason = f"null event time in {self.time_column!r}"
-            dead += [(records[index], reason) for index in decoded.row_indices(n)[null].tolist()]
-            batch = batch.filter(pa.array(~null))
-            offsets = offsets[~null]
-        if hooks.reject is not None and batch.num_rows:
-            batch, offsets = self._reject(records, batch, offsets, hooks.reject, dead)
-        max_time: int | None = None
-        if batch.num_rows:
-            top = pc.max(batch.column(self.time_column))
-            max_time = None if not top.is_valid else int(top.cast(pa.int64()).as_py())
-        if hooks.transform is not None and batch.num_rows:
-            batch, offsets = hooks.transform(split, batch, offsets)
-        held: tuple[pa.RecordBatch, np.ndarray, np.ndarray] | None = None
-        if batch.num_rows and hooks.aligner is not None:
-            bound = hooks.aligner.release_bound(split.out_of_orderness)
-            row_times = held_times(batch, self.time_column)
-            beyond = row_times > bound
-            if beyond.any():
-                held = (batch.filter(pa.array(beyond)), offsets[beyond], row_times[beyond])
-                batch, offsets = batch.filter(pa.array(~beyond)), offsets[~beyond]
-        exclusive = getattr(out, "exclusive", None)
-        async with exclusive() if exclusive is not None else contextlib.nullcontext():
-            if batch.num_rows:
-                await out.emit(
-                    batch,
-                    position=f"{self.where(split.partition)} sequences={records[0].offset}-"
-                    f"{records[-1].offset}",
-                )
-            for record, reason in dead:
-                await out.dead_letter(
-                    self.raw_batch(record), reason, self.where(split.partition, record.offset)
-                )
-            if held is not None:
-                split.hold(*held)
-            split.saw(max_time, now)
-            split.records += n
-            split.dead_letters += len(dead)
-            split.position = records[-1].offset + 1
+    def record_offsets(self, records: list[Any]) -> np.ndarray:
+        """Sequence numbers, row for row: int64 while they fit, else Python ints (object)."""
+        return offsets_array([r.offset for r in records])
 
     def raw_batch(self, record: Any) -> pa.RecordBatch:
         return pa.RecordBatch.from_arrays(

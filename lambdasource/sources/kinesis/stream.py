@@ -45,16 +45,17 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 
 from ...errors import ConfigError, StreamError
 from ...timeutil import Duration, parse_duration
-from ..alignment import AlignmentGroup
 from ..base import Source, SourceOutput
+from ..kafka.aligned import AlignedSplits
 from ..kafka.decode import RECORD_TIMESTAMP, Decoder, output_schema
 from ..kafka.emit import DriveHooks
+from ..kafka.split import PartitionSplit
 from .calls import all_or_nothing, call_with_retries
 from .config import KinesisConfig
 from .emit import ShardEmitter, record_position
@@ -73,7 +74,7 @@ from .starts import (
 log = logging.getLogger("lambdasource.kinesis")
 
 
-class KinesisStream(Source):
+class KinesisStream(AlignedSplits, Source):
     """A Kinesis data stream as a source (see module docstring).
 
     ``time_column=None`` uses the arrival time (ApproximateArrivalTimestamp), as a ``timestamp``
@@ -541,29 +542,10 @@ class KinesisStream(Source):
         if mark is not None:
             await out.emit_watermark(mark, idle)
 
-    async def _release_held(
-        self, live: list[ShardSplit], out: SourceOutput, hooks: DriveHooks, aligner: AlignmentGroup
-    ) -> bool:
-        """Emit the held rows the alignment bound now covers (True if any) — KafkaStream's."""
-        released = False
-        for split in live:
-            while split.held is not None:
-                due = split.due(aligner.release_bound(split.out_of_orderness))
-                if not due:
-                    break
-                released = True
-                batch, offsets = split.taken(due)
-                await out.emit(
-                    batch,
-                    position=f"{self._where(split.partition)} sequences={min(offsets)}-"
-                    f"{max(offsets)} (held by alignment)",
-                )
-                split.released(due)
-                self._report(split, hooks)
-                await self._progress(out, hooks)
-            self.shardset.check_ended(split)
-            self._report(split, hooks)
-        return released
+    offsets_word = "sequences"
+
+    def _after_release(self, split: PartitionSplit) -> None:
+        self.shardset.check_ended(cast(ShardSplit, split))
 
     def _register(self, split: ShardSplit, hooks: DriveHooks) -> None:
         """A split started (registered with alignment) or finished."""
@@ -571,15 +553,6 @@ class KinesisStream(Source):
         if hooks.aligner is not None:
             hooks.aligner.register(f"{hooks.split_prefix}:{split.key}")
         self._report(split, hooks)
-
-    def _report(self, split: ShardSplit, hooks: DriveHooks) -> None:
-        if hooks.aligner is not None:
-            hooks.aligner.report(
-                f"{hooks.split_prefix}:{split.key}",
-                split.watermark,
-                idle=split.idle,
-                finished=split.finished,
-            )
 
     async def on_checkpoint_complete(self, checkpoint_id: int) -> None:
         """Nothing to commit: positions live in checkpoints (Kinesis has no consumer offsets)."""
