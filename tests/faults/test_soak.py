@@ -197,6 +197,7 @@ async def soak(kafka: KafkaService, root: Path, seconds: float) -> dict[str, Any
     return figures
 
 
+@pytest.mark.slow  # 23 s of the default run's 15 minutes; the kill/restart trials stay in it
 async def test_soak_short(kafka: KafkaService, tmp_path: Path) -> None:
     await soak(kafka, tmp_path, 20.0)
 
