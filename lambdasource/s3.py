@@ -15,6 +15,30 @@ from urllib.parse import urlparse
 from .errors import ConfigError
 
 
+def resolved_region(explicit: str | None) -> str:
+    """The AWS region: ``explicit``, else the environment's as botocore reads it, else
+    us-east-1 (shared by S3 and Kinesis configs)."""
+    return (
+        explicit
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1"
+    )
+
+
+def credential_kwargs(
+    access_key_id: str | None, secret_access_key: str | None, session_token: str | None
+) -> dict[str, str]:
+    """aiobotocore ``create_client`` credentials for the fields that are set (unset ones: the
+    standard AWS chain)."""
+    given = {
+        "aws_access_key_id": access_key_id,
+        "aws_secret_access_key": secret_access_key,
+        "aws_session_token": session_token,
+    }
+    return {name: value for name, value in given.items() if value}
+
+
 @dataclass(frozen=True)
 class S3Config:
     """Endpoint, region and credentials; ``max_pool_connections`` bounds concurrent requests."""
@@ -35,12 +59,7 @@ class S3Config:
         )
 
     def resolved_region(self) -> str:
-        return (
-            self.region
-            or os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION")
-            or "us-east-1"
-        )
+        return resolved_region(self.region)
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``aiobotocore`` ``session.create_client("s3", **kwargs)``."""
@@ -55,12 +74,9 @@ class S3Config:
         }
         if endpoint := self.resolved_endpoint():
             kwargs["endpoint_url"] = endpoint
-        if self.access_key_id:
-            kwargs["aws_access_key_id"] = self.access_key_id
-        if self.secret_access_key:
-            kwargs["aws_secret_access_key"] = self.secret_access_key
-        if self.session_token:
-            kwargs["aws_session_token"] = self.session_token
+        kwargs.update(
+            credential_kwargs(self.access_key_id, self.secret_access_key, self.session_token)
+        )
         return kwargs
 
     def client(self) -> Any:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import ConfigError
+from ...s3 import credential_kwargs, resolved_region
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,7 @@ class KinesisConfig:
         )
 
     def resolved_region(self) -> str:
-        return (
-            self.region
-            or os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION")
-            or "us-east-1"
-        )
+        return resolved_region(self.region)
 
     def describe_endpoint(self) -> str:
         """How messages name where the stream lives: the endpoint, else the region's AWS one."""
@@ -79,12 +75,9 @@ class KinesisConfig:
         }
         if endpoint := self.resolved_endpoint():
             kwargs["endpoint_url"] = endpoint
-        if self.access_key_id:
-            kwargs["aws_access_key_id"] = self.access_key_id
-        if self.secret_access_key:
-            kwargs["aws_secret_access_key"] = self.secret_access_key
-        if self.session_token:
-            kwargs["aws_session_token"] = self.session_token
+        kwargs.update(
+            credential_kwargs(self.access_key_id, self.secret_access_key, self.session_token)
+        )
         return kwargs
 
     def create_client(self) -> Any:
