@@ -317,6 +317,7 @@ async def test_declared_schema_still_rules(tmp_path: Path) -> None:
     assert by_id(got) == by_id(expected.select(declared.names))
 
 
+@pytest.mark.slow  # 11 s of planning over S3
 @pytest.mark.s3
 def test_planning_cost_over_s3(tmp_path: Path, s3: Any) -> None:
     """Measured, reported: 300 one-file hours on (moto) S3 — listing alone, every footer (what

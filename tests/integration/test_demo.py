@@ -35,6 +35,7 @@ def test_demo_reads_iceberg_unaligned(capsys: pytest.CaptureFixture[str]) -> Non
     assert "(iceberg)" in out
 
 
+@pytest.mark.slow  # 14 s; the Kafka demo and the Kinesis re-open test stay in the default run
 @pytest.mark.kinesis
 def test_demo_on_kinesis_bootstraps_from_state_verifies_and_goes_live(
     capsys: pytest.CaptureFixture[str],

@@ -313,6 +313,7 @@ SELECT k, v FROM (
 """
 
 
+@pytest.mark.slow  # 15 s; the kill -9 read-committed trial stays in the default run
 def test_compacted_topic_reads_back_as_the_reference_store(
     apache_kafka: ApacheKafkaService,
 ) -> None:

@@ -169,6 +169,21 @@ async def test_split_and_merge_during_a_run_lose_and_repeat_nothing(
     assert metrics["shards_added"] == [2, 3, 4]
 
 
+async def test_a_stream_opened_again_reads_every_record_once(kinesis: KinesisService) -> None:
+    """The state bootstrap opens the stream for its pass and again for the stream phase: the
+    second run starts from no splits or readers (it read through the first run's readers, whose
+    client was closed: an aiobotocore error)."""
+    name = kinesis.new_stream(2)
+    put = events(0, 60)
+    put_events(kinesis, name, put)
+    stream = KinesisStream(name, stop_at="latest", out_of_orderness="100ms", **stream_args(kinesis))
+    await stream.open()
+    await stream.close()
+    recorder = Recorder()
+    await stream.run(recorder)
+    check_oracle(recorder, put)
+
+
 async def test_restart_from_a_snapshot_reads_every_record_once(kinesis: KinesisService) -> None:
     """Killed at the 6th fetch (a split's parent half read, children waiting), restored from the
     snapshot taken just before that fetch was emitted: the union is what was put, once."""
