@@ -23,6 +23,7 @@ are still on their way would be idle at once, and the others' new records would 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,3 +204,18 @@ def held_times(batch: pa.RecordBatch, time_column: str) -> np.ndarray:
     """µs of ``batch``'s (non-null) time column as int64."""
     column = batch.column(time_column).cast(pa.int64())
     return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def combined_watermark(splits: Iterable[PartitionSplit]) -> tuple[int | None, bool]:
+    """A stream's watermark over its splits (DESIGN §3), and whether it is idle: the minimum over
+    the live splits that are not idle (None while one of them has none yet); when every live
+    split is idle, their maximum, marked idle."""
+    live = [s for s in splits if not s.finished]
+    active = [s for s in live if not s.idle]
+    if active:
+        marks = [s.watermark for s in active]
+        if any(m is None for m in marks):
+            return None, False
+        return min(m for m in marks if m is not None), False
+    known = [m for s in live if (m := s.watermark) is not None]
+    return (max(known) if known else None), bool(live)

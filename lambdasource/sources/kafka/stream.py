@@ -66,7 +66,7 @@ from .decode import RECORD_TIMESTAMP, Decoder, output_schema
 from .emit import DriveHooks, FetchEmitter, PendingFetch, record_position
 from .fetch_records import BatchFetcher
 from .positions import OffsetProber, end_offsets, offset_for_time, topic_partitions
-from .split import PartitionSplit, held_times
+from .split import PartitionSplit, combined_watermark, held_times
 
 log = logging.getLogger("lambdasource.kafka")
 
@@ -518,15 +518,7 @@ class KafkaStream(AlignedSplits, Source):
 
     def combined_watermark(self) -> tuple[int | None, bool]:
         """(minimum over live non-idle partitions, all idle?) — see module docstring."""
-        live = [s for s in self.splits.values() if not s.finished]
-        active = [s for s in live if not s.idle]
-        if active:
-            marks = [s.watermark for s in active]
-            if any(m is None for m in marks):
-                return None, False
-            return min(m for m in marks if m is not None), False
-        known = [m for s in live if (m := s.watermark) is not None]
-        return (max(known) if known else None), bool(live)
+        return combined_watermark(self.splits.values())
 
     def final_watermark(self) -> int | None:
         """End of a bounded read: the maximum event time read (or the floor)."""

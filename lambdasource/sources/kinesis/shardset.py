@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..kafka.split import held_times
+from ..kafka.split import combined_watermark, held_times
 from ..kafka.stream import _from_ipc, _to_ipc
 from .reader import ShardReader
 from .shards import Shard, ShardLineage
@@ -187,15 +187,7 @@ class ShardSet:
 
     def combined_watermark(self) -> tuple[int | None, bool]:
         """(minimum over live non-idle shards, all idle?) — KafkaStream's rule."""
-        live = [s for s in self.splits.values() if not s.finished]
-        active = [s for s in live if not s.idle]
-        if active:
-            marks = [s.watermark for s in active]
-            if any(m is None for m in marks):
-                return None, False
-            return min(m for m in marks if m is not None), False
-        known = [m for s in live if (m := s.watermark) is not None]
-        return (max(known) if known else None), bool(live)
+        return combined_watermark(self.splits.values())
 
     def final_watermark(self) -> int | None:
         """End of a bounded read: the maximum event time read (or the floor)."""
