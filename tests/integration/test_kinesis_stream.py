@@ -184,6 +184,28 @@ async def test_a_stream_opened_again_reads_every_record_once(kinesis: KinesisSer
     check_oracle(recorder, put)
 
 
+async def test_a_bounded_run_snapshot_does_not_finish_its_shards(kinesis: KinesisService) -> None:
+    """A bounded run stops its shards at their end when it opened; its snapshot must not call
+    them finished (they are open): restored later, every shard reads what arrived since. A
+    snapshot that did left them unread for good (found as a lost shard after a state bootstrap
+    and a restart)."""
+    name = kinesis.new_stream(2)
+    put = events(0, 40)
+    put_events(kinesis, name, put)
+    first = KinesisStream(name, stop_at="latest", out_of_orderness="100ms", **stream_args(kinesis))
+    recorder = Recorder()
+    await first.run(recorder)
+    check_oracle(recorder, put)
+    snapshot = first.snapshot()
+    more = events(100, 40)
+    put_events(kinesis, name, more)
+    second = KinesisStream(name, stop_at="latest", out_of_orderness="100ms", **stream_args(kinesis))
+    second.restore(snapshot)
+    resumed = Recorder()
+    await second.run(resumed)
+    check_oracle(resumed, more)
+
+
 async def test_restart_from_a_snapshot_reads_every_record_once(kinesis: KinesisService) -> None:
     """Killed at the 6th fetch (a split's parent half read, children waiting), restored from the
     snapshot taken just before that fetch was emitted: the union is what was put, once."""

@@ -52,6 +52,9 @@ class ShardSet:
         self.plan: dict[int, PartitionStart] = {}  # starts of shards without a split yet
         self.started: dict[int, PartitionStart] = {}  # how each split was started
         self.ended: dict[int, int | None] = {}  # shard → the watermark it ended with
+        # of them, shards a bounded run stopped (stop_at), not read to a closed shard's end: a
+        # checkpoint must not call them finished, or a later run would never read them again
+        self.stopped: set[int] = set()
         self.sentinels: dict[int, ShardReader] = {}  # bounded: a LATEST reader per open shard
         self.bounded = False
         self.split_options: dict[str, Any] = {}
@@ -156,6 +159,8 @@ class ShardSet:
         if not split.ended and (reader.ended or split.stop_reached) and split.held is None:
             split.ended = True
             self.ended[split.partition] = split.watermark
+            if not reader.ended:
+                self.stopped.add(split.partition)
 
     async def advance(self, register: Register | None) -> None:
         """Start every ready shard in scope; an ended split becomes finished once each of its
@@ -169,6 +174,7 @@ class ShardSet:
                 changed = True
                 if self.bounded and shard.number not in self.sentinels and not shard.closed:
                     self.ended[shard.number] = None  # appeared after a bounded stream opened
+                    self.stopped.add(shard.number)
                     continue
                 split = await self.start_split(shard)
                 if register is not None:
@@ -217,7 +223,7 @@ class ShardSet:
                 if s.held is not None and s.held_offsets is not None
             },
             "unread": unread,
-            "finished": dict(self.ended),
+            "finished": {n: mark for n, mark in self.ended.items() if n not in self.stopped},
             "carried": {n: s.carried for n, s in self.splits.items() if s.carried is not None},
         }
 
