@@ -16,19 +16,15 @@ on Kinesis an empty closed shard has an end too).
 from __future__ import annotations
 
 import base64
-import http.client
-import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 
 from tests.services.kinesis import KinesisService
-from tests.services.ports import free_port
+from tests.services.kinesis_proxy import JsonForwardingProxy
 
 OFFSET = 49_590_338_271_490_256_608_559_692_538_361_571_095_921_575_989_136_588_898
 STRIDE = 1_000_003
@@ -99,75 +95,20 @@ def _rewrite_request(operation: str, body: dict[str, Any]) -> None:
 
 
 @dataclass
-class SparseSequenceProxy:
-    upstream: str
-    port: int = 0
+class SparseSequenceProxy(JsonForwardingProxy):
+    """moto's sequence numbers rewritten as Kinesis' (module docstring)."""
+
     end_closed_shards: bool = False
-    server: ThreadingHTTPServer | None = None
 
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def rewrite_request(self, operation: str, body: dict[str, Any]) -> bool:
+        _rewrite_request(operation, body)
+        return True
 
-    def start(self) -> None:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                operation = (self.headers.get("X-Amz-Target") or "").rpartition(".")[2]
-                request: dict[str, Any] = {}
-                if raw:
-                    request = json.loads(raw)
-                    _rewrite_request(operation, request)
-                    raw = json.dumps(request).encode()
-                host, _, port = proxy.upstream.partition(":")
-                connection = http.client.HTTPConnection(host, int(port), timeout=30)
-                try:
-                    headers = {
-                        k: v
-                        for k, v in self.headers.items()
-                        if k.lower() not in ("host", "content-length")
-                    }
-                    headers["Content-Length"] = str(len(raw))
-                    connection.request("POST", self.path, body=raw, headers=headers)
-                    response = connection.getresponse()
-                    data = response.read()
-                    if response.status == 200 and data:
-                        answer = json.loads(data)
-                        _rewrite_answer(operation, answer, real_ends=proxy.end_closed_shards)
-                        if proxy.end_closed_shards and operation == "GetRecords":
-                            _end_closed_shard(request, answer)
-                        data = json.dumps(answer).encode()
-                    self.send_response(response.status)
-                    for key, value in response.getheaders():
-                        if key.lower() not in (
-                            "content-length",
-                            "connection",
-                            "transfer-encoding",
-                            "x-amz-crc32",
-                        ):
-                            self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                finally:
-                    connection.close()
-
-        self.port = self.port or free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+    def rewrite_answer(self, operation: str, request: dict[str, Any], answer: Any) -> bool:
+        _rewrite_answer(operation, answer, real_ends=self.end_closed_shards)
+        if self.end_closed_shards and operation == "GetRecords":
+            _end_closed_shard(request, answer)
+        return True
 
 
 @pytest.fixture(name="sparse_kinesis")

@@ -39,18 +39,111 @@ class Fault:
 
 
 @dataclass
-class KinesisProxy:
+class JsonForwardingProxy:
+    """An HTTP proxy for Kinesis' JSON protocol in front of ``upstream`` (moto): every POST is
+    forwarded, through three hooks a subclass overrides — :meth:`local_answer` (answer here
+    instead), :meth:`rewrite_request` and :meth:`rewrite_answer` (edit the JSON bodies in
+    place; a rewritten answer drops moto's ``x-amz-crc32``, which no longer matches)."""
+
     upstream: str  # host:port of moto
     port: int = 0
-    faults: list[Fault] = field(default_factory=list)
-    injected: Counter[str] = field(default_factory=Counter)
-    calls: Counter[str] = field(default_factory=Counter)
-    lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
 
     @property
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def local_answer(self, operation: str, body: dict[str, Any]) -> tuple[int, str] | None:
+        """(HTTP status, AWS error code) to answer with instead of forwarding, or None."""
+        return None
+
+    def rewrite_request(self, operation: str, body: dict[str, Any]) -> bool:
+        """Edit a request body in place; True when it changed."""
+        return False
+
+    def rewrite_answer(self, operation: str, request: dict[str, Any], answer: Any) -> bool:
+        """Edit a successful answer in place; True when it changed."""
+        return False
+
+    def start(self) -> None:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                operation = (self.headers.get("X-Amz-Target") or "").rpartition(".")[2]
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:
+                    body = {}
+                local = proxy.local_answer(operation, body)
+                if local is not None:
+                    status, code = local
+                    payload = json.dumps(
+                        {"__type": code, "message": f"injected by the test proxy ({code})"}
+                    ).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/x-amz-json-1.1")
+                    self.send_header("x-amzn-ErrorType", code)
+                    self._send_body(payload)
+                    return
+                if raw and proxy.rewrite_request(operation, body):
+                    raw = json.dumps(body).encode()
+                host, _, port = proxy.upstream.partition(":")
+                connection = http.client.HTTPConnection(host, int(port), timeout=30)
+                try:
+                    headers = {
+                        k: v
+                        for k, v in self.headers.items()
+                        if k.lower() not in ("host", "content-length")
+                    }
+                    headers["Content-Length"] = str(len(raw))
+                    connection.request("POST", self.path, body=raw, headers=headers)
+                    response = connection.getresponse()
+                    data = response.read()
+                    dropped = {"content-length", "connection", "transfer-encoding"}
+                    if response.status == 200 and data:
+                        answer = json.loads(data)
+                        if proxy.rewrite_answer(operation, body, answer):
+                            data = json.dumps(answer).encode()
+                            dropped.add("x-amz-crc32")
+                    self.send_response(response.status)
+                    for key, value in response.getheaders():
+                        if key.lower() not in dropped:
+                            self.send_header(key, value)
+                    self._send_body(data)
+                finally:
+                    connection.close()
+
+            def _send_body(self, data: bytes) -> None:
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.port = self.port or free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@dataclass
+class KinesisProxy(JsonForwardingProxy):
+    """Injects AWS errors on command (module docstring)."""
+
+    faults: list[Fault] = field(default_factory=list)
+    injected: Counter[str] = field(default_factory=Counter)
+    calls: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def inject(
         self,
@@ -85,64 +178,9 @@ class KinesisProxy:
                     return fault
         return None
 
-    def start(self) -> None:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                operation = (self.headers.get("X-Amz-Target") or "").rpartition(".")[2]
-                try:
-                    body = json.loads(raw or b"{}")
-                except ValueError:
-                    body = {}
-                fault = proxy.take_fault(operation, body)
-                if fault is not None:
-                    payload = json.dumps(
-                        {
-                            "__type": fault.code,
-                            "message": f"injected by the test proxy ({fault.code})",
-                        }
-                    ).encode()
-                    self.send_response(fault.status)
-                    self.send_header("Content-Type", "application/x-amz-json-1.1")
-                    self.send_header("x-amzn-ErrorType", fault.code)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                host, _, port = proxy.upstream.partition(":")
-                connection = http.client.HTTPConnection(host, int(port), timeout=30)
-                try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                    connection.request("POST", self.path, body=raw, headers=headers)
-                    response = connection.getresponse()
-                    data = response.read()
-                    self.send_response(response.status)
-                    for key, value in response.getheaders():
-                        if key.lower() not in ("content-length", "connection", "transfer-encoding"):
-                            self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                finally:
-                    connection.close()
-
-        self.port = self.port or free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+    def local_answer(self, operation: str, body: dict[str, Any]) -> tuple[int, str] | None:
+        fault = self.take_fault(operation, body)
+        return None if fault is None else (fault.status, fault.code)
 
 
 def _shard_of(body: dict[str, Any]) -> str | None:
